@@ -1,0 +1,330 @@
+//! Settings: the operator's admin surface, loaded from TOML and the environment.
+//!
+//! Layers, later beats earlier: the embedded `config/default.toml`, then the file given by
+//! `--config` (or `HERMIT_CONFIG`), then environment variables `HERMIT__<SECTION>__<KEY>`.
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+/// The defaults, compiled in so the binary runs with no files beside it.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of environment overrides: `HERMIT__SERVER__BIND`.
+const ENV_PREFIX: &str = "HERMIT";
+
+/// Every setting of the relay. Each field's default and meaning is documented in
+/// `config/default.toml`; tests shorten durations by changing fields here.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Listening socket and worker threads.
+    pub server: ServerSettings,
+    /// Quick pairing by code.
+    pub pairing: PairingSettings,
+    /// WebSocket liveness.
+    pub heartbeat: HeartbeatSettings,
+    /// Limits that bound what one peer can cost the relay.
+    pub limits: LimitSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on; port 0 picks a free port (tests).
+    pub bind: SocketAddr,
+    /// Worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Most simultaneous connections per worker thread.
+    pub max_connections_per_worker: usize,
+    /// Grace given to open connections at shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+/// `[pairing]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingSettings {
+    /// Lifetime of an unjoined code.
+    pub code_ttl_secs: u64,
+    /// Characters in a code.
+    pub code_length: usize,
+    /// Characters a code is drawn from.
+    pub code_alphabet: String,
+    /// How long a side lost without a close frame may resume.
+    pub resume_grace_secs: u64,
+    /// Most bytes held for a side that is away.
+    pub resume_buffer_bytes: usize,
+    /// An unpaired /mac or /browser connection is closed after this long.
+    pub idle_unpaired_timeout_secs: u64,
+    /// How long expired and used codes are remembered.
+    pub retired_code_memory_secs: u64,
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSettings {
+    /// Seconds between the relay's WebSocket pings.
+    pub interval_secs: u64,
+    /// Extra seconds of silence tolerated after an interval before dropping.
+    pub timeout_secs: u64,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest reassembled WebSocket message accepted.
+    pub max_message_bytes: usize,
+    /// Most bytes queued for writing to one connection.
+    pub max_outbound_bytes: usize,
+    /// Most unpaired codes alive at once.
+    pub max_pending_codes: usize,
+}
+
+/// A setting that cannot be used, named by its key so the operator can find it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or did not have the right shape.
+    #[error("configuration error: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value has the right type but is outside what the relay accepts.
+    #[error("configuration error: `{key}` {problem}")]
+    Invalid {
+        /// The dotted key, e.g. `pairing.code_length`.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl Settings {
+    /// Loads the layered settings: defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Environment::with_prefix(ENV_PREFIX))
+    }
+
+    /// Loads with an explicit environment source (tests pass a fixed map).
+    pub fn load_from(file: Option<&Path>, env: Environment) -> Result<Self, ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        let env = env.prefix_separator("__").separator("__").try_parsing(true);
+        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The built-in defaults alone, ignoring files and the environment (tests start here).
+    pub fn defaults() -> Self {
+        // unwrap: the embedded default file is checked by a unit test below.
+        Self::load_from(None, Environment::with_prefix("HERMIT_UNUSED_IN_DEFAULTS")).unwrap()
+    }
+
+    /// Refuses values that would make the relay misbehave, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        let p = &self.pairing;
+        if !(4..=32).contains(&p.code_length) {
+            return invalid("pairing.code_length", "must be between 4 and 32");
+        }
+        let alphabet: Vec<char> = p.code_alphabet.chars().collect();
+        if alphabet.len() < 16 || !alphabet.iter().all(|c| c.is_ascii_alphanumeric()) {
+            return invalid(
+                "pairing.code_alphabet",
+                "must have at least 16 ASCII letters or digits",
+            );
+        }
+        let mut unique = alphabet.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() != alphabet.len() || alphabet.iter().any(|c| c.is_ascii_lowercase()) {
+            return invalid(
+                "pairing.code_alphabet",
+                "must not repeat characters or use lower case (input is upper-cased)",
+            );
+        }
+        if p.code_ttl_secs == 0 {
+            return invalid("pairing.code_ttl_secs", "must be at least 1");
+        }
+        if p.idle_unpaired_timeout_secs == 0 {
+            return invalid("pairing.idle_unpaired_timeout_secs", "must be at least 1");
+        }
+        if self.heartbeat.interval_secs == 0 {
+            return invalid("heartbeat.interval_secs", "must be at least 1");
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            return invalid("limits.max_message_bytes", "must be at least 1024");
+        }
+        if l.max_outbound_bytes < l.max_message_bytes {
+            return invalid(
+                "limits.max_outbound_bytes",
+                "must be at least limits.max_message_bytes, or one message could never be sent",
+            );
+        }
+        if l.max_pending_codes == 0 {
+            return invalid("limits.max_pending_codes", "must be at least 1");
+        }
+        if self.server.max_connections_per_worker == 0 {
+            return invalid("server.max_connections_per_worker", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The effective settings as TOML, for `check-config`.
+    pub fn to_toml(&self) -> String {
+        // unwrap: every field is a plain scalar inside a table, which TOML can always express.
+        toml::to_string(self).unwrap()
+    }
+}
+
+impl PairingSettings {
+    /// [`Self::code_ttl_secs`] as a duration.
+    pub fn code_ttl(&self) -> Duration {
+        Duration::from_secs(self.code_ttl_secs)
+    }
+    /// [`Self::resume_grace_secs`] as a duration.
+    pub fn resume_grace(&self) -> Duration {
+        Duration::from_secs(self.resume_grace_secs)
+    }
+    /// [`Self::idle_unpaired_timeout_secs`] as a duration.
+    pub fn idle_unpaired_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_unpaired_timeout_secs)
+    }
+    /// [`Self::retired_code_memory_secs`] as a duration.
+    pub fn retired_code_memory(&self) -> Duration {
+        Duration::from_secs(self.retired_code_memory_secs)
+    }
+}
+
+impl HeartbeatSettings {
+    /// Time between pings.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs)
+    }
+    /// Silence after which a connection is dropped: interval + timeout.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.interval_secs + self.timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> Environment {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Environment::with_prefix(ENV_PREFIX).source(Some(map))
+    }
+
+    #[test]
+    fn the_embedded_defaults_load_and_validate() {
+        let s = Settings::defaults();
+        assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.pairing.code_ttl_secs, 300);
+        assert_eq!(s.pairing.code_length, 6);
+        assert_eq!(s.pairing.code_alphabet, "346789ABCDEFGHJKLMNPQRTUVWXY");
+        assert_eq!(s.heartbeat.interval_secs, 30);
+        assert_eq!(s.heartbeat.timeout_secs, 10);
+        assert!(s.limits.max_message_bytes >= 1024 * 1024);
+    }
+
+    #[test]
+    fn environment_variables_override_nested_keys() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("HERMIT__SERVER__BIND", "0.0.0.0:9000"),
+                ("HERMIT__PAIRING__CODE_TTL_SECS", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.bind.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.pairing.code_ttl_secs, 2);
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_the_environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "[pairing]\ncode_ttl_secs = 60\nresume_grace_secs = 5\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&path),
+            env(&[("HERMIT__PAIRING__RESUME_GRACE_SECS", "7")]),
+        )
+        .unwrap();
+        assert_eq!(s.pairing.code_ttl_secs, 60);
+        assert_eq!(s.pairing.resume_grace_secs, 7);
+        assert_eq!(s.heartbeat.interval_secs, 30);
+    }
+
+    #[test]
+    fn an_invalid_value_is_refused_naming_its_key() {
+        let err = Settings::load_from(None, env(&[("HERMIT__PAIRING__CODE_LENGTH", "2")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pairing.code_length"), "{err}");
+
+        let err = Settings::load_from(None, env(&[("HERMIT__LIMITS__MAX_OUTBOUND_BYTES", "2000")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_outbound_bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_naming_its_key() {
+        let err = Settings::load_from(None, env(&[("HERMIT__PAIRING__CODE_TTL_SECS", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("code_ttl_secs"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "[pairing]\ncode_tll_secs = 60\n").unwrap();
+        let err = Settings::load_from(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("code_tll_secs"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = Settings::load_from(Some(Path::new("/nonexistent/relay.toml")), env(&[]));
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn the_effective_settings_print_as_toml_that_loads_again() {
+        let s = Settings::defaults();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("printed.toml");
+        std::fs::write(&path, s.to_toml()).unwrap();
+        let again = Settings::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(again.to_toml(), s.to_toml());
+    }
+}
