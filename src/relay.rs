@@ -1,0 +1,78 @@
+//! The relay proper: wire protocol, pairing codes, the `SessionRegistry` and the
+//! per-connection actors, plus the HTTP handlers that upgrade to them.
+
+pub mod code;
+pub mod pair_socket;
+pub mod protocol;
+pub mod registry;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::config::Settings;
+use pair_socket::PairSocket;
+use registry::pairings::{ConnId, Role};
+use registry::SessionRegistry;
+
+/// What the WebSocket handlers need, shared by every worker.
+#[derive(Clone)]
+pub struct RelayState {
+    /// The effective settings.
+    pub settings: Arc<Settings>,
+    /// The one registry of this process.
+    pub registry: Addr<SessionRegistry>,
+}
+
+/// A fresh connection id, unique for the life of the process.
+pub fn next_conn_id() -> ConnId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Registers the pairing endpoints.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/mac", web::get().to(mac))
+        .route("/browser", web::get().to(browser));
+}
+
+async fn mac(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<RelayState>,
+) -> actix_web::Result<HttpResponse> {
+    open_pair_socket(Role::Mac, &req, payload, &state)
+}
+
+async fn browser(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<RelayState>,
+) -> actix_web::Result<HttpResponse> {
+    open_pair_socket(Role::Browser, &req, payload, &state)
+}
+
+fn open_pair_socket(
+    role: Role,
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &RelayState,
+) -> actix_web::Result<HttpResponse> {
+    let limits = &state.settings.limits;
+    let (response, link, inbound) = crate::transport::upgrade(
+        req,
+        payload,
+        limits.max_message_bytes,
+        limits.max_outbound_bytes,
+    )?;
+    PairSocket::start(
+        role,
+        link,
+        inbound,
+        state.registry.clone(),
+        Arc::clone(&state.settings),
+    );
+    Ok(response)
+}

@@ -1,0 +1,399 @@
+//! `PairSocket`: the actor of one `/mac` or `/browser` connection.
+//!
+//! It registers with the `SessionRegistry` in `started()` and unregisters in `stopping()`.
+//! Requests that change pairing go to the registry; once paired, `data` is encoded here and
+//! pushed straight into the partner's outbox — the registry never sees it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::relay::protocol::{parse_pairing, ErrorCode, PairingEvent, PairingRequest};
+use crate::relay::registry::pairings::{ConnId, Role};
+use crate::relay::registry::{
+    Connect, Disconnect, Dropped, Join, Peer, Register, Resume, SessionRegistry, ToConn, Unpair,
+};
+use crate::transport::{pong_frame, text_frame, Inbound, InboundStream, Link, PushError};
+
+/// Longest `clientId` accepted in `register`.
+const MAX_CLIENT_ID_CHARS: usize = 128;
+/// Longest `join` code or `resume` session id passed on to the registry; anything longer
+/// cannot be valid and is refused here without bothering the registry.
+const MAX_CODE_INPUT_BYTES: usize = 64;
+
+/// Where this connection's data goes.
+enum Partner {
+    /// Not paired: `data` is refused.
+    None,
+    /// Paired and connected: data goes into its outbox.
+    Live(Peer),
+    /// Paired, but the partner lost its connection: data is held, bounded by
+    /// `pairing.resume_buffer_bytes`, and flushed in order when it resumes.
+    Away { held: VecDeque<Bytes>, bytes: usize },
+    /// The pairing is ending (the partner was too slow); waiting for the registry to confirm.
+    Leaving,
+}
+
+/// Why the connection ends; decides the close frame and whether the partner may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    PeerClosed,
+    Lost,
+    HeartbeatTimeout,
+    SlowConsumer,
+    TooLarge,
+    ProtocolError,
+    IdleUnpaired,
+    Replaced,
+}
+
+impl Outcome {
+    /// Only a connection that vanished may be resumed; every other end is final at once.
+    fn clean(self) -> bool {
+        !matches!(self, Self::Lost | Self::HeartbeatTimeout)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::PeerClosed => "peer closed",
+            Self::Lost => "connection lost",
+            Self::HeartbeatTimeout => "heartbeat timeout",
+            Self::SlowConsumer => "slow consumer",
+            Self::TooLarge => "message too large",
+            Self::ProtocolError => "protocol error",
+            Self::IdleUnpaired => "not paired in time",
+            Self::Replaced => "replaced by a newer connection",
+        }
+    }
+}
+
+/// One `/mac` or `/browser` connection.
+pub struct PairSocket {
+    conn: ConnId,
+    role: Role,
+    link: Link,
+    registry: Addr<SessionRegistry>,
+    settings: Arc<Settings>,
+    partner: Partner,
+    session: Option<Uuid>,
+    /// Since when it is unpaired; `None` while paired. Checked against the idle timeout.
+    unpaired_since: Option<Instant>,
+    last_ping: Instant,
+    opened: Instant,
+    outcome: Option<Outcome>,
+}
+
+impl PairSocket {
+    /// Starts the actor for a freshly upgraded connection.
+    pub fn start(
+        role: Role,
+        link: Link,
+        inbound: InboundStream,
+        registry: Addr<SessionRegistry>,
+        settings: Arc<Settings>,
+    ) -> Addr<Self> {
+        let now = Instant::now();
+        Self::create(move |ctx| {
+            ctx.add_stream(inbound);
+            Self {
+                conn: crate::relay::next_conn_id(),
+                role,
+                link,
+                registry,
+                settings,
+                partner: Partner::None,
+                session: None,
+                unpaired_since: Some(now),
+                last_ping: now,
+                opened: now,
+                outcome: None,
+            }
+        })
+    }
+
+    fn finish(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
+        self.outcome.get_or_insert(outcome);
+        ctx.stop();
+    }
+
+    /// Queues a message for this peer; a peer too slow to take it is dropped.
+    fn send(&mut self, event: &PairingEvent<'_>, ctx: &mut Context<Self>) {
+        self.push(text_frame(event), ctx);
+    }
+
+    fn push(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
+        match self.link.outbox.push(frame) {
+            Ok(()) | Err(PushError::Closed) => {}
+            Err(PushError::Full) => self.finish(Outcome::SlowConsumer, ctx),
+        }
+    }
+
+    fn error(&mut self, code: ErrorCode, message: &str, ctx: &mut Context<Self>) {
+        self.send(&PairingEvent::error(code, message), ctx);
+    }
+
+    fn on_text(&mut self, text: &[u8], ctx: &mut Context<Self>) {
+        let request = match parse_pairing(text) {
+            Ok(request) => request,
+            Err(why) => return self.error(ErrorCode::InvalidMessage, &why, ctx),
+        };
+        match (request, self.role) {
+            (PairingRequest::Data { payload }, _) => self.forward(&payload, ctx),
+            (PairingRequest::Ping { ts }, _) => self.send(&PairingEvent::Pong { ts: &ts }, ctx),
+            (PairingRequest::Register { client_id }, Role::Mac) => {
+                let length = client_id.chars().count();
+                if length == 0 || length > MAX_CLIENT_ID_CHARS {
+                    return self.error(
+                        ErrorCode::InvalidMessage,
+                        "clientId must have 1 to 128 characters",
+                        ctx,
+                    );
+                }
+                self.registry.do_send(Register {
+                    conn: self.conn,
+                    client_id,
+                });
+            }
+            (PairingRequest::Join { code }, Role::Browser) => {
+                if code.len() > MAX_CODE_INPUT_BYTES {
+                    return self.error(ErrorCode::InvalidCode, "that is not a pairing code", ctx);
+                }
+                self.registry.do_send(Join {
+                    conn: self.conn,
+                    code,
+                });
+            }
+            (PairingRequest::Resume { session_id }, Role::Browser) => {
+                if session_id.len() > MAX_CODE_INPUT_BYTES {
+                    return self.error(ErrorCode::InvalidCode, "no such session", ctx);
+                }
+                self.registry.do_send(Resume {
+                    conn: self.conn,
+                    session_id,
+                });
+            }
+            (request, role) => {
+                let endpoint = match role {
+                    Role::Mac => "/mac",
+                    Role::Browser => "/browser",
+                };
+                let message = format!("`{}` is not allowed on {endpoint}", request.kind());
+                self.error(ErrorCode::InvalidMessage, &message, ctx);
+            }
+        }
+    }
+
+    /// Sends `payload` to the partner: straight into its outbox, or held while it is away.
+    fn forward(&mut self, payload: &str, ctx: &mut Context<Self>) {
+        let frame = || text_frame(&PairingEvent::Data { payload });
+        match &mut self.partner {
+            Partner::None => {
+                self.error(ErrorCode::InvalidMessage, "not paired: join first", ctx);
+            }
+            Partner::Leaving => {}
+            Partner::Live(peer) => match peer.outbox.push(frame()) {
+                Ok(()) => {}
+                Err(PushError::Full) => {
+                    // The partner reads slower than we write: drop it, not us.
+                    peer.addr.do_send(ToConn::Drop(Dropped::SlowConsumer));
+                    self.partner = Partner::Leaving;
+                    self.registry.do_send(Unpair {
+                        conn: self.conn,
+                        role: self.role,
+                    });
+                }
+                Err(PushError::Closed) => {
+                    // Its socket just died; the registry will say whether it may resume.
+                    let frame = frame();
+                    let bytes = frame.len();
+                    self.partner = Partner::Away {
+                        held: VecDeque::from([frame]),
+                        bytes,
+                    };
+                }
+            },
+            Partner::Away { held, bytes } => {
+                let frame = frame();
+                if *bytes + frame.len() > self.settings.pairing.resume_buffer_bytes {
+                    // Cannot hold everything until it returns: end the pairing rather than
+                    // deliver a stream with a hole in it.
+                    self.partner = Partner::Leaving;
+                    self.registry.do_send(Unpair {
+                        conn: self.conn,
+                        role: self.role,
+                    });
+                } else {
+                    *bytes += frame.len();
+                    held.push_back(frame);
+                }
+            }
+        }
+    }
+
+    fn on_paired(&mut self, session: Uuid, partner: Option<Peer>) {
+        let held = match std::mem::replace(&mut self.partner, Partner::None) {
+            Partner::Away { held, .. } => held,
+            _ => VecDeque::new(),
+        };
+        self.partner = match partner {
+            Some(peer) => {
+                for frame in held {
+                    if peer.outbox.push(frame).is_err() {
+                        break;
+                    }
+                }
+                Partner::Live(peer)
+            }
+            None => {
+                let bytes = held.iter().map(Bytes::len).sum();
+                Partner::Away { held, bytes }
+            }
+        };
+        self.session = Some(session);
+        self.unpaired_since = None;
+        tracing::debug!(conn = self.conn, role = ?self.role, "paired");
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let heartbeat = &self.settings.heartbeat;
+        if self.link.silence() > heartbeat.deadline() {
+            return self.finish(Outcome::HeartbeatTimeout, ctx);
+        }
+        if let Some(since) = self.unpaired_since {
+            if since.elapsed() >= self.settings.pairing.idle_unpaired_timeout() {
+                return self.finish(Outcome::IdleUnpaired, ctx);
+            }
+        }
+        if self.last_ping.elapsed() >= heartbeat.interval() {
+            self.last_ping = Instant::now();
+            self.push(crate::transport::ping_frame(), ctx);
+        }
+    }
+}
+
+impl Actor for PairSocket {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.registry.do_send(Connect {
+            conn: self.conn,
+            role: self.role,
+            peer: Peer {
+                addr: ctx.address().recipient(),
+                outbox: Arc::clone(&self.link.outbox),
+            },
+        });
+        // Tick often enough to notice silence within a second or so of the deadline.
+        let heartbeat = &self.settings.heartbeat;
+        let tick = heartbeat
+            .interval_secs
+            .min(heartbeat.timeout_secs)
+            .clamp(1, 5);
+        ctx.run_interval(Duration::from_secs(tick), Self::heartbeat);
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        let outcome = *self.outcome.get_or_insert(Outcome::Lost);
+        self.registry.do_send(Disconnect {
+            conn: self.conn,
+            role: self.role,
+            clean: outcome.clean(),
+        });
+        Running::Stop
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        let outcome = self.outcome.unwrap_or(Outcome::Lost);
+        let close = |code, text: &str| self.link.close(code, text);
+        match outcome {
+            Outcome::PeerClosed => close(CloseCode::Normal, ""),
+            Outcome::IdleUnpaired => close(CloseCode::Normal, outcome.as_str()),
+            Outcome::Replaced => close(CloseCode::Normal, outcome.as_str()),
+            Outcome::TooLarge => close(CloseCode::Size, outcome.as_str()),
+            Outcome::ProtocolError => close(CloseCode::Protocol, outcome.as_str()),
+            Outcome::Lost | Outcome::HeartbeatTimeout | Outcome::SlowConsumer => self.link.cut(),
+        }
+        tracing::info!(
+            conn = self.conn,
+            role = ?self.role,
+            reason = outcome.as_str(),
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+    }
+}
+
+impl StreamHandler<Inbound> for PairSocket {
+    fn handle(&mut self, item: Inbound, ctx: &mut Self::Context) {
+        self.link.heard();
+        match item {
+            Inbound::Text(text) => self.on_text(&text, ctx),
+            Inbound::Binary => self.error(
+                ErrorCode::InvalidMessage,
+                "binary frames are not part of the protocol; send JSON text",
+                ctx,
+            ),
+            Inbound::Ping(payload) => self.push(pong_frame(&payload), ctx),
+            Inbound::Pong => {}
+            Inbound::Close(_) => self.finish(Outcome::PeerClosed, ctx),
+            Inbound::TooLarge => {
+                let limit = self.settings.limits.max_message_bytes;
+                let message = format!("messages are limited to {limit} bytes");
+                self.error(ErrorCode::MessageTooLarge, &message, ctx);
+                self.finish(Outcome::TooLarge, ctx);
+            }
+            Inbound::Protocol(err) => {
+                tracing::debug!(conn = self.conn, %err, "websocket protocol error");
+                self.finish(Outcome::ProtocolError, ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        self.finish(Outcome::Lost, ctx);
+    }
+}
+
+impl Handler<ToConn> for PairSocket {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToConn, ctx: &mut Context<Self>) {
+        match msg {
+            ToConn::Registered { code, expires_at } => self.send(
+                &PairingEvent::Registered {
+                    code: &code,
+                    expires_at,
+                },
+                ctx,
+            ),
+            ToConn::Error { code, message } => self.error(code, message, ctx),
+            ToConn::Paired { session, partner } => self.on_paired(session, partner),
+            ToConn::PartnerAway => {
+                if matches!(self.partner, Partner::Live(_)) {
+                    self.partner = Partner::Away {
+                        held: VecDeque::new(),
+                        bytes: 0,
+                    };
+                }
+            }
+            ToConn::PartnerGone { code } => {
+                self.partner = Partner::None;
+                self.session = None;
+                self.unpaired_since = Some(Instant::now());
+                let message = match code {
+                    ErrorCode::MacDisconnected => "the mac disconnected",
+                    _ => "the browser disconnected",
+                };
+                self.error(code, message, ctx);
+            }
+            ToConn::Drop(Dropped::Replaced) => self.finish(Outcome::Replaced, ctx),
+            ToConn::Drop(Dropped::SlowConsumer) => self.finish(Outcome::SlowConsumer, ctx),
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The `SessionRegistry` actor: owns pairing codes, their expiry timers, the pairing
+//! table and teardown. It pairs; it does not carry data — once paired, connection actors
+//! write straight into each other's outbox.
+//!
+//! The rules live in [`pairings::PairingTable`] as plain methods; the handlers here only
+//! delegate and then carry out the returned [`Effect`]s.
+
+pub mod pairings;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use uuid::Uuid;
+
+use crate::relay::protocol::{ErrorCode, PairingEvent};
+use crate::transport::{text_frame, Outbox};
+use pairings::{ConnId, Effect, PairingRules, PairingTable, Role};
+
+/// How often retired codes are swept from memory.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How to reach one connection: its actor for events, its outbox for data.
+#[derive(Clone)]
+pub struct Peer {
+    /// The connection actor.
+    pub addr: Recipient<ToConn>,
+    /// Its outbox, which a partner writes data into directly.
+    pub outbox: Arc<Outbox>,
+}
+
+/// Why the relay closes a pairing connection on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// A newer connection resumed this one's pairing.
+    Replaced,
+    /// It read slower than its partner wrote, past `limits.max_outbound_bytes`.
+    SlowConsumer,
+}
+
+/// Registry (or partner) → connection actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum ToConn {
+    /// A mac's fresh code; `expires_at` in ms since the Unix epoch.
+    Registered {
+        /// The code.
+        code: String,
+        /// Expiry, ms since the epoch.
+        expires_at: u64,
+    },
+    /// Send an `error`; the connection stays open.
+    Error {
+        /// The code.
+        code: ErrorCode,
+        /// Text for humans.
+        message: &'static str,
+    },
+    /// Paired (or re-paired on resume); the registry has already queued `joined`.
+    /// `partner` is `None` while the partner is away: hold its messages until a later `Paired`.
+    Paired {
+        /// The pairing id.
+        session: Uuid,
+        /// The partner, if connected.
+        partner: Option<Peer>,
+    },
+    /// The partner lost its connection; hold messages for it.
+    PartnerAway,
+    /// The pairing ended; send the `error` `code` and become unpaired.
+    PartnerGone {
+        /// `MAC_DISCONNECTED` or `BROWSER_DISCONNECTED`.
+        code: ErrorCode,
+    },
+    /// Close this connection.
+    Drop(Dropped),
+}
+
+/// Connection actor → registry, from `started()`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    /// The new connection.
+    pub conn: ConnId,
+    /// Mac or browser.
+    pub role: Role,
+    /// How to reach it.
+    pub peer: Peer,
+}
+
+/// Connection actor → registry, from `stopping()`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    /// The leaving connection.
+    pub conn: ConnId,
+    /// Mac or browser.
+    pub role: Role,
+    /// True for a close frame or a drop the relay chose; false for a lost connection.
+    pub clean: bool,
+}
+
+/// Mac → registry: `register`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    /// The mac.
+    pub conn: ConnId,
+    /// Its `clientId`.
+    pub client_id: String,
+}
+
+/// Browser → registry: `join`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Join {
+    /// The browser.
+    pub conn: ConnId,
+    /// The code as typed.
+    pub code: String,
+}
+
+/// Browser → registry: `resume`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resume {
+    /// The browser.
+    pub conn: ConnId,
+    /// The `sessionId` it was given.
+    pub session_id: String,
+}
+
+/// Connection actor → registry: end my pairing now (my partner was too slow, or the
+/// messages held for it overflowed). I am told `PartnerGone`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unpair {
+    /// The connection that stays.
+    pub conn: ConnId,
+    /// Its role.
+    pub role: Role,
+}
+
+/// The registry actor.
+pub struct SessionRegistry {
+    table: PairingTable,
+    peers: HashMap<ConnId, Peer>,
+    /// One timer per pending code, cancelled when it is joined or withdrawn.
+    expiry_timers: HashMap<String, SpawnHandle>,
+    /// One timer per away side of a pairing.
+    grace_timers: HashMap<(Uuid, Role), SpawnHandle>,
+}
+
+impl SessionRegistry {
+    /// A registry applying `rules`.
+    pub fn new(rules: PairingRules) -> Self {
+        Self {
+            table: PairingTable::new(rules),
+            peers: HashMap::new(),
+            expiry_timers: HashMap::new(),
+            grace_timers: HashMap::new(),
+        }
+    }
+
+    fn tell(&self, conn: ConnId, message: ToConn) {
+        if let Some(peer) = self.peers.get(&conn) {
+            peer.addr.do_send(message);
+        }
+    }
+
+    fn apply(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        for effect in effects {
+            match effect {
+                Effect::Registered { to, code, ttl } => {
+                    let expires_at = SystemTime::now() + ttl;
+                    let expires_at = expires_at
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as u64;
+                    self.tell(to, ToConn::Registered { code, expires_at });
+                }
+                Effect::Error { to, code, message } => {
+                    self.tell(to, ToConn::Error { code, message })
+                }
+                Effect::Pair {
+                    session,
+                    mac,
+                    browser,
+                } => {
+                    let peer =
+                        |conn: Option<ConnId>| conn.and_then(|c| self.peers.get(&c)).cloned();
+                    let (mac_peer, browser_peer) = (peer(mac), peer(browser));
+                    // `joined` is queued here, before either side learns of the other, so
+                    // no data the partner forwards can overtake it.
+                    let joined = text_frame(&PairingEvent::Joined {
+                        session_id: &session.to_string(),
+                    });
+                    for peer in [&mac_peer, &browser_peer].into_iter().flatten() {
+                        let _ = peer.outbox.push(joined.clone());
+                    }
+                    if let Some(mac) = mac {
+                        self.tell(
+                            mac,
+                            ToConn::Paired {
+                                session,
+                                partner: browser_peer,
+                            },
+                        );
+                    }
+                    if let Some(browser) = browser {
+                        self.tell(
+                            browser,
+                            ToConn::Paired {
+                                session,
+                                partner: mac_peer,
+                            },
+                        );
+                    }
+                }
+                Effect::PartnerAway { to } => self.tell(to, ToConn::PartnerAway),
+                Effect::PartnerGone { to, code } => self.tell(to, ToConn::PartnerGone { code }),
+                Effect::Replaced { conn } => {
+                    self.tell(conn, ToConn::Drop(Dropped::Replaced));
+                    self.peers.remove(&conn);
+                }
+                Effect::ScheduleExpiry { code, after } => {
+                    let key = code.clone();
+                    let handle = ctx.run_later(after, move |registry, ctx| {
+                        registry.expiry_timers.remove(&code);
+                        let effects = registry.table.code_expired(&code, Instant::now());
+                        registry.apply(effects, ctx);
+                    });
+                    self.expiry_timers.insert(key, handle);
+                }
+                Effect::CancelExpiry { code } => {
+                    if let Some(handle) = self.expiry_timers.remove(&code) {
+                        ctx.cancel_future(handle);
+                    }
+                }
+                Effect::ScheduleGrace {
+                    session,
+                    role,
+                    after,
+                } => {
+                    let handle = ctx.run_later(after, move |registry, ctx| {
+                        registry.grace_timers.remove(&(session, role));
+                        let effects = registry.table.grace_expired(session, role, Instant::now());
+                        registry.apply(effects, ctx);
+                    });
+                    if let Some(old) = self.grace_timers.insert((session, role), handle) {
+                        ctx.cancel_future(old);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Actor for SessionRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(SWEEP_INTERVAL, |registry, _| {
+            registry.table.sweep(Instant::now())
+        });
+    }
+}
+
+impl Handler<Connect> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) {
+        self.peers.insert(msg.conn, msg.peer);
+        if msg.role == Role::Mac {
+            let effects = self.table.mac_connected(msg.conn, Instant::now());
+            self.apply(effects, ctx);
+        }
+    }
+}
+
+impl Handler<Disconnect> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
+        let effects = self
+            .table
+            .disconnected(msg.conn, msg.role, msg.clean, Instant::now());
+        self.peers.remove(&msg.conn);
+        self.apply(effects, ctx);
+    }
+}
+
+impl Handler<Register> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) {
+        let effects = self
+            .table
+            .mac_register(msg.conn, msg.client_id, Instant::now());
+        self.apply(effects, ctx);
+    }
+}
+
+impl Handler<Join> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
+        let effects = self.table.browser_join(msg.conn, &msg.code, Instant::now());
+        self.apply(effects, ctx);
+    }
+}
+
+impl Handler<Resume> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) {
+        let effects = self.table.browser_resume(msg.conn, &msg.session_id);
+        self.apply(effects, ctx);
+    }
+}
+
+impl Handler<Unpair> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unpair, ctx: &mut Context<Self>) {
+        let effects = self.table.unpair(msg.conn, msg.role);
+        self.apply(effects, ctx);
+    }
+}

@@ -1,0 +1,587 @@
+//! The rules of quick pairing, as plain state and methods with no actix in them.
+//!
+//! Every method takes the current time and returns the [`Effect`]s the registry actor must
+//! carry out (send, pair, schedule a timer). That keeps every rule unit-testable, and keeps
+//! the actor a thin layer that maps connection ids to addresses and timers to handles.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::relay::code::CodeFormat;
+use crate::relay::protocol::ErrorCode;
+
+/// Identifies one WebSocket connection for the life of the process.
+pub type ConnId = u64;
+
+/// Which end of a pairing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The Mac app, on `/mac`.
+    Mac,
+    /// The web app, on `/browser`.
+    Browser,
+}
+
+impl Role {
+    /// The other end.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Mac => Self::Browser,
+            Self::Browser => Self::Mac,
+        }
+    }
+
+    /// The error the *other* side gets when this side leaves.
+    fn left_code(self) -> ErrorCode {
+        match self {
+            Self::Mac => ErrorCode::MacDisconnected,
+            Self::Browser => ErrorCode::BrowserDisconnected,
+        }
+    }
+}
+
+/// The durations and limits the rules need, from `Settings`.
+#[derive(Debug, Clone)]
+pub struct PairingRules {
+    /// Codes, their length and alphabet.
+    pub format: CodeFormat,
+    /// How long a code may be joined.
+    pub code_ttl: Duration,
+    /// How long a side lost without a close may resume.
+    pub resume_grace: Duration,
+    /// How long retired codes are remembered.
+    pub retired_code_memory: Duration,
+    /// Most unpaired codes at once.
+    pub max_pending_codes: usize,
+}
+
+/// Something the registry actor must do because a rule said so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Tell a mac its new code (`registered`).
+    Registered {
+        /// The mac.
+        to: ConnId,
+        /// Its code.
+        code: String,
+        /// Milliseconds from now until the code expires (the actor adds wall-clock time).
+        ttl: Duration,
+    },
+    /// Send an `error` to one connection; it stays open.
+    Error {
+        /// The recipient.
+        to: ConnId,
+        /// The code.
+        code: ErrorCode,
+        /// Text for humans.
+        message: &'static str,
+    },
+    /// Connect `mac` and `browser` to each other, and tell both `joined`. Either may be
+    /// `None` when that side is away: the other side is then told only `joined`.
+    Pair {
+        /// The pairing id (the `sessionId`).
+        session: Uuid,
+        /// The mac connection, if present.
+        mac: Option<ConnId>,
+        /// The browser connection, if present.
+        browser: Option<ConnId>,
+    },
+    /// The partner of `to` lost its connection: hold its messages until it resumes.
+    PartnerAway {
+        /// The side that stays.
+        to: ConnId,
+    },
+    /// The pairing of `to` ended; it is unpaired and told `code`.
+    PartnerGone {
+        /// The side that stays.
+        to: ConnId,
+        /// `MAC_DISCONNECTED` or `BROWSER_DISCONNECTED`.
+        code: ErrorCode,
+    },
+    /// Close a connection that a newer one replaced by resuming its pairing.
+    Replaced {
+        /// The old connection.
+        conn: ConnId,
+    },
+    /// Start the one expiry timer of `code`.
+    ScheduleExpiry {
+        /// The code.
+        code: String,
+        /// When it fires.
+        after: Duration,
+    },
+    /// Cancel the expiry timer of `code` (joined or withdrawn).
+    CancelExpiry {
+        /// The code.
+        code: String,
+    },
+    /// Start the grace timer of one away side.
+    ScheduleGrace {
+        /// The pairing.
+        session: Uuid,
+        /// The side that is away.
+        role: Role,
+        /// When it fires.
+        after: Duration,
+    },
+}
+
+/// What became of a code. Kept after it stops being joinable, for `retired_code_memory`,
+/// so late joins get the precise error and no new code repeats a recent one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CodeState {
+    /// Joinable by a browser until `expires_at`.
+    Pending { mac: ConnId, expires_at: Instant },
+    /// A browser used it: single-use, so it is spent.
+    Joined,
+    /// Expired unjoined, or withdrawn by its mac.
+    Expired,
+}
+
+#[derive(Debug, Default)]
+struct MacEntry {
+    client_id: Option<String>,
+    code: Option<String>,
+    session: Option<Uuid>,
+}
+
+/// One end of a pairing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Here(ConnId),
+    /// Lost without a close at `since`; may resume until `since + resume_grace`.
+    Away {
+        since: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct Pairing {
+    mac: End,
+    browser: End,
+    /// The mac's `clientId`, by which it may resume.
+    client_id: Option<String>,
+}
+
+impl Pairing {
+    fn end(&mut self, role: Role) -> &mut End {
+        match role {
+            Role::Mac => &mut self.mac,
+            Role::Browser => &mut self.browser,
+        }
+    }
+}
+
+/// The pairing table: codes, macs, paired browsers and pairings.
+#[derive(Debug)]
+pub struct PairingTable {
+    rules: PairingRules,
+    codes: HashMap<String, CodeState>,
+    /// Number of `CodeState::Pending` entries in `codes`, bounded by `max_pending_codes`.
+    pending: usize,
+    /// Retired codes in the order they retired, with when to forget them: the sweeper pops
+    /// from the front. Also bounded by `max_pending_codes`, so a mac that re-registers in a
+    /// loop cannot grow the table; past the bound the oldest are forgotten early.
+    retired: VecDeque<(Instant, String)>,
+    macs: HashMap<ConnId, MacEntry>,
+    /// Browsers that are paired, with their pairing. Unpaired browsers need no state here.
+    browsers: HashMap<ConnId, Uuid>,
+    pairings: HashMap<Uuid, Pairing>,
+    /// Pairings by their mac's `clientId`, for mac resume.
+    by_client_id: HashMap<String, Uuid>,
+}
+
+impl PairingTable {
+    /// An empty table.
+    pub fn new(rules: PairingRules) -> Self {
+        Self {
+            rules,
+            codes: HashMap::new(),
+            pending: 0,
+            retired: VecDeque::new(),
+            macs: HashMap::new(),
+            browsers: HashMap::new(),
+            pairings: HashMap::new(),
+            by_client_id: HashMap::new(),
+        }
+    }
+
+    /// Live pairings (for metrics and tests).
+    pub fn pairing_count(&self) -> usize {
+        self.pairings.len()
+    }
+
+    /// Codes remembered, pending or retired (for tests of the bound).
+    pub fn code_count(&self) -> usize {
+        self.codes.len()
+    }
+
+    /// A mac connected: it gets a code at once.
+    pub fn mac_connected(&mut self, conn: ConnId, now: Instant) -> Vec<Effect> {
+        self.macs.insert(conn, MacEntry::default());
+        let mut effects = Vec::new();
+        self.issue_code(conn, now, &mut effects);
+        effects
+    }
+
+    /// A mac sent `register`: resume its lost pairing, or swap its code for a fresh one.
+    pub fn mac_register(&mut self, conn: ConnId, client_id: String, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let Some(mac) = self.macs.get_mut(&conn) else {
+            return effects;
+        };
+        if mac.session.is_some() {
+            effects.push(Effect::Error {
+                to: conn,
+                code: ErrorCode::InvalidMessage,
+                message: "register is only allowed while unpaired",
+            });
+            return effects;
+        }
+        mac.client_id = Some(client_id.clone());
+        self.withdraw_code(conn, now, &mut effects);
+
+        let resumable = self.by_client_id.get(&client_id).copied();
+        if let Some(session) = resumable {
+            // Newest connection wins: whether the old mac socket is already known lost or
+            // only looks alive (a half-open TCP after sleep), this one takes its place.
+            if let Some(pairing) = self.pairings.get_mut(&session) {
+                let old = std::mem::replace(&mut pairing.mac, End::Here(conn));
+                let browser = pairing.browser;
+                if let End::Here(old) = old {
+                    self.macs.remove(&old);
+                    effects.push(Effect::Replaced { conn: old });
+                }
+                if let Some(mac) = self.macs.get_mut(&conn) {
+                    mac.session = Some(session);
+                }
+                effects.push(Effect::Pair {
+                    session,
+                    mac: Some(conn),
+                    browser: here(browser),
+                });
+                if here(browser).is_none() {
+                    effects.push(Effect::PartnerAway { to: conn });
+                }
+                return effects;
+            }
+        }
+        self.issue_code(conn, now, &mut effects);
+        effects
+    }
+
+    /// A browser sent `join` with what a person typed.
+    pub fn browser_join(&mut self, conn: ConnId, input: &str, now: Instant) -> Vec<Effect> {
+        let error = |code, message| {
+            vec![Effect::Error {
+                to: conn,
+                code,
+                message,
+            }]
+        };
+        if self.browsers.contains_key(&conn) {
+            return error(ErrorCode::AlreadyJoined, "this browser is already paired");
+        }
+        let Some(code) = self.rules.format.normalise(input) else {
+            return error(ErrorCode::InvalidCode, "that is not a pairing code");
+        };
+        let Some(state) = self.codes.get(&code) else {
+            return error(ErrorCode::InvalidCode, "no such pairing code");
+        };
+        let mac = match *state {
+            CodeState::Joined => {
+                return error(ErrorCode::AlreadyJoined, "that code was already used")
+            }
+            CodeState::Expired => return error(ErrorCode::ExpiredCode, "that code has expired"),
+            CodeState::Pending { expires_at, .. } if now >= expires_at => {
+                // The expiry timer has not run yet; the code is expired all the same.
+                return error(ErrorCode::ExpiredCode, "that code has expired");
+            }
+            CodeState::Pending { mac, .. } => mac,
+        };
+        self.retire(&code, CodeState::Joined, now);
+
+        let session = Uuid::new_v4();
+        let client_id = self.macs.get_mut(&mac).and_then(|entry| {
+            entry.code = None;
+            entry.session = Some(session);
+            entry.client_id.clone()
+        });
+        if let Some(id) = &client_id {
+            self.by_client_id.insert(id.clone(), session);
+        }
+        self.pairings.insert(
+            session,
+            Pairing {
+                mac: End::Here(mac),
+                browser: End::Here(conn),
+                client_id,
+            },
+        );
+        self.browsers.insert(conn, session);
+        vec![
+            Effect::CancelExpiry { code },
+            Effect::Pair {
+                session,
+                mac: Some(mac),
+                browser: Some(conn),
+            },
+        ]
+    }
+
+    /// A browser sent `resume` with the `sessionId` of a pairing it lost.
+    pub fn browser_resume(&mut self, conn: ConnId, session_id: &str) -> Vec<Effect> {
+        let error = |code, message| {
+            vec![Effect::Error {
+                to: conn,
+                code,
+                message,
+            }]
+        };
+        if self.browsers.contains_key(&conn) {
+            return error(ErrorCode::AlreadyJoined, "this browser is already paired");
+        }
+        let pairing = Uuid::parse_str(session_id)
+            .ok()
+            .and_then(|session| Some(session).zip(self.pairings.get_mut(&session)));
+        let Some((session, pairing)) = pairing else {
+            return error(ErrorCode::InvalidCode, "no such session, or it has ended");
+        };
+        let mut effects = Vec::new();
+        // The sessionId is a 122-bit secret: whoever holds it is that browser, so a newer
+        // socket replaces one that only looks alive.
+        if let End::Here(old) = std::mem::replace(&mut pairing.browser, End::Here(conn)) {
+            self.browsers.remove(&old);
+            effects.push(Effect::Replaced { conn: old });
+        }
+        let mac = here(pairing.mac);
+        self.browsers.insert(conn, session);
+        effects.push(Effect::Pair {
+            session,
+            mac,
+            browser: Some(conn),
+        });
+        if mac.is_none() {
+            effects.push(Effect::PartnerAway { to: conn });
+        }
+        effects
+    }
+
+    /// A code's expiry timer fired.
+    pub fn code_expired(&mut self, code: &str, now: Instant) -> Vec<Effect> {
+        let Some(&CodeState::Pending { mac, expires_at }) = self.codes.get(code) else {
+            return Vec::new();
+        };
+        if now < expires_at {
+            return Vec::new();
+        }
+        self.retire(code, CodeState::Expired, now);
+        if let Some(entry) = self.macs.get_mut(&mac) {
+            entry.code = None;
+        }
+        vec![Effect::Error {
+            to: mac,
+            code: ErrorCode::ExpiredCode,
+            message: "your code expired; send register for a new one",
+        }]
+    }
+
+    /// A connection closed. `clean` is true for a close frame (or a close the relay chose);
+    /// false for a connection lost, which its partner waits out for the grace period.
+    pub fn disconnected(
+        &mut self,
+        conn: ConnId,
+        role: Role,
+        clean: bool,
+        now: Instant,
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let session = match role {
+            Role::Mac => {
+                self.withdraw_code(conn, now, &mut effects);
+                // A replaced connection was already removed: its late close changes nothing.
+                self.macs.remove(&conn).and_then(|mac| mac.session)
+            }
+            Role::Browser => self.browsers.remove(&conn),
+        };
+        let Some(session) = session else {
+            return effects;
+        };
+        let Some(pairing) = self.pairings.get_mut(&session) else {
+            return effects;
+        };
+        if *pairing.end(role) != End::Here(conn) {
+            return effects;
+        }
+        let partner = here(*pairing.end(role.other()));
+        match partner {
+            Some(partner) if !clean => {
+                *pairing.end(role) = End::Away { since: now };
+                effects.push(Effect::PartnerAway { to: partner });
+                effects.push(Effect::ScheduleGrace {
+                    session,
+                    role,
+                    after: self.rules.resume_grace,
+                });
+            }
+            _ => self.end_pairing(session, role, &mut effects),
+        }
+        effects
+    }
+
+    /// The grace timer of an away side fired: if it did not come back, the pairing ends.
+    pub fn grace_expired(&mut self, session: Uuid, role: Role, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let Some(pairing) = self.pairings.get_mut(&session) else {
+            return effects;
+        };
+        if let End::Away { since } = *pairing.end(role) {
+            if now >= since + self.rules.resume_grace {
+                self.end_pairing(session, role, &mut effects);
+            }
+        }
+        effects
+    }
+
+    /// A connection asked to end its pairing now (its partner was too slow, or held
+    /// messages overflowed): both sides are unpaired and the partner is closed by the caller.
+    pub fn unpair(&mut self, conn: ConnId, role: Role) -> Vec<Effect> {
+        let session = match role {
+            Role::Mac => self.macs.get(&conn).and_then(|mac| mac.session),
+            Role::Browser => self.browsers.get(&conn).copied(),
+        };
+        let mut effects = Vec::new();
+        if let Some(session) = session {
+            self.end_pairing(session, role.other(), &mut effects);
+        }
+        effects
+    }
+
+    /// Forgets retired codes whose memory ran out. Called periodically.
+    pub fn sweep(&mut self, now: Instant) {
+        while let Some((forget_at, _)) = self.retired.front() {
+            if *forget_at > now && self.retired.len() <= self.rules.max_pending_codes {
+                break;
+            }
+            if let Some((_, code)) = self.retired.pop_front() {
+                self.codes.remove(&code);
+            }
+        }
+    }
+
+    /// Moves a pending code to a retired state, remembered for `retired_code_memory`.
+    fn retire(&mut self, code: &str, state: CodeState, now: Instant) {
+        if let Some(entry) = self.codes.get_mut(code) {
+            if matches!(entry, CodeState::Pending { .. }) {
+                self.pending -= 1;
+            }
+            *entry = state;
+            self.retired
+                .push_back((now + self.rules.retired_code_memory, code.to_owned()));
+            // Keep the bound even between sweeps.
+            if self.retired.len() > self.rules.max_pending_codes {
+                self.sweep(now);
+            }
+        }
+    }
+
+    /// Ends `session` because `leaver` left: the other side, if here, is told.
+    fn end_pairing(&mut self, session: Uuid, leaver: Role, effects: &mut Vec<Effect>) {
+        let Some(pairing) = self.pairings.remove(&session) else {
+            return;
+        };
+        if let Some(id) = &pairing.client_id {
+            if self.by_client_id.get(id) == Some(&session) {
+                self.by_client_id.remove(id);
+            }
+        }
+        for (role, end) in [(Role::Mac, pairing.mac), (Role::Browser, pairing.browser)] {
+            let End::Here(conn) = end else { continue };
+            match role {
+                Role::Mac => {
+                    if let Some(mac) = self.macs.get_mut(&conn) {
+                        mac.session = None;
+                    }
+                }
+                Role::Browser => {
+                    self.browsers.remove(&conn);
+                }
+            }
+            if role != leaver {
+                effects.push(Effect::PartnerGone {
+                    to: conn,
+                    code: leaver.left_code(),
+                });
+            }
+        }
+    }
+
+    fn issue_code(&mut self, conn: ConnId, now: Instant, effects: &mut Vec<Effect>) {
+        if self.pending >= self.rules.max_pending_codes {
+            effects.push(Effect::Error {
+                to: conn,
+                code: ErrorCode::RateLimited,
+                message: "the relay has too many open codes; send register again shortly",
+            });
+            return;
+        }
+        // Codes are unique among live and remembered ones. With 28^6 codes a clash is
+        // rare; the bound on attempts keeps a nearly full space from spinning forever.
+        let Some(code) = (0..64)
+            .map(|_| self.rules.format.generate())
+            .find(|code| !self.codes.contains_key(code))
+        else {
+            effects.push(Effect::Error {
+                to: conn,
+                code: ErrorCode::RateLimited,
+                message: "no free pairing code; send register again shortly",
+            });
+            return;
+        };
+        let expires_at = now + self.rules.code_ttl;
+        self.codes.insert(
+            code.clone(),
+            CodeState::Pending {
+                mac: conn,
+                expires_at,
+            },
+        );
+        self.pending += 1;
+        if let Some(mac) = self.macs.get_mut(&conn) {
+            mac.code = Some(code.clone());
+        }
+        effects.push(Effect::Registered {
+            to: conn,
+            code: code.clone(),
+            ttl: self.rules.code_ttl,
+        });
+        effects.push(Effect::ScheduleExpiry {
+            code,
+            after: self.rules.code_ttl,
+        });
+    }
+
+    /// Retires the mac's pending code, if any: a late join gets `EXPIRED_CODE`.
+    fn withdraw_code(&mut self, conn: ConnId, now: Instant, effects: &mut Vec<Effect>) {
+        let Some(code) = self.macs.get_mut(&conn).and_then(|mac| mac.code.take()) else {
+            return;
+        };
+        if matches!(self.codes.get(&code), Some(CodeState::Pending { .. })) {
+            self.retire(&code, CodeState::Expired, now);
+        }
+        effects.push(Effect::CancelExpiry { code });
+    }
+}
+
+fn here(end: End) -> Option<ConnId> {
+    match end {
+        End::Here(conn) => Some(conn),
+        End::Away { .. } => None,
+    }
+}
+
+#[cfg(test)]
+#[path = "pairings_tests.rs"]
+mod tests;
