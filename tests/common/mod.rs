@@ -1,0 +1,181 @@
+//! Test harness: the real relay on port 0 in its own actix system, and WebSocket clients.
+#![allow(dead_code)]
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hermit_relay::config::Settings;
+use hermit_relay::startup::Application;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A client socket.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long a test waits for any one expected message.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The relay, running until dropped.
+pub struct TestServer {
+    pub port: u16,
+    handle: actix_server::ServerHandle,
+}
+
+impl TestServer {
+    /// Starts the relay with `settings` (its bind address is replaced by 127.0.0.1:0).
+    pub fn start(mut settings: Settings) -> Self {
+        settings.server.bind = "127.0.0.1:0".parse().unwrap();
+        settings.server.workers = 2;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let app = Application::build(settings).expect("relay starts");
+                tx.send((app.port(), app.handle())).unwrap();
+                app.run_until_stopped().await.unwrap();
+            });
+        });
+        let (port, handle) = rx.recv().expect("relay reports its port");
+        Self { port, handle }
+    }
+
+    /// `ws://127.0.0.1:PORT{path}`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Opens a WebSocket to `path`.
+    pub async fn connect(&self, path: &str) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url(path))
+            .await
+            .expect("websocket connects");
+        ws
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // The stop command is sent when `stop` is called; the future only awaits completion.
+        drop(self.handle.stop(false));
+    }
+}
+
+/// Settings for tests: short but not flaky durations.
+pub fn settings() -> Settings {
+    let mut s = Settings::defaults();
+    s.heartbeat.interval_secs = 5;
+    s.heartbeat.timeout_secs = 5;
+    s
+}
+
+/// Sends a JSON message.
+pub async fn send(ws: &mut Ws, value: Value) {
+    ws.send(Message::text(value.to_string())).await.unwrap();
+}
+
+/// The next JSON message, skipping control frames; panics after [`WAIT`].
+pub async fn recv(ws: &mut Ws) -> Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a JSON message, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a message arrives in time")
+}
+
+/// Asserts the next message is an `error` with `code`, and returns its text.
+pub async fn expect_error(ws: &mut Ws, code: &str) -> String {
+    let msg = recv(ws).await;
+    assert_eq!(msg["type"], "error", "{msg}");
+    assert_eq!(msg["code"], code, "{msg}");
+    msg["message"].as_str().unwrap().to_owned()
+}
+
+/// Asserts nothing but control frames arrives for `quiet`.
+pub async fn expect_silence(ws: &mut Ws, quiet: Duration) {
+    let got = tokio::time::timeout(quiet, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(got.is_err(), "expected silence, got {got:?}");
+}
+
+/// Proves the connection is still usable: a ping is answered with its pong.
+pub async fn assert_usable(ws: &mut Ws) {
+    send(ws, json!({"type": "ping", "ts": 42})).await;
+    let msg = recv(ws).await;
+    assert_eq!(msg, json!({"type": "pong", "ts": 42}));
+}
+
+/// Waits until the relay closes `ws`; returns the close code if a close frame came.
+pub async fn expect_closed(ws: &mut Ws, within: Duration) -> Option<u16> {
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the relay closes the connection in time")
+}
+
+/// A mac connected to `/mac`, with the code it was given.
+pub async fn mac(server: &TestServer) -> (Ws, String) {
+    let mut ws = server.connect("/mac").await;
+    let msg = recv(&mut ws).await;
+    assert_eq!(msg["type"], "registered", "{msg}");
+    let code = msg["code"].as_str().unwrap().to_owned();
+    (ws, code)
+}
+
+/// A mac and a browser paired through a code; returns both and the session id.
+pub async fn pair(server: &TestServer) -> (Ws, Ws, String) {
+    let (mut mac, code) = mac(server).await;
+    let mut browser = server.connect("/browser").await;
+    send(&mut browser, json!({"type": "join", "code": code})).await;
+    let joined = recv(&mut browser).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    let session = joined["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(recv(&mut mac).await, joined);
+    (mac, browser, session)
+}
+
+/// Sends `data` with `payload`.
+pub async fn send_data(ws: &mut Ws, payload: &str) {
+    send(ws, json!({"type": "data", "payload": payload})).await;
+}
+
+/// Asserts the next message is `data` with exactly `payload`.
+pub async fn expect_data(ws: &mut Ws, payload: &str) {
+    let msg = recv(ws).await;
+    assert_eq!(
+        msg["type"],
+        "data",
+        "{}",
+        &msg.to_string()[..msg.to_string().len().min(200)]
+    );
+    assert!(msg["payload"] == payload, "payload changed in transit");
+}
+
+/// Resident memory of this process (the relay runs in it), in bytes.
+pub fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
