@@ -1,0 +1,6 @@
+//! Accounts' security: password hashing, access tokens, opaque tokens, the request extractor.
+
+pub mod extractor;
+pub mod opaque;
+pub mod password;
+pub mod token;

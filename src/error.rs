@@ -1,0 +1,88 @@
+//! Errors at the HTTP boundary.
+//!
+//! Policy: every error body is `{"error":"<human text>"}` (PROTOCOL.md §2). Texts name the
+//! problem but never contain a token, password, hash or database detail; internal failures
+//! are logged with their cause and answered with a generic 500. Model code returns
+//! `diesel::QueryResult`; handlers return `Result<_, ApiError>`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Every way an API request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed or breaks a rule.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: login failed. Same text for an unknown email and a wrong password.
+    #[error("Invalid credentials")]
+    InvalidCredentials,
+    /// 401: missing, expired or invalid token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 403: registration is closed by config.
+    #[error("Registration is closed")]
+    RegistrationClosed,
+    /// 404: no such thing for this caller.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// 413: the body is over `auth.max_body_bytes`.
+    #[error("Request body is too large")]
+    PayloadTooLarge,
+    /// 429: too many attempts from this client address.
+    #[error("Too many requests; try again later")]
+    RateLimited,
+    /// 503: a dependency (database, hashing capacity) is unavailable right now.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// 500: a bug or an unexpected failure, logged where it was created.
+    #[error("Internal server error")]
+    Internal,
+}
+
+impl ApiError {
+    /// Logs `what` and returns the generic 500.
+    pub fn internal(what: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %what, "internal error");
+        Self::Internal
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::internal(format_args!("database: {err}"))
+    }
+}
+
+/// `{"error": "..."}`
+#[derive(Serialize)]
+pub struct ErrorResponse<'a> {
+    /// Human-readable text.
+    pub error: &'a str,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidCredentials | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::RegistrationClosed => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, Self::InvalidCredentials | Self::Unauthorized(_)) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(ErrorResponse {
+            error: &self.to_string(),
+        })
+    }
+}
