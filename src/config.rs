@@ -5,7 +5,7 @@
 //! Unknown keys are errors, so a typo never silently falls back to a default.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
@@ -24,6 +24,10 @@ const ENV_PREFIX: &str = "HERMIT";
 pub struct Settings {
     /// Listening socket and worker threads.
     pub server: ServerSettings,
+    /// Where accounts are stored.
+    pub database: DatabaseSettings,
+    /// Accounts, passwords and tokens.
+    pub auth: AuthSettings,
     /// Quick pairing by code.
     pub pairing: PairingSettings,
     /// WebSocket liveness.
@@ -44,6 +48,50 @@ pub struct ServerSettings {
     pub max_connections_per_worker: usize,
     /// Grace given to open connections at shutdown.
     pub shutdown_timeout_secs: u64,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub url: String,
+    /// Most open connections.
+    pub pool_size: u32,
+    /// Wait for a connection at most this long.
+    pub connect_timeout_secs: u64,
+    /// Apply pending migrations at start.
+    pub run_migrations: bool,
+}
+
+/// Whether anyone may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// `/auth/register` is open to anyone.
+    Open,
+    /// `/auth/register` answers 403.
+    Closed,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// File holding the biscuit root private key.
+    pub private_key_file: PathBuf,
+    /// Open or closed registration.
+    pub registration: Registration,
+    /// Access token lifetime.
+    pub access_token_ttl_secs: u64,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl_secs: u64,
+    /// Password hashes computed at once.
+    pub max_concurrent_hashes: usize,
+    /// Wait for a hashing slot at most this long.
+    pub hash_queue_timeout_secs: u64,
+    /// Largest JSON request body.
+    pub max_body_bytes: usize,
 }
 
 /// `[pairing]`
@@ -137,6 +185,35 @@ impl Settings {
                 problem: problem.to_owned(),
             })
         };
+        let db = &self.database;
+        if !(db.url.starts_with("sqlite://")
+            || db.url.starts_with("postgres://")
+            || db.url.starts_with("postgresql://"))
+        {
+            return invalid(
+                "database.url",
+                "must start with sqlite:// or postgres:// (or postgresql://)",
+            );
+        }
+        if db.pool_size == 0 {
+            return invalid("database.pool_size", "must be at least 1");
+        }
+        if db.connect_timeout_secs == 0 {
+            return invalid("database.connect_timeout_secs", "must be at least 1");
+        }
+        let auth = &self.auth;
+        if auth.access_token_ttl_secs == 0 {
+            return invalid("auth.access_token_ttl_secs", "must be at least 1");
+        }
+        if auth.refresh_token_ttl_secs == 0 {
+            return invalid("auth.refresh_token_ttl_secs", "must be at least 1");
+        }
+        if auth.max_concurrent_hashes == 0 {
+            return invalid("auth.max_concurrent_hashes", "must be at least 1");
+        }
+        if auth.max_body_bytes < 256 {
+            return invalid("auth.max_body_bytes", "must be at least 256");
+        }
         let p = &self.pairing;
         if !(4..=32).contains(&p.code_length) {
             return invalid("pairing.code_length", "must be between 4 and 32");
@@ -185,10 +262,49 @@ impl Settings {
         Ok(())
     }
 
-    /// The effective settings as TOML, for `check-config`.
+    /// The effective settings as TOML, for `check-config`, with secrets masked.
     pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = mask_url_password(&shown.database.url);
         // unwrap: every field is a plain scalar inside a table, which TOML can always express.
-        toml::to_string(self).unwrap()
+        toml::to_string(&shown).unwrap()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl DatabaseSettings {
+    /// [`Self::connect_timeout_secs`] as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+impl AuthSettings {
+    /// [`Self::access_token_ttl_secs`] as a duration.
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_ttl_secs)
+    }
+    /// [`Self::refresh_token_ttl_secs`] as a duration.
+    pub fn refresh_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.refresh_token_ttl_secs)
+    }
+    /// [`Self::hash_queue_timeout_secs`] as a duration.
+    pub fn hash_queue_timeout(&self) -> Duration {
+        Duration::from_secs(self.hash_queue_timeout_secs)
     }
 }
 
@@ -310,6 +426,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("code_tll_secs"), "{err}");
+    }
+
+    #[test]
+    fn database_passwords_are_masked_in_the_printed_settings() {
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "HERMIT__DATABASE__URL",
+                "postgres://relay:s3cret@db:5432/hermit",
+            )]),
+        )
+        .unwrap();
+        let printed = s.to_toml();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            printed.contains("postgres://relay:***@db:5432/hermit"),
+            "{printed}"
+        );
+        assert_eq!(
+            mask_url_password("sqlite://data/x.db"),
+            "sqlite://data/x.db"
+        );
+    }
+
+    #[test]
+    fn an_unsupported_database_url_is_refused_naming_its_key() {
+        let err = Settings::load_from(None, env(&[("HERMIT__DATABASE__URL", "mysql://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.url"), "{err}");
     }
 
     #[test]

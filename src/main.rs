@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hermit_relay::auth::token::public_key_of;
 use hermit_relay::config::Settings;
 use hermit_relay::startup::Application;
 
@@ -22,8 +23,11 @@ struct Cli {
 enum Command {
     /// Run the relay (the default).
     Serve,
-    /// Validate the configuration and print the effective settings.
+    /// Validate the configuration and print the effective settings (secrets masked) and
+    /// the access-token public key.
     CheckConfig,
+    /// Apply pending database migrations and exit.
+    Migrate,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,18 +36,38 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             print!("{}", settings.to_toml());
+            let key_file = &settings.auth.private_key_file;
+            match public_key_of(key_file)? {
+                Some(key) => println!("# access-token public key: {key}"),
+                None => println!(
+                    "# access-token key {} does not exist yet; it is generated on first start",
+                    key_file.display()
+                ),
+            }
+            Ok(())
+        }
+        Command::Migrate => {
+            init_logging();
+            let db = &settings.database;
+            let pool = hermit_relay::db::pool(&db.url, 1, db.connect_timeout())?;
+            let applied = hermit_relay::startup::migrate(&pool)?;
+            println!("{} migration(s) applied", applied.len());
             Ok(())
         }
         Command::Serve => serve(settings),
     }
 }
 
-fn serve(settings: Settings) -> anyhow::Result<()> {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    init_logging();
     actix_rt::System::new().block_on(async move {
         let bind = settings.server.bind;
         let app =

@@ -12,7 +12,11 @@ use actix_service::{fn_service, map_config, ServiceFactoryExt};
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 
+use crate::accounts::Accounts;
+use crate::auth::password::HashStats;
+use crate::auth::token::{AccessTokens, KeyFileError};
 use crate::config::Settings;
+use crate::db::{self, DbError};
 use crate::relay::code::CodeFormat;
 use crate::relay::registry::pairings::PairingRules;
 use crate::relay::registry::SessionRegistry;
@@ -25,28 +29,57 @@ const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle keep-alive of plain HTTP connections between requests.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database URL is unusable.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// Migrations could not be applied.
+    #[error("database migrations failed: {0}")]
+    Migrations(String),
+    /// The biscuit key file could not be read or made.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+}
+
 /// A built relay: bound to its port, not yet serving until awaited.
 pub struct Application {
     port: u16,
     server: Server,
+    hash_stats: Arc<HashStats>,
 }
 
 impl Application {
     /// Binds the listener and starts the registry. Must run inside an actix `System`.
-    pub fn build(settings: Settings) -> std::io::Result<Self> {
+    pub fn build(settings: Settings) -> Result<Self, StartError> {
         let settings = Arc::new(settings);
-        let listener = TcpListener::bind(settings.server.bind)?;
-        let port = listener.local_addr()?.port();
+        let addr = settings.server.bind;
+        let bind_error = |source| StartError::Bind { addr, source };
+        let listener = TcpListener::bind(addr).map_err(bind_error)?;
+        let port = listener.local_addr().map_err(bind_error)?.port();
+
+        let accounts = web::Data::new(accounts(&settings)?);
+        let hash_stats = accounts.passwords.stats();
 
         let rules = pairing_rules(&settings);
         // The registry gets a thread of its own, away from the workers' connections.
         let registry = SessionRegistry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
             SessionRegistry::new(rules)
         });
-        let state = RelayState {
+        let state = web::Data::new(RelayState {
             settings: Arc::clone(&settings),
             registry,
-        };
+        });
+        let max_body_bytes = settings.auth.max_body_bytes;
 
         let server = &settings.server;
         let workers = match server.workers {
@@ -58,11 +91,12 @@ impl Application {
             .max_concurrent_connections(server.max_connections_per_worker)
             .shutdown_timeout(server.shutdown_timeout_secs)
             .listen("hermit-relay", listener, move || {
-                let state = state.clone();
                 let app = App::new()
-                    .app_data(web::Data::new(state))
-                    .configure(routes::routes)
-                    .configure(relay::routes);
+                    .app_data(state.clone())
+                    .app_data(accounts.clone())
+                    .configure(routes::routes(max_body_bytes))
+                    .configure(relay::routes)
+                    .default_service(web::to(routes::not_found));
                 let app = actix_service::IntoServiceFactory::into_factory(app).map_err(
                     |err: actix_web::Error| {
                         actix_http::Response::<actix_http::body::BoxBody>::from(
@@ -83,9 +117,19 @@ impl Application {
                     Ok::<_, actix_http::error::DispatchError>((Killable::new(io), peer))
                 })
                 .and_then(http)
-            })?
+            })
+            .map_err(bind_error)?
             .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            hash_stats,
+        })
+    }
+
+    /// Password hashing counters (tests check the concurrency bound with them).
+    pub fn hash_stats(&self) -> Arc<HashStats> {
+        Arc::clone(&self.hash_stats)
     }
 
     /// The port actually bound (useful with port 0).
@@ -102,6 +146,35 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// Opens the pool, applies migrations if configured, and loads the token key.
+fn accounts(settings: &Settings) -> Result<Accounts, StartError> {
+    let database = &settings.database;
+    let pool = db::pool(
+        &database.url,
+        database.pool_size,
+        database.connect_timeout(),
+    )?;
+    if database.run_migrations {
+        migrate(&pool)?;
+    }
+    let auth = &settings.auth;
+    let tokens = AccessTokens::load_or_create(&auth.private_key_file, auth.access_token_ttl())?;
+    Ok(Accounts::new(pool, Arc::new(tokens), auth))
+}
+
+/// Applies pending migrations now (also `hermit-relay migrate`); returns what was applied.
+pub fn migrate(pool: &db::Pool) -> Result<Vec<String>, StartError> {
+    let mut conn = pool
+        .get()
+        .map_err(|err| StartError::Migrations(format!("no database connection: {err}")))?;
+    let applied =
+        db::run_migrations(&mut conn).map_err(|err| StartError::Migrations(err.to_string()))?;
+    for version in &applied {
+        tracing::info!(%version, "applied migration");
+    }
+    Ok(applied)
 }
 
 fn pairing_rules(settings: &Settings) -> PairingRules {

@@ -5,6 +5,7 @@
 //! The rules live in [`pairings::PairingTable`] as plain methods; the handlers here only
 //! delegate and then carry out the returned [`Effect`]s.
 
+pub mod machines;
 pub mod pairings;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use crate::relay::protocol::{ErrorCode, PairingEvent};
 use crate::transport::{text_frame, Outbox};
+use machines::{Live, MachineTable};
 use pairings::{ConnId, Effect, PairingRules, PairingTable, Role};
 
 /// How often retired codes are swept from memory.
@@ -141,9 +143,26 @@ pub struct Unpair {
     pub role: Role,
 }
 
+/// REST or client → registry: the live state of these machines, in order.
+#[derive(Message)]
+#[rtype(result = "Vec<Live>")]
+pub struct MachineStatus {
+    /// Machines to look up.
+    pub machine_ids: Vec<String>,
+}
+
+/// REST → registry: a machine was deleted; drop its agent.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DropMachine {
+    /// The deleted machine.
+    pub machine_id: String,
+}
+
 /// The registry actor.
 pub struct SessionRegistry {
     table: PairingTable,
+    machines: MachineTable,
     peers: HashMap<ConnId, Peer>,
     /// One timer per pending code, cancelled when it is joined or withdrawn.
     expiry_timers: HashMap<String, SpawnHandle>,
@@ -156,6 +175,7 @@ impl SessionRegistry {
     pub fn new(rules: PairingRules) -> Self {
         Self {
             table: PairingTable::new(rules),
+            machines: MachineTable::default(),
             peers: HashMap::new(),
             expiry_timers: HashMap::new(),
             grace_timers: HashMap::new(),
@@ -325,5 +345,23 @@ impl Handler<Unpair> for SessionRegistry {
     fn handle(&mut self, msg: Unpair, ctx: &mut Context<Self>) {
         let effects = self.table.unpair(msg.conn, msg.role);
         self.apply(effects, ctx);
+    }
+}
+
+impl Handler<MachineStatus> for SessionRegistry {
+    type Result = MessageResult<MachineStatus>;
+
+    fn handle(&mut self, msg: MachineStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.machines.status(&msg.machine_ids))
+    }
+}
+
+impl Handler<DropMachine> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: DropMachine, _: &mut Context<Self>) {
+        if let Some(conn) = self.machines.remove_machine(&msg.machine_id) {
+            self.tell(conn, ToConn::Drop(Dropped::Replaced));
+        }
     }
 }

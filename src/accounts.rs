@@ -1,0 +1,320 @@
+//! Accounts: registration, login, refresh-token rotation and logout.
+//!
+//! The HTTP handlers in `routes::auth` only parse and delegate here. Passwords are hashed
+//! under the bound of [`Passwords`]; every database step runs through [`db::run`], off the
+//! async threads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::Connection;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::auth::opaque::{self, REFRESH_PREFIX};
+use crate::auth::password::{Passwords, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
+use crate::auth::token::AccessTokens;
+use crate::config::{AuthSettings, Registration};
+use crate::db::{self, DbConnection, Pool};
+use crate::error::ApiError;
+use crate::models::refresh_token::{self, NewRefreshToken};
+use crate::models::user::{self, NewUser};
+use crate::models::{is_unique_violation, now};
+
+/// Longest email accepted (RFC 5321 path limit).
+const MAX_EMAIL_BYTES: usize = 254;
+
+/// `UserInfo` of PROTOCOL.md §2.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserInfo {
+    /// The user's id.
+    pub id: String,
+    /// The user's email.
+    pub email: String,
+}
+
+/// A signed-in session: what register and login answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedIn {
+    /// The user.
+    pub user: UserInfo,
+    /// A biscuit access token.
+    pub access_token: String,
+    /// An opaque refresh token, shown only here.
+    pub refresh_token: String,
+}
+
+/// What `/auth/refresh` answers.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refreshed {
+    /// A new access token.
+    pub access_token: String,
+    /// The next refresh token; the one presented is spent.
+    pub refresh_token: String,
+}
+
+/// The accounts service, shared by all workers.
+pub struct Accounts {
+    /// The database pool.
+    pub pool: Pool,
+    /// Access token issuer and verifier.
+    pub tokens: Arc<AccessTokens>,
+    /// Bounded password hashing.
+    pub passwords: Passwords,
+    registration: Registration,
+    refresh_ttl: Duration,
+}
+
+impl Accounts {
+    /// The service over `pool` with the `[auth]` settings.
+    pub fn new(pool: Pool, tokens: Arc<AccessTokens>, settings: &AuthSettings) -> Self {
+        Self {
+            pool,
+            tokens,
+            passwords: Passwords::new(
+                settings.max_concurrent_hashes,
+                settings.hash_queue_timeout(),
+            ),
+            registration: settings.registration,
+            refresh_ttl: settings.refresh_token_ttl(),
+        }
+    }
+
+    /// Creates an account and signs it in.
+    pub async fn register(&self, email: &str, password: String) -> Result<SignedIn, ApiError> {
+        if self.registration == Registration::Closed {
+            return Err(ApiError::RegistrationClosed);
+        }
+        let email = normalise_email(email)
+            .ok_or_else(|| ApiError::BadRequest("Invalid email address".into()))?;
+        if password.chars().count() < MIN_PASSWORD_CHARS {
+            return Err(ApiError::BadRequest(format!(
+                "Password must be at least {MIN_PASSWORD_CHARS} characters"
+            )));
+        }
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(ApiError::BadRequest(format!(
+                "Password must be at most {MAX_PASSWORD_BYTES} bytes"
+            )));
+        }
+        let password_hash = self.passwords.hash(password).await?;
+        let user_id = Uuid::new_v4().to_string();
+        let refresh = opaque::mint(REFRESH_PREFIX);
+        let refresh_hash = refresh.hash.clone();
+        let refresh_ttl = self.refresh_ttl;
+        let (id, stored_email) = (user_id.clone(), email.clone());
+        db::run(&self.pool, move |conn| {
+            conn.transaction(|conn| {
+                let user = NewUser {
+                    id: &id,
+                    email: &stored_email,
+                    password_hash: &password_hash,
+                    created_at: now(),
+                };
+                match user::insert(conn, &user) {
+                    Err(err) if is_unique_violation(&err) => {
+                        return Err(ApiError::BadRequest("Email is already registered".into()))
+                    }
+                    other => other?,
+                }
+                start_family(conn, &id, &refresh_hash, refresh_ttl)?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(SignedIn {
+            access_token: self.tokens.issue(&user_id),
+            user: UserInfo { id: user_id, email },
+            refresh_token: refresh.secret,
+        })
+    }
+
+    /// Signs a user in. An unknown email and a wrong password get the same answer and
+    /// cost the same (both verify one argon2 hash).
+    pub async fn login(&self, email: &str, password: String) -> Result<SignedIn, ApiError> {
+        let email = normalise_email(email).unwrap_or_default();
+        let lookup = email.clone();
+        let user = db::run(&self.pool, move |conn| {
+            Ok(user::find_by_email(conn, &lookup)?)
+        })
+        .await?;
+        let password = if password.len() > MAX_PASSWORD_BYTES {
+            String::new()
+        } else {
+            password
+        };
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        if !self.passwords.verify(password, stored).await? {
+            return Err(ApiError::InvalidCredentials);
+        }
+        let user = user.ok_or(ApiError::InvalidCredentials)?;
+        let refresh = opaque::mint(REFRESH_PREFIX);
+        let (user_id, hash, ttl) = (user.id.clone(), refresh.hash.clone(), self.refresh_ttl);
+        db::run(&self.pool, move |conn| {
+            start_family(conn, &user_id, &hash, ttl)
+        })
+        .await?;
+        Ok(SignedIn {
+            access_token: self.tokens.issue(&user.id),
+            user: UserInfo {
+                id: user.id,
+                email: user.email,
+            },
+            refresh_token: refresh.secret,
+        })
+    }
+
+    /// Exchanges a refresh token for a new pair. A token presented twice revokes its family.
+    pub async fn refresh(&self, presented: &str) -> Result<Refreshed, ApiError> {
+        let hash = opaque::hash(presented);
+        let next = opaque::mint(REFRESH_PREFIX);
+        let next_hash = next.hash.clone();
+        let ttl = self.refresh_ttl;
+        let outcome = db::run(&self.pool, move |conn| {
+            conn.transaction(|conn| rotate(conn, &hash, &next_hash, ttl))
+        })
+        .await?;
+        match outcome {
+            Rotation::Rotated { user_id } => Ok(Refreshed {
+                access_token: self.tokens.issue(&user_id),
+                refresh_token: next.secret,
+            }),
+            Rotation::Reused => {
+                tracing::warn!("a spent refresh token was presented again; its family is revoked");
+                Err(ApiError::Unauthorized("Invalid refresh token"))
+            }
+            Rotation::Refused => Err(ApiError::Unauthorized("Invalid refresh token")),
+        }
+    }
+
+    /// Revokes the family of a refresh token. Unknown tokens are ignored: logout always works.
+    pub async fn logout(&self, presented: &str) -> Result<(), ApiError> {
+        let hash = opaque::hash(presented);
+        db::run(&self.pool, move |conn| {
+            if let Some(token) = refresh_token::find_by_hash(conn, &hash)? {
+                refresh_token::revoke_family(conn, &token.family_id, now())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The result of presenting a refresh token.
+enum Rotation {
+    Rotated {
+        user_id: String,
+    },
+    /// A spent token came back: the family was revoked (and that revocation committed).
+    Reused,
+    Refused,
+}
+
+fn rotate(
+    conn: &mut DbConnection,
+    hash: &str,
+    next_hash: &str,
+    ttl: Duration,
+) -> Result<Rotation, ApiError> {
+    let Some(token) = refresh_token::find_by_hash(conn, hash)? else {
+        return Ok(Rotation::Refused);
+    };
+    let at = now();
+    if token.revoked_at.is_some() || token.expires_at <= at {
+        return Ok(Rotation::Refused);
+    }
+    if token.spent_at.is_some() || !refresh_token::spend(conn, &token.id, at)? {
+        refresh_token::revoke_family(conn, &token.family_id, at)?;
+        return Ok(Rotation::Reused);
+    }
+    insert_token(conn, &token.user_id, &token.family_id, next_hash, ttl)?;
+    Ok(Rotation::Rotated {
+        user_id: token.user_id,
+    })
+}
+
+/// Stores the first refresh token of a new family (a login).
+fn start_family(
+    conn: &mut DbConnection,
+    user_id: &str,
+    hash: &str,
+    ttl: Duration,
+) -> Result<(), ApiError> {
+    insert_token(conn, user_id, &Uuid::new_v4().to_string(), hash, ttl)
+}
+
+fn insert_token(
+    conn: &mut DbConnection,
+    user_id: &str,
+    family_id: &str,
+    hash: &str,
+    ttl: Duration,
+) -> Result<(), ApiError> {
+    let created_at = now();
+    let ttl = chrono::Duration::from_std(ttl).map_err(ApiError::internal)?;
+    refresh_token::insert(
+        conn,
+        &NewRefreshToken {
+            id: &Uuid::new_v4().to_string(),
+            user_id,
+            family_id,
+            token_hash: hash,
+            created_at,
+            expires_at: created_at + ttl,
+        },
+    )?;
+    Ok(())
+}
+
+/// Trimmed, lower-cased email if it looks like one: `local@domain.tld`, no spaces.
+pub fn normalise_email(input: &str) -> Option<String> {
+    let email = input.trim().to_lowercase();
+    if email.len() > MAX_EMAIL_BYTES || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let (local, domain) = email.rsplit_once('@')?;
+    let valid = !local.is_empty()
+        && !local.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..");
+    valid.then_some(email)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_email;
+
+    #[test]
+    fn emails_are_trimmed_and_lower_cased() {
+        assert_eq!(
+            normalise_email("  Ada@Example.COM "),
+            Some("ada@example.com".into())
+        );
+    }
+
+    #[test]
+    fn things_that_are_not_emails_are_refused() {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@@example.com",
+            "ada@.example.com",
+            "ada@example.com.",
+            "ada@exa..mple.com",
+        ] {
+            assert_eq!(normalise_email(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            normalise_email(&format!("{}@example.com", "a".repeat(250))),
+            None
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! `GET/POST /api/machines`, `DELETE /api/machines/{id}`.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::Accounts;
+use crate::auth::extractor::AuthUser;
+use crate::error::ApiError;
+use crate::machines::{self, MachineInfo};
+use crate::relay::RelayState;
+
+/// Registers the `/api/machines` routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/machines", web::get().to(list))
+        .route("/api/machines", web::post().to(create))
+        .route("/api/machines/{id}", web::delete().to(delete));
+}
+
+#[derive(Serialize)]
+struct MachineList {
+    machines: Vec<MachineInfo>,
+}
+
+#[derive(Deserialize)]
+struct NewMachineBody {
+    name: String,
+}
+
+#[derive(Serialize)]
+struct Created {
+    machine: MachineInfo,
+    /// Shown only here; stored as a hash.
+    token: String,
+}
+
+async fn list(
+    user: AuthUser,
+    accounts: web::Data<Accounts>,
+    relay: web::Data<RelayState>,
+) -> Result<HttpResponse, ApiError> {
+    let machines = machines::list(&accounts.pool, &relay.registry, &user.user_id).await?;
+    Ok(HttpResponse::Ok().json(MachineList { machines }))
+}
+
+async fn create(
+    user: AuthUser,
+    accounts: web::Data<Accounts>,
+    body: web::Json<NewMachineBody>,
+) -> Result<HttpResponse, ApiError> {
+    let (machine, token) = machines::create(&accounts.pool, &user.user_id, &body.name).await?;
+    Ok(HttpResponse::Ok().json(Created { machine, token }))
+}
+
+async fn delete(
+    user: AuthUser,
+    accounts: web::Data<Accounts>,
+    relay: web::Data<RelayState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    machines::delete(&accounts.pool, &relay.registry, &user.user_id, &id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
