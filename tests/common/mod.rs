@@ -18,27 +18,124 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How long a test waits for any one expected message.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A database of its own for one test: a SQLite file in a temporary directory, or a
+/// fresh PostgreSQL database created from `TEST_POSTGRES_URL` and dropped afterwards.
+pub struct TestDb {
+    pub url: String,
+    dir: tempfile::TempDir,
+    /// `(admin url, database name)` to drop the PostgreSQL database.
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A fresh SQLite database.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+        Self {
+            url,
+            dir,
+            postgres: None,
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` when `TEST_POSTGRES_URL` is not set. CI sets
+    /// it (see `.ci/run`), so there these tests run and fail if PostgreSQL is missing.
+    pub fn postgres() -> Option<Self> {
+        let Ok(admin) = std::env::var("TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must set TEST_POSTGRES_URL: the PostgreSQL tests are mandatory there"
+            );
+            eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL variant not run");
+            return None;
+        };
+        use diesel::{Connection, RunQueryDsl};
+        let name = format!("hermit_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = diesel::PgConnection::establish(&admin)
+            .unwrap_or_else(|err| panic!("PostgreSQL at TEST_POSTGRES_URL is unreachable: {err}"));
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .unwrap();
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        Some(Self {
+            url,
+            dir: tempfile::tempdir().unwrap(),
+            postgres: Some((admin, name)),
+        })
+    }
+
+    /// Settings that use this database and a key file beside it.
+    pub fn settings(&self, mut settings: Settings) -> Settings {
+        settings.database.url = self.url.clone();
+        settings.auth.private_key_file = self.dir.path().join("root.key");
+        settings
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.postgres {
+            use diesel::{Connection, RunQueryDsl};
+            if let Ok(mut conn) = diesel::PgConnection::establish(admin) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn);
+            }
+        }
+    }
+}
+
 /// The relay, running until dropped.
 pub struct TestServer {
     pub port: u16,
     handle: actix_server::ServerHandle,
+    pub hash_stats: std::sync::Arc<hermit_relay::auth::password::HashStats>,
+    /// The database the server uses when the test did not bring one.
+    _own_db: Option<TestDb>,
 }
 
 impl TestServer {
-    /// Starts the relay with `settings` (its bind address is replaced by 127.0.0.1:0).
-    pub fn start(mut settings: Settings) -> Self {
+    /// Starts the relay with `settings` on a fresh SQLite database of its own.
+    pub fn start(settings: Settings) -> Self {
+        let db = TestDb::sqlite();
+        let mut server = Self::start_with(db.settings(settings));
+        server._own_db = Some(db);
+        server
+    }
+
+    /// Starts the relay on `db`.
+    pub fn start_on(db: &TestDb, settings: Settings) -> Self {
+        Self::start_with(db.settings(settings))
+    }
+
+    /// Starts the relay with exactly `settings` (its bind address becomes 127.0.0.1:0).
+    pub fn start_with(mut settings: Settings) -> Self {
         settings.server.bind = "127.0.0.1:0".parse().unwrap();
         settings.server.workers = 2;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
                 let app = Application::build(settings).expect("relay starts");
-                tx.send((app.port(), app.handle())).unwrap();
+                tx.send((app.port(), app.handle(), app.hash_stats()))
+                    .unwrap();
                 app.run_until_stopped().await.unwrap();
             });
         });
-        let (port, handle) = rx.recv().expect("relay reports its port");
-        Self { port, handle }
+        let (port, handle, hash_stats) = rx.recv().expect("relay reports its port");
+        Self {
+            port,
+            handle,
+            hash_stats,
+            _own_db: None,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     /// `ws://127.0.0.1:PORT{path}`.
