@@ -5,6 +5,7 @@ pub mod code;
 pub mod pair_socket;
 pub mod protocol;
 pub mod registry;
+pub mod socket;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -6,20 +6,20 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
-use actix_http::ws::CloseCode;
 use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::relay::protocol::{parse_pairing, ErrorCode, PairingEvent, PairingRequest};
-use crate::relay::registry::pairings::{ConnId, Role};
+use crate::relay::protocol::{parse_pairing, Common, ErrorCode, PairingEvent, PairingRequest};
+use crate::relay::registry::pairings::Role;
 use crate::relay::registry::{
     Connect, Disconnect, Dropped, Join, Peer, Register, Resume, SessionRegistry, ToConn, Unpair,
 };
-use crate::transport::{pong_frame, text_frame, Inbound, InboundStream, Link, PushError};
+use crate::relay::socket::{self, Outcome, Socket, Step};
+use crate::transport::{text_frame, Inbound, InboundStream, Link, PushError};
 
 /// Longest `clientId` accepted in `register`.
 const MAX_CLIENT_ID_CHARS: usize = 128;
@@ -40,53 +40,16 @@ enum Partner {
     Leaving,
 }
 
-/// Why the connection ends; decides the close frame and whether the partner may wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    PeerClosed,
-    Lost,
-    HeartbeatTimeout,
-    SlowConsumer,
-    TooLarge,
-    ProtocolError,
-    IdleUnpaired,
-    Replaced,
-}
-
-impl Outcome {
-    /// Only a connection that vanished may be resumed; every other end is final at once.
-    fn clean(self) -> bool {
-        !matches!(self, Self::Lost | Self::HeartbeatTimeout)
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::PeerClosed => "peer closed",
-            Self::Lost => "connection lost",
-            Self::HeartbeatTimeout => "heartbeat timeout",
-            Self::SlowConsumer => "slow consumer",
-            Self::TooLarge => "message too large",
-            Self::ProtocolError => "protocol error",
-            Self::IdleUnpaired => "not paired in time",
-            Self::Replaced => "replaced by a newer connection",
-        }
-    }
-}
-
 /// One `/mac` or `/browser` connection.
 pub struct PairSocket {
-    conn: ConnId,
+    socket: Socket,
     role: Role,
-    link: Link,
     registry: Addr<SessionRegistry>,
     settings: Arc<Settings>,
     partner: Partner,
     session: Option<Uuid>,
     /// Since when it is unpaired; `None` while paired. Checked against the idle timeout.
     unpaired_since: Option<Instant>,
-    last_ping: Instant,
-    opened: Instant,
-    outcome: Option<Outcome>,
 }
 
 impl PairSocket {
@@ -98,44 +61,40 @@ impl PairSocket {
         registry: Addr<SessionRegistry>,
         settings: Arc<Settings>,
     ) -> Addr<Self> {
-        let now = Instant::now();
+        let endpoint = match role {
+            Role::Mac => "/mac",
+            Role::Browser => "/browser",
+        };
         Self::create(move |ctx| {
             ctx.add_stream(inbound);
             Self {
-                conn: crate::relay::next_conn_id(),
+                socket: Socket::new(endpoint, link),
                 role,
-                link,
                 registry,
                 settings,
                 partner: Partner::None,
                 session: None,
-                unpaired_since: Some(now),
-                last_ping: now,
-                opened: now,
-                outcome: None,
+                unpaired_since: Some(Instant::now()),
             }
         })
     }
 
     fn finish(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
-        self.outcome.get_or_insert(outcome);
+        self.socket.end(outcome);
         ctx.stop();
     }
 
     /// Queues a message for this peer; a peer too slow to take it is dropped.
-    fn send(&mut self, event: &PairingEvent<'_>, ctx: &mut Context<Self>) {
-        self.push(text_frame(event), ctx);
-    }
-
-    fn push(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
-        match self.link.outbox.push(frame) {
-            Ok(()) | Err(PushError::Closed) => {}
-            Err(PushError::Full) => self.finish(Outcome::SlowConsumer, ctx),
+    fn send<T: serde::Serialize>(&mut self, message: &T, ctx: &mut Context<Self>) {
+        if let Err(outcome) = self.socket.send(message) {
+            self.finish(outcome, ctx);
         }
     }
 
     fn error(&mut self, code: ErrorCode, message: &str, ctx: &mut Context<Self>) {
-        self.send(&PairingEvent::error(code, message), ctx);
+        if let Err(outcome) = self.socket.error(code, message) {
+            self.finish(outcome, ctx);
+        }
     }
 
     fn on_text(&mut self, text: &[u8], ctx: &mut Context<Self>) {
@@ -145,7 +104,7 @@ impl PairSocket {
         };
         match (request, self.role) {
             (PairingRequest::Data { payload }, _) => self.forward(&payload, ctx),
-            (PairingRequest::Ping { ts }, _) => self.send(&PairingEvent::Pong { ts: &ts }, ctx),
+            (PairingRequest::Ping { ts }, _) => self.send(&Common::Pong { ts: &ts }, ctx),
             (PairingRequest::Register { client_id }, Role::Mac) => {
                 let length = client_id.chars().count();
                 if length == 0 || length > MAX_CLIENT_ID_CHARS {
@@ -156,7 +115,7 @@ impl PairSocket {
                     );
                 }
                 self.registry.do_send(Register {
-                    conn: self.conn,
+                    conn: self.socket.conn,
                     client_id,
                 });
             }
@@ -165,7 +124,7 @@ impl PairSocket {
                     return self.error(ErrorCode::InvalidCode, "that is not a pairing code", ctx);
                 }
                 self.registry.do_send(Join {
-                    conn: self.conn,
+                    conn: self.socket.conn,
                     code,
                 });
             }
@@ -174,16 +133,16 @@ impl PairSocket {
                     return self.error(ErrorCode::InvalidCode, "no such session", ctx);
                 }
                 self.registry.do_send(Resume {
-                    conn: self.conn,
+                    conn: self.socket.conn,
                     session_id,
                 });
             }
-            (request, role) => {
-                let endpoint = match role {
-                    Role::Mac => "/mac",
-                    Role::Browser => "/browser",
-                };
-                let message = format!("`{}` is not allowed on {endpoint}", request.kind());
+            (request, _) => {
+                let message = format!(
+                    "`{}` is not allowed on {}",
+                    request.kind(),
+                    self.socket.endpoint
+                );
                 self.error(ErrorCode::InvalidMessage, &message, ctx);
             }
         }
@@ -204,7 +163,7 @@ impl PairSocket {
                     peer.addr.do_send(ToConn::Drop(Dropped::SlowConsumer));
                     self.partner = Partner::Leaving;
                     self.registry.do_send(Unpair {
-                        conn: self.conn,
+                        conn: self.socket.conn,
                         role: self.role,
                     });
                 }
@@ -225,7 +184,7 @@ impl PairSocket {
                     // deliver a stream with a hole in it.
                     self.partner = Partner::Leaving;
                     self.registry.do_send(Unpair {
-                        conn: self.conn,
+                        conn: self.socket.conn,
                         role: self.role,
                     });
                 } else {
@@ -257,22 +216,17 @@ impl PairSocket {
         };
         self.session = Some(session);
         self.unpaired_since = None;
-        tracing::debug!(conn = self.conn, role = ?self.role, "paired");
+        tracing::debug!(conn = self.socket.conn, role = ?self.role, "paired");
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        let heartbeat = &self.settings.heartbeat;
-        if self.link.silence() > heartbeat.deadline() {
-            return self.finish(Outcome::HeartbeatTimeout, ctx);
-        }
         if let Some(since) = self.unpaired_since {
             if since.elapsed() >= self.settings.pairing.idle_unpaired_timeout() {
-                return self.finish(Outcome::IdleUnpaired, ctx);
+                return self.finish(Outcome::Idle, ctx);
             }
         }
-        if self.last_ping.elapsed() >= heartbeat.interval() {
-            self.last_ping = Instant::now();
-            self.push(crate::transport::ping_frame(), ctx);
+        if let Some(outcome) = self.socket.heartbeat(&self.settings.heartbeat, false) {
+            self.finish(outcome, ctx);
         }
     }
 }
@@ -282,76 +236,39 @@ impl Actor for PairSocket {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.registry.do_send(Connect {
-            conn: self.conn,
+            conn: self.socket.conn,
             role: self.role,
             peer: Peer {
                 addr: ctx.address().recipient(),
-                outbox: Arc::clone(&self.link.outbox),
+                outbox: Arc::clone(&self.socket.link.outbox),
             },
         });
-        // Tick often enough to notice silence within a second or so of the deadline.
-        let heartbeat = &self.settings.heartbeat;
-        let tick = heartbeat
-            .interval_secs
-            .min(heartbeat.timeout_secs)
-            .clamp(1, 5);
-        ctx.run_interval(Duration::from_secs(tick), Self::heartbeat);
+        ctx.run_interval(socket::tick(&self.settings.heartbeat), Self::heartbeat);
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        let outcome = *self.outcome.get_or_insert(Outcome::Lost);
         self.registry.do_send(Disconnect {
-            conn: self.conn,
+            conn: self.socket.conn,
             role: self.role,
-            clean: outcome.clean(),
+            clean: self.socket.outcome().clean(),
         });
         Running::Stop
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        let outcome = self.outcome.unwrap_or(Outcome::Lost);
-        let close = |code, text: &str| self.link.close(code, text);
-        match outcome {
-            Outcome::PeerClosed => close(CloseCode::Normal, ""),
-            Outcome::IdleUnpaired => close(CloseCode::Normal, outcome.as_str()),
-            Outcome::Replaced => close(CloseCode::Normal, outcome.as_str()),
-            Outcome::TooLarge => close(CloseCode::Size, outcome.as_str()),
-            Outcome::ProtocolError => close(CloseCode::Protocol, outcome.as_str()),
-            Outcome::Lost | Outcome::HeartbeatTimeout | Outcome::SlowConsumer => self.link.cut(),
-        }
-        tracing::info!(
-            conn = self.conn,
-            role = ?self.role,
-            reason = outcome.as_str(),
-            duration_ms = self.opened.elapsed().as_millis() as u64,
-            "connection closed"
-        );
+        self.socket.close();
     }
 }
 
 impl StreamHandler<Inbound> for PairSocket {
     fn handle(&mut self, item: Inbound, ctx: &mut Self::Context) {
-        self.link.heard();
-        match item {
-            Inbound::Text(text) => self.on_text(&text, ctx),
-            Inbound::Binary => self.error(
-                ErrorCode::InvalidMessage,
-                "binary frames are not part of the protocol; send JSON text",
-                ctx,
-            ),
-            Inbound::Ping(payload) => self.push(pong_frame(&payload), ctx),
-            Inbound::Pong => {}
-            Inbound::Close(_) => self.finish(Outcome::PeerClosed, ctx),
-            Inbound::TooLarge => {
-                let limit = self.settings.limits.max_message_bytes;
-                let message = format!("messages are limited to {limit} bytes");
-                self.error(ErrorCode::MessageTooLarge, &message, ctx);
-                self.finish(Outcome::TooLarge, ctx);
-            }
-            Inbound::Protocol(err) => {
-                tracing::debug!(conn = self.conn, %err, "websocket protocol error");
-                self.finish(Outcome::ProtocolError, ctx);
-            }
+        match self
+            .socket
+            .receive(item, self.settings.limits.max_message_bytes)
+        {
+            Step::Text(text) => self.on_text(&text, ctx),
+            Step::Done => {}
+            Step::Stop(outcome) => self.finish(outcome, ctx),
         }
     }
 
