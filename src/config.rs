@@ -90,6 +90,8 @@ pub struct AuthSettings {
     pub max_concurrent_hashes: usize,
     /// Wait for a hashing slot at most this long.
     pub hash_queue_timeout_secs: u64,
+    /// Unauthenticated `/ws/agent` and `/ws/client` sockets are closed after this long.
+    pub deadline_secs: u64,
     /// Largest JSON request body.
     pub max_body_bytes: usize,
 }
@@ -211,6 +213,9 @@ impl Settings {
         if auth.max_concurrent_hashes == 0 {
             return invalid("auth.max_concurrent_hashes", "must be at least 1");
         }
+        if auth.deadline_secs == 0 {
+            return invalid("auth.deadline_secs", "must be at least 1");
+        }
         if auth.max_body_bytes < 256 {
             return invalid("auth.max_body_bytes", "must be at least 256");
         }
@@ -301,6 +306,10 @@ impl AuthSettings {
     /// [`Self::refresh_token_ttl_secs`] as a duration.
     pub fn refresh_token_ttl(&self) -> Duration {
         Duration::from_secs(self.refresh_token_ttl_secs)
+    }
+    /// [`Self::deadline_secs`] as a duration.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.deadline_secs)
     }
     /// [`Self::hash_queue_timeout_secs`] as a duration.
     pub fn hash_queue_timeout(&self) -> Duration {

@@ -1,6 +1,9 @@
 //! The relay proper: wire protocol, pairing codes, the `SessionRegistry` and the
-//! per-connection actors, plus the HTTP handlers that upgrade to them.
+//! per-connection actors (`/mac`, `/browser`, `/ws/agent`, `/ws/client`), plus the HTTP
+//! handlers that upgrade to them.
 
+pub mod agent_socket;
+pub mod client_socket;
 pub mod code;
 pub mod pair_socket;
 pub mod protocol;
@@ -13,7 +16,11 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::accounts::Accounts;
 use crate::config::Settings;
+use crate::transport::{InboundStream, Link};
+use agent_socket::AgentSocket;
+use client_socket::ClientSocket;
 use pair_socket::PairSocket;
 use registry::pairings::{ConnId, Role};
 use registry::SessionRegistry;
@@ -36,7 +43,58 @@ pub fn next_conn_id() -> ConnId {
 /// Registers the pairing endpoints.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/mac", web::get().to(mac))
-        .route("/browser", web::get().to(browser));
+        .route("/browser", web::get().to(browser))
+        .route("/ws/agent", web::get().to(agent))
+        .route("/ws/client", web::get().to(client));
+}
+
+async fn agent(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<RelayState>,
+    accounts: web::Data<Accounts>,
+) -> actix_web::Result<HttpResponse> {
+    let (response, link, inbound) = upgrade(&req, payload, &state)?;
+    AgentSocket::start(
+        link,
+        inbound,
+        state.registry.clone(),
+        accounts,
+        Arc::clone(&state.settings),
+    );
+    Ok(response)
+}
+
+async fn client(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<RelayState>,
+    accounts: web::Data<Accounts>,
+) -> actix_web::Result<HttpResponse> {
+    let (response, link, inbound) = upgrade(&req, payload, &state)?;
+    ClientSocket::start(
+        link,
+        inbound,
+        state.registry.clone(),
+        accounts,
+        Arc::clone(&state.settings),
+    );
+    Ok(response)
+}
+
+/// The handshake with this relay's limits.
+fn upgrade(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &RelayState,
+) -> actix_web::Result<(HttpResponse, Link, InboundStream)> {
+    let limits = &state.settings.limits;
+    crate::transport::upgrade(
+        req,
+        payload,
+        limits.max_message_bytes,
+        limits.max_outbound_bytes,
+    )
 }
 
 async fn mac(
@@ -61,13 +119,7 @@ fn open_pair_socket(
     payload: web::Payload,
     state: &RelayState,
 ) -> actix_web::Result<HttpResponse> {
-    let limits = &state.settings.limits;
-    let (response, link, inbound) = crate::transport::upgrade(
-        req,
-        payload,
-        limits.max_message_bytes,
-        limits.max_outbound_bytes,
-    )?;
+    let (response, link, inbound) = upgrade(req, payload, state)?;
     PairSocket::start(
         role,
         link,

@@ -43,6 +43,8 @@ pub enum ErrorCode {
     SessionNotFound,
     /// `/ws/client`: `data`, `resize` or `detach` for a session the client is not attached to.
     NotAttached,
+    /// `/ws/*`: the relay cannot answer right now (database unreachable); try again.
+    Unavailable,
 }
 
 /// `{"type":"error","code":...,"message":...}`: the one error shape of every endpoint.

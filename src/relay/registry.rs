@@ -5,8 +5,14 @@
 //! The rules live in [`pairings::PairingTable`] as plain methods; the handlers here only
 //! delegate and then carry out the returned [`Effect`]s.
 
+mod account;
 pub mod machines;
 pub mod pairings;
+
+pub use account::{
+    AgentOffline, AgentOnline, AgentReport, ClientCommand, ClientOffline, ClientOnline,
+    ClientRequest, ToAgent, ToClient,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,12 +30,20 @@ use pairings::{ConnId, Effect, PairingRules, PairingTable, Role};
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How to reach one connection: its actor for events, its outbox for data.
-#[derive(Clone)]
-pub struct Peer {
+pub struct Peer<M: Message<Result = ()> + Send = ToConn> {
     /// The connection actor.
-    pub addr: Recipient<ToConn>,
+    pub addr: Recipient<M>,
     /// Its outbox, which a partner writes data into directly.
     pub outbox: Arc<Outbox>,
+}
+
+impl<M: Message<Result = ()> + Send> Clone for Peer<M> {
+    fn clone(&self) -> Self {
+        Self {
+            addr: self.addr.clone(),
+            outbox: Arc::clone(&self.outbox),
+        }
+    }
 }
 
 /// Why the relay closes a pairing connection on its own.
@@ -164,6 +178,8 @@ pub struct SessionRegistry {
     table: PairingTable,
     machines: MachineTable,
     peers: HashMap<ConnId, Peer>,
+    agents: HashMap<ConnId, Peer<ToAgent>>,
+    clients: HashMap<ConnId, Peer<ToClient>>,
     /// One timer per pending code, cancelled when it is joined or withdrawn.
     expiry_timers: HashMap<String, SpawnHandle>,
     /// One timer per away side of a pairing.
@@ -177,6 +193,8 @@ impl SessionRegistry {
             table: PairingTable::new(rules),
             machines: MachineTable::default(),
             peers: HashMap::new(),
+            agents: HashMap::new(),
+            clients: HashMap::new(),
             expiry_timers: HashMap::new(),
             grace_timers: HashMap::new(),
         }
@@ -360,8 +378,7 @@ impl Handler<DropMachine> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: DropMachine, _: &mut Context<Self>) {
-        if let Some(conn) = self.machines.remove_machine(&msg.machine_id) {
-            self.tell(conn, ToConn::Drop(Dropped::Replaced));
-        }
+        let effects = self.machines.machine_deleted(&msg.machine_id);
+        self.apply_account(effects);
     }
 }
