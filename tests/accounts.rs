@@ -1,5 +1,6 @@
 //! The account API (PROTOCOL.md §2) over real HTTP, on SQLite and on PostgreSQL.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -7,30 +8,6 @@ use std::time::Duration;
 use common::*;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-
-/// Runs each named test once per backend: `sqlite::name` and `postgres::name`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::TestDb::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) = super::TestDb::postgres() {
-                        super::$name(db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     register_answers_the_user_and_both_tokens,

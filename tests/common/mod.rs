@@ -12,6 +12,31 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// Runs each named `async fn(TestDb)` once per backend: `sqlite::name` and `postgres::name`.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::TestDb::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(db) = super::TestDb::postgres() {
+                        super::$name(db).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
 /// A client socket.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -68,10 +93,15 @@ impl TestDb {
         })
     }
 
+    /// The access-token key file the relay uses with [`Self::settings`].
+    pub fn key_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("root.key")
+    }
+
     /// Settings that use this database and a key file beside it.
     pub fn settings(&self, mut settings: Settings) -> Settings {
         settings.database.url = self.url.clone();
-        settings.auth.private_key_file = self.dir.path().join("root.key");
+        settings.auth.private_key_file = self.key_path();
         settings
     }
 }
@@ -172,12 +202,18 @@ pub async fn send(ws: &mut Ws, value: Value) {
     ws.send(Message::text(value.to_string())).await.unwrap();
 }
 
-/// The next JSON message, skipping control frames; panics after [`WAIT`].
+/// The next JSON message, skipping control frames and the relay's JSON heartbeat pings;
+/// panics after [`WAIT`].
 pub async fn recv(ws: &mut Ws) -> Value {
     tokio::time::timeout(WAIT, async {
         loop {
             match ws.next().await {
-                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+                Some(Ok(Message::Text(text))) => {
+                    let msg: Value = serde_json::from_str(&text).unwrap();
+                    if msg["type"] != "ping" {
+                        return msg;
+                    }
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("expected a JSON message, got {other:?}"),
             }
