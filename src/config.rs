@@ -34,6 +34,40 @@ pub struct Settings {
     pub heartbeat: HeartbeatSettings,
     /// Limits that bound what one peer can cost the relay.
     pub limits: LimitSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// `/metrics`.
+    pub metrics: MetricsSettings,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Text or JSON lines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `hermit_relay=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// If not empty, the bearer token scrapers must send.
+    pub token: String,
 }
 
 /// `[server]`
@@ -48,6 +82,10 @@ pub struct ServerSettings {
     pub max_connections_per_worker: usize,
     /// Grace given to open connections at shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins allowed on the browser-facing WebSocket endpoints; empty = any.
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[database]`
@@ -92,8 +130,6 @@ pub struct AuthSettings {
     pub hash_queue_timeout_secs: u64,
     /// Unauthenticated `/ws/agent` and `/ws/client` sockets are closed after this long.
     pub deadline_secs: u64,
-    /// Largest JSON request body.
-    pub max_body_bytes: usize,
 }
 
 /// `[pairing]`
@@ -136,6 +172,16 @@ pub struct LimitSettings {
     pub max_outbound_bytes: usize,
     /// Most unpaired codes alive at once.
     pub max_pending_codes: usize,
+    /// Most open WebSockets per client address.
+    pub max_connections_per_ip: usize,
+    /// `join`/`resume` attempts per client address per minute.
+    pub join_attempts_per_minute: u32,
+    /// Login/register/refresh attempts per client address per minute.
+    pub auth_attempts_per_minute: u32,
+    /// Largest JSON request body.
+    pub max_body_bytes: usize,
+    /// Addresses tracked by the rate limiters at once.
+    pub max_tracked_addresses: usize,
 }
 
 /// A setting that cannot be used, named by its key so the operator can find it.
@@ -167,7 +213,13 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
-        let env = env.prefix_separator("__").separator("__").try_parsing(true);
+        let env = env
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("server.trusted_proxies")
+            .with_list_parse_key("server.allowed_origins");
         let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -216,8 +268,36 @@ impl Settings {
         if auth.deadline_secs == 0 {
             return invalid("auth.deadline_secs", "must be at least 1");
         }
-        if auth.max_body_bytes < 256 {
-            return invalid("auth.max_body_bytes", "must be at least 256");
+        if self.limits.max_body_bytes < 256 {
+            return invalid("limits.max_body_bytes", "must be at least 256");
+        }
+        if self.limits.max_connections_per_ip == 0 {
+            return invalid("limits.max_connections_per_ip", "must be at least 1");
+        }
+        if self.limits.join_attempts_per_minute == 0 {
+            return invalid("limits.join_attempts_per_minute", "must be at least 1");
+        }
+        if self.limits.auth_attempts_per_minute == 0 {
+            return invalid("limits.auth_attempts_per_minute", "must be at least 1");
+        }
+        if self.limits.max_tracked_addresses == 0 {
+            return invalid("limits.max_tracked_addresses", "must be at least 1");
+        }
+        for origin in &self.server.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return invalid(
+                    "server.allowed_origins",
+                    "entries must look like https://app.example.com (scheme and host, no path)",
+                );
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid(
+                "log.level",
+                "is not a valid filter such as info or hermit_relay=debug",
+            );
         }
         let p = &self.pairing;
         if !(4..=32).contains(&p.code_length) {
@@ -271,6 +351,9 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = mask_url_password(&shown.database.url);
+        if !shown.metrics.token.is_empty() {
+            shown.metrics.token = "***".into();
+        }
         // unwrap: every field is a plain scalar inside a table, which TOML can always express.
         toml::to_string(&shown).unwrap()
     }
@@ -465,6 +548,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn list_keys_take_comma_separated_environment_values() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("HERMIT__SERVER__TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1/32"),
+                (
+                    "HERMIT__SERVER__ALLOWED_ORIGINS",
+                    "https://a.example,https://b.example",
+                ),
+            ]),
+        )
+        .unwrap();
+        let proxies: Vec<String> = s
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "127.0.0.1/32"]);
+        assert_eq!(
+            s.server.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn a_bad_proxy_cidr_is_refused() {
+        let err = Settings::load_from(
+            None,
+            env(&[("HERMIT__SERVER__TRUSTED_PROXIES", "10.0.0.0/99")]),
+        );
+        assert!(err.unwrap_err().to_string().contains("trusted_proxies"));
     }
 
     #[test]

@@ -24,10 +24,13 @@ pub enum ApiError {
     /// 403: registration is closed by config.
     #[error("Registration is closed")]
     RegistrationClosed,
+    /// 403: a web page from an origin not in `server.allowed_origins`.
+    #[error("Origin not allowed")]
+    OriginNotAllowed,
     /// 404: no such thing for this caller.
     #[error("{0}")]
     NotFound(&'static str),
-    /// 413: the body is over `auth.max_body_bytes`.
+    /// 413: the body is over `limits.max_body_bytes`.
     #[error("Request body is too large")]
     PayloadTooLarge,
     /// 429: too many attempts from this client address.
@@ -67,7 +70,7 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidCredentials | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::RegistrationClosed => StatusCode::FORBIDDEN,
+            Self::RegistrationClosed | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,

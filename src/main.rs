@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hermit_relay::auth::token::public_key_of;
-use hermit_relay::config::Settings;
+use hermit_relay::config::{LogFormat, LogSettings, Settings};
 use hermit_relay::startup::Application;
 
 /// Relay between Mac terminal apps and web browsers.
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            init_logging();
+            init_logging(&settings.log);
             let db = &settings.database;
             let pool = hermit_relay::db::pool(&db.url, 1, db.connect_timeout())?;
             let applied = hermit_relay::startup::migrate(&pool)?;
@@ -58,22 +58,24 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+fn init_logging(log: &LogSettings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(&settings.log);
     actix_rt::System::new().block_on(async move {
         let bind = settings.server.bind;
         let app =
             Application::build(settings).with_context(|| format!("cannot listen on {bind}"))?;
         tracing::info!(%bind, port = app.port(), "hermit-relay listening");
-        app.run_until_stopped().await?;
+        app.run_until_signalled().await?;
         Ok(())
     })
 }

@@ -10,20 +10,27 @@ pub mod protocol;
 pub mod registry;
 pub mod socket;
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::accounts::Accounts;
 use crate::config::Settings;
+use crate::connections::{Admission, Connections, Refused};
+use crate::error::ApiError;
+use crate::limits::Limiters;
+use crate::proxy::ClientAddr;
 use crate::transport::{InboundStream, Link};
 use agent_socket::AgentSocket;
 use client_socket::ClientSocket;
 use pair_socket::PairSocket;
 use registry::pairings::{ConnId, Role};
 use registry::SessionRegistry;
+use socket::Endpoint;
 
 /// What the WebSocket handlers need, shared by every worker.
 #[derive(Clone)]
@@ -32,6 +39,43 @@ pub struct RelayState {
     pub settings: Arc<Settings>,
     /// The one registry of this process.
     pub registry: Addr<SessionRegistry>,
+    /// Open connections: per-address limit and shutdown.
+    pub connections: Arc<Connections>,
+    /// Attempt limiters.
+    pub limiters: Arc<Limiters>,
+    /// Client addresses through trusted proxies.
+    pub client_addr: ClientAddr,
+}
+
+impl RelayState {
+    /// The client address of a request.
+    pub fn client_ip(&self, req: &HttpRequest) -> IpAddr {
+        self.client_addr.of(req)
+    }
+
+    /// Checks the origin and the per-address limit before a WebSocket upgrade.
+    fn admit(&self, req: &HttpRequest, endpoint: Endpoint) -> Result<Admission, ApiError> {
+        if endpoint.browser_facing() && !self.settings.server.allowed_origins.is_empty() {
+            if let Some(origin) = req.headers().get(header::ORIGIN) {
+                let allowed = origin.to_str().is_ok_and(|origin| {
+                    self.settings
+                        .server
+                        .allowed_origins
+                        .iter()
+                        .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+                });
+                if !allowed {
+                    return Err(ApiError::OriginNotAllowed);
+                }
+            }
+        }
+        self.connections
+            .admit(self.client_ip(req), endpoint)
+            .map_err(|refused| match refused {
+                Refused::TooMany => ApiError::RateLimited,
+                Refused::ShuttingDown => ApiError::Unavailable("the relay is shutting down"),
+            })
+    }
 }
 
 /// A fresh connection id, unique for the life of the process.
@@ -54,13 +98,16 @@ async fn agent(
     state: web::Data<RelayState>,
     accounts: web::Data<Accounts>,
 ) -> actix_web::Result<HttpResponse> {
+    let admission = state.admit(&req, Endpoint::Agent)?;
     let (response, link, inbound) = upgrade(&req, payload, &state)?;
     AgentSocket::start(
+        admission,
         link,
         inbound,
         state.registry.clone(),
         accounts,
         Arc::clone(&state.settings),
+        Arc::clone(&state.limiters),
     );
     Ok(response)
 }
@@ -71,13 +118,16 @@ async fn client(
     state: web::Data<RelayState>,
     accounts: web::Data<Accounts>,
 ) -> actix_web::Result<HttpResponse> {
+    let admission = state.admit(&req, Endpoint::Client)?;
     let (response, link, inbound) = upgrade(&req, payload, &state)?;
     ClientSocket::start(
+        admission,
         link,
         inbound,
         state.registry.clone(),
         accounts,
         Arc::clone(&state.settings),
+        Arc::clone(&state.limiters),
     );
     Ok(response)
 }
@@ -119,13 +169,20 @@ fn open_pair_socket(
     payload: web::Payload,
     state: &RelayState,
 ) -> actix_web::Result<HttpResponse> {
+    let endpoint = match role {
+        Role::Mac => Endpoint::Mac,
+        Role::Browser => Endpoint::Browser,
+    };
+    let admission = state.admit(req, endpoint)?;
     let (response, link, inbound) = upgrade(req, payload, state)?;
     PairSocket::start(
         role,
+        admission,
         link,
         inbound,
         state.registry.clone(),
         Arc::clone(&state.settings),
+        Arc::clone(&state.limiters),
     );
     Ok(response)
 }

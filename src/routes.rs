@@ -4,18 +4,22 @@
 pub mod auth;
 pub mod health;
 pub mod machines;
+pub mod metrics;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::ApiError;
 
-/// Registers every HTTP route, the JSON body limit and the JSON 404.
-pub fn routes(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+/// Registers every HTTP route and the JSON body limit; `/metrics` if enabled.
+pub fn routes(max_body_bytes: usize, metrics: bool) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(json_config(max_body_bytes))
             .configure(health::routes)
             .configure(auth::routes)
             .configure(machines::routes);
+        if metrics {
+            cfg.configure(metrics::routes);
+        }
     }
 }
 

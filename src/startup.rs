@@ -2,24 +2,29 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, Arbiter};
 use actix_http::HttpService;
 use actix_rt::net::TcpStream;
 use actix_server::{Server, ServerHandle};
 use actix_service::{fn_service, map_config, ServiceFactoryExt};
-use actix_web::dev::AppConfig;
+use actix_web::dev::{AppConfig, Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, App};
 
 use crate::accounts::Accounts;
 use crate::auth::password::HashStats;
 use crate::auth::token::{AccessTokens, KeyFileError};
 use crate::config::Settings;
+use crate::connections::Connections;
 use crate::db::{self, DbError};
+use crate::limits::Limiters;
+use crate::metrics::METRICS;
+use crate::proxy::ClientAddr;
 use crate::relay::code::CodeFormat;
 use crate::relay::registry::pairings::PairingRules;
 use crate::relay::registry::SessionRegistry;
+use crate::relay::socket::Endpoint;
 use crate::relay::{self, RelayState};
 use crate::routes;
 use crate::transport::Killable;
@@ -56,6 +61,7 @@ pub struct Application {
     port: u16,
     server: Server,
     hash_stats: Arc<HashStats>,
+    connections: Arc<Connections>,
 }
 
 impl Application {
@@ -75,11 +81,16 @@ impl Application {
         let registry = SessionRegistry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
             SessionRegistry::new(rules)
         });
+        let connections = Connections::new(settings.limits.max_connections_per_ip);
         let state = web::Data::new(RelayState {
             settings: Arc::clone(&settings),
             registry,
+            connections: Arc::clone(&connections),
+            limiters: Arc::new(Limiters::new(&settings.limits)),
+            client_addr: ClientAddr::new(settings.server.trusted_proxies.clone()),
         });
-        let max_body_bytes = settings.auth.max_body_bytes;
+        let max_body_bytes = settings.limits.max_body_bytes;
+        let metrics = settings.metrics.enabled;
 
         let server = &settings.server;
         let workers = match server.workers {
@@ -90,11 +101,14 @@ impl Application {
             .workers(workers)
             .max_concurrent_connections(server.max_connections_per_worker)
             .shutdown_timeout(server.shutdown_timeout_secs)
+            // Signals are ours: the WebSockets must hear 1001 before the workers stop.
+            .disable_signals()
             .listen("hermit-relay", listener, move || {
                 let app = App::new()
+                    .wrap_fn(count_http)
                     .app_data(state.clone())
                     .app_data(accounts.clone())
-                    .configure(routes::routes(max_body_bytes))
+                    .configure(routes::routes(max_body_bytes, metrics))
                     .configure(relay::routes)
                     .default_service(web::to(routes::not_found));
                 let app = actix_service::IntoServiceFactory::into_factory(app).map_err(
@@ -124,7 +138,23 @@ impl Application {
             port,
             server,
             hash_stats,
+            connections,
         })
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully: no new connections,
+    /// every WebSocket gets a close frame (1001, going away), in-flight HTTP requests get up
+    /// to `server.shutdown_timeout_secs` to finish.
+    pub async fn run_until_signalled(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let connections = Arc::clone(&self.connections);
+        actix_rt::spawn(async move {
+            let signal = shutdown_signal().await;
+            tracing::info!(signal, "shutting down");
+            connections.close_all();
+            handle.stop(true).await;
+        });
+        self.server.await
     }
 
     /// Password hashing counters (tests check the concurrency bound with them).
@@ -175,6 +205,53 @@ pub fn migrate(pool: &db::Pool) -> Result<Vec<String>, StartError> {
         tracing::info!(%version, "applied migration");
     }
     Ok(applied)
+}
+
+/// Waits for SIGTERM or SIGINT; returns its name.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// Middleware: counts every response by route pattern and status, timing all but
+/// WebSocket upgrades (whose "response" lasts as long as the socket).
+fn count_http<S>(
+    req: ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse, actix_web::Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let started = Instant::now();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = service.call(req);
+    async move {
+        let response = response.await?;
+        let websocket = Endpoint::from_route(&route).is_some()
+            && response.status() == actix_web::http::StatusCode::SWITCHING_PROTOCOLS;
+        let elapsed = (!websocket).then(|| started.elapsed());
+        METRICS.http(&route, response.status().as_u16(), elapsed);
+        Ok(response)
+    }
 }
 
 fn pairing_rules(settings: &Settings) -> PairingRules {

@@ -68,6 +68,11 @@ impl Link {
         });
     }
 
+    /// The switch that cuts this socket.
+    pub fn kill_switch(&self) -> Arc<KillSwitch> {
+        Arc::clone(&self.kill)
+    }
+
     /// Cuts the socket now, without a close frame.
     pub fn cut(&self) {
         self.kill.kill();

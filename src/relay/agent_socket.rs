@@ -13,8 +13,11 @@ use actix_web::web;
 use crate::accounts::Accounts;
 use crate::auth::opaque;
 use crate::config::Settings;
+use crate::connections::Admission;
 use crate::db;
 use crate::error::ApiError;
+use crate::limits::Limiters;
+use crate::metrics::METRICS;
 use crate::models::{machine, now};
 use crate::relay::protocol::{
     parse, AgentEvent, AgentRequest, ClientEvent, Common, ErrorCode, SessionInfo,
@@ -25,6 +28,7 @@ use crate::relay::registry::{
 };
 use crate::relay::socket::{self, Outcome, Socket, Step};
 use crate::transport::{text_frame, Inbound, InboundStream, Link, PushError};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Longest session id, name and command an agent may report.
 const MAX_SESSION_ID: usize = 128;
@@ -46,6 +50,7 @@ pub struct AgentSocket {
     registry: Addr<SessionRegistry>,
     accounts: web::Data<Accounts>,
     settings: Arc<Settings>,
+    limiters: Arc<Limiters>,
     state: State,
     /// Clients attached to each session: output is pushed to all of them.
     watchers: HashMap<String, Vec<(ConnId, Peer<ToClient>)>>,
@@ -54,19 +59,22 @@ pub struct AgentSocket {
 impl AgentSocket {
     /// Starts the actor for a freshly upgraded connection.
     pub fn start(
+        admission: Admission,
         link: Link,
         inbound: InboundStream,
         registry: Addr<SessionRegistry>,
         accounts: web::Data<Accounts>,
         settings: Arc<Settings>,
+        limiters: Arc<Limiters>,
     ) -> Addr<Self> {
         Self::create(move |ctx| {
             ctx.add_stream(inbound);
             Self {
-                socket: Socket::new("/ws/agent", link),
+                socket: Socket::new(admission, link),
                 registry,
                 accounts,
                 settings,
+                limiters,
                 state: State::Waiting,
                 watchers: HashMap::new(),
             }
@@ -100,6 +108,15 @@ impl AgentSocket {
         match (request, &self.state) {
             (AgentRequest::Ping { ts }, _) => self.send(&Common::Pong { ts: &ts }, ctx),
             (AgentRequest::Pong { .. }, _) => {}
+            (AgentRequest::Register { .. }, State::Waiting)
+                if !self.limiters.auth.check(self.socket.client_ip()) =>
+            {
+                self.error(
+                    ErrorCode::RateLimited,
+                    "too many attempts; wait a minute",
+                    ctx,
+                )
+            }
             (AgentRequest::Register { token, .. }, State::Waiting) => self.verify(token, ctx),
             (AgentRequest::Register { .. }, _) => {
                 self.error(ErrorCode::InvalidMessage, "already registered", ctx)
@@ -151,7 +168,10 @@ impl AgentSocket {
         };
         let frame = text_frame(&ClientEvent::Data { session_id, data });
         watchers.retain(|(_, peer)| match peer.outbox.push(frame.clone()) {
-            Ok(()) => true,
+            Ok(()) => {
+                METRICS.relayed(data.len());
+                true
+            }
             Err(PushError::Full) => {
                 peer.addr.do_send(ToClient::Drop(Outcome::SlowConsumer));
                 false
@@ -211,6 +231,7 @@ impl AgentSocket {
     }
 
     fn refuse(&mut self, why: &str, ctx: &mut Context<Self>) {
+        METRICS.auth_failures.fetch_add(1, Relaxed);
         self.send(
             &AgentEvent::Registered {
                 success: false,

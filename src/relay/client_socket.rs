@@ -13,9 +13,12 @@ use actix_web::web;
 
 use crate::accounts::{Accounts, UserInfo};
 use crate::config::Settings;
+use crate::connections::Admission;
 use crate::db;
 use crate::error::ApiError;
+use crate::limits::Limiters;
 use crate::machines;
+use crate::metrics::METRICS;
 use crate::models::user;
 use crate::relay::protocol::{parse, AgentEvent, ClientEvent, ClientRequest, Common, ErrorCode};
 use crate::relay::registry::{
@@ -23,6 +26,7 @@ use crate::relay::registry::{
 };
 use crate::relay::socket::{self, Outcome, Socket, Step};
 use crate::transport::{text_frame, Inbound, InboundStream, Link, PushError};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Longest id, name or command a client may send.
 const MAX_ID: usize = 128;
@@ -37,6 +41,7 @@ pub struct ClientSocket {
     registry: Addr<SessionRegistry>,
     accounts: web::Data<Accounts>,
     settings: Arc<Settings>,
+    limiters: Arc<Limiters>,
     user: Option<UserInfo>,
     /// Look-ups (auth, list_machines) running now, bounded by `MAX_PENDING_LOOKUPS`.
     pending: usize,
@@ -47,19 +52,22 @@ pub struct ClientSocket {
 impl ClientSocket {
     /// Starts the actor for a freshly upgraded connection.
     pub fn start(
+        admission: Admission,
         link: Link,
         inbound: InboundStream,
         registry: Addr<SessionRegistry>,
         accounts: web::Data<Accounts>,
         settings: Arc<Settings>,
+        limiters: Arc<Limiters>,
     ) -> Addr<Self> {
         Self::create(move |ctx| {
             ctx.add_stream(inbound);
             Self {
-                socket: Socket::new("/ws/client", link),
+                socket: Socket::new(admission, link),
                 registry,
                 accounts,
                 settings,
+                limiters,
                 user: None,
                 pending: 0,
                 attached: HashMap::new(),
@@ -181,9 +189,15 @@ impl ClientSocket {
         let Some(agent) = self.attached.get(session_id) else {
             return self.error(ErrorCode::NotAttached, "not attached to that session", ctx);
         };
-        if let Err(PushError::Full) = agent.outbox.push(text_frame(event)) {
+        match agent.outbox.push(text_frame(event)) {
+            Ok(()) => {
+                if let AgentEvent::Data { data, .. } = event {
+                    METRICS.relayed(data.len());
+                }
+            }
             // The agent reads slower than its clients type: it is the slow one.
-            agent.addr.do_send(ToAgent::Drop(Outcome::SlowConsumer));
+            Err(PushError::Full) => agent.addr.do_send(ToAgent::Drop(Outcome::SlowConsumer)),
+            Err(PushError::Closed) => {}
         }
     }
 
@@ -212,9 +226,17 @@ impl ClientSocket {
     }
 
     fn authenticate(&mut self, token: &str, ctx: &mut Context<Self>) {
+        if !self.limiters.auth.check(self.socket.client_ip()) {
+            return self.error(
+                ErrorCode::RateLimited,
+                "too many attempts; wait a minute",
+                ctx,
+            );
+        }
         let user_id = match self.accounts.tokens.verify(token) {
             Ok(user_id) => user_id,
             Err(err) => {
+                METRICS.auth_failures.fetch_add(1, Relaxed);
                 tracing::debug!(conn = self.socket.conn, %err, "client token refused");
                 return self.error(
                     ErrorCode::InvalidToken,

@@ -13,6 +13,9 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::config::Settings;
+use crate::connections::Admission;
+use crate::limits::Limiters;
+use crate::metrics::METRICS;
 use crate::relay::protocol::{parse_pairing, Common, ErrorCode, PairingEvent, PairingRequest};
 use crate::relay::registry::pairings::Role;
 use crate::relay::registry::{
@@ -46,6 +49,7 @@ pub struct PairSocket {
     role: Role,
     registry: Addr<SessionRegistry>,
     settings: Arc<Settings>,
+    limiters: Arc<Limiters>,
     partner: Partner,
     session: Option<Uuid>,
     /// Since when it is unpaired; `None` while paired. Checked against the idle timeout.
@@ -56,22 +60,21 @@ impl PairSocket {
     /// Starts the actor for a freshly upgraded connection.
     pub fn start(
         role: Role,
+        admission: Admission,
         link: Link,
         inbound: InboundStream,
         registry: Addr<SessionRegistry>,
         settings: Arc<Settings>,
+        limiters: Arc<Limiters>,
     ) -> Addr<Self> {
-        let endpoint = match role {
-            Role::Mac => "/mac",
-            Role::Browser => "/browser",
-        };
         Self::create(move |ctx| {
             ctx.add_stream(inbound);
             Self {
-                socket: Socket::new(endpoint, link),
+                socket: Socket::new(admission, link),
                 role,
                 registry,
                 settings,
+                limiters,
                 partner: Partner::None,
                 session: None,
                 unpaired_since: Some(Instant::now()),
@@ -119,6 +122,15 @@ impl PairSocket {
                     client_id,
                 });
             }
+            (PairingRequest::Join { .. } | PairingRequest::Resume { .. }, Role::Browser)
+                if !self.limiters.join.check(self.socket.client_ip()) =>
+            {
+                self.error(
+                    ErrorCode::RateLimited,
+                    "too many join attempts; wait a minute",
+                    ctx,
+                );
+            }
             (PairingRequest::Join { code }, Role::Browser) => {
                 if code.len() > MAX_CODE_INPUT_BYTES {
                     return self.error(ErrorCode::InvalidCode, "that is not a pairing code", ctx);
@@ -141,7 +153,7 @@ impl PairSocket {
                 let message = format!(
                     "`{}` is not allowed on {}",
                     request.kind(),
-                    self.socket.endpoint
+                    self.socket.endpoint.as_str()
                 );
                 self.error(ErrorCode::InvalidMessage, &message, ctx);
             }
@@ -157,7 +169,7 @@ impl PairSocket {
             }
             Partner::Leaving => {}
             Partner::Live(peer) => match peer.outbox.push(frame()) {
-                Ok(()) => {}
+                Ok(()) => METRICS.relayed(payload.len()),
                 Err(PushError::Full) => {
                     // The partner reads slower than we write: drop it, not us.
                     peer.addr.do_send(ToConn::Drop(Dropped::SlowConsumer));

@@ -18,9 +18,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use actix::prelude::*;
 use uuid::Uuid;
 
+use crate::metrics::METRICS;
 use crate::relay::protocol::{ErrorCode, PairingEvent};
 use crate::transport::{text_frame, Outbox};
 use machines::{Live, MachineTable};
@@ -210,6 +213,7 @@ impl SessionRegistry {
         for effect in effects {
             match effect {
                 Effect::Registered { to, code, ttl } => {
+                    METRICS.codes_issued.fetch_add(1, Relaxed);
                     let expires_at = SystemTime::now() + ttl;
                     let expires_at = expires_at
                         .duration_since(UNIX_EPOCH)
@@ -266,6 +270,9 @@ impl SessionRegistry {
                     let handle = ctx.run_later(after, move |registry, ctx| {
                         registry.expiry_timers.remove(&code);
                         let effects = registry.table.code_expired(&code, Instant::now());
+                        if !effects.is_empty() {
+                            METRICS.codes_expired.fetch_add(1, Relaxed);
+                        }
                         registry.apply(effects, ctx);
                     });
                     self.expiry_timers.insert(key, handle);
@@ -291,6 +298,12 @@ impl SessionRegistry {
                 }
             }
         }
+    }
+}
+
+fn count_resume(effects: &[Effect]) {
+    if effects.iter().any(|e| matches!(e, Effect::Pair { .. })) {
+        METRICS.resumes.fetch_add(1, Relaxed);
     }
 }
 
@@ -335,6 +348,7 @@ impl Handler<Register> for SessionRegistry {
         let effects = self
             .table
             .mac_register(msg.conn, msg.client_id, Instant::now());
+        count_resume(&effects);
         self.apply(effects, ctx);
     }
 }
@@ -344,6 +358,10 @@ impl Handler<Join> for SessionRegistry {
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
         let effects = self.table.browser_join(msg.conn, &msg.code, Instant::now());
+        if effects.iter().any(|e| matches!(e, Effect::Pair { .. })) {
+            METRICS.codes_joined.fetch_add(1, Relaxed);
+            METRICS.pairings.fetch_add(1, Relaxed);
+        }
         self.apply(effects, ctx);
     }
 }
@@ -353,6 +371,7 @@ impl Handler<Resume> for SessionRegistry {
 
     fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) {
         let effects = self.table.browser_resume(msg.conn, &msg.session_id);
+        count_resume(&effects);
         self.apply(effects, ctx);
     }
 }

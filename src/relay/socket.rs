@@ -4,6 +4,7 @@
 //! `PairSocket`, `AgentSocket` and `ClientSocket` each own a [`Socket`] and keep only their
 //! protocol's logic.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_http::ws::CloseCode;
@@ -11,9 +12,49 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::config::HeartbeatSettings;
+use crate::connections::Admission;
+use crate::metrics::METRICS;
 use crate::relay::protocol::{Common, ErrorBody, ErrorCode};
 use crate::relay::registry::pairings::ConnId;
 use crate::transport::{ping_frame, pong_frame, text_frame, Inbound, Link, PushError};
+
+/// The four WebSocket endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/mac`
+    Mac,
+    /// `/browser`
+    Browser,
+    /// `/ws/agent`
+    Agent,
+    /// `/ws/client`
+    Client,
+}
+
+impl Endpoint {
+    /// Every endpoint, in index order.
+    pub const ALL: [Endpoint; 4] = [Self::Mac, Self::Browser, Self::Agent, Self::Client];
+
+    /// Its path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mac => "/mac",
+            Self::Browser => "/browser",
+            Self::Agent => "/ws/agent",
+            Self::Client => "/ws/client",
+        }
+    }
+
+    /// The endpoint served at `route`, if it is a WebSocket route.
+    pub fn from_route(route: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == route)
+    }
+
+    /// Whether web pages open it (so `server.allowed_origins` applies).
+    pub fn browser_facing(self) -> bool {
+        matches!(self, Self::Browser | Self::Client)
+    }
+}
 
 /// Why a connection ends; decides the close frame, and whether a partner may wait for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +80,34 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in index order (for metrics).
+    pub const ALL: [Outcome; 9] = [
+        Self::PeerClosed,
+        Self::Lost,
+        Self::HeartbeatTimeout,
+        Self::SlowConsumer,
+        Self::TooLarge,
+        Self::ProtocolError,
+        Self::Idle,
+        Self::Replaced,
+        Self::Refused,
+    ];
+
+    /// A metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PeerClosed => "peer_closed",
+            Self::Lost => "lost",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::SlowConsumer => "slow_consumer",
+            Self::TooLarge => "message_too_large",
+            Self::ProtocolError => "protocol_error",
+            Self::Idle => "idle",
+            Self::Replaced => "replaced",
+            Self::Refused => "refused",
+        }
+    }
+
     /// Only a connection that vanished may be resumed; every other end is final at once.
     pub fn clean(self) -> bool {
         !matches!(self, Self::Lost | Self::HeartbeatTimeout)
@@ -74,27 +143,42 @@ pub enum Step {
 pub struct Socket {
     /// Process-unique id.
     pub conn: ConnId,
-    /// `/mac`, `/browser`, `/ws/agent` or `/ws/client`, for logs.
-    pub endpoint: &'static str,
+    /// Which endpoint, for logs and metrics.
+    pub endpoint: Endpoint,
     /// The writing half.
     pub link: Link,
+    /// Its place among the open connections; released when the actor is dropped.
+    admission: Admission,
     opened: Instant,
     last_ping: Instant,
     outcome: Option<Outcome>,
 }
 
 impl Socket {
-    /// State for a freshly upgraded connection.
-    pub fn new(endpoint: &'static str, link: Link) -> Self {
+    /// State for a freshly upgraded, admitted connection.
+    pub fn new(admission: Admission, link: Link) -> Self {
         let now = Instant::now();
+        admission.track(Arc::clone(&link.outbox), link.kill_switch());
+        tracing::info!(
+            conn = admission.conn,
+            endpoint = admission.endpoint.as_str(),
+            client = %admission.ip,
+            "connection opened"
+        );
         Self {
-            conn: crate::relay::next_conn_id(),
-            endpoint,
+            conn: admission.conn,
+            endpoint: admission.endpoint,
             link,
+            admission,
             opened: now,
             last_ping: now,
             outcome: None,
         }
+    }
+
+    /// The client's address (through trusted proxies).
+    pub fn client_ip(&self) -> std::net::IpAddr {
+        self.admission.ip
     }
 
     /// Records why the connection ends (the first reason wins).
@@ -192,9 +276,12 @@ impl Socket {
             Outcome::ProtocolError => self.link.close(CloseCode::Protocol, outcome.as_str()),
             Outcome::Lost | Outcome::HeartbeatTimeout => self.link.cut(),
         }
+        if !matches!(outcome, Outcome::PeerClosed | Outcome::Lost) {
+            METRICS.dropped(outcome);
+        }
         tracing::info!(
             conn = self.conn,
-            endpoint = self.endpoint,
+            endpoint = self.endpoint.as_str(),
             reason = outcome.as_str(),
             duration_ms = self.opened.elapsed().as_millis() as u64,
             "connection closed"

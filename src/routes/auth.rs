@@ -1,10 +1,34 @@
 //! `/auth/register`, `/auth/login`, `/auth/refresh`, `/auth/logout`.
 
-use actix_web::{web, HttpResponse};
+use std::sync::atomic::Ordering::Relaxed;
+
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use crate::accounts::Accounts;
 use crate::error::ApiError;
+use crate::metrics::METRICS;
+use crate::relay::RelayState;
+
+/// Refuses the request if its client address has used up its attempts this minute.
+fn limit(req: &HttpRequest, relay: &RelayState) -> Result<(), ApiError> {
+    if relay.limiters.auth.check(relay.client_ip(req)) {
+        Ok(())
+    } else {
+        Err(ApiError::RateLimited)
+    }
+}
+
+/// Counts a refused login or token for `/metrics`.
+fn count_failure<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
+    if matches!(
+        result,
+        Err(ApiError::InvalidCredentials | ApiError::Unauthorized(_))
+    ) {
+        METRICS.auth_failures.fetch_add(1, Relaxed);
+    }
+    result
+}
 
 /// Registers the `/auth` routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -29,28 +53,37 @@ struct RefreshBody {
 }
 
 async fn register(
+    req: HttpRequest,
+    relay: web::Data<RelayState>,
     accounts: web::Data<Accounts>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
+    limit(&req, &relay)?;
     let Credentials { email, password } = body.into_inner();
     let signed_in = accounts.register(&email, password).await?;
     Ok(HttpResponse::Ok().json(signed_in))
 }
 
 async fn login(
+    req: HttpRequest,
+    relay: web::Data<RelayState>,
     accounts: web::Data<Accounts>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
+    limit(&req, &relay)?;
     let Credentials { email, password } = body.into_inner();
-    let signed_in = accounts.login(&email, password).await?;
+    let signed_in = count_failure(accounts.login(&email, password).await)?;
     Ok(HttpResponse::Ok().json(signed_in))
 }
 
 async fn refresh(
+    req: HttpRequest,
+    relay: web::Data<RelayState>,
     accounts: web::Data<Accounts>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let refreshed = accounts.refresh(&body.refresh_token).await?;
+    limit(&req, &relay)?;
+    let refreshed = count_failure(accounts.refresh(&body.refresh_token).await)?;
     Ok(HttpResponse::Ok().json(refreshed))
 }
 

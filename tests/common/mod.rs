@@ -194,6 +194,10 @@ pub fn settings() -> Settings {
     let mut s = Settings::defaults();
     s.heartbeat.interval_secs = 5;
     s.heartbeat.timeout_secs = 5;
+    // Every test client comes from 127.0.0.1; tests of the limits set their own.
+    s.limits.join_attempts_per_minute = 100_000;
+    s.limits.auth_attempts_per_minute = 100_000;
+    s.limits.max_connections_per_ip = 100_000;
     s
 }
 

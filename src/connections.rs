@@ -1,0 +1,178 @@
+//! Every open WebSocket: counted per client address (the per-address limit), per endpoint
+//! (metrics), and reachable all at once for a graceful shutdown (close 1001 to each).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix_http::ws::CloseCode;
+
+use crate::limits::AddressKey;
+use crate::metrics::METRICS;
+use crate::relay::registry::pairings::ConnId;
+use crate::relay::socket::Endpoint;
+use crate::transport::{KillSwitch, Outbox, CLOSE_LINGER};
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// `limits.max_connections_per_ip` reached for this address.
+    #[error("too many connections from this address")]
+    TooMany,
+    /// The relay is shutting down.
+    #[error("the relay is shutting down")]
+    ShuttingDown,
+}
+
+/// The open connections of this process.
+#[derive(Debug)]
+pub struct Connections {
+    max_per_address: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Open connections per address; entries exist only while non-zero.
+    per_address: HashMap<AddressKey, usize>,
+    /// How to close each one at shutdown.
+    open: HashMap<ConnId, (Arc<Outbox>, Arc<KillSwitch>)>,
+    shutting_down: bool,
+}
+
+/// One admitted connection; dropping it (with its actor) releases its place.
+#[derive(Debug)]
+pub struct Admission {
+    connections: Arc<Connections>,
+    key: AddressKey,
+    /// The connection's id for the rest of its life.
+    pub conn: ConnId,
+    /// Its endpoint.
+    pub endpoint: Endpoint,
+    /// Its client address.
+    pub ip: IpAddr,
+}
+
+impl Connections {
+    /// Admits at most `max_per_address` connections per address.
+    pub fn new(max_per_address: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_per_address,
+            state: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Admits a connection from `ip` to `endpoint`, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, endpoint: Endpoint) -> Result<Admission, Refused> {
+        let key = AddressKey::from(ip);
+        let mut state = self.lock();
+        if state.shutting_down {
+            return Err(Refused::ShuttingDown);
+        }
+        let count = state.per_address.entry(key).or_default();
+        if *count >= self.max_per_address {
+            if *count == 0 {
+                state.per_address.remove(&key);
+            }
+            METRICS
+                .rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(Refused::TooMany);
+        }
+        *count += 1;
+        drop(state);
+        METRICS.connection(endpoint, 1);
+        Ok(Admission {
+            connections: Arc::clone(self),
+            key,
+            conn: crate::relay::next_conn_id(),
+            endpoint,
+            ip,
+        })
+    }
+
+    /// Sends every open connection a close frame (1001, going away), cuts each after
+    /// [`CLOSE_LINGER`], and admits no more.
+    pub fn close_all(&self) {
+        let open: Vec<_> = {
+            let mut state = self.lock();
+            state.shutting_down = true;
+            state.open.values().cloned().collect()
+        };
+        tracing::info!(
+            connections = open.len(),
+            "closing every connection (going away)"
+        );
+        for (outbox, kill) in open {
+            outbox.close(Some((CloseCode::Away, "server shutting down").into()));
+            actix_rt::spawn(async move {
+                actix_rt::time::sleep(CLOSE_LINGER).await;
+                kill.kill();
+            });
+        }
+    }
+}
+
+impl Admission {
+    /// Makes the connection reachable by [`Connections::close_all`].
+    pub fn track(&self, outbox: Arc<Outbox>, kill: Arc<KillSwitch>) {
+        self.connections
+            .lock()
+            .open
+            .insert(self.conn, (outbox, kill));
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut state = self.connections.lock();
+        state.open.remove(&self.conn);
+        if let Some(count) = state.per_address.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                state.per_address.remove(&self.key);
+            }
+        }
+        drop(state);
+        METRICS.connection(self.endpoint, -1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_per_address_are_bounded_and_released_on_drop() {
+        let connections = Connections::new(2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = connections.admit(ip, Endpoint::Mac).unwrap();
+        let _b = connections.admit(ip, Endpoint::Mac).unwrap();
+        assert_eq!(
+            connections.admit(ip, Endpoint::Mac).unwrap_err(),
+            Refused::TooMany
+        );
+        assert!(connections
+            .admit("192.0.2.2".parse().unwrap(), Endpoint::Mac)
+            .is_ok());
+        drop(a);
+        assert!(connections.admit(ip, Endpoint::Mac).is_ok());
+    }
+
+    #[test]
+    fn nothing_is_admitted_after_shutdown_begins() {
+        let connections = Connections::new(2);
+        connections.lock().shutting_down = true;
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            connections.admit(ip, Endpoint::Browser).unwrap_err(),
+            Refused::ShuttingDown
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! Counters and gauges, rendered at `/metrics` in the Prometheus text format.
+//!
+//! Plain atomics in one process-wide `METRICS`: the hot path pays one relaxed increment per
+//! message. HTTP series are keyed by route *pattern* (a fixed set) and status, so their
+//! number is bounded whatever clients request.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use crate::relay::socket::{Endpoint, Outcome};
+
+/// Process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+/// Every series the relay exports.
+#[derive(Default)]
+pub struct Metrics {
+    connections: [AtomicI64; Endpoint::ALL.len()],
+    /// Pairings made by `join`.
+    pub pairings: AtomicU64,
+    /// Codes issued to macs.
+    pub codes_issued: AtomicU64,
+    /// Codes that expired unjoined.
+    pub codes_expired: AtomicU64,
+    /// Codes joined by a browser.
+    pub codes_joined: AtomicU64,
+    /// Pairings resumed by either side.
+    pub resumes: AtomicU64,
+    /// `data` messages delivered to a peer's outbox.
+    pub messages_relayed: AtomicU64,
+    /// Payload bytes of those messages.
+    pub bytes_relayed: AtomicU64,
+    drops: [AtomicU64; Outcome::ALL.len()],
+    /// Failed logins, refused tokens, bad machine tokens.
+    pub auth_failures: AtomicU64,
+    /// Requests refused by a rate or connection limit.
+    pub rate_limited: AtomicU64,
+    /// (route pattern, status) → (count, seconds spent; WebSocket upgrades excluded).
+    http: Mutex<BTreeMap<(String, u16), (u64, f64)>>,
+}
+
+impl Metrics {
+    /// A connection opened (`+1`) or closed (`-1`) on `endpoint`.
+    pub fn connection(&self, endpoint: Endpoint, delta: i64) {
+        self.connections[endpoint as usize].fetch_add(delta, Relaxed);
+    }
+
+    /// Live connections on `endpoint`.
+    pub fn live(&self, endpoint: Endpoint) -> i64 {
+        self.connections[endpoint as usize].load(Relaxed)
+    }
+
+    /// A connection the relay ended for `outcome` (peer closes and losses are not drops).
+    pub fn dropped(&self, outcome: Outcome) {
+        self.drops[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// One relayed message of `bytes` payload bytes.
+    pub fn relayed(&self, bytes: usize) {
+        self.messages_relayed.fetch_add(1, Relaxed);
+        self.bytes_relayed.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// One HTTP response; `elapsed` is `None` for WebSocket upgrades.
+    pub fn http(&self, route: &str, status: u16, elapsed: Option<Duration>) {
+        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = http.entry((route.to_owned(), status)).or_default();
+        entry.0 += 1;
+        entry.1 += elapsed.map_or(0.0, |d| d.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        gauge(
+            &mut out,
+            "hermit_connections",
+            "Open WebSocket connections by endpoint.",
+        );
+        for endpoint in Endpoint::ALL {
+            let _ = writeln!(
+                out,
+                "hermit_connections{{endpoint=\"{}\"}} {}",
+                endpoint.as_str(),
+                self.live(endpoint)
+            );
+        }
+        for (name, help, value) in [
+            (
+                "hermit_pairings_total",
+                "Pairings made by join.",
+                &self.pairings,
+            ),
+            (
+                "hermit_codes_issued_total",
+                "Pairing codes issued.",
+                &self.codes_issued,
+            ),
+            (
+                "hermit_codes_expired_total",
+                "Pairing codes that expired unjoined.",
+                &self.codes_expired,
+            ),
+            (
+                "hermit_codes_joined_total",
+                "Pairing codes joined.",
+                &self.codes_joined,
+            ),
+            (
+                "hermit_resumes_total",
+                "Pairings resumed after a lost connection.",
+                &self.resumes,
+            ),
+            (
+                "hermit_messages_relayed_total",
+                "Data messages relayed.",
+                &self.messages_relayed,
+            ),
+            (
+                "hermit_bytes_relayed_total",
+                "Payload bytes relayed.",
+                &self.bytes_relayed,
+            ),
+            (
+                "hermit_auth_failures_total",
+                "Refused logins and tokens.",
+                &self.auth_failures,
+            ),
+            (
+                "hermit_rate_limited_total",
+                "Requests refused by a rate or connection limit.",
+                &self.rate_limited,
+            ),
+        ] {
+            counter(&mut out, name, help, value.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hermit_drops_total Connections the relay ended, by reason.\n# TYPE hermit_drops_total counter"
+        );
+        for outcome in Outcome::ALL {
+            let _ = writeln!(
+                out,
+                "hermit_drops_total{{reason=\"{}\"}} {}",
+                outcome.label(),
+                self.drops[outcome as usize].load(Relaxed)
+            );
+        }
+        let http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP hermit_http_requests_total HTTP responses by route and status.\n# TYPE hermit_http_requests_total counter"
+        );
+        for ((route, status), (count, _)) in http.iter() {
+            let _ = writeln!(
+                out,
+                "hermit_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hermit_http_request_duration_seconds Time to answer HTTP requests (WebSocket upgrades excluded).\n# TYPE hermit_http_request_duration_seconds summary"
+        );
+        let mut by_route: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
+        for ((route, _), (count, seconds)) in http.iter() {
+            if Endpoint::from_route(route).is_some() {
+                continue;
+            }
+            let entry = by_route.entry(route).or_default();
+            entry.0 += count;
+            entry.1 += seconds;
+        }
+        for (route, (count, seconds)) in by_route {
+            let _ = writeln!(
+                out,
+                "hermit_http_request_duration_seconds_sum{{route=\"{route}\"}} {seconds}\nhermit_http_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+            );
+        }
+        out
+    }
+}
