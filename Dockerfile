@@ -1,5 +1,8 @@
-# hermit-relay container image. Build: docker build -t hermit-relay .
-# The build stage runs the same `cargo build --release --locked` as CI.
+# hermit-relay container image.
+#   docker build -t hermit-relay .
+#   docker run -p 8080:8080 -v hermit-data:/var/lib/hermit-relay hermit-relay
+# The build stage runs the same `cargo build --release --locked` as CI. SQLite and the
+# PostgreSQL client are compiled in, so the runtime image needs no database libraries.
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -10,8 +13,15 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/hermit-relay hermit \
     && mkdir -p /var/lib/hermit-relay /etc/hermit-relay \
     && chown hermit /var/lib/hermit-relay
 COPY --from=build /src/target/release/hermit-relay /usr/local/bin/hermit-relay
+COPY config/production.toml /etc/hermit-relay/config.toml
 USER hermit
 WORKDIR /var/lib/hermit-relay
+VOLUME /var/lib/hermit-relay
+ENV HERMIT_CONFIG=/etc/hermit-relay/config.toml
 ENV HERMIT__SERVER__BIND=0.0.0.0:8080
 EXPOSE 8080
-CMD ["hermit-relay"]
+# Docker's stop timeout is 10 s; server.shutdown_timeout_secs (8) stays below it.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["hermit-relay", "healthcheck"]
+CMD ["hermit-relay", "serve"]

@@ -28,6 +28,8 @@ enum Command {
     CheckConfig,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Exit 0 if the relay at `server.bind` answers `GET /health` (container health check).
+    Healthcheck,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +48,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Healthcheck => healthcheck(settings.server.bind),
         Command::Migrate => {
             init_logging(&settings.log);
             let db = &settings.database;
@@ -78,4 +81,31 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         app.run_until_signalled().await?;
         Ok(())
     })
+}
+
+/// A dependency-free `GET /health` against the configured port on loopback.
+fn healthcheck(bind: std::net::SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let target = match bind.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], bind.port()))
+        }
+        ip if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, bind.port()))
+        }
+        _ => bind,
+    };
+    let timeout = Duration::from_secs(2);
+    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    anyhow::ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "unhealthy: {}",
+        answer.lines().next().unwrap_or("")
+    );
+    Ok(())
 }

@@ -1,0 +1,277 @@
+//! The relay behind a real nginx, configured by the shipped `config/nginx.conf.example`.
+//!
+//! `.ci/run` installs nginx; elsewhere these tests are skipped (loudly) when it is missing,
+//! and fail under CI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::MaybeTlsStream;
+
+fn nginx_binary() -> Option<PathBuf> {
+    let found = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nginx is required under CI (.ci/run installs it)"
+        );
+        eprintln!("nginx is not installed: nginx tests not run");
+    }
+    found
+}
+
+/// nginx running the example config in front of a relay on `relay_port`.
+struct Nginx {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces `from` with `to` in the example, insisting it is there, so a change to the
+/// example that these tests no longer exercise fails loudly.
+fn substitute(text: &str, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "nginx.conf.example no longer contains {from:?}"
+    );
+    text.replace(from, to)
+}
+
+fn start_nginx(binary: &Path, relay_port: u16, read_timeout: &str) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/nginx.conf.example"
+    ))
+    .unwrap();
+    let site = substitute(
+        &example,
+        "server 127.0.0.1:8080;",
+        &format!("server 127.0.0.1:{relay_port};"),
+    );
+    let site = substitute(&site, "listen 80;", &format!("listen 127.0.0.1:{port};"));
+    let site = substitute(
+        &site,
+        "proxy_read_timeout 75s;",
+        &format!("proxy_read_timeout {read_timeout};"),
+    );
+    let site = substitute(
+        &site,
+        "proxy_send_timeout 75s;",
+        &format!("proxy_send_timeout {read_timeout};"),
+    );
+    let d = dir.path().display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 512; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+         {site}\n}}\n"
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nginx starts");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nginx did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Nginx {
+        port,
+        child,
+        _dir: dir,
+    }
+}
+
+/// A WebSocket to nginx from source address `from`, with extra headers.
+async fn via(nginx: &Nginx, path: &str, from: &str, headers: &[(&'static str, &str)]) -> Ws {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let stream = socket
+        .connect(([127, 0, 0, 1], nginx.port).into())
+        .await
+        .unwrap();
+    let mut request = format!("ws://127.0.0.1:{}{path}", nginx.port)
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .insert(*name, HeaderValue::from_str(value).unwrap());
+    }
+    tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("websocket through nginx")
+        .0
+}
+
+fn behind_nginx(mut s: hermit_relay::config::Settings) -> hermit_relay::config::Settings {
+    s.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_and_account_websockets_work_through_nginx() {
+    let Some(binary) = nginx_binary() else { return };
+    let server = TestServer::start(behind_nginx(settings()));
+    let nginx = start_nginx(&binary, server.port, "75s");
+
+    let mut mac = via(&nginx, "/mac", "127.0.0.1", &[]).await;
+    let code = recv(&mut mac).await["code"].as_str().unwrap().to_owned();
+    let mut browser = via(&nginx, "/browser", "127.0.0.1", &[]).await;
+    send(&mut browser, json!({"type": "join", "code": code})).await;
+    assert_eq!(recv(&mut browser).await["type"], "joined");
+    assert_eq!(recv(&mut mac).await["type"], "joined");
+    send_data(&mut mac, "through nginx \u{1b}[1m✓").await;
+    expect_data(&mut browser, "through nginx \u{1b}[1m✓").await;
+    send_data(&mut browser, "and back").await;
+    expect_data(&mut mac, "and back").await;
+
+    // Account mode: HTTP and both WebSocket endpoints through the same proxy.
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", nginx.port);
+    let body: Value = http
+        .post(format!("{base}/auth/register"))
+        .json(&json!({"email": "ada@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = body["accessToken"].as_str().unwrap().to_owned();
+    let created: Value = http
+        .post(format!("{base}/api/machines"))
+        .bearer_auth(&access)
+        .json(&json!({"name": "studio"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut agent = via(&nginx, "/ws/agent", "127.0.0.1", &[]).await;
+    send(
+        &mut agent,
+        json!({"type": "register", "token": created["token"]}),
+    )
+    .await;
+    assert_eq!(recv(&mut agent).await["success"], true);
+    assert_eq!(recv(&mut agent).await["type"], "list_sessions");
+    send(
+        &mut agent,
+        json!({"type": "sessions", "sessions": [{"id": "s1", "name": "zsh", "command": "zsh", "createdAt": "2026-11-22T10:00:00Z"}]}),
+    )
+    .await;
+    let mut client = via(&nginx, "/ws/client", "127.0.0.1", &[]).await;
+    send(&mut client, json!({"type": "auth", "token": access})).await;
+    assert_eq!(recv(&mut client).await["type"], "authenticated");
+    let machine_id = created["machine"]["id"].as_str().unwrap();
+    send(
+        &mut client,
+        json!({"type": "attach", "machineId": machine_id, "sessionId": "s1"}),
+    )
+    .await;
+    assert_eq!(recv(&mut client).await["type"], "attached");
+    assert_eq!(recv(&mut agent).await["type"], "attach");
+    send(
+        &mut agent,
+        json!({"type": "data", "sessionId": "s1", "data": "$ "}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut client).await,
+        json!({"type": "data", "sessionId": "s1", "data": "$ "})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarded_address_counts_only_through_the_trusted_proxy() {
+    let Some(binary) = nginx_binary() else { return };
+    let mut s = behind_nginx(settings());
+    s.limits.join_attempts_per_minute = 2;
+    let server = TestServer::start(s);
+    let nginx = start_nginx(&binary, server.port, "75s");
+
+    // 127.0.0.2 spends its budget through nginx, claiming to be someone else each time:
+    // nginx appends the real address and the relay takes the rightmost untrusted hop.
+    for (i, expected) in ["INVALID_CODE", "INVALID_CODE", "RATE_LIMITED"]
+        .iter()
+        .enumerate()
+    {
+        let spoof = format!("203.0.113.{i}");
+        let mut ws = via(
+            &nginx,
+            "/browser",
+            "127.0.0.2",
+            &[("x-forwarded-for", &spoof)],
+        )
+        .await;
+        send(&mut ws, json!({"type": "join", "code": "AAAAAA"})).await;
+        expect_error(&mut ws, expected).await;
+    }
+    // 127.0.0.3, through the same nginx (same socket peer), has a budget of its own: the
+    // relay keys on the forwarded address, not on the proxy.
+    let mut other = via(&nginx, "/browser", "127.0.0.3", &[]).await;
+    send(&mut other, json!({"type": "join", "code": "AAAAAA"})).await;
+    expect_error(&mut other, "INVALID_CODE").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_paired_connections_outlive_the_proxy_read_timeout_thanks_to_heartbeats() {
+    let Some(binary) = nginx_binary() else { return };
+    let mut s = behind_nginx(settings());
+    s.heartbeat.interval_secs = 1;
+    s.heartbeat.timeout_secs = 2;
+    let server = TestServer::start(s);
+    let nginx = start_nginx(&binary, server.port, "2s");
+
+    let mut mac = via(&nginx, "/mac", "127.0.0.1", &[]).await;
+    let code = recv(&mut mac).await["code"].as_str().unwrap().to_owned();
+    let mut browser = via(&nginx, "/browser", "127.0.0.1", &[]).await;
+    send(&mut browser, json!({"type": "join", "code": code})).await;
+    recv(&mut browser).await;
+    recv(&mut mac).await;
+
+    // Idle for 2.5 × nginx's read timeout; the clients only answer the relay's pings.
+    tokio::join!(
+        expect_silence(&mut mac, Duration::from_secs(5)),
+        expect_silence(&mut browser, Duration::from_secs(5)),
+    );
+    send_data(&mut mac, "still here").await;
+    expect_data(&mut browser, "still here").await;
+}
