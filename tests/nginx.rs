@@ -197,6 +197,27 @@ async fn pairing_and_account_websockets_work_through_nginx() {
         json!({"type": "sessions", "sessions": [{"id": "s1", "name": "zsh", "command": "zsh", "createdAt": "2026-11-22T10:00:00Z"}]}),
     )
     .await;
+    // Wait until the registry has the agent's report (it travels through the agent's actor).
+    let started = Instant::now();
+    loop {
+        let machines: Value = http
+            .get(format!("{base}/api/machines"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if machines["machines"][0]["sessionCount"] == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the agent's sessions never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut client = via(&nginx, "/ws/client", "127.0.0.1", &[]).await;
     send(&mut client, json!({"type": "auth", "token": access})).await;
     assert_eq!(recv(&mut client).await["type"], "authenticated");
@@ -256,7 +277,7 @@ async fn idle_paired_connections_outlive_the_proxy_read_timeout_thanks_to_heartb
     let Some(binary) = nginx_binary() else { return };
     let mut s = behind_nginx(settings());
     s.heartbeat.interval_secs = 1;
-    s.heartbeat.timeout_secs = 2;
+    s.heartbeat.timeout_secs = 4;
     let server = TestServer::start(s);
     let nginx = start_nginx(&binary, server.port, "2s");
 

@@ -312,16 +312,60 @@ impl Handler<ToAgent> for AgentSocket {
                 client,
                 peer,
             } => {
+                // In this order: the agent hears `attach`, the client hears `attached`, and
+                // only then can output (pushed after this handler) or input reach either.
+                let client_id = client.to_string();
+                self.send(
+                    &AgentEvent::Attach {
+                        session_id: &session_id,
+                        client_id: &client_id,
+                    },
+                    ctx,
+                );
+                let attached = text_frame(&ClientEvent::Attached {
+                    session_id: &session_id,
+                });
+                if peer.outbox.push(attached).is_err() {
+                    peer.addr.do_send(ToClient::Drop(Outcome::SlowConsumer));
+                }
+                peer.addr.do_send(ToClient::Link {
+                    session_id: session_id.clone(),
+                    agent: Peer {
+                        addr: ctx.address().recipient(),
+                        outbox: Arc::clone(&self.socket.link.outbox),
+                    },
+                });
                 let watchers = self.watchers.entry(session_id).or_default();
                 watchers.retain(|(c, _)| *c != client);
                 watchers.push((client, peer));
             }
-            ToAgent::Unlink { session_id, client } => {
+            ToAgent::Unlink {
+                session_id,
+                client,
+                detach_agent,
+                reply_to,
+            } => {
                 if let Some(watchers) = self.watchers.get_mut(&session_id) {
                     watchers.retain(|(c, _)| *c != client);
                     if watchers.is_empty() {
                         self.watchers.remove(&session_id);
                     }
+                }
+                if detach_agent {
+                    let client_id = client.to_string();
+                    self.send(
+                        &AgentEvent::Detach {
+                            session_id: &session_id,
+                            client_id: &client_id,
+                        },
+                        ctx,
+                    );
+                }
+                if let Some(peer) = reply_to {
+                    let _ = peer.outbox.push(text_frame(&ClientEvent::Detached {
+                        session_id: &session_id,
+                    }));
+                    peer.addr.do_send(ToClient::Unlink { session_id });
                 }
             }
             ToAgent::Drop(outcome) => self.finish(outcome, ctx),

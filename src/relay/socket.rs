@@ -56,6 +56,9 @@ impl Endpoint {
     }
 }
 
+/// How early a heartbeat ping may go out, so tick jitter never skips one.
+const PING_SLACK: Duration = Duration::from_millis(250);
+
 /// Why a connection ends; decides the close frame, and whether a partner may wait for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -246,7 +249,9 @@ impl Socket {
         if self.link.silence() > settings.deadline() {
             return Some(Outcome::HeartbeatTimeout);
         }
-        if self.last_ping.elapsed() < settings.interval() {
+        // Ticks jitter by a few milliseconds; without slack, a tick landing just short of
+        // the interval would postpone the ping by a whole tick.
+        if self.last_ping.elapsed() + PING_SLACK < settings.interval() {
             return None;
         }
         self.last_ping = Instant::now();

@@ -6,7 +6,7 @@ use actix::prelude::*;
 use super::machines::{Effect, ToAgentWire, ToClientWire};
 use super::pairings::ConnId;
 use super::{Peer, SessionRegistry};
-use crate::relay::protocol::{AgentEvent, ClientEvent, Common, SessionInfo};
+use crate::relay::protocol::{AgentEvent, ClientEvent, Common, ErrorCode, SessionInfo};
 use crate::relay::socket::Outcome;
 use crate::transport::text_frame;
 
@@ -14,7 +14,8 @@ use crate::transport::text_frame;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum ToAgent {
-    /// Fan this session's output out to `client` too.
+    /// Fan this session's output out to `client` too; queue `attach` to the agent and
+    /// `attached` to the client, then give the client this agent's outbox.
     Link {
         /// The session.
         session_id: String,
@@ -29,6 +30,10 @@ pub enum ToAgent {
         session_id: String,
         /// The client connection.
         client: ConnId,
+        /// Queue `detach` to the agent.
+        detach_agent: bool,
+        /// The client asked: queue `detached` to it and unlink it, after the last output.
+        reply_to: Option<Peer<ToClient>>,
     },
     /// Close the connection.
     Drop(Outcome),
@@ -188,32 +193,52 @@ impl SessionRegistry {
                     client,
                     session_id,
                 } => {
-                    if let (Some(a), Some(c)) = (self.agents.get(&agent), self.clients.get(&client))
-                    {
-                        a.addr.do_send(ToAgent::Link {
-                            session_id: session_id.clone(),
-                            client,
-                            peer: c.clone(),
-                        });
-                        c.addr.do_send(ToClient::Link {
-                            session_id,
-                            agent: a.clone(),
-                        });
+                    let (Some(a), Some(c)) = (self.agents.get(&agent), self.clients.get(&client))
+                    else {
+                        continue;
+                    };
+                    let link = ToAgent::Link {
+                        session_id,
+                        client,
+                        peer: c.clone(),
+                    };
+                    if deliver(&a.addr, link).is_err() {
+                        // The agent is on its way out; its departure will end the session.
+                        let _ = c.outbox.push(text_frame(&Common::error(
+                            ErrorCode::MachineNotFound,
+                            "no such machine online",
+                        )));
                     }
                 }
                 Effect::Unlink {
                     agent,
                     client,
                     session_id,
+                    detach_agent,
+                    reply,
                 } => {
-                    if let Some(a) = self.agents.get(&agent) {
-                        a.addr.do_send(ToAgent::Unlink {
-                            session_id: session_id.clone(),
-                            client,
-                        });
-                    }
-                    if let Some(c) = self.clients.get(&client) {
-                        c.addr.do_send(ToClient::Unlink { session_id });
+                    let client_peer = self.clients.get(&client).cloned();
+                    let unlink = ToAgent::Unlink {
+                        session_id: session_id.clone(),
+                        client,
+                        detach_agent,
+                        reply_to: if reply { client_peer.clone() } else { None },
+                    };
+                    let via_agent = self
+                        .agents
+                        .get(&agent)
+                        .is_some_and(|a| deliver(&a.addr, unlink).is_ok());
+                    // Unless the agent's actor answers the client itself (a detach it asked
+                    // for, so `detached` follows the last output), unlink the client here.
+                    if !(reply && via_agent) {
+                        if let Some(c) = client_peer {
+                            if reply {
+                                let _ = c.outbox.push(text_frame(&ClientEvent::Detached {
+                                    session_id: &session_id,
+                                }));
+                            }
+                            c.addr.do_send(ToClient::Unlink { session_id });
+                        }
                     }
                 }
                 Effect::DropAgent { conn, revoked } => {
@@ -231,16 +256,20 @@ impl SessionRegistry {
     }
 }
 
+/// Sends a message to a live actor whatever its mailbox holds; `Err` if it has stopped.
+fn deliver(addr: &Recipient<ToAgent>, msg: ToAgent) -> Result<(), ()> {
+    match addr.try_send(msg) {
+        Ok(()) => Ok(()),
+        Err(SendError::Full(msg)) => {
+            addr.do_send(msg);
+            Ok(())
+        }
+        Err(SendError::Closed(_)) => Err(()),
+    }
+}
+
 fn agent_frame(wire: &ToAgentWire) -> bytes::Bytes {
     match wire {
-        ToAgentWire::Attach { session_id, client } => text_frame(&AgentEvent::Attach {
-            session_id,
-            client_id: &client.to_string(),
-        }),
-        ToAgentWire::Detach { session_id, client } => text_frame(&AgentEvent::Detach {
-            session_id,
-            client_id: &client.to_string(),
-        }),
         ToAgentWire::StartSession { name, command } => {
             text_frame(&AgentEvent::StartSession { name, command })
         }
@@ -257,7 +286,6 @@ fn client_frame(wire: &ToClientWire) -> bytes::Bytes {
             sessions,
         }),
         ToClientWire::Attached { session_id } => text_frame(&ClientEvent::Attached { session_id }),
-        ToClientWire::Detached { session_id } => text_frame(&ClientEvent::Detached { session_id }),
         ToClientWire::SessionStarted {
             machine_id,
             session,

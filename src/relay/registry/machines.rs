@@ -30,10 +30,6 @@ pub struct Live {
 #[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToAgentWire {
-    /// `attach`.
-    Attach { session_id: String, client: ConnId },
-    /// `detach`.
-    Detach { session_id: String, client: ConnId },
     /// `start_session`.
     StartSession { name: String, command: String },
 }
@@ -48,10 +44,8 @@ pub enum ToClientWire {
         machine_id: String,
         sessions: Vec<SessionInfo>,
     },
-    /// `attached`.
+    /// `attached` (to a repeated `attach`; the first one is sent by the agent's actor).
     Attached { session_id: String },
-    /// `detached`.
-    Detached { session_id: String },
     /// `session_started`.
     SessionStarted {
         machine_id: String,
@@ -81,17 +75,23 @@ pub enum Effect {
     /// Queue a message on a client's socket.
     ToClient { conn: ConnId, wire: ToClientWire },
     /// Connect agent and client for one session: the agent fans its output out to the
-    /// client, and the client writes input straight to the agent.
+    /// client, and the client writes input straight to the agent. The agent's actor then
+    /// queues `attach` to the agent and `attached` to the client, in that order, before
+    /// any output can reach the client.
     Link {
         agent: ConnId,
         client: ConnId,
         session_id: String,
     },
-    /// Undo a [`Effect::Link`].
+    /// Undo a [`Effect::Link`]. `detach_agent`: the agent hears `detach` (the client left
+    /// or detached, rather than the session ending). `reply`: the client asked, and hears
+    /// `detached` once no more output can reach it.
     Unlink {
         agent: ConnId,
         client: ConnId,
         session_id: String,
+        detach_agent: bool,
+        reply: bool,
     },
     /// Close an agent connection: replaced by a newer one, or (`revoked`) its machine
     /// was deleted.
@@ -292,7 +292,7 @@ impl MachineTable {
             }
         }
         for (session_id, machine_id) in client.attached {
-            self.unwatch(&machine_id, &session_id, conn, &mut effects);
+            self.unwatch(&machine_id, &session_id, conn, false, &mut effects);
         }
         effects
     }
@@ -365,22 +365,11 @@ impl MachineTable {
             .entry((machine_id.to_owned(), session_id.to_owned()))
             .or_default()
             .insert(conn);
-        // Order matters: the agent hears `attach` before any input the client may send, and
-        // the client hears `attached` before any output the agent fans out to it.
-        let mut effects = vec![Effect::ToAgent {
-            conn: agent_conn,
-            wire: ToAgentWire::Attach {
-                session_id: session_id.to_owned(),
-                client: conn,
-            },
-        }];
-        effects.extend(attached(session_id));
-        effects.push(Effect::Link {
+        vec![Effect::Link {
             agent: agent_conn,
             client: conn,
             session_id: session_id.to_owned(),
-        });
-        effects
+        }]
     }
 
     /// `detach` from a client.
@@ -399,13 +388,7 @@ impl MachineTable {
             }];
         };
         let mut effects = Vec::new();
-        self.unwatch(&machine_id, session_id, conn, &mut effects);
-        effects.push(Effect::ToClient {
-            conn,
-            wire: ToClientWire::Detached {
-                session_id: session_id.to_owned(),
-            },
-        });
+        self.unwatch(&machine_id, session_id, conn, true, &mut effects);
         effects
     }
 
@@ -459,12 +442,14 @@ impl MachineTable {
         }
     }
 
-    /// Removes one client from one session's watchers; the agent hears `detach`.
+    /// Removes one client from one session's watchers; the agent hears `detach`, and the
+    /// client `detached` if it asked (`reply`).
     fn unwatch(
         &mut self,
         machine_id: &str,
         session_id: &str,
         client: ConnId,
+        reply: bool,
         effects: &mut Vec<Effect>,
     ) {
         let key = (machine_id.to_owned(), session_id.to_owned());
@@ -479,13 +464,8 @@ impl MachineTable {
                 agent: agent.conn,
                 client,
                 session_id: session_id.to_owned(),
-            });
-            effects.push(Effect::ToAgent {
-                conn: agent.conn,
-                wire: ToAgentWire::Detach {
-                    session_id: session_id.to_owned(),
-                    client,
-                },
+                detach_agent: true,
+                reply,
             });
         }
     }
@@ -511,6 +491,8 @@ impl MachineTable {
                 agent: agent_conn,
                 client,
                 session_id: session_id.to_owned(),
+                detach_agent: false,
+                reply: false,
             });
         }
         self.tell_user(&user_id, effects, |_| ToClientWire::SessionEnded {

@@ -82,31 +82,24 @@ fn another_users_client_gets_machine_not_found_for_everything() {
 }
 
 #[test]
-fn attach_tells_the_agent_first_then_the_client_then_links_them() {
+fn attach_links_agent_and_client_and_repeating_it_only_confirms() {
     let mut t = table();
-    let effects = t.attach(ADA_CLIENT, "m1", "s1");
     assert_eq!(
-        effects,
-        vec![
-            Effect::ToAgent {
-                conn: AGENT,
-                wire: ToAgentWire::Attach {
-                    session_id: "s1".into(),
-                    client: ADA_CLIENT
-                }
-            },
-            Effect::ToClient {
-                conn: ADA_CLIENT,
-                wire: ToClientWire::Attached {
-                    session_id: "s1".into()
-                }
-            },
-            Effect::Link {
-                agent: AGENT,
-                client: ADA_CLIENT,
+        t.attach(ADA_CLIENT, "m1", "s1"),
+        vec![Effect::Link {
+            agent: AGENT,
+            client: ADA_CLIENT,
+            session_id: "s1".into()
+        }]
+    );
+    assert_eq!(
+        t.attach(ADA_CLIENT, "m1", "s1"),
+        vec![Effect::ToClient {
+            conn: ADA_CLIENT,
+            wire: ToClientWire::Attached {
                 session_id: "s1".into()
-            },
-        ]
+            }
+        }]
     );
     assert_eq!(
         errors(&t.attach(ADA_CLIENT, "m1", "s9")),
@@ -137,34 +130,32 @@ fn detach_without_attach_is_not_attached() {
         [ErrorCode::NotAttached]
     );
     t.attach(ADA_CLIENT, "m1", "s1");
-    let effects = t.detach(ADA_CLIENT, "s1");
-    assert!(effects.contains(&Effect::ToAgent {
-        conn: AGENT,
-        wire: ToAgentWire::Detach {
+    assert_eq!(
+        t.detach(ADA_CLIENT, "s1"),
+        vec![Effect::Unlink {
+            agent: AGENT,
+            client: ADA_CLIENT,
             session_id: "s1".into(),
-            client: ADA_CLIENT
-        }
-    }));
-    assert!(errors(&effects).is_empty());
+            detach_agent: true,
+            reply: true
+        }]
+    );
 }
 
 #[test]
 fn a_client_that_leaves_is_detached_everywhere_and_the_agent_told() {
     let mut t = table();
     t.attach(ADA_CLIENT, "m1", "s1");
-    let effects = t.client_offline(ADA_CLIENT);
-    assert!(effects.contains(&Effect::Unlink {
-        agent: AGENT,
-        client: ADA_CLIENT,
-        session_id: "s1".into()
-    }));
-    assert!(effects.contains(&Effect::ToAgent {
-        conn: AGENT,
-        wire: ToAgentWire::Detach {
+    assert_eq!(
+        t.client_offline(ADA_CLIENT),
+        vec![Effect::Unlink {
+            agent: AGENT,
+            client: ADA_CLIENT,
             session_id: "s1".into(),
-            client: ADA_CLIENT
-        }
-    }));
+            detach_agent: true,
+            reply: false
+        }]
+    );
 }
 
 #[test]
@@ -227,7 +218,9 @@ fn a_session_that_vanishes_from_a_new_list_ends_for_its_watchers() {
     assert!(effects.contains(&Effect::Unlink {
         agent: AGENT,
         client: ADA_CLIENT,
-        session_id: "s1".into()
+        session_id: "s1".into(),
+        detach_agent: false,
+        reply: false
     }));
     assert_eq!(
         errors(&t.detach(ADA_CLIENT, "s1")),
