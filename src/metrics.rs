@@ -38,8 +38,9 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Requests refused by a rate or connection limit.
     pub rate_limited: AtomicU64,
-    /// (route pattern, status) → (count, seconds spent; WebSocket upgrades excluded).
-    http: Mutex<BTreeMap<(String, u16), (u64, f64)>>,
+    /// Route pattern → status → (count, seconds spent; WebSocket upgrades excluded).
+    /// Nested so a lookup by `&str` allocates nothing once the route is known.
+    http: Mutex<BTreeMap<String, BTreeMap<u16, (u64, f64)>>>,
 }
 
 impl Metrics {
@@ -67,7 +68,13 @@ impl Metrics {
     /// One HTTP response; `elapsed` is `None` for WebSocket upgrades.
     pub fn http(&self, route: &str, status: u16, elapsed: Option<Duration>) {
         let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = http.entry((route.to_owned(), status)).or_default();
+        if !http.contains_key(route) {
+            http.insert(route.to_owned(), BTreeMap::new());
+        }
+        let Some(statuses) = http.get_mut(route) else {
+            return;
+        };
+        let entry = statuses.entry(status).or_default();
         entry.0 += 1;
         entry.1 += elapsed.map_or(0.0, |d| d.as_secs_f64());
     }
@@ -163,26 +170,27 @@ impl Metrics {
             out,
             "# HELP hermit_http_requests_total HTTP responses by route and status.\n# TYPE hermit_http_requests_total counter"
         );
-        for ((route, status), (count, _)) in http.iter() {
-            let _ = writeln!(
-                out,
-                "hermit_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
-            );
+        for (route, statuses) in http.iter() {
+            for (status, (count, _)) in statuses {
+                let _ = writeln!(
+                    out,
+                    "hermit_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                );
+            }
         }
         let _ = writeln!(
             out,
             "# HELP hermit_http_request_duration_seconds Time to answer HTTP requests (WebSocket upgrades excluded).\n# TYPE hermit_http_request_duration_seconds summary"
         );
-        let mut by_route: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
-        for ((route, _), (count, seconds)) in http.iter() {
+        for (route, statuses) in http.iter() {
             if Endpoint::from_route(route).is_some() {
                 continue;
             }
-            let entry = by_route.entry(route).or_default();
-            entry.0 += count;
-            entry.1 += seconds;
-        }
-        for (route, (count, seconds)) in by_route {
+            let (count, seconds) = statuses
+                .values()
+                .fold((0, 0.0), |(c, s), (count, seconds)| {
+                    (c + count, s + seconds)
+                });
             let _ = writeln!(
                 out,
                 "hermit_http_request_duration_seconds_sum{{route=\"{route}\"}} {seconds}\nhermit_http_request_duration_seconds_count{{route=\"{route}\"}} {count}"

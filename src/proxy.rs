@@ -33,18 +33,18 @@ impl ClientAddr {
         let peer = req
             .peer_addr()
             .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
-        let headers = req.headers();
-        let forwarded_for = headers
-            .get_all("x-forwarded-for")
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",");
-        let forwarded = headers
-            .get_all("forwarded")
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",");
-        self.resolve(peer, &forwarded_for, &forwarded)
+        if !self.is_trusted(peer) {
+            // The common, direct case reads no header at all.
+            return canonical(peer);
+        }
+        let joined = |name: &str| {
+            req.headers()
+                .get_all(name)
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        self.resolve(peer, &joined("x-forwarded-for"), &joined("forwarded"))
     }
 
     /// The rule itself, on plain values (unit-tested).

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! hermit-relay-bench run --relay target/release/hermit-relay [--quick] [--out results.md]
+//!                        [--only latency|throughput|idle|pairing|slow|fanout]
 //! hermit-relay-bench baseline --port 9000      # the baseline server alone
 //! ```
 
@@ -46,6 +47,17 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        // SIGTERM first, so a server run under a profiler (callgrind) writes its output.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -154,7 +166,8 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let table = runtime.block_on(scenarios::run_all(&relay, quick))?;
+            let only = arg(&args, "--only");
+            let table = runtime.block_on(scenarios::run_all(&relay, quick, only.as_deref()))?;
             println!("{table}");
             if let Some(out) = out {
                 std::fs::write(out, &table)?;

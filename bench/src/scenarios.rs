@@ -423,8 +423,13 @@ fn ratio(relay: f64, baseline: f64) -> String {
 }
 
 /// Runs every scenario on both servers and returns a Markdown table.
-pub async fn run_all(relay_bin: &PathBuf, quick: bool) -> anyhow::Result<String> {
+pub async fn run_all(
+    relay_bin: &PathBuf,
+    quick: bool,
+    only: Option<&str>,
+) -> anyhow::Result<String> {
     let scale = |full: u64, small: u64| if quick { small } else { full };
+    let want = |name: &str| only.is_none_or(|o| o == name);
     let mut out = String::new();
     writeln!(
         out,
@@ -433,83 +438,92 @@ pub async fn run_all(relay_bin: &PathBuf, quick: bool) -> anyhow::Result<String>
     writeln!(out, "|---|---|---|---|---|")?;
 
     // 1. Latency.
-    let secs = scale(10, 3);
-    let mut lat = Vec::new();
-    for start in [
-        start_relay as fn(&PathBuf) -> anyhow::Result<Target>,
-        |_: &PathBuf| start_baseline(),
-    ] {
-        let target = start(relay_bin)?;
-        lat.push(latency(target.port, 100, 100, secs).await?);
-    }
-    for (name, pick) in [
-        ("p50", (|l: &Latency| l.p50) as fn(&Latency) -> u64),
-        ("p90", |l| l.p90),
-        ("p99", |l| l.p99),
-        ("p99.9", |l| l.p999),
-        ("max", |l| l.max),
-    ] {
-        let (r, b) = (pick(&lat[0]), pick(&lat[1]));
-        let target = if name == "p99" { "≤ 1.2" } else { "" };
-        writeln!(
+    if want("latency") {
+        let secs = scale(10, 3);
+        let mut lat = Vec::new();
+        for start in [
+            start_relay as fn(&PathBuf) -> anyhow::Result<Target>,
+            |_: &PathBuf| start_baseline(),
+        ] {
+            let target = start(relay_bin)?;
+            lat.push(latency(target.port, 100, 100, secs).await?);
+        }
+        for (name, pick) in [
+            ("p50", (|l: &Latency| l.p50) as fn(&Latency) -> u64),
+            ("p90", |l| l.p90),
+            ("p99", |l| l.p99),
+            ("p99.9", |l| l.p999),
+            ("max", |l| l.max),
+        ] {
+            let (r, b) = (pick(&lat[0]), pick(&lat[1]));
+            let target = if name == "p99" { "≤ 1.2" } else { "" };
+            writeln!(
             out,
             "| latency {name}, 100 pairs × 100 msg/s × {secs} s (µs; {} / {} samples) | {r} | {b} | {} | {target} |",
             lat[0].samples, lat[1].samples,
             ratio(r as f64, b as f64)
         )?;
+        }
     }
 
     // 2. Throughput.
-    for (pairs, window) in [(1u32, 64usize), (100, 8)] {
-        let secs = scale(5, 2);
-        let relay = throughput(start_relay(relay_bin)?.port, pairs, window, secs).await?;
-        let base = throughput(start_baseline()?.port, pairs, window, secs).await?;
-        writeln!(
+    if want("throughput") {
+        for (pairs, window) in [(1u32, 64usize), (100, 8)] {
+            let secs = scale(5, 2);
+            let relay = throughput(start_relay(relay_bin)?.port, pairs, window, secs).await?;
+            let base = throughput(start_baseline()?.port, pairs, window, secs).await?;
+            writeln!(
             out,
             "| throughput, {pairs} pair(s), 1 KiB, window {window} (msg/s; MB/s) | {relay:.0} ({:.1} MB/s) | {base:.0} ({:.1} MB/s) | {} | ≥ 0.8 |",
             relay * 1024.0 / 1e6,
             base * 1024.0 / 1e6,
             ratio(relay, base)
         )?;
+        }
     }
 
     // 3. Idle memory.
-    for pairs in [scale(5000, 1000) as u32, scale(9000, 2000) as u32] {
-        let relay = start_relay(relay_bin)?;
-        let (r, r_err) = idle_memory(&relay, pairs).await;
-        drop(relay);
-        let baseline = start_baseline()?;
-        let (b, b_err) = idle_memory(&baseline, pairs).await;
-        drop(baseline);
-        writeln!(
+    if want("idle") {
+        for pairs in [scale(5000, 1000) as u32, scale(9000, 2000) as u32] {
+            let relay = start_relay(relay_bin)?;
+            let (r, r_err) = idle_memory(&relay, pairs).await;
+            drop(relay);
+            let baseline = start_baseline()?;
+            let (b, b_err) = idle_memory(&baseline, pairs).await;
+            drop(baseline);
+            writeln!(
             out,
             "| idle memory, {pairs} pairs (KiB per pair; errors) | {:.1} ({r_err}) | {:.1} ({b_err}) | {} | ≤ 16 KiB |",
             r / 1024.0,
             b / 1024.0,
             ratio(r, b)
         )?;
+        }
     }
 
     // 4. Pairing rate.
-    let n = scale(2000, 500) as u32;
-    let relay = pairing_rate(start_relay(relay_bin)?.port, n, 50).await?;
-    let base = pairing_rate(start_baseline()?.port, n, 50).await?;
-    writeln!(
+    if want("pairing") {
+        let n = scale(2000, 500) as u32;
+        let relay = pairing_rate(start_relay(relay_bin)?.port, n, 50).await?;
+        let base = pairing_rate(start_baseline()?.port, n, 50).await?;
+        writeln!(
         out,
         "| pairing rate, {n} pairings, 50 at a time (pairings/s) | {relay:.0} | {base:.0} | {} | ≥ 0.9 |",
         ratio(relay, base)
     )?;
+    }
 
     // 5. Slow consumer.
-    let secs = scale(8, 4);
-    let (r_peak, r_told) = slow_consumer(&start_relay(relay_bin)?, secs).await?;
-    let (b_peak, b_told) = slow_consumer(&start_baseline()?, secs).await?;
-    let told = |t: Option<Duration>| {
-        t.map_or("never told".into(), |t| {
-            format!("told after {:.1} s", t.as_secs_f64())
-        })
-    };
-    writeln!(
+    if want("slow") {
+        let secs = scale(8, 4);
+        let (r_peak, r_told) = slow_consumer(&start_relay(relay_bin)?, secs).await?;
+        let (b_peak, b_told) = slow_consumer(&start_baseline()?, secs).await?;
+        let told = |t: Option<Duration>| {
+            t.map_or("never told".into(), |t| {
+                format!("told after {:.1} s", t.as_secs_f64())
+            })
+        };
+        writeln!(
         out,
         "| slow consumer, {secs} s flood (peak RSS growth MiB; mac told) | {:.1} ({}) | {:.1} ({}) | {} | bounded by max_outbound_bytes |",
         r_peak as f64 / 1048576.0,
@@ -518,15 +532,19 @@ pub async fn run_all(relay_bin: &PathBuf, quick: bool) -> anyhow::Result<String>
         told(b_told),
         ratio(r_peak as f64, b_peak as f64)
     )?;
+    }
 
     // 6. Fan-out (account mode exists only in the relay).
-    for clients in [1u32, 10, 100] {
-        let relay = start_relay(relay_bin)?;
-        let rate = fan_out(&relay, clients, scale(2000, 500) as u32).await?;
-        writeln!(
+    if want("fanout") {
+        for clients in [1u32, 10, 100] {
+            let relay = start_relay(relay_bin)?;
+            let rate = fan_out(&relay, clients, scale(2000, 500) as u32).await?;
+            writeln!(
             out,
             "| fan-out, 1 session → {clients} client(s), 1 KiB (deliveries/s) | {rate:.0} | – | – | |"
         )?;
+        }
     }
+
     Ok(out)
 }
