@@ -15,6 +15,9 @@ use crate::relay::socket::{Endpoint, Outcome};
 /// Process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
+/// Status → (responses, seconds spent answering them).
+type StatusCounts = BTreeMap<u16, (u64, f64)>;
+
 /// Every series the relay exports.
 #[derive(Default)]
 pub struct Metrics {
@@ -40,7 +43,7 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// Route pattern → status → (count, seconds spent; WebSocket upgrades excluded).
     /// Nested so a lookup by `&str` allocates nothing once the route is known.
-    http: Mutex<BTreeMap<String, BTreeMap<u16, (u64, f64)>>>,
+    http: Mutex<BTreeMap<String, StatusCounts>>,
 }
 
 impl Metrics {
