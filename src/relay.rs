@@ -24,13 +24,27 @@ use crate::connections::{Admission, Connections, Refused};
 use crate::error::ApiError;
 use crate::limits::Limiters;
 use crate::proxy::ClientAddr;
-use crate::transport::{InboundStream, Link};
+use crate::transport::InboundStream;
 use agent_socket::AgentSocket;
 use client_socket::ClientSocket;
 use pair_socket::PairSocket;
 use registry::pairings::{ConnId, Role};
 use registry::SessionRegistry;
-use socket::Endpoint;
+use socket::{Endpoint, Socket};
+
+/// What a connection actor starts from: its admitted, upgraded socket and the shared state.
+pub struct Opened {
+    /// The socket (admission, outbox, kill switch).
+    pub socket: Socket,
+    /// What the peer sends.
+    pub inbound: InboundStream,
+    /// The registry.
+    pub registry: Addr<SessionRegistry>,
+    /// The effective settings.
+    pub settings: Arc<Settings>,
+    /// Attempt limiters.
+    pub limiters: Arc<Limiters>,
+}
 
 /// What the WebSocket handlers need, shared by every worker.
 #[derive(Clone)]
@@ -98,17 +112,8 @@ async fn agent(
     state: web::Data<RelayState>,
     accounts: web::Data<Accounts>,
 ) -> actix_web::Result<HttpResponse> {
-    let admission = state.admit(&req, Endpoint::Agent)?;
-    let (response, link, inbound) = upgrade(&req, payload, &state)?;
-    AgentSocket::start(
-        admission,
-        link,
-        inbound,
-        state.registry.clone(),
-        accounts,
-        Arc::clone(&state.settings),
-        Arc::clone(&state.limiters),
-    );
+    let (response, opened) = open(&req, payload, &state, Endpoint::Agent)?;
+    AgentSocket::start(opened, accounts);
     Ok(response)
 }
 
@@ -118,33 +123,34 @@ async fn client(
     state: web::Data<RelayState>,
     accounts: web::Data<Accounts>,
 ) -> actix_web::Result<HttpResponse> {
-    let admission = state.admit(&req, Endpoint::Client)?;
-    let (response, link, inbound) = upgrade(&req, payload, &state)?;
-    ClientSocket::start(
-        admission,
-        link,
-        inbound,
-        state.registry.clone(),
-        accounts,
-        Arc::clone(&state.settings),
-        Arc::clone(&state.limiters),
-    );
+    let (response, opened) = open(&req, payload, &state, Endpoint::Client)?;
+    ClientSocket::start(opened, accounts);
     Ok(response)
 }
 
-/// The handshake with this relay's limits.
-fn upgrade(
+/// Admits and upgrades a connection: the 101 response, and what its actor starts from.
+fn open(
     req: &HttpRequest,
     payload: web::Payload,
     state: &RelayState,
-) -> actix_web::Result<(HttpResponse, Link, InboundStream)> {
+    endpoint: Endpoint,
+) -> actix_web::Result<(HttpResponse, Opened)> {
+    let admission = state.admit(req, endpoint)?;
     let limits = &state.settings.limits;
-    crate::transport::upgrade(
+    let (response, link, inbound) = crate::transport::upgrade(
         req,
         payload,
         limits.max_message_bytes,
         limits.max_outbound_bytes,
-    )
+    )?;
+    let opened = Opened {
+        socket: Socket::new(admission, link),
+        inbound,
+        registry: state.registry.clone(),
+        settings: Arc::clone(&state.settings),
+        limiters: Arc::clone(&state.limiters),
+    };
+    Ok((response, opened))
 }
 
 async fn mac(
@@ -173,16 +179,7 @@ fn open_pair_socket(
         Role::Mac => Endpoint::Mac,
         Role::Browser => Endpoint::Browser,
     };
-    let admission = state.admit(req, endpoint)?;
-    let (response, link, inbound) = upgrade(req, payload, state)?;
-    PairSocket::start(
-        role,
-        admission,
-        link,
-        inbound,
-        state.registry.clone(),
-        Arc::clone(&state.settings),
-        Arc::clone(&state.limiters),
-    );
+    let (response, opened) = open(req, payload, state, endpoint)?;
+    PairSocket::start(role, opened);
     Ok(response)
 }

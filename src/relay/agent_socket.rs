@@ -13,7 +13,6 @@ use actix_web::web;
 use crate::accounts::Accounts;
 use crate::auth::opaque;
 use crate::config::Settings;
-use crate::connections::Admission;
 use crate::db;
 use crate::error::ApiError;
 use crate::limits::Limiters;
@@ -26,8 +25,9 @@ use crate::relay::registry::pairings::ConnId;
 use crate::relay::registry::{
     AgentOffline, AgentOnline, AgentReport, Peer, SessionRegistry, ToAgent, ToClient,
 };
-use crate::relay::socket::{self, Outcome, Socket, Step};
-use crate::transport::{text_frame, Inbound, InboundStream, Link, PushError};
+use crate::relay::socket::{self, Outcome, Socket, SocketActor};
+use crate::relay::Opened;
+use crate::transport::{text_frame, Inbound, PushError};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Longest session id, name and command an agent may report.
@@ -58,19 +58,18 @@ pub struct AgentSocket {
 
 impl AgentSocket {
     /// Starts the actor for a freshly upgraded connection.
-    pub fn start(
-        admission: Admission,
-        link: Link,
-        inbound: InboundStream,
-        registry: Addr<SessionRegistry>,
-        accounts: web::Data<Accounts>,
-        settings: Arc<Settings>,
-        limiters: Arc<Limiters>,
-    ) -> Addr<Self> {
+    pub fn start(opened: Opened, accounts: web::Data<Accounts>) -> Addr<Self> {
+        let Opened {
+            socket,
+            inbound,
+            registry,
+            settings,
+            limiters,
+        } = opened;
         Self::create(move |ctx| {
             ctx.add_stream(inbound);
             Self {
-                socket: Socket::new(admission, link),
+                socket,
                 registry,
                 accounts,
                 settings,
@@ -81,22 +80,7 @@ impl AgentSocket {
         })
     }
 
-    fn finish(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
-        self.socket.end(outcome);
-        ctx.stop();
-    }
-
-    fn send<T: serde::Serialize>(&mut self, message: &T, ctx: &mut Context<Self>) {
-        if let Err(outcome) = self.socket.send(message) {
-            self.finish(outcome, ctx);
-        }
-    }
-
-    fn error(&mut self, code: ErrorCode, message: &str, ctx: &mut Context<Self>) {
-        self.send(&Common::error(code, message), ctx);
-    }
-
-    fn on_text(&mut self, text: &[u8], ctx: &mut Context<Self>) {
+    fn handle_text(&mut self, text: &[u8], ctx: &mut Context<Self>) {
         let request = match parse::<AgentRequest>(text) {
             Ok(request) => request,
             Err(err) => {
@@ -285,16 +269,23 @@ impl Actor for AgentSocket {
     }
 }
 
+impl SocketActor for AgentSocket {
+    fn socket(&mut self) -> &mut Socket {
+        &mut self.socket
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.settings.limits.max_message_bytes
+    }
+
+    fn on_text(&mut self, text: &[u8], ctx: &mut Context<Self>) {
+        self.handle_text(text, ctx);
+    }
+}
+
 impl StreamHandler<Inbound> for AgentSocket {
     fn handle(&mut self, item: Inbound, ctx: &mut Self::Context) {
-        match self
-            .socket
-            .receive(item, self.settings.limits.max_message_bytes)
-        {
-            Step::Text(text) => self.on_text(&text, ctx),
-            Step::Done => {}
-            Step::Stop(outcome) => self.finish(outcome, ctx),
-        }
+        self.receive(item, ctx);
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {

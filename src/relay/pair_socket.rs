@@ -13,7 +13,6 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::connections::Admission;
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::relay::protocol::{parse_pairing, Common, ErrorCode, PairingEvent, PairingRequest};
@@ -21,8 +20,9 @@ use crate::relay::registry::pairings::Role;
 use crate::relay::registry::{
     Connect, Disconnect, Dropped, Join, Peer, Register, Resume, SessionRegistry, ToConn, Unpair,
 };
-use crate::relay::socket::{self, Outcome, Socket, Step};
-use crate::transport::{text_frame, Inbound, InboundStream, Link, PushError};
+use crate::relay::socket::{self, Outcome, Socket, SocketActor};
+use crate::relay::Opened;
+use crate::transport::{text_frame, Inbound, PushError};
 
 /// Longest `clientId` accepted in `register`.
 const MAX_CLIENT_ID_CHARS: usize = 128;
@@ -58,19 +58,18 @@ pub struct PairSocket {
 
 impl PairSocket {
     /// Starts the actor for a freshly upgraded connection.
-    pub fn start(
-        role: Role,
-        admission: Admission,
-        link: Link,
-        inbound: InboundStream,
-        registry: Addr<SessionRegistry>,
-        settings: Arc<Settings>,
-        limiters: Arc<Limiters>,
-    ) -> Addr<Self> {
+    pub fn start(role: Role, opened: Opened) -> Addr<Self> {
+        let Opened {
+            socket,
+            inbound,
+            registry,
+            settings,
+            limiters,
+        } = opened;
         Self::create(move |ctx| {
             ctx.add_stream(inbound);
             Self {
-                socket: Socket::new(admission, link),
+                socket,
                 role,
                 registry,
                 settings,
@@ -82,25 +81,7 @@ impl PairSocket {
         })
     }
 
-    fn finish(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
-        self.socket.end(outcome);
-        ctx.stop();
-    }
-
-    /// Queues a message for this peer; a peer too slow to take it is dropped.
-    fn send<T: serde::Serialize>(&mut self, message: &T, ctx: &mut Context<Self>) {
-        if let Err(outcome) = self.socket.send(message) {
-            self.finish(outcome, ctx);
-        }
-    }
-
-    fn error(&mut self, code: ErrorCode, message: &str, ctx: &mut Context<Self>) {
-        if let Err(outcome) = self.socket.error(code, message) {
-            self.finish(outcome, ctx);
-        }
-    }
-
-    fn on_text(&mut self, text: &[u8], ctx: &mut Context<Self>) {
+    fn handle_text(&mut self, text: &[u8], ctx: &mut Context<Self>) {
         let request = match parse_pairing(text) {
             Ok(request) => request,
             Err(why) => return self.error(ErrorCode::InvalidMessage, &why, ctx),
@@ -272,16 +253,23 @@ impl Actor for PairSocket {
     }
 }
 
+impl SocketActor for PairSocket {
+    fn socket(&mut self) -> &mut Socket {
+        &mut self.socket
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.settings.limits.max_message_bytes
+    }
+
+    fn on_text(&mut self, text: &[u8], ctx: &mut Context<Self>) {
+        self.handle_text(text, ctx);
+    }
+}
+
 impl StreamHandler<Inbound> for PairSocket {
     fn handle(&mut self, item: Inbound, ctx: &mut Self::Context) {
-        match self
-            .socket
-            .receive(item, self.settings.limits.max_message_bytes)
-        {
-            Step::Text(text) => self.on_text(&text, ctx),
-            Step::Done => {}
-            Step::Stop(outcome) => self.finish(outcome, ctx),
-        }
+        self.receive(item, ctx);
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::{Actor, ActorContext, Context};
 use actix_http::ws::CloseCode;
 use bytes::Bytes;
 use serde::Serialize;
@@ -291,6 +292,49 @@ impl Socket {
             duration_ms = self.opened.elapsed().as_millis() as u64,
             "connection closed"
         );
+    }
+}
+
+/// A connection actor built on a [`Socket`]: the helpers every endpoint shares, and the
+/// dispatch of inbound frames to its protocol.
+pub trait SocketActor: Actor<Context = Context<Self>> {
+    /// Its socket.
+    fn socket(&mut self) -> &mut Socket;
+
+    /// The largest message it accepts (for the `MESSAGE_TOO_LARGE` text).
+    fn max_message_bytes(&self) -> usize;
+
+    /// One whole text message of its protocol.
+    fn on_text(&mut self, text: &[u8], ctx: &mut Context<Self>);
+
+    /// Ends the connection for `outcome` (the first reason recorded wins).
+    fn finish(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
+        self.socket().end(outcome);
+        ctx.stop();
+    }
+
+    /// Queues a message for this peer; a peer too slow to take it is dropped.
+    fn send<T: Serialize + ?Sized>(&mut self, message: &T, ctx: &mut Context<Self>) {
+        if let Err(outcome) = self.socket().send(message) {
+            self.finish(outcome, ctx);
+        }
+    }
+
+    /// Queues an `error` for this peer.
+    fn error(&mut self, code: ErrorCode, message: &str, ctx: &mut Context<Self>) {
+        if let Err(outcome) = self.socket().error(code, message) {
+            self.finish(outcome, ctx);
+        }
+    }
+
+    /// Handles one inbound event: control frames here, text via [`Self::on_text`].
+    fn receive(&mut self, item: Inbound, ctx: &mut Context<Self>) {
+        let max = self.max_message_bytes();
+        match self.socket().receive(item, max) {
+            Step::Text(text) => self.on_text(&text, ctx),
+            Step::Done => {}
+            Step::Stop(outcome) => self.finish(outcome, ctx),
+        }
     }
 }
 
