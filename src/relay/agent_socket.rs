@@ -313,12 +313,8 @@ impl Handler<ToAgent> for AgentSocket {
                     },
                     ctx,
                 );
-                let attached = text_frame(&ClientEvent::Attached {
-                    session_id: &session_id,
-                });
-                if peer.outbox.push(attached).is_err() {
-                    peer.addr.do_send(ToClient::Drop(Outcome::SlowConsumer));
-                }
+                // The client's actor gets the link before its client can read `attached`,
+                // so input sent right after `attached` finds the session.
                 peer.addr.do_send(ToClient::Link {
                     session_id: session_id.clone(),
                     agent: Peer {
@@ -326,6 +322,12 @@ impl Handler<ToAgent> for AgentSocket {
                         outbox: Arc::clone(&self.socket.link.outbox),
                     },
                 });
+                let attached = text_frame(&ClientEvent::Attached {
+                    session_id: &session_id,
+                });
+                if peer.outbox.push(attached).is_err() {
+                    peer.addr.do_send(ToClient::Drop(Outcome::SlowConsumer));
+                }
                 let watchers = self.watchers.entry(session_id).or_default();
                 watchers.retain(|(c, _)| *c != client);
                 watchers.push((client, peer));
@@ -353,10 +355,11 @@ impl Handler<ToAgent> for AgentSocket {
                     );
                 }
                 if let Some(peer) = reply_to {
-                    let _ = peer.outbox.push(text_frame(&ClientEvent::Detached {
+                    let detached = text_frame(&ClientEvent::Detached {
                         session_id: &session_id,
-                    }));
+                    });
                     peer.addr.do_send(ToClient::Unlink { session_id });
+                    let _ = peer.outbox.push(detached);
                 }
             }
             ToAgent::Drop(outcome) => self.finish(outcome, ctx),

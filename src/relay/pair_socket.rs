@@ -18,7 +18,8 @@ use crate::metrics::METRICS;
 use crate::relay::protocol::{parse_pairing, Common, ErrorCode, PairingEvent, PairingRequest};
 use crate::relay::registry::pairings::Role;
 use crate::relay::registry::{
-    Connect, Disconnect, Dropped, Join, Peer, Register, Resume, SessionRegistry, ToConn, Unpair,
+    self, Connect, Disconnect, Dropped, Join, Pairing, PairingSlot, Peer, Register, Resume,
+    SessionRegistry, ToConn, Unpair,
 };
 use crate::relay::socket::{self, Outcome, Socket, SocketActor};
 use crate::relay::Opened;
@@ -51,6 +52,8 @@ pub struct PairSocket {
     settings: Arc<Settings>,
     limiters: Arc<Limiters>,
     partner: Partner,
+    /// Where the registry hands over a new pairing (see [`ToConn::Paired`]).
+    slot: PairingSlot,
     session: Option<Uuid>,
     /// Since when it is unpaired; `None` while paired. Checked against the idle timeout.
     unpaired_since: Option<Instant>,
@@ -75,6 +78,7 @@ impl PairSocket {
                 settings,
                 limiters,
                 partner: Partner::None,
+                slot: PairingSlot::default(),
                 session: None,
                 unpaired_since: Some(Instant::now()),
             }
@@ -143,6 +147,7 @@ impl PairSocket {
 
     /// Sends `payload` to the partner: straight into its outbox, or held while it is away.
     fn forward(&mut self, payload: &str, ctx: &mut Context<Self>) {
+        self.adopt();
         let frame = || text_frame(&PairingEvent::Data { payload });
         match &mut self.partner {
             Partner::None => {
@@ -185,6 +190,15 @@ impl PairSocket {
                     held.push_back(frame);
                 }
             }
+        }
+    }
+
+    /// Takes a pairing the registry handed over, if any. Called on `Paired` and before
+    /// forwarding data, whichever comes first.
+    fn adopt(&mut self) {
+        let pairing = registry::lock(&self.slot).take();
+        if let Some(Pairing { session, partner }) = pairing {
+            self.on_paired(session, partner);
         }
     }
 
@@ -235,6 +249,7 @@ impl Actor for PairSocket {
                 addr: ctx.address().recipient(),
                 outbox: Arc::clone(&self.socket.link.outbox),
             },
+            slot: Arc::clone(&self.slot),
         });
         ctx.run_interval(socket::tick(&self.settings.heartbeat), Self::heartbeat);
     }
@@ -290,7 +305,7 @@ impl Handler<ToConn> for PairSocket {
                 ctx,
             ),
             ToConn::Error { code, message } => self.error(code, message, ctx),
-            ToConn::Paired { session, partner } => self.on_paired(session, partner),
+            ToConn::Paired => self.adopt(),
             ToConn::PartnerAway => {
                 if matches!(self.partner, Partner::Live(_)) {
                     self.partner = Partner::Away {

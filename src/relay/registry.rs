@@ -76,14 +76,11 @@ pub enum ToConn {
         /// Text for humans.
         message: &'static str,
     },
-    /// Paired (or re-paired on resume); the registry has already queued `joined`.
-    /// `partner` is `None` while the partner is away: hold its messages until a later `Paired`.
-    Paired {
-        /// The pairing id.
-        session: Uuid,
-        /// The partner, if connected.
-        partner: Option<Peer>,
-    },
+    /// Paired (or re-paired on resume): take the pairing from the connection's
+    /// [`PairingSlot`]. The registry fills the slot before it queues `joined`, so a
+    /// connection whose client answers `joined` at once finds its partner even if this
+    /// message has not been handled yet.
+    Paired,
     /// The partner lost its connection; hold messages for it.
     PartnerAway,
     /// The pairing ended; send the `error` `code` and become unpaired.
@@ -95,6 +92,17 @@ pub enum ToConn {
     Drop(Dropped),
 }
 
+/// A pairing handed to a connection: its id and the partner (`None` while away).
+pub struct Pairing {
+    /// The pairing id (`sessionId`).
+    pub session: Uuid,
+    /// The partner, if connected; while `None`, hold its messages.
+    pub partner: Option<Peer>,
+}
+
+/// Where the registry leaves a connection's new pairing for it to take, synchronously.
+pub type PairingSlot = Arc<std::sync::Mutex<Option<Pairing>>>;
+
 /// Connection actor → registry, from `started()`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -105,6 +113,8 @@ pub struct Connect {
     pub role: Role,
     /// How to reach it.
     pub peer: Peer,
+    /// Where its pairings are handed over.
+    pub slot: PairingSlot,
 }
 
 /// Connection actor → registry, from `stopping()`.
@@ -181,6 +191,7 @@ pub struct SessionRegistry {
     table: PairingTable,
     machines: MachineTable,
     peers: HashMap<ConnId, Peer>,
+    slots: HashMap<ConnId, PairingSlot>,
     agents: HashMap<ConnId, Peer<ToAgent>>,
     clients: HashMap<ConnId, Peer<ToClient>>,
     /// One timer per pending code, cancelled when it is joined or withdrawn.
@@ -196,6 +207,7 @@ impl SessionRegistry {
             table: PairingTable::new(rules),
             machines: MachineTable::default(),
             peers: HashMap::new(),
+            slots: HashMap::new(),
             agents: HashMap::new(),
             clients: HashMap::new(),
             expiry_timers: HashMap::new(),
@@ -232,38 +244,46 @@ impl SessionRegistry {
                     let peer =
                         |conn: Option<ConnId>| conn.and_then(|c| self.peers.get(&c)).cloned();
                     let (mac_peer, browser_peer) = (peer(mac), peer(browser));
-                    // `joined` is queued here, before either side learns of the other, so
-                    // no data the partner forwards can overtake it.
+                    // Both slots stay locked while `joined` is queued, so a side can take its
+                    // partner only after its `joined` and the partner's are both queued:
+                    // nothing it forwards can overtake the partner's `joined`, and data its
+                    // client sends after `joined` finds the partner in the slot. (Actors only
+                    // ever lock their own slot, so taking two here cannot deadlock.)
+                    let slot = |conn: Option<ConnId>| conn.and_then(|c| self.slots.get(&c));
+                    let mut guards: Vec<_> =
+                        [(slot(mac), &browser_peer), (slot(browser), &mac_peer)]
+                            .into_iter()
+                            .filter_map(|(slot, partner)| slot.map(|slot| (lock(slot), partner)))
+                            .collect();
+                    for (guard, partner) in &mut guards {
+                        **guard = Some(Pairing {
+                            session,
+                            partner: (*partner).clone(),
+                        });
+                    }
                     let joined = text_frame(&PairingEvent::Joined {
                         session_id: &session.to_string(),
                     });
                     for peer in [&mac_peer, &browser_peer].into_iter().flatten() {
                         let _ = peer.outbox.push(joined.clone());
                     }
-                    if let Some(mac) = mac {
-                        self.tell(
-                            mac,
-                            ToConn::Paired {
-                                session,
-                                partner: browser_peer,
-                            },
-                        );
-                    }
-                    if let Some(browser) = browser {
-                        self.tell(
-                            browser,
-                            ToConn::Paired {
-                                session,
-                                partner: mac_peer,
-                            },
-                        );
+                    drop(guards);
+                    for conn in [mac, browser].into_iter().flatten() {
+                        self.tell(conn, ToConn::Paired);
                     }
                 }
                 Effect::PartnerAway { to } => self.tell(to, ToConn::PartnerAway),
-                Effect::PartnerGone { to, code } => self.tell(to, ToConn::PartnerGone { code }),
+                Effect::PartnerGone { to, code } => {
+                    // A pairing handed over but not yet taken is void now.
+                    if let Some(slot) = self.slots.get(&to) {
+                        lock(slot).take();
+                    }
+                    self.tell(to, ToConn::PartnerGone { code });
+                }
                 Effect::Replaced { conn } => {
                     self.tell(conn, ToConn::Drop(Dropped::Replaced));
                     self.peers.remove(&conn);
+                    self.slots.remove(&conn);
                 }
                 Effect::ScheduleExpiry { code, after } => {
                     let key = code.clone();
@@ -301,6 +321,11 @@ impl SessionRegistry {
     }
 }
 
+/// Locks a pairing slot; a poisoned one still holds a valid `Option`.
+pub fn lock(slot: &PairingSlot) -> std::sync::MutexGuard<'_, Option<Pairing>> {
+    slot.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 fn count_resume(effects: &[Effect]) {
     if effects.iter().any(|e| matches!(e, Effect::Pair { .. })) {
         METRICS.resumes.fetch_add(1, Relaxed);
@@ -322,6 +347,7 @@ impl Handler<Connect> for SessionRegistry {
 
     fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) {
         self.peers.insert(msg.conn, msg.peer);
+        self.slots.insert(msg.conn, msg.slot);
         if msg.role == Role::Mac {
             let effects = self.table.mac_connected(msg.conn, Instant::now());
             self.apply(effects, ctx);
@@ -337,6 +363,7 @@ impl Handler<Disconnect> for SessionRegistry {
             .table
             .disconnected(msg.conn, msg.role, msg.clean, Instant::now());
         self.peers.remove(&msg.conn);
+        self.slots.remove(&msg.conn);
         self.apply(effects, ctx);
     }
 }

@@ -232,12 +232,13 @@ impl SessionRegistry {
                     // for, so `detached` follows the last output), unlink the client here.
                     if !(reply && via_agent) {
                         if let Some(c) = client_peer {
-                            if reply {
-                                let _ = c.outbox.push(text_frame(&ClientEvent::Detached {
-                                    session_id: &session_id,
-                                }));
-                            }
+                            let detached = text_frame(&ClientEvent::Detached {
+                                session_id: &session_id,
+                            });
                             c.addr.do_send(ToClient::Unlink { session_id });
+                            if reply {
+                                let _ = c.outbox.push(detached);
+                            }
                         }
                     }
                 }
