@@ -479,3 +479,38 @@ async fn ready_answers_503_while_the_database_is_unreachable() {
     let response = reqwest::get(server.url("/health")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashing_requests_past_the_bound_and_its_queue_timeout_get_503() {
+    let db = TestDb::sqlite();
+    let mut s = settings();
+    s.auth.max_concurrent_hashes = 1;
+    s.auth.hash_queue_timeout_secs = 0;
+    let server = std::sync::Arc::new(TestServer::start_on(&db, s));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let server = std::sync::Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            post(
+                &server,
+                "/auth/register",
+                json!({"email": format!("u{i}@example.com"), "password": "correct horse battery"}),
+            )
+            .await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(body["error"].is_string(), "{body}");
+        }
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.contains(&StatusCode::SERVICE_UNAVAILABLE),
+        "20 hashes at once with room for one and no queue: some must be refused: {statuses:?}"
+    );
+    assert!(server.hash_stats.peak() <= 1);
+}

@@ -487,3 +487,25 @@ async fn a_browser_that_stops_answering_is_dropped_and_its_mac_told_after_the_gr
     assert!(started.elapsed() >= Duration::from_secs(2));
     drop(browser);
 }
+
+#[tokio::test]
+async fn held_messages_past_the_resume_buffer_end_the_pairing_rather_than_leave_a_gap() {
+    let mut s = settings();
+    s.pairing.resume_grace_secs = 30;
+    s.pairing.resume_buffer_bytes = 2048;
+    let server = TestServer::start(s);
+    let (mut mac, browser, session) = pair(&server).await;
+    drop(browser);
+    expect_silence(&mut mac, Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        send_data(&mut mac, &"h".repeat(1000)).await;
+    }
+    expect_error(&mut mac, "BROWSER_DISCONNECTED").await;
+    let mut browser = server.connect("/browser").await;
+    send(
+        &mut browser,
+        json!({"type": "resume", "sessionId": session}),
+    )
+    .await;
+    expect_error(&mut browser, "INVALID_CODE").await;
+}
