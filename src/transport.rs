@@ -19,7 +19,6 @@ use actix_http::body::BodyStream;
 use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::web::Payload;
 use actix_web::{HttpRequest, HttpResponse};
-use serde::Serialize;
 
 pub use inbound::{Inbound, InboundStream};
 pub use kill::{KillSwitch, Killable};
@@ -47,11 +46,6 @@ impl Link {
     /// How long the peer has been silent.
     pub fn silence(&self) -> Duration {
         self.last_heard.elapsed()
-    }
-
-    /// Queues one protocol message.
-    pub fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), PushError> {
-        self.outbox.push(text_frame(message))
     }
 
     /// Queues a close frame; the socket is cut after [`CLOSE_LINGER`] if the peer has not

@@ -38,11 +38,6 @@ impl Target {
             .and_then(|kib| kib.parse::<u64>().ok())
             .map_or(0, |kib| kib * 1024)
     }
-
-    /// Whether this is hermit-relay (account mode exists only there).
-    pub fn is_relay(&self) -> bool {
-        self.name == "relay"
-    }
 }
 
 impl Drop for Target {

@@ -18,8 +18,8 @@ use crate::metrics::METRICS;
 use crate::relay::protocol::{parse_pairing, Common, ErrorCode, PairingEvent, PairingRequest};
 use crate::relay::registry::pairings::Role;
 use crate::relay::registry::{
-    self, Connect, Disconnect, Dropped, Join, Pairing, PairingSlot, Peer, Register, Resume,
-    SessionRegistry, ToConn, Unpair,
+    self, Connect, Disconnect, Join, Pairing, PairingSlot, Peer, Register, Resume, SessionRegistry,
+    ToConn, Unpair,
 };
 use crate::relay::socket::{self, Outcome, Socket, SocketActor};
 use crate::relay::Opened;
@@ -158,7 +158,7 @@ impl PairSocket {
                 Ok(()) => METRICS.relayed(payload.len()),
                 Err(PushError::Full) => {
                     // The partner reads slower than we write: drop it, not us.
-                    peer.addr.do_send(ToConn::Drop(Dropped::SlowConsumer));
+                    peer.addr.do_send(ToConn::Drop(Outcome::SlowConsumer));
                     self.partner = Partner::Leaving;
                     self.registry.do_send(Unpair {
                         conn: self.socket.conn,
@@ -324,8 +324,7 @@ impl Handler<ToConn> for PairSocket {
                 };
                 self.error(code, message, ctx);
             }
-            ToConn::Drop(Dropped::Replaced) => self.finish(Outcome::Replaced, ctx),
-            ToConn::Drop(Dropped::SlowConsumer) => self.finish(Outcome::SlowConsumer, ctx),
+            ToConn::Drop(outcome) => self.finish(outcome, ctx),
         }
     }
 }

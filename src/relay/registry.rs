@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::metrics::METRICS;
 use crate::relay::protocol::{ErrorCode, PairingEvent};
+use crate::relay::socket::Outcome;
 use crate::transport::{text_frame, Outbox};
 use machines::{Live, MachineTable};
 use pairings::{ConnId, Effect, PairingRules, PairingTable, Role};
@@ -47,15 +48,6 @@ impl<M: Message<Result = ()> + Send> Clone for Peer<M> {
             outbox: Arc::clone(&self.outbox),
         }
     }
-}
-
-/// Why the relay closes a pairing connection on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dropped {
-    /// A newer connection resumed this one's pairing.
-    Replaced,
-    /// It read slower than its partner wrote, past `limits.max_outbound_bytes`.
-    SlowConsumer,
 }
 
 /// Registry (or partner) → connection actor.
@@ -89,7 +81,7 @@ pub enum ToConn {
         code: ErrorCode,
     },
     /// Close this connection.
-    Drop(Dropped),
+    Drop(Outcome),
 }
 
 /// A pairing handed to a connection: its id and the partner (`None` while away).
@@ -190,8 +182,8 @@ pub struct DropMachine {
 pub struct SessionRegistry {
     table: PairingTable,
     machines: MachineTable,
-    peers: HashMap<ConnId, Peer>,
-    slots: HashMap<ConnId, PairingSlot>,
+    /// Pairing connections: how to reach each, and where its pairings are handed over.
+    pair_conns: HashMap<ConnId, (Peer, PairingSlot)>,
     agents: HashMap<ConnId, Peer<ToAgent>>,
     clients: HashMap<ConnId, Peer<ToClient>>,
     /// One timer per pending code, cancelled when it is joined or withdrawn.
@@ -206,8 +198,7 @@ impl SessionRegistry {
         Self {
             table: PairingTable::new(rules),
             machines: MachineTable::default(),
-            peers: HashMap::new(),
-            slots: HashMap::new(),
+            pair_conns: HashMap::new(),
             agents: HashMap::new(),
             clients: HashMap::new(),
             expiry_timers: HashMap::new(),
@@ -216,7 +207,7 @@ impl SessionRegistry {
     }
 
     fn tell(&self, conn: ConnId, message: ToConn) {
-        if let Some(peer) = self.peers.get(&conn) {
+        if let Some((peer, _)) = self.pair_conns.get(&conn) {
             peer.addr.do_send(message);
         }
     }
@@ -241,15 +232,20 @@ impl SessionRegistry {
                     mac,
                     browser,
                 } => {
-                    let peer =
-                        |conn: Option<ConnId>| conn.and_then(|c| self.peers.get(&c)).cloned();
+                    let peer = |conn: Option<ConnId>| {
+                        conn.and_then(|c| self.pair_conns.get(&c))
+                            .map(|(peer, _)| peer.clone())
+                    };
                     let (mac_peer, browser_peer) = (peer(mac), peer(browser));
                     // Both slots stay locked while `joined` is queued, so a side can take its
                     // partner only after its `joined` and the partner's are both queued:
                     // nothing it forwards can overtake the partner's `joined`, and data its
                     // client sends after `joined` finds the partner in the slot. (Actors only
                     // ever lock their own slot, so taking two here cannot deadlock.)
-                    let slot = |conn: Option<ConnId>| conn.and_then(|c| self.slots.get(&c));
+                    let slot = |conn: Option<ConnId>| {
+                        conn.and_then(|c| self.pair_conns.get(&c))
+                            .map(|(_, slot)| slot)
+                    };
                     let mut guards: Vec<_> =
                         [(slot(mac), &browser_peer), (slot(browser), &mac_peer)]
                             .into_iter()
@@ -275,15 +271,14 @@ impl SessionRegistry {
                 Effect::PartnerAway { to } => self.tell(to, ToConn::PartnerAway),
                 Effect::PartnerGone { to, code } => {
                     // A pairing handed over but not yet taken is void now.
-                    if let Some(slot) = self.slots.get(&to) {
+                    if let Some((_, slot)) = self.pair_conns.get(&to) {
                         lock(slot).take();
                     }
                     self.tell(to, ToConn::PartnerGone { code });
                 }
                 Effect::Replaced { conn } => {
-                    self.tell(conn, ToConn::Drop(Dropped::Replaced));
-                    self.peers.remove(&conn);
-                    self.slots.remove(&conn);
+                    self.tell(conn, ToConn::Drop(Outcome::Replaced));
+                    self.pair_conns.remove(&conn);
                 }
                 Effect::ScheduleExpiry { code, after } => {
                     let key = code.clone();
@@ -346,8 +341,7 @@ impl Handler<Connect> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) {
-        self.peers.insert(msg.conn, msg.peer);
-        self.slots.insert(msg.conn, msg.slot);
+        self.pair_conns.insert(msg.conn, (msg.peer, msg.slot));
         if msg.role == Role::Mac {
             let effects = self.table.mac_connected(msg.conn, Instant::now());
             self.apply(effects, ctx);
@@ -362,8 +356,7 @@ impl Handler<Disconnect> for SessionRegistry {
         let effects = self
             .table
             .disconnected(msg.conn, msg.role, msg.clean, Instant::now());
-        self.peers.remove(&msg.conn);
-        self.slots.remove(&msg.conn);
+        self.pair_conns.remove(&msg.conn);
         self.apply(effects, ctx);
     }
 }
