@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::MaybeTlsStream;
 
 fn nginx_binary() -> Option<PathBuf> {
     let found = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
@@ -119,24 +115,9 @@ fn start_nginx(binary: &Path, relay_port: u16, read_timeout: &str) -> Nginx {
 
 /// A WebSocket to nginx from source address `from`, with extra headers.
 async fn via(nginx: &Nginx, path: &str, from: &str, headers: &[(&'static str, &str)]) -> Ws {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let stream = socket
-        .connect(([127, 0, 0, 1], nginx.port).into())
-        .await
-        .unwrap();
-    let mut request = format!("ws://127.0.0.1:{}{path}", nginx.port)
-        .into_client_request()
-        .unwrap();
-    for (name, value) in headers {
-        request
-            .headers_mut()
-            .insert(*name, HeaderValue::from_str(value).unwrap());
-    }
-    tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+    connect_from(nginx.port, path, from, headers)
         .await
         .expect("websocket through nginx")
-        .0
 }
 
 fn behind_nginx(mut s: hermit_relay::config::Settings) -> hermit_relay::config::Settings {

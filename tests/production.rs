@@ -10,32 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::MaybeTlsStream;
-
-/// Opens a WebSocket from source address `from` (any 127.0.0.x), with extra headers.
-async fn connect_from(
-    port: u16,
-    path: &str,
-    from: &str,
-    headers: &[(&'static str, &str)],
-) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
-    let mut request = format!("ws://127.0.0.1:{port}{path}")
-        .into_client_request()
-        .unwrap();
-    for (name, value) in headers {
-        request
-            .headers_mut()
-            .insert(*name, HeaderValue::from_str(value).unwrap());
-    }
-    let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
-    Ok(ws)
-}
 
 fn status_of(err: tokio_tungstenite::tungstenite::Error) -> u16 {
     match err {

@@ -201,6 +201,31 @@ pub fn settings() -> Settings {
     s
 }
 
+/// Opens a WebSocket to `127.0.0.1:port{path}` from source address `from` (any
+/// 127.0.0.x), with extra request headers; the HTTP refusal if the upgrade is refused.
+pub async fn connect_from(
+    port: u16,
+    path: &str,
+    from: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let mut request = format!("ws://127.0.0.1:{port}{path}")
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .insert(*name, HeaderValue::from_str(value).unwrap());
+    }
+    let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
+    Ok(ws)
+}
+
 /// Sends a JSON message.
 pub async fn send(ws: &mut Ws, value: Value) {
     ws.send(Message::text(value.to_string())).await.unwrap();

@@ -239,3 +239,20 @@ fn reported_sessions_are_bounded() {
     );
     assert!(t.session_started(AGENT, session("extra")).is_empty());
 }
+
+#[test]
+fn attachments_per_client_are_bounded() {
+    let mut t = table();
+    let many = (0..=MAX_ATTACHMENTS_PER_CLIENT)
+        .map(|i| session(&format!("s{i}")))
+        .collect();
+    t.agent_sessions(AGENT, many);
+    for i in 0..MAX_ATTACHMENTS_PER_CLIENT {
+        assert!(errors(&t.attach(ADA_CLIENT, "m1", &format!("s{i}"))).is_empty());
+    }
+    let last = format!("s{MAX_ATTACHMENTS_PER_CLIENT}");
+    assert_eq!(
+        errors(&t.attach(ADA_CLIENT, "m1", &last)),
+        [ErrorCode::InvalidMessage]
+    );
+}
