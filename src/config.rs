@@ -130,6 +130,8 @@ pub struct AuthSettings {
     pub hash_queue_timeout_secs: u64,
     /// Unauthenticated `/ws/agent` and `/ws/client` sockets are closed after this long.
     pub deadline_secs: u64,
+    /// How often expired and revoked refresh tokens are deleted.
+    pub token_purge_interval_secs: u64,
 }
 
 /// `[pairing]`
@@ -268,6 +270,9 @@ impl Settings {
         if auth.deadline_secs == 0 {
             return invalid("auth.deadline_secs", "must be at least 1");
         }
+        if auth.token_purge_interval_secs == 0 {
+            return invalid("auth.token_purge_interval_secs", "must be at least 1");
+        }
         if self.limits.max_body_bytes < 256 {
             return invalid("limits.max_body_bytes", "must be at least 256");
         }
@@ -338,6 +343,13 @@ impl Settings {
                 "must be at least limits.max_message_bytes, or one message could never be sent",
             );
         }
+        if self.pairing.resume_buffer_bytes > l.max_outbound_bytes {
+            return invalid(
+                "pairing.resume_buffer_bytes",
+                "must not exceed limits.max_outbound_bytes: what is held for an away side \
+                 must fit in its outbox when it comes back",
+            );
+        }
         if l.max_pending_codes == 0 {
             return invalid("limits.max_pending_codes", "must be at least 1");
         }
@@ -393,6 +405,10 @@ impl AuthSettings {
     /// [`Self::deadline_secs`] as a duration.
     pub fn deadline(&self) -> Duration {
         Duration::from_secs(self.deadline_secs)
+    }
+    /// [`Self::token_purge_interval_secs`] as a duration.
+    pub fn token_purge_interval(&self) -> Duration {
+        Duration::from_secs(self.token_purge_interval_secs)
     }
     /// [`Self::hash_queue_timeout_secs`] as a duration.
     pub fn hash_queue_timeout(&self) -> Duration {
@@ -499,6 +515,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.max_outbound_bytes"), "{err}");
+
+        let err = Settings::load_from(
+            None,
+            env(&[("HERMIT__PAIRING__RESUME_BUFFER_BYTES", "8388608")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pairing.resume_buffer_bytes"), "{err}");
     }
 
     #[test]

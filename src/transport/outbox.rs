@@ -79,6 +79,28 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues `frames` in order, all or none: `Full` if together they pass the limit. A
+    /// resumed side gets everything held for it, or nothing and is dropped — never a stream
+    /// with a hole in it.
+    pub fn push_all(&self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), PushError> {
+        let frames: Vec<Bytes> = frames.into_iter().collect();
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
+        let mut state = self.lock();
+        if state.closed {
+            return Err(PushError::Closed);
+        }
+        if state.queued + bytes > self.limit {
+            return Err(PushError::Full);
+        }
+        state.queued += bytes;
+        state.frames.extend(frames);
+        if let Some(waker) = state.waker.take() {
+            drop(state);
+            waker.wake();
+        }
+        Ok(())
+    }
+
     /// Queues a close frame, even past the byte limit, and accepts nothing after it: the
     /// body ends once everything before it is written.
     pub fn close(&self, reason: Option<CloseReason>) {
@@ -227,6 +249,18 @@ mod tests {
         outbox.push(Bytes::from(vec![0; 60])).unwrap();
         assert_eq!(outbox.push(Bytes::from(vec![0; 60])), Err(PushError::Full));
         assert_eq!(outbox.queued_bytes(), 60);
+    }
+
+    #[test]
+    fn a_batch_is_queued_whole_or_not_at_all() {
+        let outbox = Outbox::new(100);
+        outbox.push(Bytes::from(vec![0; 30])).unwrap();
+        let batch = || [Bytes::from(vec![1; 40]), Bytes::from(vec![2; 40])];
+        assert_eq!(outbox.push_all(batch()), Err(PushError::Full));
+        assert_eq!(outbox.queued_bytes(), 30);
+        let outbox = Outbox::new(100);
+        outbox.push_all(batch()).unwrap();
+        assert_eq!(outbox.queued_bytes(), 80);
     }
 
     #[test]

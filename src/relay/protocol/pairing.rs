@@ -1,0 +1,185 @@
+//! Quick pairing on `/mac` and `/browser` (PROTOCOL.md §1): what macs and browsers send,
+//! what the relay sends them.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+
+use super::{ErrorCode, Refusal};
+use crate::ids::{MacClientId, Role};
+
+/// Longest `clientId` accepted in `register`, in characters.
+pub const MAX_CLIENT_ID_CHARS: usize = 128;
+/// Longest `join` code or `resume` session id passed on to the registry: anything longer
+/// cannot be valid, so it is refused without bothering the registry.
+pub const MAX_CODE_INPUT_BYTES: usize = 64;
+
+/// What a mac or a browser may send. One enum for both, so a message sent to the wrong
+/// endpoint is recognised and refused by name.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PairingRequest<'a> {
+    /// mac: withdraw the current code and get a fresh one, or resume a pairing that was
+    /// made under this `clientId` and lost within the grace period.
+    Register {
+        /// The mac's stable identity: 1 to [`MAX_CLIENT_ID_CHARS`] characters.
+        #[serde(rename = "clientId")]
+        client_id: MacClientId,
+    },
+    /// browser: pair with the mac showing `code` (trimmed and upper-cased first).
+    Join {
+        /// The code as the person typed it; at most [`MAX_CODE_INPUT_BYTES`].
+        code: String,
+    },
+    /// browser: come back to a pairing after a lost connection.
+    Resume {
+        /// The secret `sessionId` from `joined`; at most [`MAX_CODE_INPUT_BYTES`].
+        #[serde(rename = "sessionId")]
+        session_id: String,
+    },
+    /// either: bytes for the partner, forwarded unchanged and in order.
+    Data {
+        /// Opaque to the relay; borrowed from the frame when it has no escapes.
+        #[serde(borrow)]
+        payload: Cow<'a, str>,
+    },
+    /// either: application-level ping, answered with `pong` and the same `ts`.
+    Ping {
+        /// Echoed unchanged.
+        ts: Number,
+    },
+}
+
+impl PairingRequest<'_> {
+    /// The `type` string, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Register { .. } => "register",
+            Self::Join { .. } => "join",
+            Self::Resume { .. } => "resume",
+            Self::Data { .. } => "data",
+            Self::Ping { .. } => "ping",
+        }
+    }
+
+    /// Whether a `role` may send it at all.
+    pub fn allowed_for(&self, role: Role) -> bool {
+        match self {
+            Self::Register { .. } => role == Role::Mac,
+            Self::Join { .. } | Self::Resume { .. } => role == Role::Browser,
+            Self::Data { .. } | Self::Ping { .. } => true,
+        }
+    }
+
+    /// Refuses fields past their limits, with the code a client of this endpoint expects.
+    pub fn check(&self) -> Result<(), Refusal> {
+        match self {
+            Self::Register { client_id } => {
+                let chars = client_id.as_str().chars().count();
+                if chars == 0 || chars > MAX_CLIENT_ID_CHARS {
+                    return Err((
+                        ErrorCode::InvalidMessage,
+                        "clientId must have 1 to 128 characters",
+                    ));
+                }
+            }
+            Self::Join { code } if code.len() > MAX_CODE_INPUT_BYTES => {
+                return Err((ErrorCode::InvalidCode, "that is not a pairing code"));
+            }
+            Self::Resume { session_id } if session_id.len() > MAX_CODE_INPUT_BYTES => {
+                return Err((ErrorCode::InvalidCode, "no such session, or it has ended"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// What the relay sends on `/mac` and `/browser` (besides [`super::Common`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PairingEvent<'a> {
+    /// To a mac: its code and when it stops being joinable (ms since the Unix epoch).
+    Registered {
+        /// The code to show the person.
+        code: &'a str,
+        /// Expiry in milliseconds since the Unix epoch.
+        #[serde(rename = "expiresAt")]
+        expires_at: u64,
+    },
+    /// To both sides when paired, and again to both on a resume.
+    Joined {
+        /// The pairing's id: a 122-bit secret that lets a browser resume.
+        #[serde(rename = "sessionId")]
+        session_id: &'a str,
+    },
+    /// The partner's bytes.
+    Data {
+        /// Exactly as the partner sent it.
+        payload: &'a str,
+    },
+}
+
+/// Parses one `/mac` or `/browser` message; every failure is `INVALID_MESSAGE`.
+pub fn parse(text: &[u8]) -> Result<PairingRequest<'_>, String> {
+    super::parse(text).map_err(|err| err.describe().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_with_the_exact_wire_names() {
+        let frame = serde_json::to_string(&PairingEvent::Registered {
+            code: "H4F7KN",
+            expires_at: 1732300000000,
+        })
+        .unwrap();
+        assert_eq!(
+            frame,
+            r#"{"type":"registered","code":"H4F7KN","expiresAt":1732300000000}"#
+        );
+        let frame = serde_json::to_string(&PairingEvent::Joined { session_id: "s" }).unwrap();
+        assert_eq!(frame, r#"{"type":"joined","sessionId":"s"}"#);
+    }
+
+    #[test]
+    fn data_payloads_borrow_when_they_can() {
+        match parse(br#"{"type":"data","payload":"plain"}"#).unwrap() {
+            PairingRequest::Data { payload } => assert!(matches!(payload, Cow::Borrowed(_))),
+            other => panic!("{other:?}"),
+        }
+        match parse(br#"{"type":"data","payload":"esc\u001b[0m"}"#).unwrap() {
+            PairingRequest::Data { payload } => assert_eq!(payload, "esc\u{1b}[0m"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_input_is_described_without_echoing_it() {
+        assert_eq!(
+            parse(b"{not json").unwrap_err(),
+            "message is not valid JSON"
+        );
+        let err = parse(br#"{"type":"join"}"#).unwrap_err();
+        assert!(err.contains("missing field `code`"), "{err}");
+        let err = parse(br#"{"type":"teleport"}"#).unwrap_err();
+        assert!(err.contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_checked_with_the_code_each_endpoint_expects() {
+        let long = "A".repeat(MAX_CODE_INPUT_BYTES + 1);
+        let join = PairingRequest::Join { code: long.clone() };
+        assert_eq!(join.check().unwrap_err().0, ErrorCode::InvalidCode);
+        let resume = PairingRequest::Resume { session_id: long };
+        assert_eq!(resume.check().unwrap_err().0, ErrorCode::InvalidCode);
+        let register = PairingRequest::Register {
+            client_id: "".into(),
+        };
+        assert_eq!(register.check().unwrap_err().0, ErrorCode::InvalidMessage);
+        assert!(!register.allowed_for(Role::Browser));
+    }
+}
