@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod account;
+
 /// Runs each named `async fn(TestDb)` once per backend: `sqlite::name` and `postgres::name`.
 #[allow(unused_macros)]
 macro_rules! on_both_backends {

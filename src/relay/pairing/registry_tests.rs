@@ -18,6 +18,21 @@ impl Handler<ToConn> for Sink {
     fn handle(&mut self, _: ToConn, _: &mut Context<Self>) {}
 }
 
+/// Stands in for a connection actor and reports every command it is sent.
+struct Recorder(tokio::sync::mpsc::UnboundedSender<ToConn>);
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<ToConn> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToConn, _: &mut Context<Self>) {
+        let _ = self.0.send(msg);
+    }
+}
+
 fn rules() -> PairingRules {
     PairingRules {
         format: CodeFormat::new("346789ABCDEFGHJKLMNPQRTUVWXY", 6),
@@ -75,4 +90,47 @@ async fn timer_work_per_message_does_not_grow_with_pending_deadlines() {
         many <= 2.0,
         "{many} polls per message with 10,000 codes waiting"
     );
+}
+
+#[actix_rt::test]
+async fn a_mac_whose_outbox_cannot_take_joined_is_dropped_not_left_uninformed() {
+    let registry = SessionRegistry::new(rules()).start();
+    let (tx, mut told) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = Recorder(tx).start().recipient();
+    // An outbox the mac's client does not read: it holds 40 bytes of its 64, so the
+    // 54-byte `joined` cannot fit.
+    let outbox = Outbox::new(64);
+    outbox.push(bytes::Bytes::from(vec![0; 40])).unwrap();
+    let mac = Peer::new(ConnId::next(), recorder, outbox);
+    let mac_conn = mac.conn;
+    let connect = Connect {
+        role: Role::Mac,
+        peer: mac,
+        slot: PairingSlot::default(),
+    };
+    let Reply(reply) = registry.send(connect).await.unwrap();
+    let Some(ToConn::Registered { code, .. }) = reply.into_iter().next() else {
+        panic!("a mac gets a code");
+    };
+    let sink = Sink.start().recipient();
+    let browser = Peer::new(ConnId::next(), sink, Outbox::new(1 << 20));
+    let browser_conn = browser.conn;
+    let connect = Connect {
+        role: Role::Browser,
+        peer: browser,
+        slot: PairingSlot::default(),
+    };
+    registry.send(connect).await.unwrap();
+    let join = Join {
+        conn: browser_conn,
+        code,
+    };
+    registry.send(join).await.unwrap();
+    let mut closed = false;
+    while let Ok(Some(command)) =
+        tokio::time::timeout(Duration::from_millis(200), told.recv()).await
+    {
+        closed |= matches!(command, ToConn::Close(Outcome::SlowConsumer));
+    }
+    assert!(closed, "the mac {mac_conn} was not told to close");
 }
