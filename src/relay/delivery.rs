@@ -189,10 +189,14 @@ impl<M: Command> Route<M> {
     /// nothing written after its loss is dropped; `hold_limit` bounds what is then held.
     pub fn deliver(&mut self, frame: Bytes, hold_limit: usize) -> Delivery {
         match self {
-            Self::Live(peer) => match peer.outbox.push(frame.clone()) {
+            // `offer` hands a refused frame back, so the data path keeps one reference to
+            // each frame (a second one would cost `Bytes` an allocation).
+            Self::Live(peer) => match peer.outbox.offer(frame) {
                 Ok(()) => Delivery::Delivered,
-                Err(PushError::Full) => peer.on_slow(Delivery::dropped(DropReason::SlowConsumer)),
-                Err(PushError::Closed) => {
+                Err((PushError::Full, _)) => {
+                    peer.on_slow(Delivery::dropped(DropReason::SlowConsumer))
+                }
+                Err((PushError::Closed, frame)) => {
                     *self = Self::Away(Held::new(hold_limit));
                     self.deliver(frame, hold_limit)
                 }

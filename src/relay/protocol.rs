@@ -10,6 +10,7 @@
 //! returns the [`Refusal`] to send (error code and text) before anything acts on it.
 
 pub mod account;
+pub mod json;
 pub mod pairing;
 
 use std::borrow::Cow;

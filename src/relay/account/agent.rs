@@ -23,10 +23,10 @@ use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::models::{machine, now};
 use crate::relay::delivery::{Delivery, Peer};
-use crate::relay::protocol::account::{AgentEvent, AgentRequest, ClientEvent};
-use crate::relay::protocol::{parse, Common, ErrorCode};
+use crate::relay::protocol::account::{self, AgentEvent, AgentRequest, ClientEvent};
+use crate::relay::protocol::json::Text;
+use crate::relay::protocol::{Common, ErrorCode};
 use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
-use crate::transport::text_frame;
 
 /// Where an agent is in its life.
 enum State {
@@ -106,7 +106,7 @@ impl Protocol for AgentSocket {
 
 impl Connection<AgentSocket> {
     fn on_request(&mut self, text: &[u8], ctx: &mut Ctx<AgentSocket>) {
-        let request = match parse::<AgentRequest>(text) {
+        let request = match account::parse_agent(text) {
             Ok(request) => request,
             Err(err) => {
                 let (code, message) = err.account_error();
@@ -161,20 +161,27 @@ impl Connection<AgentSocket> {
 
     /// Pushes one output message to every attached client. The frame is encoded once and
     /// shared; a client too slow to take it is dropped without slowing the others.
-    fn fan_out(&mut self, session: &SessionId, data: &str) {
-        let Some(watchers) = self.proto.watchers.get_mut(session) else {
+    fn fan_out(&mut self, session_id: &Text<'_>, data: &Text<'_>) {
+        let Some(watchers) = self.proto.watchers.get_mut(&*session_id.value()) else {
             return;
         };
-        let frame = text_frame(&ClientEvent::Data {
-            session_id: session,
-            data,
-        });
-        watchers.retain(|client| match client.deliver(frame.clone()) {
-            Delivery::Delivered => {
-                METRICS.relayed(data.len());
-                true
+        let frame = account::data_frame(session_id, data);
+        // The last watcher takes the frame itself; the others share it (a `Bytes` clone).
+        let (mut frame, mut left) = (Some(frame), watchers.len());
+        watchers.retain(|client| {
+            left -= 1;
+            let frame = if left == 0 {
+                frame.take()
+            } else {
+                frame.clone()
+            };
+            match frame.map(|frame| client.deliver(frame)) {
+                Some(Delivery::Delivered) => {
+                    METRICS.relayed(data.json_len());
+                    true
+                }
+                _ => false,
             }
-            Delivery::Held | Delivery::Dropped(_) => false,
         });
     }
 

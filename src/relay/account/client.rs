@@ -28,9 +28,10 @@ use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::models::user;
 use crate::relay::delivery::{Delivery, Peer};
-use crate::relay::protocol::account::{AgentEvent, ClientEvent, ClientRequest};
-use crate::relay::protocol::{parse, Common, ErrorCode, UserInfo};
+use crate::relay::protocol::account::{self, AgentEvent, ClientEvent, ClientRequest};
+use crate::relay::protocol::{Common, ErrorCode, UserInfo};
 use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
+use crate::transport::text_frame;
 
 /// The answer when the relay cannot reach its database.
 const UNAVAILABLE: &str = "the relay cannot reach its database; try again";
@@ -105,7 +106,7 @@ impl Protocol for ClientSocket {
 
 impl Connection<ClientSocket> {
     fn on_request(&mut self, text: &[u8], ctx: &mut Ctx<ClientSocket>) {
-        let request = match parse::<ClientRequest>(text) {
+        let request = match account::parse_client(text) {
             Ok(request) => request,
             Err(err) => {
                 let (code, message) = err.account_error();
@@ -135,23 +136,22 @@ impl Connection<ClientSocket> {
             ClientRequest::Pong { .. } => return,
             ClientRequest::ListMachines => return self.list_machines(ctx),
             ClientRequest::Data { session_id, data } => {
-                let input = AgentEvent::Data {
-                    session_id: &session_id,
-                    data: &data,
-                };
-                return self.forward_to_agent(&session_id, &input, data.len(), ctx);
+                let input = || account::data_frame(&session_id, &data);
+                return self.forward_to_agent(&session_id.value(), input, data.json_len(), ctx);
             }
             ClientRequest::Resize {
                 session_id,
                 cols,
                 rows,
             } => {
-                let resize = AgentEvent::Resize {
-                    session_id: &session_id,
-                    cols,
-                    rows,
+                let resize = || {
+                    text_frame(&AgentEvent::Resize {
+                        session_id: &session_id,
+                        cols,
+                        rows,
+                    })
                 };
-                return self.forward_to_agent(&session_id, &resize, 0, ctx);
+                return self.forward_to_agent(session_id.as_str(), resize, 0, ctx);
             }
             ClientRequest::ListSessions { machine_id } => ClientCommand::ListSessions {
                 machine: machine_id,
@@ -183,11 +183,12 @@ impl Connection<ClientSocket> {
         self.ask(command, ctx);
     }
 
-    /// Sends input or a resize to the agent of an attached session.
+    /// Sends input or a resize (`frame`, encoded only if attached) to the agent of an
+    /// attached session.
     fn forward_to_agent(
         &mut self,
-        session: &SessionId,
-        event: &AgentEvent<'_>,
+        session: &str,
+        frame: impl FnOnce() -> bytes::Bytes,
         payload_bytes: usize,
         ctx: &mut Ctx<ClientSocket>,
     ) {
@@ -196,7 +197,7 @@ impl Connection<ClientSocket> {
         };
         // A full agent outbox means the agent reads slower than its clients type: the policy
         // drops the agent, not this client.
-        if agent.send(event) == Delivery::Delivered && payload_bytes > 0 {
+        if agent.deliver(frame()) == Delivery::Delivered && payload_bytes > 0 {
             METRICS.relayed(payload_bytes);
         }
     }

@@ -19,10 +19,10 @@ use crate::ids::{DropReason, Outcome, PairingId, Role};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::relay::delivery::{Delivery, Held, Route};
+use crate::relay::protocol::json::Text;
 use crate::relay::protocol::pairing::{self, PairingEvent, PairingRequest};
 use crate::relay::protocol::{Common, ErrorCode};
 use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
-use crate::transport::text_frame;
 
 /// How long a connection waits for the registry to answer one of its requests. The
 /// registry answers in microseconds; this only bounds a wedged one.
@@ -218,7 +218,7 @@ impl Connection<PairSocket> {
     }
 
     /// Sends `payload` to the partner under the delivery policy.
-    fn forward(&mut self, payload: &str, ctx: &mut Ctx<PairSocket>) {
+    fn forward(&mut self, payload: &Text<'_>, ctx: &mut Ctx<PairSocket>) {
         self.adopt(ctx);
         let limit = self.hold_limit();
         let delivery = match &mut self.proto.partner {
@@ -226,12 +226,10 @@ impl Connection<PairSocket> {
                 return self.error(ErrorCode::InvalidMessage, "not paired: join first", ctx)
             }
             Partner::Leaving => return,
-            Partner::Paired(route) => {
-                route.deliver(text_frame(&PairingEvent::Data { payload }), limit)
-            }
+            Partner::Paired(route) => route.deliver(pairing::data_frame(payload), limit),
         };
         match delivery {
-            Delivery::Delivered => METRICS.relayed(payload.len()),
+            Delivery::Delivered => METRICS.relayed(payload.json_len()),
             Delivery::Held => {}
             // The partner reads slower than we write (the policy closes it), or cannot be
             // given everything it missed: end the pairing rather than leave a hole.

@@ -1,17 +1,22 @@
 //! Agents and clients on `/ws/agent` and `/ws/client` (PROTOCOL.md §3).
 //!
 //! Events the registry composes ahead of time (session lists, status changes) own their
-//! fields through `Cow`, so the registry's effects carry the very wire type that is sent;
-//! events built on the data path borrow.
+//! fields through `Cow`, so the registry's effects carry the very wire type that is sent.
+//! `data` — the same shape both ways, `{"type":"data","sessionId","data"}` — is read by
+//! [`parse_agent`] / [`parse_client`] and written by [`data_frame`] without a round trip
+//! through serde.
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Number;
 
-use super::{ErrorCode, MachineInfo, Refusal, SessionInfo, UserInfo};
+use super::json::{self, Text};
+use super::{ErrorCode, MachineInfo, ParseError, Refusal, SessionInfo, UserInfo};
 use super::{MAX_COMMAND_BYTES, MAX_ID_BYTES, MAX_SESSION_NAME_BYTES};
 use crate::ids::{ConnId, MachineId, SessionId};
+use crate::transport::text_frame_of;
 
 /// Refusal for an id too long to name one of the user's machines: exactly what the
 /// registry answers for a machine that is not the user's.
@@ -50,11 +55,11 @@ pub enum AgentRequest<'a> {
     /// Terminal output for every client attached to the session.
     Data {
         /// Which session.
-        #[serde(rename = "sessionId")]
-        session_id: SessionId,
+        #[serde(rename = "sessionId", borrow)]
+        session_id: Text<'a>,
         /// Opaque to the relay.
         #[serde(borrow)]
-        data: Cow<'a, str>,
+        data: Text<'a>,
     },
     /// Application ping, answered with `pong`.
     Ping {
@@ -126,14 +131,8 @@ pub enum AgentEvent<'a> {
         /// What to run.
         command: Cow<'a, str>,
     },
-    /// Keystrokes from an attached client.
-    Data {
-        /// The session.
-        #[serde(rename = "sessionId")]
-        session_id: &'a SessionId,
-        /// Opaque.
-        data: &'a str,
-    },
+    // Keystrokes from an attached client, `{"type":"data","sessionId","data"}`: see
+    // [`data_frame`].
     /// A client's terminal size.
     Resize {
         /// The session.
@@ -191,11 +190,11 @@ pub enum ClientRequest<'a> {
     /// Keystrokes for an attached session.
     Data {
         /// Which session.
-        #[serde(rename = "sessionId")]
-        session_id: SessionId,
+        #[serde(rename = "sessionId", borrow)]
+        session_id: Text<'a>,
         /// Opaque.
         #[serde(borrow)]
-        data: Cow<'a, str>,
+        data: Text<'a>,
     },
     /// Terminal size of an attached session.
     Resize {
@@ -232,13 +231,12 @@ impl ClientRequest<'_> {
                 ErrorCode::SessionNotFound,
                 "no such session on that machine",
             )),
-            Self::Detach { session_id }
-            | Self::Data { session_id, .. }
-            | Self::Resize { session_id, .. }
+            Self::Detach { session_id } | Self::Resize { session_id, .. }
                 if long(session_id.as_str()) =>
             {
                 Err(NOT_ATTACHED)
             }
+            Self::Data { session_id, .. } if long(&session_id.value()) => Err(NOT_ATTACHED),
             Self::CreateSession { name, command, .. }
                 if name.len() > MAX_SESSION_NAME_BYTES || command.len() > MAX_COMMAND_BYTES =>
             {
@@ -309,14 +307,54 @@ pub enum ClientEvent<'a> {
         /// Now online?
         online: bool,
     },
-    /// Terminal output of an attached session.
-    Data {
-        /// Which session.
-        #[serde(rename = "sessionId")]
-        session_id: &'a SessionId,
-        /// Opaque.
-        data: &'a str,
-    },
+    // Terminal output of an attached session, `{"type":"data","sessionId","data"}`: see
+    // [`data_frame`].
+}
+
+/// `{"type":"data","sessionId":"…","data":"…"}` — output to a client or input to an agent.
+/// Both fields exactly as their sender wrote them when that is how serde would write them.
+pub fn data_frame(session_id: &Text<'_>, data: &Text<'_>) -> Bytes {
+    const HEAD: &[u8] = br#"{"type":"data","sessionId":""#;
+    const MIDDLE: &[u8] = br#"","data":""#;
+    const TAIL: &[u8] = br#""}"#;
+    let len = HEAD.len() + session_id.json_len() + MIDDLE.len() + data.json_len() + TAIL.len();
+    text_frame_of(len, |out| {
+        out.extend_from_slice(HEAD);
+        session_id.write_json(out);
+        out.extend_from_slice(MIDDLE);
+        data.write_json(out);
+        out.extend_from_slice(TAIL);
+    })
+}
+
+/// A plain `{"type":"data","sessionId":"…","data":"…"}`, read without serde.
+fn fast_data(bytes: &[u8]) -> Option<(Text<'_>, Text<'_>)> {
+    let fields = json::flat_object(std::str::from_utf8(bytes).ok()?)?;
+    let is_data =
+        fields.str("type")?.as_json() == "data" && fields.only(&["type", "sessionId", "data"]);
+    if !is_data {
+        return None;
+    }
+    Some((
+        Text::Json(fields.str("sessionId")?),
+        Text::Json(fields.str("data")?),
+    ))
+}
+
+/// Parses one `/ws/agent` message: `data` on the fast path, the rest through serde.
+pub fn parse_agent(bytes: &[u8]) -> Result<AgentRequest<'_>, ParseError> {
+    match fast_data(bytes) {
+        Some((session_id, data)) => Ok(AgentRequest::Data { session_id, data }),
+        None => super::parse(bytes),
+    }
+}
+
+/// Parses one `/ws/client` message: `data` on the fast path, the rest through serde.
+pub fn parse_client(bytes: &[u8]) -> Result<ClientRequest<'_>, ParseError> {
+    match fast_data(bytes) {
+        Some((session_id, data)) => Ok(ClientRequest::Data { session_id, data }),
+        None => super::parse(bytes),
+    }
 }
 
 #[cfg(test)]
@@ -369,6 +407,30 @@ mod tests {
     }
 
     #[test]
+    fn data_takes_the_fast_path_both_ways_and_frames_like_serde() {
+        let text = br#"{"type":"data","sessionId":"s1","data":"\u001b[1mls\r\n"}"#;
+        let (session_id, data) = match parse_agent(text).unwrap() {
+            AgentRequest::Data { session_id, data } => (session_id, data),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(data, Text::Json(_)));
+        assert_eq!(session_id.value(), "s1");
+        let frame = data_frame(&session_id, &data);
+        let body = &frame[crate::transport::header_len(text.len())..];
+        assert_eq!(body, &text[..]);
+        assert!(matches!(
+            parse_client(text).unwrap(),
+            ClientRequest::Data { .. }
+        ));
+        // Not plain: serde reads it, to the same values.
+        let odd = br#"{"type":"data","sessionId":"s1","data":"\/x"}"#;
+        match parse_client(odd).unwrap() {
+            ClientRequest::Data { data, .. } => assert_eq!(data.value(), "/x"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn not_json_and_not_a_message_are_told_apart() {
         assert!(matches!(
             parse::<ClientRequest>(b"{oops"),
@@ -392,8 +454,8 @@ mod tests {
         };
         assert_eq!(list.check().unwrap_err().0, ErrorCode::MachineNotFound);
         let data = ClientRequest::Data {
-            session_id: long.as_str().into(),
-            data: "x".into(),
+            session_id: Text::Value(long.as_str().into()),
+            data: Text::Value("x".into()),
         };
         assert_eq!(data.check().unwrap_err().0, ErrorCode::NotAttached);
     }

@@ -1,13 +1,14 @@
 //! Quick pairing on `/mac` and `/browser` (PROTOCOL.md §1): what macs and browsers send,
 //! what the relay sends them.
 
-use std::borrow::Cow;
-
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
+use super::json::{self, Text};
 use super::{ErrorCode, Refusal};
 use crate::ids::{MacClientId, Role};
+use crate::transport::text_frame_of;
 
 /// Longest `clientId` accepted in `register`, in characters.
 pub const MAX_CLIENT_ID_CHARS: usize = 128;
@@ -40,9 +41,9 @@ pub enum PairingRequest<'a> {
     },
     /// either: bytes for the partner, forwarded unchanged and in order.
     Data {
-        /// Opaque to the relay; borrowed from the frame when it has no escapes.
+        /// Opaque to the relay; kept as JSON text on the fast path (see [`parse`]).
         #[serde(borrow)]
-        payload: Cow<'a, str>,
+        payload: Text<'a>,
     },
     /// either: application-level ping, answered with `pong` and the same `ts`.
     Ping {
@@ -114,16 +115,42 @@ pub enum PairingEvent<'a> {
         #[serde(rename = "sessionId")]
         session_id: &'a str,
     },
-    /// The partner's bytes.
-    Data {
-        /// Exactly as the partner sent it.
-        payload: &'a str,
-    },
+    // The partner's bytes, `{"type":"data","payload":"…"}`, are built by [`data_frame`]
+    // without a round trip through serde.
 }
 
 /// Parses one `/mac` or `/browser` message; every failure is `INVALID_MESSAGE`.
-pub fn parse(text: &[u8]) -> Result<PairingRequest<'_>, String> {
-    super::parse(text).map_err(|err| err.describe().to_owned())
+///
+/// The data path first: a plain `{"type":"data","payload":"…"}` whose payload is written
+/// the way serde writes strings is read without serde, its payload kept as JSON text.
+/// Everything else — other messages, other spellings, extra fields, errors — goes through
+/// serde, with the same result as ever.
+pub fn parse(bytes: &[u8]) -> Result<PairingRequest<'_>, String> {
+    if let Some(payload) = fast_data(bytes) {
+        return Ok(PairingRequest::Data {
+            payload: Text::Json(payload),
+        });
+    }
+    super::parse(bytes).map_err(|err| err.describe().to_owned())
+}
+
+fn fast_data(bytes: &[u8]) -> Option<json::JsonStr<'_>> {
+    let fields = json::flat_object(std::str::from_utf8(bytes).ok()?)?;
+    let is_data = fields.str("type")?.as_json() == "data" && fields.only(&["type", "payload"]);
+    is_data.then(|| fields.str("payload")).flatten()
+}
+
+/// `{"type":"data","payload":"…"}`, to the partner: the payload exactly as its sender
+/// wrote it when that is how serde would write it, otherwise re-encoded.
+pub fn data_frame(payload: &Text<'_>) -> Bytes {
+    const HEAD: &[u8] = br#"{"type":"data","payload":""#;
+    const TAIL: &[u8] = br#""}"#;
+    let len = HEAD.len() + payload.json_len() + TAIL.len();
+    text_frame_of(len, |out| {
+        out.extend_from_slice(HEAD);
+        payload.write_json(out);
+        out.extend_from_slice(TAIL);
+    })
 }
 
 #[cfg(test)]
@@ -146,14 +173,47 @@ mod tests {
     }
 
     #[test]
-    fn data_payloads_borrow_when_they_can() {
-        match parse(br#"{"type":"data","payload":"plain"}"#).unwrap() {
-            PairingRequest::Data { payload } => assert!(matches!(payload, Cow::Borrowed(_))),
-            other => panic!("{other:?}"),
+    fn data_payloads_written_as_serde_writes_them_stay_json_text() {
+        for text in [
+            r#"{"type":"data","payload":"plain"}"#,
+            r#"{"type":"data","payload":"esc\u001b[0m\r\n"}"#,
+            r#" { "payload" : "x" , "type" : "data" } "#,
+        ] {
+            match parse(text.as_bytes()).unwrap() {
+                PairingRequest::Data { payload } => assert!(matches!(payload, Text::Json(_))),
+                other => panic!("{other:?}"),
+            }
         }
-        match parse(br#"{"type":"data","payload":"esc\u001b[0m"}"#).unwrap() {
-            PairingRequest::Data { payload } => assert_eq!(payload, "esc\u{1b}[0m"),
-            other => panic!("{other:?}"),
+        // Another spelling, or an extra field: serde decides, and the value is the same.
+        for text in [
+            r#"{"type":"data","payload":"\u0041"}"#,
+            r#"{"type":"data","payload":"A","extra":1}"#,
+        ] {
+            match parse(text.as_bytes()).unwrap() {
+                PairingRequest::Data { payload } => assert_eq!(payload.value(), "A"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_data_frame_is_what_serde_would_write() {
+        for payload in ["", "plain", "esc\u{1b}[0m \" \\ \u{7f} ✓", "\u{0}\u{1f}"] {
+            // What serde writes for `PairingEvent`-style internally tagged data.
+            let fast = format!(
+                r#"{{"type":"data","payload":{}}}"#,
+                serde_json::to_string(payload).unwrap()
+            );
+            for text in [Text::Value(payload.into()), {
+                let PairingRequest::Data { payload } = parse(fast.as_bytes()).unwrap() else {
+                    panic!("not data")
+                };
+                payload
+            }] {
+                let frame = data_frame(&text);
+                let body = &frame[crate::transport::header_len(fast.len())..];
+                assert_eq!(std::str::from_utf8(body).unwrap(), fast);
+            }
         }
     }
 
