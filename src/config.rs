@@ -148,6 +148,12 @@ pub struct PairingSettings {
     pub resume_grace_secs: u64,
     /// Most bytes held for a side that is away.
     pub resume_buffer_bytes: usize,
+    /// Lossless mode: most bytes sent to a side and not yet acknowledged by it.
+    pub replay_window_bytes: usize,
+    /// Lossless mode: how often the relay acknowledges a side's messages, at most.
+    pub ack_interval_ms: u64,
+    /// Lossless mode: how often the relay sends a side a JSON `ping`.
+    pub ack_ping_interval_secs: u64,
     /// An unpaired /mac or /browser connection is closed after this long.
     pub idle_unpaired_timeout_secs: u64,
     /// How long expired and used codes are remembered.
@@ -343,6 +349,25 @@ impl Settings {
                 "must be at least limits.max_message_bytes, or one message could never be sent",
             );
         }
+        if self.pairing.replay_window_bytes > l.max_outbound_bytes {
+            return invalid(
+                "pairing.replay_window_bytes",
+                "must not exceed limits.max_outbound_bytes: what a side has not acknowledged \
+                 must fit in its outbox when it resumes",
+            );
+        }
+        if self.pairing.replay_window_bytes < l.max_message_bytes {
+            return invalid(
+                "pairing.replay_window_bytes",
+                "must be at least limits.max_message_bytes, or one message could never be sent",
+            );
+        }
+        if p.ack_interval_ms == 0 || p.ack_interval_ms > 60_000 {
+            return invalid("pairing.ack_interval_ms", "must be between 1 and 60000");
+        }
+        if p.ack_ping_interval_secs == 0 {
+            return invalid("pairing.ack_ping_interval_secs", "must be at least 1");
+        }
         if self.pairing.resume_buffer_bytes > l.max_outbound_bytes {
             return invalid(
                 "pairing.resume_buffer_bytes",
@@ -420,6 +445,14 @@ impl PairingSettings {
     /// [`Self::code_ttl_secs`] as a duration.
     pub fn code_ttl(&self) -> Duration {
         Duration::from_secs(self.code_ttl_secs)
+    }
+    /// [`Self::ack_interval_ms`] as a duration.
+    pub fn ack_interval(&self) -> Duration {
+        Duration::from_millis(self.ack_interval_ms)
+    }
+    /// [`Self::ack_ping_interval_secs`] as a duration.
+    pub fn ack_ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ack_ping_interval_secs)
     }
     /// [`Self::resume_grace_secs`] as a duration.
     pub fn resume_grace(&self) -> Duration {

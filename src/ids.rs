@@ -236,11 +236,13 @@ pub enum Outcome {
     Refused,
     /// Its credentials could not be checked (the database is unreachable): try again.
     Unavailable,
+    /// Lossless mode: it left more unacknowledged than its replay window holds.
+    WindowFull,
 }
 
 impl Outcome {
     /// Every outcome, in index order (for metrics).
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Self::PeerClosed,
         Self::Lost,
         Self::HeartbeatTimeout,
@@ -251,6 +253,7 @@ impl Outcome {
         Self::Replaced,
         Self::Refused,
         Self::Unavailable,
+        Self::WindowFull,
     ];
 
     /// A metric label.
@@ -266,6 +269,7 @@ impl Outcome {
             Self::Replaced => "replaced",
             Self::Refused => "refused",
             Self::Unavailable => "unavailable",
+            Self::WindowFull => "window_full",
         }
     }
 
@@ -287,6 +291,7 @@ impl Outcome {
             Self::Replaced => "replaced by a newer connection",
             Self::Refused => "access revoked",
             Self::Unavailable => "cannot check credentials now; try again",
+            Self::WindowFull => "too far behind: replay window full",
         }
     }
 }
@@ -301,11 +306,19 @@ pub enum DropReason {
     PeerGone,
     /// Held for an away side past `pairing.resume_buffer_bytes`: the pairing ends.
     HoldOverflow,
+    /// Lossless mode: unacknowledged past `pairing.replay_window_bytes`; the side is told
+    /// and dropped, and its pairing or attachment ends.
+    WindowFull,
 }
 
 impl DropReason {
     /// Every reason, in index order (for metrics).
-    pub const ALL: [DropReason; 3] = [Self::SlowConsumer, Self::PeerGone, Self::HoldOverflow];
+    pub const ALL: [DropReason; 4] = [
+        Self::SlowConsumer,
+        Self::PeerGone,
+        Self::HoldOverflow,
+        Self::WindowFull,
+    ];
 
     /// A metric label.
     pub fn label(self) -> &'static str {
@@ -313,6 +326,7 @@ impl DropReason {
             Self::SlowConsumer => "slow_consumer",
             Self::PeerGone => "peer_gone",
             Self::HoldOverflow => "hold_overflow",
+            Self::WindowFull => "window_full",
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
 use crate::relay::account::registry::MachineRegistry;
 use crate::relay::pairing::code::CodeFormat;
+use crate::relay::pairing::pipes::StreamLimits;
 use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::table::PairingRules;
 use crate::relay::{self, Relay};
@@ -78,9 +79,13 @@ impl Application {
         let hash_stats = accounts.passwords.stats();
 
         let rules = pairing_rules(&settings);
+        let streams = StreamLimits {
+            hold: settings.pairing.resume_buffer_bytes,
+            window: settings.pairing.replay_window_bytes,
+        };
         // Each registry gets a thread of its own, away from the workers' connections.
         let pairing = SessionRegistry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            SessionRegistry::new(rules)
+            SessionRegistry::new(rules, streams)
         });
         let machines = MachineRegistry::start_in_arbiter(&Arbiter::new().handle(), |_| {
             MachineRegistry::default()

@@ -566,6 +566,7 @@ async fn held_messages_reach_a_resumed_browser_whole_and_in_order_or_not_at_all(
             }
             // ...or the browser is dropped and the mac told: never a stream with a hole.
             _ => {
+                assert_eq!(recv(&mut mac).await["type"], "joined");
                 assert_eq!(recv(&mut mac).await["code"], "BROWSER_DISCONNECTED");
             }
         }

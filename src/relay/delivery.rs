@@ -1,15 +1,17 @@
 //! The one delivery policy: how a frame reaches a connection, or why it does not.
 //!
 //! Every site that sends to a connection goes through [`Peer::deliver`] (another
-//! connection), [`Held`] (a pairing partner that is away) or the connection's own
-//! [`Socket`](super::socket::Socket) (which applies the same rule to itself). The rule:
+//! connection), [`Stream::deliver`] (a side that may be away and come back, in lossless
+//! mode or not) or the connection's own [`Socket`](super::socket::Socket) (which applies
+//! the same rule to itself). The rule:
 //! - queued in the outbox → [`Delivery::Delivered`];
 //! - the outbox is full → the *recipient* is too slow: it is told to close
 //!   (`SlowConsumer`), and the frame is dropped;
-//! - the outbox is closed → the recipient is gone: dropped;
-//! - the recipient is away but may come back → [`Delivery::Held`], bounded in bytes; past
-//!   the bound the frame is dropped and the holder ends the pairing rather than deliver a
-//!   stream with a hole in it.
+//! - the outbox is closed → the recipient is gone: dropped — unless it may come back, then
+//!   [`Delivery::Held`];
+//! - held (or, in lossless mode, unacknowledged) past the stream's bound in bytes → dropped,
+//!   and the caller ends the pairing or attachment rather than deliver a stream with a
+//!   hole in it.
 //!
 //! Every drop is counted by reason in `hermit_messages_dropped_total`.
 
@@ -129,108 +131,164 @@ impl<M: Command> Peer<M> {
     }
 }
 
-/// Frames held for a partner that is away, bounded in bytes, in order.
+/// Everything sent to one side of a pairing (or one attachment): its connection while it
+/// has one, and the frames kept for it — held while it is away, and, once it opts in to
+/// acknowledgements (lossless mode), every frame it has not acknowledged yet (its *replay
+/// window*), each numbered with its `seq`.
+///
+/// It outlives the side's connections: a side that resumes is [`Stream::connect`]ed again
+/// and given, in order and whole, what it missed.
 #[derive(Debug)]
-pub struct Held {
-    frames: VecDeque<Bytes>,
+pub struct Stream<M: Command> {
+    peer: Option<Peer<M>>,
+    /// Held or unacknowledged frames, oldest first, with their `seq` (0 when unnumbered).
+    frames: VecDeque<(u64, Bytes)>,
     bytes: usize,
+    /// Bound of `frames` in bytes: `pairing.resume_buffer_bytes` while unnumbered,
+    /// `pairing.replay_window_bytes` once numbered.
     limit: usize,
+    /// Lossless mode: frames are numbered and kept until acknowledged.
+    numbered: bool,
+    /// Last `seq` given out.
+    sent: u64,
+    /// Last `seq` the side acknowledged.
+    acked: u64,
 }
 
-impl Held {
-    /// An empty hold of at most `limit` bytes (`pairing.resume_buffer_bytes`).
+impl<M: Command> Stream<M> {
+    /// A stream to a side that is not connected yet, holding at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
         Self {
+            peer: None,
             frames: VecDeque::new(),
             bytes: 0,
             limit,
+            numbered: false,
+            sent: 0,
+            acked: 0,
         }
     }
 
-    /// Holds one frame, or drops it when the hold would pass its bound.
-    pub fn hold(&mut self, frame: Bytes) -> Delivery {
+    /// Lossless mode from now on: frames are numbered and kept until acknowledged, in at
+    /// most `window` bytes. Never undone for the life of the stream.
+    pub fn number(&mut self, window: usize) {
+        self.numbered = true;
+        self.limit = window;
+    }
+
+    /// Whether the side opted in to lossless mode.
+    pub fn is_numbered(&self) -> bool {
+        self.numbered
+    }
+
+    /// The side's connection, if it has one now.
+    pub fn peer(&self) -> Option<&Peer<M>> {
+        self.peer.as_ref()
+    }
+
+    /// Delivers one frame under the policy; `build` gets the frame's `seq` in lossless mode.
+    /// A side whose socket turns out closed is taken to be away from this frame on (its
+    /// registry decides whether it may come back), so nothing sent after its loss is lost.
+    pub fn deliver(&mut self, build: impl FnOnce(Option<u64>) -> Bytes) -> Delivery {
+        if !self.numbered {
+            let frame = build(None);
+            return match &self.peer {
+                Some(peer) => match peer.outbox.offer(frame) {
+                    Ok(()) => Delivery::Delivered,
+                    Err((PushError::Full, _)) => {
+                        peer.on_slow(Delivery::dropped(DropReason::SlowConsumer))
+                    }
+                    Err((PushError::Closed, frame)) => {
+                        self.peer = None;
+                        self.keep(0, frame)
+                    }
+                },
+                None => self.keep(0, frame),
+            };
+        }
+        let seq = self.sent + 1;
+        let frame = build(Some(seq));
+        if let Delivery::Dropped(reason) = self.keep(seq, frame.clone()) {
+            return Delivery::Dropped(reason);
+        }
+        self.sent = seq;
+        match &self.peer {
+            Some(peer) => match peer.outbox.push(frame) {
+                Ok(()) => Delivery::Delivered,
+                Err(PushError::Full) => peer.on_slow(Delivery::dropped(DropReason::SlowConsumer)),
+                Err(PushError::Closed) => {
+                    self.peer = None;
+                    Delivery::Held
+                }
+            },
+            None => Delivery::Held,
+        }
+    }
+
+    /// Keeps a frame for later, within the bound.
+    fn keep(&mut self, seq: u64, frame: Bytes) -> Delivery {
         if self.bytes + frame.len() > self.limit {
-            return Delivery::dropped(DropReason::HoldOverflow);
+            let reason = match self.numbered {
+                true => DropReason::WindowFull,
+                false => DropReason::HoldOverflow,
+            };
+            return Delivery::dropped(reason);
         }
         self.bytes += frame.len();
-        self.frames.push_back(frame);
+        self.frames.push_back((seq, frame));
         Delivery::Held
     }
 
-    /// Delivers everything held to the partner that came back: all of it, in order, or —
-    /// if its outbox cannot take it all — nothing, and the frames stay held (a partner
-    /// too slow for them is dropped by the policy; one already gone may come back again).
-    pub fn release_to<M: Command>(&mut self, peer: &Peer<M>) -> Delivery {
-        if self.frames.is_empty() {
-            return Delivery::Delivered;
+    /// The side acknowledged everything up to `seq`: those frames are forgotten.
+    pub fn ack(&mut self, seq: u64) {
+        if !self.numbered || seq <= self.acked {
+            return;
         }
-        let delivery = peer.deliver_all(self.frames.iter().cloned());
-        if delivery == Delivery::Delivered {
-            self.frames.clear();
-            self.bytes = 0;
+        self.acked = seq.min(self.sent);
+        while let Some((first, frame)) = self.frames.front() {
+            if *first > self.acked {
+                break;
+            }
+            self.bytes -= frame.len();
+            self.frames.pop_front();
         }
-        delivery
     }
-}
 
-/// Where a pairing partner's frames go: straight into its outbox while it is connected,
-/// into a [`Held`] while it is away (it may resume within the grace period).
-#[derive(Debug)]
-pub enum Route<M: Command> {
-    /// Connected.
-    Live(Peer<M>),
-    /// Lost; its frames are held.
-    Away(Held),
-}
+    /// The side lost its connection: hold from now on.
+    pub fn disconnect(&mut self) {
+        self.peer = None;
+    }
 
-impl<M: Command> Route<M> {
-    /// Delivers or holds one frame. A partner whose socket turns out closed is taken to be
-    /// away from this frame on (the registry will say whether it may come back), so
-    /// nothing written after its loss is dropped; `hold_limit` bounds what is then held.
-    pub fn deliver(&mut self, frame: Bytes, hold_limit: usize) -> Delivery {
-        match self {
-            // `offer` hands a refused frame back, so the data path keeps one reference to
-            // each frame (a second one would cost `Bytes` an allocation).
-            Self::Live(peer) => match peer.outbox.offer(frame) {
-                Ok(()) => Delivery::Delivered,
-                Err((PushError::Full, _)) => {
-                    peer.on_slow(Delivery::dropped(DropReason::SlowConsumer))
+    /// The side is (back) on `peer`. It first gets, whole and in order, what it missed:
+    /// everything held, or in lossless mode everything after `last_seq` (the side's word
+    /// for what it received; its last acknowledgement if it does not say). If its outbox
+    /// cannot take all of that, nothing is queued and the policy drops it as too slow.
+    pub fn connect(&mut self, peer: Peer<M>, last_seq: Option<u64>) -> Delivery {
+        if self.numbered {
+            self.ack(last_seq.unwrap_or(self.acked));
+        }
+        let pushed = match self.frames.is_empty() {
+            true => Ok(()),
+            false => peer
+                .outbox
+                .push_all(self.frames.iter().map(|(_, frame)| frame.clone())),
+        };
+        match pushed {
+            Ok(()) => {
+                if !self.numbered {
+                    self.frames.clear();
+                    self.bytes = 0;
                 }
-                Err((PushError::Closed, frame)) => {
-                    *self = Self::Away(Held::new(hold_limit));
-                    self.deliver(frame, hold_limit)
-                }
-            },
-            Self::Away(held) => held.hold(frame),
+                self.peer = Some(peer);
+                Delivery::Delivered
+            }
+            Err(PushError::Full) => peer.on_slow(Delivery::dropped(DropReason::SlowConsumer)),
+            // Gone again already: everything stays kept for its next return.
+            Err(PushError::Closed) => Delivery::Held,
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_hold_keeps_frames_up_to_its_bound_then_drops() {
-        let mut held = Held::new(10);
-        assert_eq!(held.hold(Bytes::from_static(b"12345")), Delivery::Held);
-        assert_eq!(held.hold(Bytes::from_static(b"12345")), Delivery::Held);
-        assert_eq!(
-            held.hold(Bytes::from_static(b"1")),
-            Delivery::Dropped(DropReason::HoldOverflow)
-        );
-    }
-
-    #[test]
-    fn push_results_map_to_the_policy() {
-        assert_eq!(Delivery::of(Ok(())), Delivery::Delivered);
-        assert_eq!(
-            Delivery::of(Err(PushError::Full)),
-            Delivery::Dropped(DropReason::SlowConsumer)
-        );
-        assert_eq!(
-            Delivery::of(Err(PushError::Closed)),
-            Delivery::Dropped(DropReason::PeerGone)
-        );
-    }
-}
+#[path = "delivery_tests.rs"]
+mod tests;

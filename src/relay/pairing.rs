@@ -2,6 +2,8 @@
 //! table, the `SessionRegistry` actor that applies them, and the connection protocol.
 
 pub mod code;
+pub mod command;
+pub mod pipes;
 pub mod registry;
 pub mod socket;
 pub mod table;

@@ -57,6 +57,9 @@ pub enum ErrorCode {
     NotAttached,
     /// `/ws/*`: the relay cannot answer right now (database unreachable); try again.
     Unavailable,
+    /// Lossless mode: the side let more unacknowledged messages pile up than
+    /// `pairing.replay_window_bytes` allows; it is dropped and its pairing or attachment ends.
+    ReplayWindowFull,
 }
 
 /// Why a request is refused: the error code and the text sent with it.

@@ -337,7 +337,7 @@ impl Socket {
             Outcome::Idle | Outcome::Replaced => {
                 self.link.close(CloseCode::Normal, outcome.as_str())
             }
-            Outcome::Refused | Outcome::SlowConsumer => {
+            Outcome::Refused | Outcome::SlowConsumer | Outcome::WindowFull => {
                 self.link.close(CloseCode::Policy, outcome.as_str())
             }
             Outcome::TooLarge => self.link.close(CloseCode::Size, outcome.as_str()),

@@ -20,63 +20,25 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 
+pub use super::command::ToConn;
+use super::pipes::{lock as lock_pipes, Pipes, SharedPipes, StreamLimits};
 use super::table::{Effect, PairingRules, PairingTable};
 use crate::ids::{ConnId, MacClientId, Outcome, PairingId, Role};
 use crate::metrics::METRICS;
-use crate::relay::delivery::{Command, Delivery, Peer};
+use crate::relay::delivery::{Delivery, Peer};
 use crate::relay::protocol::pairing::PairingEvent;
 use crate::relay::protocol::ErrorCode;
-
-/// Registry (or partner) → connection actor.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub enum ToConn {
-    /// A mac's fresh code; `expires_at` in ms since the Unix epoch.
-    Registered {
-        /// The code.
-        code: String,
-        /// Expiry, ms since the epoch.
-        expires_at: u64,
-    },
-    /// Send an `error`; the connection stays open.
-    Error {
-        /// The code.
-        code: ErrorCode,
-        /// Text for humans.
-        message: &'static str,
-    },
-    /// Paired (or re-paired on resume): take the pairing from the connection's
-    /// [`PairingSlot`]. The registry fills the slot before it queues `joined`, so a
-    /// connection whose client answers `joined` at once finds its partner even if this
-    /// message has not been handled yet.
-    Paired,
-    /// The partner lost its connection; hold messages for it.
-    PartnerAway,
-    /// The pairing ended; send the `error` `code` and become unpaired.
-    PartnerGone {
-        /// `MAC_DISCONNECTED` or `BROWSER_DISCONNECTED`.
-        code: ErrorCode,
-    },
-    /// Close this connection.
-    Close(Outcome),
-}
-
-impl Command for ToConn {
-    fn close(outcome: Outcome) -> Self {
-        Self::Close(outcome)
-    }
-}
 
 /// What the registry answers a connection's own request with: what it must do, in order.
 #[derive(Debug, Default, MessageResponse)]
 pub struct Reply(pub Vec<ToConn>);
 
-/// A pairing handed to a connection: its id and the partner (`None` while away).
+/// A pairing handed to a connection: its id and its pipes.
 pub struct Pairing {
     /// The pairing id (`sessionId`).
     pub session: PairingId,
-    /// The partner, if connected; while `None`, hold its messages.
-    pub partner: Option<Peer<ToConn>>,
+    /// Both directions; the partner's is where this side's data goes.
+    pub pipes: SharedPipes,
 }
 
 /// Where the registry leaves a connection's new pairing for it to take, synchronously.
@@ -111,6 +73,15 @@ pub struct Disconnect {
     pub clean: bool,
 }
 
+/// Lossless mode, as a request asks for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lossless {
+    /// The side opts in (`"ack": true`).
+    pub ack: bool,
+    /// Resuming: the last `seq` the side received (`lastSeq`).
+    pub last_seq: Option<u64>,
+}
+
 /// Mac → registry: `register`.
 #[derive(Message)]
 #[rtype(result = "Reply")]
@@ -119,6 +90,8 @@ pub struct Register {
     pub conn: ConnId,
     /// Its `clientId`.
     pub client_id: MacClientId,
+    /// Lossless mode.
+    pub lossless: Lossless,
 }
 
 /// Browser → registry: `join`.
@@ -129,6 +102,8 @@ pub struct Join {
     pub conn: ConnId,
     /// The code as typed.
     pub code: String,
+    /// Lossless mode.
+    pub lossless: Lossless,
 }
 
 /// Browser → registry: `resume`.
@@ -139,6 +114,8 @@ pub struct Resume {
     pub conn: ConnId,
     /// The `sessionId` it was given.
     pub session_id: String,
+    /// Lossless mode.
+    pub lossless: Lossless,
 }
 
 /// Connection actor → registry: end my pairing now (my partner was too slow, or the
@@ -170,11 +147,22 @@ pub struct RegistryStats {
     pub deadlines: usize,
 }
 
+/// One pairing connection, as the registry knows it.
+struct Conn {
+    peer: Peer<ToConn>,
+    /// Where its pairings are handed over.
+    slot: PairingSlot,
+    /// It opted in to lossless mode.
+    ack: bool,
+}
+
 /// The quick-pairing registry actor.
 pub struct SessionRegistry {
     table: PairingTable,
-    /// Pairing connections: how to reach each, and where its pairings are handed over.
-    conns: HashMap<ConnId, (Peer<ToConn>, PairingSlot)>,
+    limits: StreamLimits,
+    conns: HashMap<ConnId, Conn>,
+    /// Each live pairing's two directions.
+    pipes: HashMap<PairingId, SharedPipes>,
     /// The one timer, armed for the table's earliest deadline.
     armed: Option<(Instant, SpawnHandle)>,
     /// Polls of that timer, counted by [`Polled`].
@@ -183,11 +171,13 @@ pub struct SessionRegistry {
 }
 
 impl SessionRegistry {
-    /// A registry applying `rules`.
-    pub fn new(rules: PairingRules) -> Self {
+    /// A registry applying `rules`, its pairings' streams bounded by `limits`.
+    pub fn new(rules: PairingRules, limits: StreamLimits) -> Self {
         Self {
             table: PairingTable::new(rules),
+            limits,
             conns: HashMap::new(),
+            pipes: HashMap::new(),
             armed: None,
             timer_polls: Rc::default(),
             messages: 0,
@@ -195,14 +185,20 @@ impl SessionRegistry {
     }
 
     /// Carries out `effects`. What is meant for `requester` is returned for its [`Reply`];
-    /// everything else goes to mailboxes and outboxes.
-    fn apply(&mut self, effects: Vec<Effect>, requester: Option<ConnId>) -> Reply {
+    /// everything else goes to mailboxes and outboxes. `last_seq` is what a resuming
+    /// requester says it received.
+    fn apply(
+        &mut self,
+        effects: Vec<Effect>,
+        requester: Option<ConnId>,
+        last_seq: Option<u64>,
+    ) -> Reply {
         let mut reply = Reply::default();
-        let mut tell = |conns: &HashMap<ConnId, (Peer<ToConn>, PairingSlot)>, to, msg| {
+        let mut tell = |conns: &HashMap<ConnId, Conn>, to, msg| {
             if Some(to) == requester {
                 reply.0.push(msg);
-            } else if let Some((peer, _)) = conns.get(&to) {
-                peer.tell(msg);
+            } else if let Some(conn) = conns.get(&to) {
+                conn.peer.tell(msg);
             }
         };
         for effect in effects {
@@ -222,23 +218,31 @@ impl SessionRegistry {
                     session,
                     mac,
                     browser,
+                    resumed,
                 } => {
-                    self.pair(session, mac, browser);
+                    self.pair(session, [mac, browser], resumed, last_seq);
                     for conn in [mac, browser].into_iter().flatten() {
                         tell(&self.conns, conn, ToConn::Paired);
                     }
                 }
-                Effect::PartnerAway { to } => tell(&self.conns, to, ToConn::PartnerAway),
+                Effect::Away { session, role } => {
+                    if let Some(pipes) = self.pipes.get(&session) {
+                        lock_pipes(pipes).to(role).disconnect();
+                    }
+                }
+                Effect::Ended { session } => {
+                    self.pipes.remove(&session);
+                }
                 Effect::PartnerGone { to, code } => {
                     // A pairing handed over but not yet taken is void now.
-                    if let Some((_, slot)) = self.conns.get(&to) {
-                        lock(slot).take();
+                    if let Some(conn) = self.conns.get(&to) {
+                        lock(&conn.slot).take();
                     }
                     tell(&self.conns, to, ToConn::PartnerGone { code });
                 }
                 Effect::Replaced { conn } => {
-                    if let Some((peer, _)) = self.conns.remove(&conn) {
-                        peer.close(Outcome::Replaced);
+                    if let Some(old) = self.conns.remove(&conn) {
+                        old.peer.close(Outcome::Replaced);
                     }
                 }
             }
@@ -246,36 +250,65 @@ impl SessionRegistry {
         reply
     }
 
-    /// Hands each present side its partner, then queues `joined` to both.
-    fn pair(&self, session: PairingId, mac: Option<ConnId>, browser: Option<ConnId>) {
-        let entry = |conn: Option<ConnId>| conn.and_then(|c| self.conns.get(&c));
-        let (mac, browser) = (entry(mac), entry(browser));
-        let peer = |side: Option<&(Peer<ToConn>, PairingSlot)>| side.map(|(p, _)| p.clone());
-        // Both slots stay locked while `joined` is queued, so a side can take its partner
-        // only after its `joined` and the partner's are both queued: nothing it forwards can
-        // overtake the partner's `joined`, and data its client sends after `joined` finds
-        // the partner in the slot. (Actors only ever lock their own slot, so taking two here
-        // cannot deadlock.)
-        let mut guards: Vec<_> = [(mac, peer(browser)), (browser, peer(mac))]
+    /// Connects the present sides (`[mac, browser]`) to the pairing's pipes: each is told
+    /// `joined`; a side new to them is handed the pipes and given, whole, what it missed
+    /// (after `ack` in lossless mode). On a resume only the side that came back is new.
+    fn pair(
+        &mut self,
+        session: PairingId,
+        sides: [Option<ConnId>; 2],
+        resumed: Option<Role>,
+        last_seq: Option<u64>,
+    ) {
+        let limits = self.limits;
+        let pipes = Arc::clone(
+            self.pipes
+                .entry(session)
+                .or_insert_with(|| Pipes::shared(limits.hold)),
+        );
+        let present: Vec<(Role, &Conn)> = [Role::Mac, Role::Browser]
             .into_iter()
-            .filter_map(|(side, partner)| side.map(|(_, slot)| (lock(slot), partner)))
+            .zip(sides)
+            .filter_map(|(role, conn)| Some((role, self.conns.get(&conn?)?)))
             .collect();
-        for (guard, partner) in &mut guards {
+        let is_new = |role: Role| resumed.is_none_or(|r| r == role);
+        // The new sides' slots stay locked until everything below is queued, so a side can
+        // take its pipes only after its `joined` and the partner's are queued: nothing it
+        // forwards can overtake them, and data its client sends after `joined` finds the
+        // pipes in the slot. (Actors only ever lock their own slot: no deadlock.)
+        let mut guards: Vec<_> = present
+            .iter()
+            .filter(|(role, _)| is_new(*role))
+            .map(|(_, conn)| lock(&conn.slot))
+            .collect();
+        for guard in &mut guards {
             **guard = Some(Pairing {
                 session,
-                partner: partner.take(),
+                pipes: Arc::clone(&pipes),
             });
         }
         let joined = crate::transport::text_frame(&PairingEvent::Joined {
             session_id: &session.to_string(),
         });
-        for (side, _) in [mac, browser].into_iter().flatten() {
+        let mut pipes = lock_pipes(&pipes);
+        for (role, conn) in &present {
+            if conn.ack {
+                // Lossless mode is for the life of the pairing once a side asks for it.
+                pipes.to(*role).number(limits.window);
+            }
             // A side that cannot take `joined` is dropped (the policy closes it); its
             // departure ends the pairing and tells the other side.
-            if side.deliver(joined.clone()) != Delivery::Delivered {
-                tracing::debug!(conn = %side.conn, "could not queue joined");
+            if conn.peer.deliver(joined.clone()) != Delivery::Delivered || !is_new(*role) {
+                continue;
             }
+            if resumed.is_some() && pipes.to(*role).is_numbered() {
+                let seq = pipes.received(*role);
+                conn.peer.send(&PairingEvent::Ack { seq });
+            }
+            let last = last_seq.filter(|_| resumed == Some(*role));
+            pipes.to(*role).connect(conn.peer.clone(), last);
         }
+        drop(pipes);
         drop(guards);
     }
 
@@ -302,10 +335,18 @@ impl SessionRegistry {
                 METRICS
                     .codes_expired
                     .fetch_add(expired.count() as u64, Relaxed);
-                registry.apply(effects, None);
+                registry.apply(effects, None, None);
                 registry.rearm(ctx);
             }));
             self.armed = Some((at, handle));
+        }
+    }
+
+    /// A connection asked for lossless mode: from now on, and for the life of any pairing
+    /// it joins or resumes.
+    fn opt_in(&mut self, conn: ConnId, lossless: Lossless) {
+        if let Some(entry) = self.conns.get_mut(&conn) {
+            entry.ack |= lossless.ack;
         }
     }
 
@@ -341,12 +382,17 @@ impl Handler<Connect> for SessionRegistry {
 
     fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) -> Reply {
         let conn = msg.peer.conn;
-        self.conns.insert(conn, (msg.peer, msg.slot));
+        let entry = Conn {
+            peer: msg.peer,
+            slot: msg.slot,
+            ack: false,
+        };
+        self.conns.insert(conn, entry);
         let effects = match msg.role {
             Role::Mac => self.table.mac_connected(conn, Instant::now()),
             Role::Browser => Vec::new(),
         };
-        let reply = self.apply(effects, Some(conn));
+        let reply = self.apply(effects, Some(conn), None);
         self.done(reply, ctx)
     }
 }
@@ -359,7 +405,7 @@ impl Handler<Disconnect> for SessionRegistry {
             .table
             .disconnected(msg.conn, msg.role, msg.clean, Instant::now());
         self.conns.remove(&msg.conn);
-        let reply = self.apply(effects, None);
+        let reply = self.apply(effects, None, None);
         self.done(reply, ctx);
     }
 }
@@ -368,13 +414,14 @@ impl Handler<Register> for SessionRegistry {
     type Result = Reply;
 
     fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Reply {
+        self.opt_in(msg.conn, msg.lossless);
         let effects = self
             .table
             .mac_register(msg.conn, msg.client_id, Instant::now());
         if effects.iter().any(|e| matches!(e, Effect::Pair { .. })) {
             METRICS.resumes.fetch_add(1, Relaxed);
         }
-        let reply = self.apply(effects, Some(msg.conn));
+        let reply = self.apply(effects, Some(msg.conn), msg.lossless.last_seq);
         self.done(reply, ctx)
     }
 }
@@ -383,12 +430,13 @@ impl Handler<Join> for SessionRegistry {
     type Result = Reply;
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Reply {
+        self.opt_in(msg.conn, msg.lossless);
         let effects = self.table.browser_join(msg.conn, &msg.code, Instant::now());
         if effects.iter().any(|e| matches!(e, Effect::Pair { .. })) {
             METRICS.codes_joined.fetch_add(1, Relaxed);
             METRICS.pairings.fetch_add(1, Relaxed);
         }
-        let reply = self.apply(effects, Some(msg.conn));
+        let reply = self.apply(effects, Some(msg.conn), None);
         self.done(reply, ctx)
     }
 }
@@ -397,11 +445,12 @@ impl Handler<Resume> for SessionRegistry {
     type Result = Reply;
 
     fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Reply {
+        self.opt_in(msg.conn, msg.lossless);
         let effects = self.table.browser_resume(msg.conn, &msg.session_id);
         if effects.iter().any(|e| matches!(e, Effect::Pair { .. })) {
             METRICS.resumes.fetch_add(1, Relaxed);
         }
-        let reply = self.apply(effects, Some(msg.conn));
+        let reply = self.apply(effects, Some(msg.conn), msg.lossless.last_seq);
         self.done(reply, ctx)
     }
 }
@@ -411,7 +460,7 @@ impl Handler<Unpair> for SessionRegistry {
 
     fn handle(&mut self, msg: Unpair, ctx: &mut Context<Self>) -> Reply {
         let effects = self.table.unpair(msg.conn, msg.role);
-        let reply = self.apply(effects, Some(msg.conn));
+        let reply = self.apply(effects, Some(msg.conn), None);
         self.done(reply, ctx)
     }
 }

@@ -33,6 +33,13 @@ impl Handler<ToConn> for Recorder {
     }
 }
 
+fn limits() -> StreamLimits {
+    StreamLimits {
+        hold: 1 << 20,
+        window: 1 << 20,
+    }
+}
+
 fn rules() -> PairingRules {
     PairingRules {
         format: CodeFormat::new("346789ABCDEFGHJKLMNPQRTUVWXY", 6),
@@ -61,7 +68,7 @@ async fn macs(registry: &Addr<SessionRegistry>, n: u64) {
 
 /// Timer polls per message while the registry handles `messages` joins.
 async fn polls_per_message(waiting: u64, messages: u64) -> f64 {
-    let registry = SessionRegistry::new(rules()).start();
+    let registry = SessionRegistry::new(rules(), limits()).start();
     macs(&registry, waiting).await;
     let before = registry.send(Stats).await.unwrap();
     assert_eq!(before.deadlines, waiting as usize);
@@ -71,6 +78,7 @@ async fn polls_per_message(waiting: u64, messages: u64) -> f64 {
         let join = Join {
             conn: browser,
             code: "AAAAAA".into(),
+            lossless: Lossless::default(),
         };
         registry.send(join).await.unwrap();
     }
@@ -94,7 +102,7 @@ async fn timer_work_per_message_does_not_grow_with_pending_deadlines() {
 
 #[actix_rt::test]
 async fn a_mac_whose_outbox_cannot_take_joined_is_dropped_not_left_uninformed() {
-    let registry = SessionRegistry::new(rules()).start();
+    let registry = SessionRegistry::new(rules(), limits()).start();
     let (tx, mut told) = tokio::sync::mpsc::unbounded_channel();
     let recorder = Recorder(tx).start().recipient();
     // An outbox the mac's client does not read: it holds 40 bytes of its 64, so the
@@ -124,6 +132,7 @@ async fn a_mac_whose_outbox_cannot_take_joined_is_dropped_not_left_uninformed() 
     let join = Join {
         conn: browser_conn,
         code,
+        lossless: Lossless::default(),
     };
     registry.send(join).await.unwrap();
     let mut closed = false;

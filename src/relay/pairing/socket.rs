@@ -3,7 +3,7 @@
 //! It registers with the `SessionRegistry` when it starts and unregisters when it stops.
 //! Requests that change pairing go to the registry and are answered before the next frame
 //! is read; once paired, `data` is encoded here and pushed straight into the partner's
-//! outbox — the registry never sees it.
+//! direction of the pairing's [`Pipes`](super::pipes::Pipes) — the registry never sees it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 
+use super::pipes::{lock as lock_pipes, Accepted};
 use super::registry::{
-    self, Connect, Disconnect, Join, Pairing, PairingSlot, Register, Reply, Resume,
+    self, Connect, Disconnect, Join, Lossless, Pairing, PairingSlot, Register, Reply, Resume,
     SessionRegistry, ToConn, Unpair,
 };
-use crate::ids::{DropReason, Outcome, PairingId, Role};
+use crate::ids::{DropReason, Outcome, Role};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
-use crate::relay::delivery::{Delivery, Held, Route};
+use crate::relay::delivery::Delivery;
 use crate::relay::protocol::json::Text;
 use crate::relay::protocol::pairing::{self, PairingEvent, PairingRequest};
 use crate::relay::protocol::{Common, ErrorCode};
@@ -28,28 +29,23 @@ use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
 /// registry answers in microseconds; this only bounds a wedged one.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where this connection's data goes.
-enum Partner {
-    /// Not paired: `data` is refused.
-    None,
-    /// Paired: into the partner's outbox, or held while it is away.
-    Paired(Route<ToConn>),
-    /// The pairing is ending (the partner was too slow, or held data overflowed); data is
-    /// dropped until the registry's answer arrives.
-    Leaving,
-}
-
 /// The state of one `/mac` or `/browser` connection.
 pub struct PairSocket {
     role: Role,
     registry: Addr<SessionRegistry>,
     limiters: Arc<Limiters>,
-    partner: Partner,
+    /// The pairing it is in, if any: where its data goes.
+    pairing: Option<Pairing>,
     /// Where the registry hands over a new pairing (see [`ToConn::Paired`]).
     slot: PairingSlot,
-    session: Option<PairingId>,
     /// Since when it is unpaired; `None` while paired. Checked against the idle timeout.
     unpaired_since: Option<Instant>,
+    /// Lossless mode: the side asked for it on this connection.
+    lossless: bool,
+    /// Lossless mode: the last `ack` the relay sent the side.
+    acked: u64,
+    /// Lossless mode: when the relay last sent the side a JSON `ping`.
+    last_ping: Instant,
 }
 
 impl PairSocket {
@@ -66,10 +62,12 @@ impl PairSocket {
                 role,
                 registry,
                 limiters,
-                partner: Partner::None,
+                pairing: None,
                 slot: PairingSlot::default(),
-                session: None,
                 unpaired_since: Some(Instant::now()),
+                lossless: false,
+                acked: 0,
+                last_ping: Instant::now(),
             },
         )
     }
@@ -127,8 +125,10 @@ impl Connection<PairSocket> {
         }
         let conn = self.socket.conn;
         match request {
-            PairingRequest::Data { payload } => self.forward(&payload, ctx),
+            PairingRequest::Data { payload, seq } => self.forward(&payload, seq, ctx),
+            PairingRequest::Ack { seq } => self.acknowledged(seq),
             PairingRequest::Ping { ts } => self.send(&Common::Pong { ts: &ts }, ctx),
+            PairingRequest::Pong { .. } => {}
             // Codes and resumes are guesses an attacker could make: each costs an attempt.
             _ if !self.proto.limiters.join.check(self.socket.client_ip()) => self.error(
                 ErrorCode::RateLimited,
@@ -140,17 +140,88 @@ impl Connection<PairSocket> {
                     return self.refuse(refusal, ctx);
                 }
                 match request {
-                    PairingRequest::Register { client_id } => {
+                    PairingRequest::Register {
+                        client_id,
+                        ack,
+                        last_seq,
+                    } => {
                         tracing::debug!(%conn, client = %client_id.fingerprint(), "register");
-                        self.ask(Register { conn, client_id }, ctx);
+                        let lossless = self.opt_in(ack, last_seq, ctx);
+                        let register = Register {
+                            conn,
+                            client_id,
+                            lossless,
+                        };
+                        self.ask(register, ctx);
                     }
-                    PairingRequest::Join { code } => self.ask(Join { conn, code }, ctx),
-                    PairingRequest::Resume { session_id } => {
-                        self.ask(Resume { conn, session_id }, ctx)
+                    PairingRequest::Join { code, ack } => {
+                        let lossless = self.opt_in(ack, None, ctx);
+                        self.ask(
+                            Join {
+                                conn,
+                                code,
+                                lossless,
+                            },
+                            ctx,
+                        )
                     }
-                    PairingRequest::Data { .. } | PairingRequest::Ping { .. } => {}
+                    PairingRequest::Resume {
+                        session_id,
+                        ack,
+                        last_seq,
+                    } => {
+                        let lossless = self.opt_in(ack, last_seq, ctx);
+                        let resume = Resume {
+                            conn,
+                            session_id,
+                            lossless,
+                        };
+                        self.ask(resume, ctx)
+                    }
+                    _ => {}
                 }
             }
+        }
+    }
+
+    /// Lossless mode, if the side asks for it: from now on it gets `ack`s and, so that a
+    /// page can tell a dead link, JSON pings.
+    fn opt_in(&mut self, ack: bool, last_seq: Option<u64>, ctx: &mut Ctx<PairSocket>) -> Lossless {
+        if ack && !self.proto.lossless {
+            self.proto.lossless = true;
+            let every = self.settings.pairing.ack_interval();
+            ctx.run_interval(every, |conn, ctx| conn.lossless_tick(ctx));
+        }
+        Lossless {
+            ack: self.proto.lossless,
+            last_seq,
+        }
+    }
+
+    /// Lossless mode, every `pairing.ack_interval_ms`: acknowledge the side's messages if
+    /// more arrived, and ping it if it is time.
+    fn lossless_tick(&mut self, ctx: &mut Ctx<PairSocket>) {
+        if let Some(pairing) = &self.proto.pairing {
+            let received = lock_pipes(&pairing.pipes).received(self.proto.role);
+            if received > self.proto.acked {
+                self.proto.acked = received;
+                self.send(&PairingEvent::Ack { seq: received }, ctx);
+            }
+        }
+        if self.proto.last_ping.elapsed() >= self.settings.pairing.ack_ping_interval() {
+            self.proto.last_ping = Instant::now();
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            self.send(&Common::Ping { ts: ts.into() }, ctx);
+        }
+    }
+
+    /// The side acknowledged what the relay sent it up to `seq`.
+    fn acknowledged(&mut self, seq: u64) {
+        if let Some(pairing) = &self.proto.pairing {
+            lock_pipes(&pairing.pipes).to(self.proto.role).ack(seq);
         }
     }
 
@@ -192,17 +263,11 @@ impl Connection<PairSocket> {
                 ctx,
             ),
             ToConn::Error { code, message } => self.error(code, message, ctx),
-            ToConn::Paired => self.adopt(ctx),
-            ToConn::PartnerAway => {
-                let limit = self.hold_limit();
-                if let Partner::Paired(route @ Route::Live(_)) = &mut self.proto.partner {
-                    *route = Route::Away(Held::new(limit));
-                }
-            }
+            ToConn::Paired => self.adopt(),
             ToConn::PartnerGone { code } => {
-                self.proto.partner = Partner::None;
-                self.proto.session = None;
+                self.proto.pairing = None;
                 self.proto.unpaired_since = Some(Instant::now());
+                self.proto.acked = 0;
                 let message = match code {
                     ErrorCode::MacDisconnected => "the mac disconnected",
                     _ => "the browser disconnected",
@@ -213,36 +278,53 @@ impl Connection<PairSocket> {
         }
     }
 
-    fn hold_limit(&self) -> usize {
-        self.settings.pairing.resume_buffer_bytes
-    }
-
     /// Sends `payload` to the partner under the delivery policy.
-    fn forward(&mut self, payload: &Text<'_>, ctx: &mut Ctx<PairSocket>) {
-        self.adopt(ctx);
-        let limit = self.hold_limit();
-        let delivery = match &mut self.proto.partner {
-            Partner::None => {
-                return self.error(ErrorCode::InvalidMessage, "not paired: join first", ctx)
-            }
-            Partner::Leaving => return,
-            Partner::Paired(route) => route.deliver(pairing::data_frame(payload), limit),
+    fn forward(&mut self, payload: &Text<'_>, seq: Option<u64>, ctx: &mut Ctx<PairSocket>) {
+        self.adopt();
+        let Some(pairing) = &self.proto.pairing else {
+            return self.error(ErrorCode::InvalidMessage, "not paired: join first", ctx);
         };
+        let me = self.proto.role;
+        let mut pipes = lock_pipes(&pairing.pipes);
+        match pipes.accept(me, seq) {
+            Accepted::New => {}
+            Accepted::Again => return,
+            Accepted::Skips { expected } => {
+                drop(pipes);
+                let message = format!("seq skips ahead: the relay expected {expected}");
+                return self.error(ErrorCode::InvalidMessage, &message, ctx);
+            }
+        }
+        let partner = pipes.to(me.other());
+        let delivery = partner.deliver(|seq| pairing::data_frame(payload, seq));
+        let partner_peer = partner.peer().cloned();
+        drop(pipes);
         match delivery {
             Delivery::Delivered => METRICS.relayed(payload.json_len()),
-            Delivery::Held => {}
-            // The partner reads slower than we write (the policy closes it), or cannot be
-            // given everything it missed: end the pairing rather than leave a hole.
+            Delivery::Held | Delivery::Dropped(DropReason::PeerGone) => {}
+            // The partner reads slower than we write (the policy closes it), or more was
+            // held for it than allowed: end the pairing rather than leave a hole.
             Delivery::Dropped(DropReason::SlowConsumer | DropReason::HoldOverflow) => {
                 self.leave(ctx)
             }
-            Delivery::Dropped(DropReason::PeerGone) => {}
+            // The partner let too much go unacknowledged: it is told, dropped, and the
+            // pairing ends.
+            Delivery::Dropped(DropReason::WindowFull) => {
+                if let Some(peer) = partner_peer {
+                    peer.send(&Common::error(
+                        ErrorCode::ReplayWindowFull,
+                        "too much unacknowledged: send ack more often",
+                    ));
+                    peer.close(Outcome::WindowFull);
+                }
+                self.leave(ctx)
+            }
         }
     }
 
     /// Ends the pairing now; the registry's answer tells this side `PartnerGone`.
     fn leave(&mut self, ctx: &mut Ctx<PairSocket>) {
-        self.proto.partner = Partner::Leaving;
+        self.proto.pairing = None;
         let unpair = Unpair {
             conn: self.socket.conn,
             role: self.proto.role,
@@ -252,27 +334,11 @@ impl Connection<PairSocket> {
 
     /// Takes a pairing the registry handed over, if any. Called on `Paired` and before
     /// forwarding data, whichever comes first.
-    fn adopt(&mut self, ctx: &mut Ctx<PairSocket>) {
-        let Some(Pairing { session, partner }) = registry::lock(&self.proto.slot).take() else {
-            return;
-        };
-        let limit = self.hold_limit();
-        let mut held = match std::mem::replace(&mut self.proto.partner, Partner::None) {
-            Partner::Paired(Route::Away(held)) => held,
-            _ => Held::new(limit),
-        };
-        self.proto.session = Some(session);
-        self.proto.unpaired_since = None;
-        tracing::debug!(conn = %self.socket.conn, role = ?self.proto.role, "paired");
-        let route = match partner {
-            // Everything held goes first, whole, so the partner's stream has no hole.
-            Some(peer) => match held.release_to(&peer) {
-                Delivery::Delivered => Route::Live(peer),
-                Delivery::Dropped(DropReason::PeerGone) => Route::Away(held),
-                _ => return self.leave(ctx),
-            },
-            None => Route::Away(held),
-        };
-        self.proto.partner = Partner::Paired(route);
+    fn adopt(&mut self) {
+        if let Some(pairing) = registry::lock(&self.proto.slot).take() {
+            tracing::debug!(conn = %self.socket.conn, role = ?self.proto.role, "paired");
+            self.proto.pairing = Some(pairing);
+            self.proto.unpaired_since = None;
+        }
     }
 }

@@ -60,11 +60,21 @@ pub enum Effect {
         mac: Option<ConnId>,
         /// The browser connection, if present.
         browser: Option<ConnId>,
+        /// `None` for a new pairing; the side that came back, for a resume.
+        resumed: Option<Role>,
     },
-    /// The partner of `to` lost its connection: hold its messages until it resumes.
-    PartnerAway {
-        /// The side that stays.
-        to: ConnId,
+    /// A side lost its connection without a close: hold what is sent to it until it
+    /// resumes (its partner is not told).
+    Away {
+        /// The pairing.
+        session: PairingId,
+        /// The side that is away.
+        role: Role,
+    },
+    /// The pairing is over: forget its pipes.
+    Ended {
+        /// The pairing.
+        session: PairingId,
     },
     /// The pairing of `to` ended; it is unpaired and told `code`.
     PartnerGone {
@@ -265,10 +275,8 @@ impl PairingTable {
                 session,
                 mac: Some(conn),
                 browser,
+                resumed: Some(Role::Mac),
             });
-            if browser.is_none() {
-                effects.push(Effect::PartnerAway { to: conn });
-            }
             return effects;
         }
         self.issue_code(conn, now, &mut effects);
@@ -328,6 +336,7 @@ impl PairingTable {
             session,
             mac: Some(mac),
             browser: Some(conn),
+            resumed: None,
         }]
     }
 
@@ -364,10 +373,8 @@ impl PairingTable {
             session,
             mac,
             browser: Some(conn),
+            resumed: Some(Role::Browser),
         });
-        if mac.is_none() {
-            effects.push(Effect::PartnerAway { to: conn });
-        }
         effects
     }
 
@@ -398,15 +405,14 @@ impl PairingTable {
         if *pairing.end(role) != End::Here(conn) {
             return effects;
         }
-        let partner = here(*pairing.end(role.other()));
-        match partner {
-            Some(partner) if !clean => {
-                *pairing.end(role) = End::Away;
-                effects.push(Effect::PartnerAway { to: partner });
-                self.deadlines
-                    .set(Timer::Grace(session, role), now + self.rules.resume_grace);
-            }
-            _ => self.end_pairing(session, role, &mut effects),
+        let partner_here = here(*pairing.end(role.other())).is_some();
+        if partner_here && !clean {
+            *pairing.end(role) = End::Away;
+            effects.push(Effect::Away { session, role });
+            self.deadlines
+                .set(Timer::Grace(session, role), now + self.rules.resume_grace);
+        } else {
+            self.end_pairing(session, role, &mut effects);
         }
         effects
     }
@@ -486,6 +492,7 @@ impl PairingTable {
         let Some(pairing) = self.pairings.remove(&session) else {
             return;
         };
+        effects.push(Effect::Ended { session });
         if let Some(id) = &pairing.client_id {
             if self.by_client_id.get(id) == Some(&session) {
                 self.by_client_id.remove(id);

@@ -80,6 +80,7 @@ fn joining_pairs_both_sides_and_cancels_the_expiry_deadline() {
         [Effect::Pair {
             mac: Some(MAC),
             browser: Some(BROWSER),
+            resumed: None,
             ..
         }]
     ));
@@ -171,25 +172,31 @@ fn register_while_paired_is_refused() {
 #[test]
 fn a_clean_close_ends_the_pairing_and_tells_the_partner_at_once() {
     let now = Instant::now();
-    let (mut t, _, _) = paired(now);
+    let (mut t, _, session) = paired(now);
     let effects = t.disconnected(MAC, Role::Mac, true, now);
     assert_eq!(
         effects,
-        vec![Effect::PartnerGone {
-            to: BROWSER,
-            code: ErrorCode::MacDisconnected
-        }]
+        vec![
+            Effect::Ended { session },
+            Effect::PartnerGone {
+                to: BROWSER,
+                code: ErrorCode::MacDisconnected
+            }
+        ]
     );
     assert_eq!(t.pairing_count(), 0);
 
-    let (mut t, _, _) = paired(now);
+    let (mut t, _, session) = paired(now);
     let effects = t.disconnected(BROWSER, Role::Browser, true, now);
     assert_eq!(
         effects,
-        vec![Effect::PartnerGone {
-            to: MAC,
-            code: ErrorCode::BrowserDisconnected
-        }]
+        vec![
+            Effect::Ended { session },
+            Effect::PartnerGone {
+                to: MAC,
+                code: ErrorCode::BrowserDisconnected
+            }
+        ]
     );
 }
 
@@ -198,7 +205,13 @@ fn a_lost_browser_can_resume_within_the_grace_period() {
     let now = Instant::now();
     let (mut t, _, session) = paired(now);
     let effects = t.disconnected(BROWSER, Role::Browser, false, now);
-    assert_eq!(effects, vec![Effect::PartnerAway { to: MAC }]);
+    assert_eq!(
+        effects,
+        vec![Effect::Away {
+            session,
+            role: Role::Browser
+        }]
+    );
     assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(30)));
     let effects = t.browser_resume(OTHER_BROWSER, &session.to_string());
     assert_eq!(
@@ -206,7 +219,8 @@ fn a_lost_browser_can_resume_within_the_grace_period() {
         vec![Effect::Pair {
             session,
             mac: Some(MAC),
-            browser: Some(OTHER_BROWSER)
+            browser: Some(OTHER_BROWSER),
+            resumed: Some(Role::Browser)
         }]
     );
     // The grace deadline is gone with the resume: nothing happens when it would have run.
@@ -222,10 +236,13 @@ fn after_the_grace_period_the_partner_is_told_and_resume_fails() {
     let effects = t.fire(now + Duration::from_secs(30));
     assert_eq!(
         effects,
-        vec![Effect::PartnerGone {
-            to: MAC,
-            code: ErrorCode::BrowserDisconnected
-        }]
+        vec![
+            Effect::Ended { session },
+            Effect::PartnerGone {
+                to: MAC,
+                code: ErrorCode::BrowserDisconnected
+            }
+        ]
     );
     let effects = t.browser_resume(OTHER_BROWSER, &session.to_string());
     assert_eq!(error_of(&effects), Some(ErrorCode::InvalidCode));
@@ -250,7 +267,10 @@ fn a_lost_mac_resumes_by_registering_with_its_secret_client_id() {
     let code = code_of(&t.mac_register(MAC, id.clone(), now));
     let session = session_of(&t.browser_join(BROWSER, &code, now));
     let effects = t.disconnected(MAC, Role::Mac, false, now);
-    assert!(effects.contains(&Effect::PartnerAway { to: BROWSER }));
+    assert!(effects.contains(&Effect::Away {
+        session,
+        role: Role::Mac
+    }));
 
     let new_mac = conn(20);
     code_of(&t.mac_connected(new_mac, now));
@@ -258,7 +278,8 @@ fn a_lost_mac_resumes_by_registering_with_its_secret_client_id() {
     assert!(effects.contains(&Effect::Pair {
         session,
         mac: Some(new_mac),
-        browser: Some(BROWSER)
+        browser: Some(BROWSER),
+        resumed: Some(Role::Mac)
     }));
     assert_eq!(
         t.deadline_count(),
@@ -301,14 +322,17 @@ fn a_pairing_whose_both_sides_are_lost_ends() {
 #[test]
 fn unpair_ends_the_pairing_and_tells_the_one_who_asked() {
     let now = Instant::now();
-    let (mut t, _, _) = paired(now);
+    let (mut t, _, session) = paired(now);
     let effects = t.unpair(MAC, Role::Mac);
     assert_eq!(
         effects,
-        vec![Effect::PartnerGone {
-            to: MAC,
-            code: ErrorCode::BrowserDisconnected
-        }]
+        vec![
+            Effect::Ended { session },
+            Effect::PartnerGone {
+                to: MAC,
+                code: ErrorCode::BrowserDisconnected
+            }
+        ]
     );
     assert_eq!(t.pairing_count(), 0);
 }

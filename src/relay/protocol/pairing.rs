@@ -1,5 +1,9 @@
 //! Quick pairing on `/mac` and `/browser` (PROTOCOL.md §1): what macs and browsers send,
 //! what the relay sends them.
+//!
+//! The lossless extension (README, "Lossless mode") adds optional fields — `ack` and
+//! `lastSeq` on `register`, `join` and `resume`, `seq` on `data` — and the `ack` message.
+//! A side that never sends them sees exactly the messages of PROTOCOL.md.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -27,28 +31,59 @@ pub enum PairingRequest<'a> {
         /// The mac's stable identity: 1 to [`MAX_CLIENT_ID_CHARS`] characters.
         #[serde(rename = "clientId")]
         client_id: MacClientId,
+        /// Lossless mode: opt in to sequence numbers and acknowledgements.
+        #[serde(default)]
+        ack: bool,
+        /// Lossless mode, resuming: the last `seq` received before the connection was lost.
+        #[serde(rename = "lastSeq", default)]
+        last_seq: Option<u64>,
     },
     /// browser: pair with the mac showing `code` (trimmed and upper-cased first).
     Join {
         /// The code as the person typed it; at most [`MAX_CODE_INPUT_BYTES`].
         code: String,
+        /// Lossless mode: opt in to sequence numbers and acknowledgements.
+        #[serde(default)]
+        ack: bool,
     },
     /// browser: come back to a pairing after a lost connection.
     Resume {
         /// The secret `sessionId` from `joined`; at most [`MAX_CODE_INPUT_BYTES`].
         #[serde(rename = "sessionId")]
         session_id: String,
+        /// Lossless mode: opt in to sequence numbers and acknowledgements.
+        #[serde(default)]
+        ack: bool,
+        /// Lossless mode: the last `seq` received before the connection was lost.
+        #[serde(rename = "lastSeq", default)]
+        last_seq: Option<u64>,
     },
     /// either: bytes for the partner, forwarded unchanged and in order.
     Data {
         /// Opaque to the relay; kept as JSON text on the fast path (see [`parse`]).
         #[serde(borrow)]
         payload: Text<'a>,
+        /// Lossless mode: this message's number among the side's `data` (1, 2, 3, …); a
+        /// number the relay already has marks a re-send, which is dropped.
+        #[serde(default)]
+        seq: Option<u64>,
+    },
+    /// either, lossless mode: "I have everything you sent me up to `seq`".
+    Ack {
+        /// The last `seq` received, in order.
+        seq: u64,
     },
     /// either: application-level ping, answered with `pong` and the same `ts`.
     Ping {
         /// Echoed unchanged.
         ts: Number,
+    },
+    /// either, lossless mode: the answer to the relay's JSON `ping` (optional; any message
+    /// proves the link alive).
+    Pong {
+        /// The relay's `ts`.
+        #[serde(default)]
+        ts: Option<Number>,
     },
 }
 
@@ -60,7 +95,9 @@ impl PairingRequest<'_> {
             Self::Join { .. } => "join",
             Self::Resume { .. } => "resume",
             Self::Data { .. } => "data",
+            Self::Ack { .. } => "ack",
             Self::Ping { .. } => "ping",
+            Self::Pong { .. } => "pong",
         }
     }
 
@@ -69,14 +106,14 @@ impl PairingRequest<'_> {
         match self {
             Self::Register { .. } => role == Role::Mac,
             Self::Join { .. } | Self::Resume { .. } => role == Role::Browser,
-            Self::Data { .. } | Self::Ping { .. } => true,
+            Self::Data { .. } | Self::Ack { .. } | Self::Ping { .. } | Self::Pong { .. } => true,
         }
     }
 
     /// Refuses fields past their limits, with the code a client of this endpoint expects.
     pub fn check(&self) -> Result<(), Refusal> {
         match self {
-            Self::Register { client_id } => {
+            Self::Register { client_id, .. } => {
                 let chars = client_id.as_str().chars().count();
                 if chars == 0 || chars > MAX_CLIENT_ID_CHARS {
                     return Err((
@@ -85,10 +122,10 @@ impl PairingRequest<'_> {
                     ));
                 }
             }
-            Self::Join { code } if code.len() > MAX_CODE_INPUT_BYTES => {
+            Self::Join { code, .. } if code.len() > MAX_CODE_INPUT_BYTES => {
                 return Err((ErrorCode::InvalidCode, "that is not a pairing code"));
             }
-            Self::Resume { session_id } if session_id.len() > MAX_CODE_INPUT_BYTES => {
+            Self::Resume { session_id, .. } if session_id.len() > MAX_CODE_INPUT_BYTES => {
                 return Err((ErrorCode::InvalidCode, "no such session, or it has ended"));
             }
             _ => {}
@@ -115,6 +152,12 @@ pub enum PairingEvent<'a> {
         #[serde(rename = "sessionId")]
         session_id: &'a str,
     },
+    /// Lossless mode: "I have everything of yours up to `seq`" (every such message is
+    /// queued, held or kept for your partner).
+    Ack {
+        /// The last of the side's `data` the relay has.
+        seq: u64,
+    },
     // The partner's bytes, `{"type":"data","payload":"…"}`, are built by [`data_frame`]
     // without a round trip through serde.
 }
@@ -126,30 +169,52 @@ pub enum PairingEvent<'a> {
 /// Everything else — other messages, other spellings, extra fields, errors — goes through
 /// serde, with the same result as ever.
 pub fn parse(bytes: &[u8]) -> Result<PairingRequest<'_>, String> {
-    if let Some(payload) = fast_data(bytes) {
-        return Ok(PairingRequest::Data {
-            payload: Text::Json(payload),
-        });
+    if let Some(data) = fast_data(bytes) {
+        return Ok(data);
     }
     super::parse(bytes).map_err(|err| err.describe().to_owned())
 }
 
-fn fast_data(bytes: &[u8]) -> Option<json::JsonStr<'_>> {
+fn fast_data(bytes: &[u8]) -> Option<PairingRequest<'_>> {
     let fields = json::flat_object(std::str::from_utf8(bytes).ok()?)?;
-    let is_data = fields.str("type")?.as_json() == "data" && fields.only(&["type", "payload"]);
-    is_data.then(|| fields.str("payload")).flatten()
+    let is_data =
+        fields.str("type")?.as_json() == "data" && fields.only(&["type", "payload", "seq"]);
+    if !is_data {
+        return None;
+    }
+    let seq = match fields.get("seq") {
+        None => None,
+        Some(json::Value::Uint(seq)) => Some(seq),
+        Some(_) => return None,
+    };
+    Some(PairingRequest::Data {
+        payload: Text::Json(fields.str("payload")?),
+        seq,
+    })
 }
 
-/// `{"type":"data","payload":"…"}`, to the partner: the payload exactly as its sender
-/// wrote it when that is how serde would write it, otherwise re-encoded.
-pub fn data_frame(payload: &Text<'_>) -> Bytes {
+/// `{"type":"data","payload":"…"}` (and `,"seq":n` in lossless mode), to the partner: the
+/// payload exactly as its sender wrote it when that is how serde would write it,
+/// otherwise re-encoded.
+pub fn data_frame(payload: &Text<'_>, seq: Option<u64>) -> Bytes {
     const HEAD: &[u8] = br#"{"type":"data","payload":""#;
+    const SEQ: &[u8] = br#"","seq":"#;
     const TAIL: &[u8] = br#""}"#;
-    let len = HEAD.len() + payload.json_len() + TAIL.len();
+    let mut digits = itoa::Buffer::new();
+    let seq = seq.map(|seq| digits.format(seq).as_bytes());
+    let len =
+        HEAD.len() + payload.json_len() + seq.map_or(TAIL.len(), |seq| SEQ.len() + seq.len() + 1);
     text_frame_of(len, |out| {
         out.extend_from_slice(HEAD);
         payload.write_json(out);
-        out.extend_from_slice(TAIL);
+        match seq {
+            Some(seq) => {
+                out.extend_from_slice(SEQ);
+                out.extend_from_slice(seq);
+                out.push(b'}');
+            }
+            None => out.extend_from_slice(TAIL),
+        }
     })
 }
 
@@ -180,7 +245,7 @@ mod tests {
             r#" { "payload" : "x" , "type" : "data" } "#,
         ] {
             match parse(text.as_bytes()).unwrap() {
-                PairingRequest::Data { payload } => assert!(matches!(payload, Text::Json(_))),
+                PairingRequest::Data { payload, .. } => assert!(matches!(payload, Text::Json(_))),
                 other => panic!("{other:?}"),
             }
         }
@@ -190,7 +255,7 @@ mod tests {
             r#"{"type":"data","payload":"A","extra":1}"#,
         ] {
             match parse(text.as_bytes()).unwrap() {
-                PairingRequest::Data { payload } => assert_eq!(payload.value(), "A"),
+                PairingRequest::Data { payload, .. } => assert_eq!(payload.value(), "A"),
                 other => panic!("{other:?}"),
             }
         }
@@ -205,12 +270,12 @@ mod tests {
                 serde_json::to_string(payload).unwrap()
             );
             for text in [Text::Value(payload.into()), {
-                let PairingRequest::Data { payload } = parse(fast.as_bytes()).unwrap() else {
+                let PairingRequest::Data { payload, .. } = parse(fast.as_bytes()).unwrap() else {
                     panic!("not data")
                 };
                 payload
             }] {
-                let frame = data_frame(&text);
+                let frame = data_frame(&text, None);
                 let body = &frame[crate::transport::header_len(fast.len())..];
                 assert_eq!(std::str::from_utf8(body).unwrap(), fast);
             }
@@ -232,12 +297,21 @@ mod tests {
     #[test]
     fn limits_are_checked_with_the_code_each_endpoint_expects() {
         let long = "A".repeat(MAX_CODE_INPUT_BYTES + 1);
-        let join = PairingRequest::Join { code: long.clone() };
+        let join = PairingRequest::Join {
+            code: long.clone(),
+            ack: false,
+        };
         assert_eq!(join.check().unwrap_err().0, ErrorCode::InvalidCode);
-        let resume = PairingRequest::Resume { session_id: long };
+        let resume = PairingRequest::Resume {
+            session_id: long,
+            ack: false,
+            last_seq: None,
+        };
         assert_eq!(resume.check().unwrap_err().0, ErrorCode::InvalidCode);
         let register = PairingRequest::Register {
             client_id: "".into(),
+            ack: false,
+            last_seq: None,
         };
         assert_eq!(register.check().unwrap_err().0, ErrorCode::InvalidMessage);
         assert!(!register.allowed_for(Role::Browser));
