@@ -184,6 +184,10 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
     /// Addresses tracked by the rate limiters at once.
     pub max_tracked_addresses: usize,
+    /// `join`s naming no live code, relay-wide, per minute.
+    pub failed_joins_per_minute: u32,
+    /// `join`s naming no live code, per network (IPv4 /24, IPv6 /48), per minute.
+    pub failed_joins_per_network_per_minute: u32,
 }
 
 /// A setting that cannot be used, named by its key so the operator can find it.
@@ -284,6 +288,15 @@ impl Settings {
         }
         if self.limits.auth_attempts_per_minute == 0 {
             return invalid("limits.auth_attempts_per_minute", "must be at least 1");
+        }
+        if self.limits.failed_joins_per_minute == 0 {
+            return invalid("limits.failed_joins_per_minute", "must be at least 1");
+        }
+        if self.limits.failed_joins_per_network_per_minute == 0 {
+            return invalid(
+                "limits.failed_joins_per_network_per_minute",
+                "must be at least 1",
+            );
         }
         if self.limits.max_tracked_addresses == 0 {
             return invalid("limits.max_tracked_addresses", "must be at least 1");
