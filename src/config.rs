@@ -84,8 +84,22 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Origins allowed on the browser-facing WebSocket endpoints; empty = any.
+    /// Origins allowed on the browser-facing WebSocket endpoints (empty = any), and the
+    /// only origins the HTTP API answers cross-origin requests from (empty = none).
     pub allowed_origins: Vec<String>,
+    /// Which header trusted proxies write the client address in; the other is ignored.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// The forwarding header the relay believes (from trusted proxies only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1` (nginx's `$proxy_add_x_forwarded_for`).
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 /// `[database]`

@@ -87,7 +87,10 @@ impl Application {
         });
         let connections = Connections::new(settings.limits.max_connections_per_ip);
         let limiters = Arc::new(Limiters::new(&settings.limits));
-        let client_addr = ClientAddr::new(settings.server.trusted_proxies.clone());
+        let client_addr = ClientAddr::new(
+            settings.server.trusted_proxies.clone(),
+            settings.server.forwarded_header,
+        );
         let relay = web::Data::new(Relay {
             settings: Arc::clone(&settings),
             pairing,

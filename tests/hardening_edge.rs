@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use hermit_relay::config::{ForwardedHeader, Settings};
 use serde_json::json;
 
 // ---- Item 4: a full rate-limiter table evicts instead of refusing everyone new ----
@@ -113,4 +114,71 @@ async fn one_network_cannot_spend_the_whole_failed_join_budget() {
         outcomes.push(recv(&mut ws).await["code"].as_str().unwrap().to_owned());
     }
     assert_eq!(outcomes, ["INVALID_CODE", "INVALID_CODE", "RATE_LIMITED"]);
+}
+
+// ---- Items 16, 17: forwarded headers ----
+
+/// The outcome of one `join` from 127.0.0.1 (a trusted proxy) with `headers`.
+async fn join_through_proxy(server: &TestServer, headers: &[(&'static str, &str)]) -> String {
+    let mut ws = connect_from(server.port, "/browser", "127.0.0.1", headers)
+        .await
+        .unwrap();
+    send(&mut ws, json!({"type": "join", "code": "AAAAAA"})).await;
+    recv(&mut ws).await["code"].as_str().unwrap().to_owned()
+}
+
+fn one_join_a_minute_behind_a_proxy(header: ForwardedHeader) -> Settings {
+    let mut s = settings();
+    s.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    s.server.forwarded_header = header;
+    s.limits.join_attempts_per_minute = 1;
+    s
+}
+
+#[tokio::test]
+async fn only_the_forwarding_header_the_operator_names_is_believed() {
+    let server = TestServer::start(one_join_a_minute_behind_a_proxy(
+        ForwardedHeader::Forwarded,
+    ));
+    // The proxy sets only `Forwarded`; the client adds an X-Forwarded-For of its own,
+    // different each time, to get a fresh budget. It is one client all the same.
+    let first = join_through_proxy(
+        &server,
+        &[("x-forwarded-for", "192.0.2.1"), ("forwarded", "for=198.51.100.7")],
+    )
+    .await;
+    let second = join_through_proxy(
+        &server,
+        &[("x-forwarded-for", "192.0.2.2"), ("forwarded", "for=198.51.100.7")],
+    )
+    .await;
+    assert_eq!((first.as_str(), second.as_str()), ("INVALID_CODE", "RATE_LIMITED"));
+    // Another client behind the same proxy has its own budget.
+    let other = join_through_proxy(&server, &[("forwarded", "for=198.51.100.8")]).await;
+    assert_eq!(other, "INVALID_CODE");
+}
+
+#[tokio::test]
+async fn a_hop_that_is_not_an_address_stops_the_walk_so_forged_hops_left_of_it_are_not_believed() {
+    let server = TestServer::start(one_join_a_minute_behind_a_proxy(
+        ForwardedHeader::XForwardedFor,
+    ));
+    // A proxy that did not know its client wrote `unknown`; the client forged the rest.
+    let first = join_through_proxy(&server, &[("x-forwarded-for", "192.0.2.1, unknown")]).await;
+    let second = join_through_proxy(&server, &[("x-forwarded-for", "192.0.2.2, unknown")]).await;
+    assert_eq!((first.as_str(), second.as_str()), ("INVALID_CODE", "RATE_LIMITED"));
+}
+
+#[test]
+fn the_production_config_trusts_no_proxy_until_the_operator_names_one() {
+    let settings = Settings::load_from(
+        Some(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/production.toml"
+        ))),
+        config::Environment::with_prefix("HERMIT_UNSET_IN_THIS_TEST"),
+    )
+    .unwrap();
+    assert!(settings.server.trusted_proxies.is_empty());
+    assert_eq!(settings.server.forwarded_header, ForwardedHeader::XForwardedFor);
 }
