@@ -5,9 +5,18 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use hermit_relay::config::{ForwardedHeader, Settings};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+
+/// Tests that measure this process's memory run one at a time, so one's allocations do not
+/// show up in another's measurement.
+static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---- Item 4: a full rate-limiter table evicts instead of refusing everyone new ----
 
@@ -181,4 +190,159 @@ fn the_production_config_trusts_no_proxy_until_the_operator_names_one() {
     .unwrap();
     assert!(settings.server.trusted_proxies.is_empty());
     assert_eq!(settings.server.forwarded_header, ForwardedHeader::XForwardedFor);
+}
+
+// ---- Raw sockets: frames and requests no well-behaved client library would send ----
+
+/// A TCP connection from 127.0.0.1 that completed a WebSocket handshake on `path`.
+async fn raw_websocket(server: &TestServer, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+/// The header of a client frame: masked, with an all-zero key (so the payload goes as is).
+fn frame_header(first: u8, length: u64) -> Vec<u8> {
+    let mut header = vec![first];
+    match length {
+        0..=125 => header.push(0x80 | length as u8),
+        126..=0xFFFF => {
+            header.push(0x80 | 126);
+            header.extend_from_slice(&(length as u16).to_be_bytes());
+        }
+        _ => {
+            header.push(0x80 | 127);
+            header.extend_from_slice(&length.to_be_bytes());
+        }
+    }
+    header.extend_from_slice(&[0, 0, 0, 0]);
+    header
+}
+
+/// Reads server frames until a close frame and returns its code; `Err` if the connection
+/// ends (or is reset) first.
+async fn read_close_code(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Result<u16> {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut head = [0u8; 2];
+            stream.read_exact(&mut head).await?;
+            let length = match head[1] & 0x7F {
+                126 => u64::from(stream.read_u16().await?),
+                127 => stream.read_u64().await?,
+                short => u64::from(short),
+            };
+            let mut payload = vec![0u8; length as usize];
+            stream.read_exact(&mut payload).await?;
+            if head[0] & 0x0F == 0x8 {
+                return Ok(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    })
+    .await
+    .expect("a close frame or the end of the connection in time")
+}
+
+/// Writes `header`, then zeros until `total` bytes or the first error; tells `started`
+/// once `signal_after` bytes are written. Returns the bytes written.
+fn keep_writing(
+    mut writer: OwnedWriteHalf,
+    header: Vec<u8>,
+    total: usize,
+    signal_after: usize,
+    started: tokio::sync::oneshot::Sender<()>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut started = Some(started);
+        if writer.write_all(&header).await.is_err() {
+            return 0;
+        }
+        let chunk = vec![0u8; 64 * 1024];
+        let mut written = 0;
+        while written < total {
+            if writer.write_all(&chunk).await.is_err() {
+                break;
+            }
+            written += chunk.len();
+            if written >= signal_after {
+                if let Some(started) = started.take() {
+                    let _ = started.send(());
+                }
+            }
+        }
+        written
+    })
+}
+
+// ---- Items 1 and 20: frames refused at their header; violations answered by close ----
+
+#[tokio::test]
+async fn a_frame_announcing_more_than_the_limit_is_refused_at_its_header_without_buffering_it() {
+    let _alone = MEMORY.lock().await;
+    let server = TestServer::start(settings());
+    let before = rss_bytes();
+    let (mut reader, writer) = raw_websocket(&server, "/browser").await.into_split();
+    // A text frame announcing 1 GiB, and 256 MiB of it streamed as fast as the relay reads.
+    let (started, _) = tokio::sync::oneshot::channel();
+    let writing = keep_writing(writer, frame_header(0x81, 1 << 30), 256 << 20, 0, started);
+    assert_eq!(read_close_code(&mut reader).await.unwrap(), 1009);
+    let written = writing.await.unwrap();
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 48 << 20,
+        "RSS grew {} MiB while {} MiB were streamed at one socket",
+        grown >> 20,
+        written >> 20
+    );
+}
+
+#[tokio::test]
+async fn fragments_adding_up_past_the_limit_are_refused_at_the_header_that_passes_it() {
+    let mut s = settings();
+    s.limits.max_message_bytes = 4096;
+    s.limits.max_outbound_bytes = 4096;
+    s.pairing.resume_buffer_bytes = 4096;
+    let server = TestServer::start(s);
+    let mut stream = raw_websocket(&server, "/browser").await;
+    // 3000 bytes of a text message, then a continuation announcing 3000 more.
+    let mut first = frame_header(0x01, 3000);
+    first.extend_from_slice(&[b' '; 3000]);
+    stream.write_all(&first).await.unwrap();
+    stream.write_all(&frame_header(0x80, 3000)).await.unwrap();
+    assert_eq!(read_close_code(&mut stream).await.unwrap(), 1009);
+}
+
+#[tokio::test]
+async fn protocol_violations_are_answered_with_the_close_code_rfc_6455_gives_them() {
+    let server = TestServer::start(settings());
+    // Invalid UTF-8 in a text frame: 1007.
+    let mut stream = raw_websocket(&server, "/browser").await;
+    let mut frame = frame_header(0x81, 2);
+    frame.extend_from_slice(&[0xFF, 0xFE]);
+    stream.write_all(&frame).await.unwrap();
+    assert_eq!(read_close_code(&mut stream).await.unwrap(), 1007);
+
+    // A 2^62 length header: 1009, at once.
+    let mut stream = raw_websocket(&server, "/browser").await;
+    stream.write_all(&frame_header(0x81, 1 << 62)).await.unwrap();
+    assert_eq!(read_close_code(&mut stream).await.unwrap(), 1009);
+
+    // Reserved bits set, or an unmasked frame: 1002.
+    let mut stream = raw_websocket(&server, "/browser").await;
+    stream.write_all(&frame_header(0xC1, 0)).await.unwrap();
+    assert_eq!(read_close_code(&mut stream).await.unwrap(), 1002);
+    let mut stream = raw_websocket(&server, "/browser").await;
+    stream.write_all(&[0x81, 0x01, b'x']).await.unwrap();
+    assert_eq!(read_close_code(&mut stream).await.unwrap(), 1002);
 }
