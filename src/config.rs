@@ -89,6 +89,13 @@ pub struct ServerSettings {
     pub allowed_origins: Vec<String>,
     /// Which header trusted proxies write the client address in; the other is ignored.
     pub forwarded_header: ForwardedHeader,
+    /// After the relay closes a connection, how long it keeps reading (and discarding) what
+    /// the client still sends, so its last answer is not lost to a TCP reset. 0 = never.
+    pub linger_secs: u64,
+    /// Most bytes read and discarded while lingering.
+    pub linger_bytes: usize,
+    /// Most connections lingering at once; past it a connection is closed at once.
+    pub max_lingering: usize,
 }
 
 /// The forwarding header the relay believes (from trusted proxies only).
@@ -410,6 +417,13 @@ pub fn mask_url_password(url: &str) -> String {
             None => url.to_owned(),
         },
         None => url.to_owned(),
+    }
+}
+
+impl ServerSettings {
+    /// [`Self::linger_secs`] as a duration.
+    pub fn linger(&self) -> Duration {
+        Duration::from_secs(self.linger_secs)
     }
 }
 

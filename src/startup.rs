@@ -28,7 +28,7 @@ use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::table::PairingRules;
 use crate::relay::{self, Relay};
 use crate::routes;
-use crate::transport::Killable;
+use crate::transport::{Killable, Linger};
 
 /// How long a client has to send its request head after connecting.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,6 +108,7 @@ impl Application {
         let metrics = settings.metrics.enabled;
 
         let server = &settings.server;
+        let linger = Linger::new(server.linger(), server.linger_bytes, server.max_lingering);
         let workers = match server.workers {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -144,10 +145,15 @@ impl Application {
                         data.insert(io.switch());
                     })
                     .h1(map_config(app, |_| AppConfig::default()));
-                fn_service(|io: TcpStream| async move {
-                    let _ = io.set_nodelay(true);
-                    let peer = io.peer_addr().ok();
-                    Ok::<_, actix_http::error::DispatchError>((Killable::new(io), peer))
+                let linger = linger.clone();
+                fn_service(move |io: TcpStream| {
+                    let linger = linger.clone();
+                    async move {
+                        let _ = io.set_nodelay(true);
+                        let peer = io.peer_addr().ok();
+                        let io = Killable::new(io).lingering(linger);
+                        Ok::<_, actix_http::error::DispatchError>((io, peer))
+                    }
                 })
                 .and_then(http)
             })

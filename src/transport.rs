@@ -21,7 +21,7 @@ use actix_web::web::Payload;
 use actix_web::{HttpRequest, HttpResponse};
 
 pub use inbound::{Inbound, InboundStream};
-pub use kill::{KillSwitch, Killable};
+pub use kill::{KillSwitch, Killable, Linger};
 pub use outbox::{ping_frame, pong_frame, text_frame, Outbox, OutboxBody, PushError};
 
 /// After a close frame is queued, how long the peer gets to read it before the socket is cut.

@@ -254,34 +254,26 @@ async fn read_close_code(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Resu
     .expect("a close frame or the end of the connection in time")
 }
 
-/// Writes `header`, then zeros until `total` bytes or the first error; tells `started`
-/// once `signal_after` bytes are written. Returns the bytes written.
+/// Writes `header`, then `total` zeros; stops at the first error, which it returns with
+/// the bytes written so far.
 fn keep_writing(
     mut writer: OwnedWriteHalf,
     header: Vec<u8>,
     total: usize,
-    signal_after: usize,
-    started: tokio::sync::oneshot::Sender<()>,
-) -> tokio::task::JoinHandle<usize> {
+) -> tokio::task::JoinHandle<(usize, std::io::Result<()>)> {
     tokio::spawn(async move {
-        let mut started = Some(started);
-        if writer.write_all(&header).await.is_err() {
-            return 0;
+        if let Err(err) = writer.write_all(&header).await {
+            return (0, Err(err));
         }
         let chunk = vec![0u8; 64 * 1024];
         let mut written = 0;
         while written < total {
-            if writer.write_all(&chunk).await.is_err() {
-                break;
+            if let Err(err) = writer.write_all(&chunk).await {
+                return (written, Err(err));
             }
             written += chunk.len();
-            if written >= signal_after {
-                if let Some(started) = started.take() {
-                    let _ = started.send(());
-                }
-            }
         }
-        written
+        (written, Ok(()))
     })
 }
 
@@ -294,10 +286,9 @@ async fn a_frame_announcing_more_than_the_limit_is_refused_at_its_header_without
     let before = rss_bytes();
     let (mut reader, writer) = raw_websocket(&server, "/browser").await.into_split();
     // A text frame announcing 1 GiB, and 256 MiB of it streamed as fast as the relay reads.
-    let (started, _) = tokio::sync::oneshot::channel();
-    let writing = keep_writing(writer, frame_header(0x81, 1 << 30), 256 << 20, 0, started);
+    let writing = keep_writing(writer, frame_header(0x81, 1 << 30), 256 << 20);
     assert_eq!(read_close_code(&mut reader).await.unwrap(), 1009);
-    let written = writing.await.unwrap();
+    let (written, _) = writing.await.unwrap();
     let grown = rss_bytes().saturating_sub(before);
     assert!(
         grown < 48 << 20,
@@ -345,4 +336,56 @@ async fn protocol_violations_are_answered_with_the_close_code_rfc_6455_gives_the
     let mut stream = raw_websocket(&server, "/browser").await;
     stream.write_all(&[0x81, 0x01, b'x']).await.unwrap();
     assert_eq!(read_close_code(&mut stream).await.unwrap(), 1002);
+}
+
+// ---- Issue 10, bug 7: the lingering close ----
+//
+// A client (a browser, hyper) that is still writing when the relay answers and closes
+// treats a failed write — the reset the kernel sends for unread bytes — as the end of the
+// connection, and never looks at the answer. So these clients write everything first, and
+// every write must succeed; then the answer must be there to read.
+
+#[tokio::test]
+async fn a_413_reaches_a_client_that_is_still_writing_its_body() {
+    let server = TestServer::start(settings());
+    let stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let (mut reader, writer) = stream.into_split();
+    // More than loopback's socket buffers hold, less than the relay lingers for.
+    let body = 6 << 20;
+    let head = format!(
+        "POST /auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {body}\r\n\r\n"
+    );
+    // The relay answers 413 from the head alone, long before the body is written.
+    let (written, result) = keep_writing(writer, head.into_bytes(), body).await.unwrap();
+    assert!(
+        result.is_ok(),
+        "the body was cut after {written} bytes: {result:?}"
+    );
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut response))
+        .await
+        .expect("the relay closes in time");
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.starts_with("HTTP/1.1 413"),
+        "read {read:?}, got {:?}",
+        &text[..text.len().min(200)]
+    );
+}
+
+#[tokio::test]
+async fn a_close_1009_reaches_a_client_still_sending_the_rest_of_its_message() {
+    let server = TestServer::start(settings());
+    let (mut reader, writer) = raw_websocket(&server, "/browser").await.into_split();
+    // 6 MiB announced against the 2 MiB limit: refused at the header, 1009 queued at once.
+    // More than loopback's socket buffers hold, less than the relay lingers for.
+    let message = 6 << 20;
+    let writing = keep_writing(writer, frame_header(0x81, message as u64), message);
+    let (written, result) = writing.await.unwrap();
+    assert!(
+        result.is_ok(),
+        "the message was cut after {written} bytes: {result:?}"
+    );
+    assert_eq!(read_close_code(&mut reader).await.unwrap(), 1009);
 }
