@@ -89,6 +89,8 @@ pub struct ServerSettings {
     pub allowed_origins: Vec<String>,
     /// Which header trusted proxies write the client address in; the other is ignored.
     pub forwarded_header: ForwardedHeader,
+    /// A request body must arrive whole within this many seconds of its head.
+    pub body_timeout_secs: u64,
     /// After the relay closes a connection, how long it keeps reading (and discarding) what
     /// the client still sends, so its last answer is not lost to a TCP reset. 0 = never.
     pub linger_secs: u64,
@@ -197,6 +199,8 @@ pub struct LimitSettings {
     pub max_pending_codes: usize,
     /// Most open WebSockets per client address.
     pub max_connections_per_ip: usize,
+    /// Most open plain HTTP connections per socket peer (trusted proxies exempt).
+    pub max_http_connections_per_ip: usize,
     /// `join`/`resume` attempts per client address per minute.
     pub join_attempts_per_minute: u32,
     /// Login/register/refresh attempts per client address per minute.
@@ -310,6 +314,9 @@ impl Settings {
         if self.limits.auth_attempts_per_minute == 0 {
             return invalid("limits.auth_attempts_per_minute", "must be at least 1");
         }
+        if self.limits.max_http_connections_per_ip == 0 {
+            return invalid("limits.max_http_connections_per_ip", "must be at least 1");
+        }
         if self.limits.failed_joins_per_minute == 0 {
             return invalid("limits.failed_joins_per_minute", "must be at least 1");
         }
@@ -318,6 +325,9 @@ impl Settings {
                 "limits.failed_joins_per_network_per_minute",
                 "must be at least 1",
             );
+        }
+        if self.server.body_timeout_secs == 0 {
+            return invalid("server.body_timeout_secs", "must be at least 1");
         }
         if self.limits.max_tracked_addresses == 0 {
             return invalid("limits.max_tracked_addresses", "must be at least 1");
@@ -424,6 +434,13 @@ impl ServerSettings {
     /// [`Self::linger_secs`] as a duration.
     pub fn linger(&self) -> Duration {
         Duration::from_secs(self.linger_secs)
+    }
+}
+
+impl ServerSettings {
+    /// [`Self::body_timeout_secs`] as a duration.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
     }
 }
 

@@ -22,6 +22,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::accounts::Accounts;
 use crate::config::Settings;
 use crate::connections::{Admission, Connections, Refused};
+use crate::edge::HttpSlot;
 use crate::error::ApiError;
 use crate::ids::{Endpoint, Role};
 use crate::limits::Limiters;
@@ -82,6 +83,10 @@ impl Relay {
         endpoint: Endpoint,
     ) -> actix_web::Result<(HttpResponse, Opened)> {
         let admission = self.admit(req, endpoint)?;
+        // A WebSocket counts against `max_connections_per_ip` now, not the HTTP cap.
+        if let Some(slot) = req.conn_data::<Arc<HttpSlot>>() {
+            slot.release();
+        }
         let limits = &self.settings.limits;
         let (response, link, inbound) = crate::transport::upgrade(
             req,

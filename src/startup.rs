@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Arbiter};
+use actix_http::error::DispatchError;
 use actix_http::HttpService;
 use actix_rt::net::TcpStream;
 use actix_server::{Server, ServerHandle};
 use actix_service::{fn_service, map_config, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, App};
+use tokio::io::AsyncWriteExt;
 
 use crate::accounts::Accounts;
 use crate::auth::password::HashStats;
@@ -18,6 +20,7 @@ use crate::auth::token::{AccessTokens, KeyFileError};
 use crate::config::Settings;
 use crate::connections::Connections;
 use crate::db::{self, DbError};
+use crate::edge::{self, HttpConnections, HttpSlot};
 use crate::ids::Endpoint;
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
@@ -109,6 +112,11 @@ impl Application {
 
         let server = &settings.server;
         let linger = Linger::new(server.linger(), server.linger_bytes, server.max_lingering);
+        let http_connections = HttpConnections::new(
+            settings.limits.max_http_connections_per_ip,
+            (**client_addr).clone(),
+        );
+        let body_timeout = server.body_timeout();
         let workers = match server.workers {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -121,6 +129,10 @@ impl Application {
             .disable_signals()
             .listen("hermit-relay", listener, move || {
                 let app = App::new()
+                    .wrap_fn(move |mut req, service| {
+                        edge::limit_body(&mut req, body_timeout);
+                        service.call(req)
+                    })
                     .wrap_fn(count_http)
                     .app_data(relay.clone())
                     .app_data(accounts.clone())
@@ -143,16 +155,33 @@ impl Application {
                     .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
                     .on_connect_ext(|io: &Killable<TcpStream>, data| {
                         data.insert(io.switch());
+                        if let Some(slot) = io.guard::<HttpSlot>() {
+                            data.insert(slot);
+                        }
                     })
                     .h1(map_config(app, |_| AppConfig::default()));
                 let linger = linger.clone();
+                let http_connections = Arc::clone(&http_connections);
                 fn_service(move |io: TcpStream| {
                     let linger = linger.clone();
+                    let http_connections = Arc::clone(&http_connections);
                     async move {
                         let _ = io.set_nodelay(true);
                         let peer = io.peer_addr().ok();
-                        let io = Killable::new(io).lingering(linger);
-                        Ok::<_, actix_http::error::DispatchError>((io, peer))
+                        let admitted = peer.map(|peer| http_connections.admit(peer.ip()));
+                        let mut io = Killable::new(io).lingering(linger);
+                        match admitted {
+                            Some(Err(())) => {
+                                // Too many from this peer: say so and close, lingering.
+                                let refused = io.write_all(edge::TOO_MANY_CONNECTIONS).await;
+                                return Err(DispatchError::Io(refused.err().unwrap_or_else(
+                                    || std::io::Error::other("too many connections"),
+                                )));
+                            }
+                            Some(Ok(Some(slot))) => io = io.holding(Arc::new(slot)),
+                            Some(Ok(None)) | None => {}
+                        }
+                        Ok((io, peer))
                     }
                 })
                 .and_then(http)

@@ -146,22 +146,29 @@ fn one_join_a_minute_behind_a_proxy(header: ForwardedHeader) -> Settings {
 
 #[tokio::test]
 async fn only_the_forwarding_header_the_operator_names_is_believed() {
-    let server = TestServer::start(one_join_a_minute_behind_a_proxy(
-        ForwardedHeader::Forwarded,
-    ));
+    let server = TestServer::start(one_join_a_minute_behind_a_proxy(ForwardedHeader::Forwarded));
     // The proxy sets only `Forwarded`; the client adds an X-Forwarded-For of its own,
     // different each time, to get a fresh budget. It is one client all the same.
     let first = join_through_proxy(
         &server,
-        &[("x-forwarded-for", "192.0.2.1"), ("forwarded", "for=198.51.100.7")],
+        &[
+            ("x-forwarded-for", "192.0.2.1"),
+            ("forwarded", "for=198.51.100.7"),
+        ],
     )
     .await;
     let second = join_through_proxy(
         &server,
-        &[("x-forwarded-for", "192.0.2.2"), ("forwarded", "for=198.51.100.7")],
+        &[
+            ("x-forwarded-for", "192.0.2.2"),
+            ("forwarded", "for=198.51.100.7"),
+        ],
     )
     .await;
-    assert_eq!((first.as_str(), second.as_str()), ("INVALID_CODE", "RATE_LIMITED"));
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("INVALID_CODE", "RATE_LIMITED")
+    );
     // Another client behind the same proxy has its own budget.
     let other = join_through_proxy(&server, &[("forwarded", "for=198.51.100.8")]).await;
     assert_eq!(other, "INVALID_CODE");
@@ -175,7 +182,10 @@ async fn a_hop_that_is_not_an_address_stops_the_walk_so_forged_hops_left_of_it_a
     // A proxy that did not know its client wrote `unknown`; the client forged the rest.
     let first = join_through_proxy(&server, &[("x-forwarded-for", "192.0.2.1, unknown")]).await;
     let second = join_through_proxy(&server, &[("x-forwarded-for", "192.0.2.2, unknown")]).await;
-    assert_eq!((first.as_str(), second.as_str()), ("INVALID_CODE", "RATE_LIMITED"));
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("INVALID_CODE", "RATE_LIMITED")
+    );
 }
 
 #[test]
@@ -189,14 +199,19 @@ fn the_production_config_trusts_no_proxy_until_the_operator_names_one() {
     )
     .unwrap();
     assert!(settings.server.trusted_proxies.is_empty());
-    assert_eq!(settings.server.forwarded_header, ForwardedHeader::XForwardedFor);
+    assert_eq!(
+        settings.server.forwarded_header,
+        ForwardedHeader::XForwardedFor
+    );
 }
 
 // ---- Raw sockets: frames and requests no well-behaved client library would send ----
 
 /// A TCP connection from 127.0.0.1 that completed a WebSocket handshake on `path`.
 async fn raw_websocket(server: &TestServer, path: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -326,7 +341,10 @@ async fn protocol_violations_are_answered_with_the_close_code_rfc_6455_gives_the
 
     // A 2^62 length header: 1009, at once.
     let mut stream = raw_websocket(&server, "/browser").await;
-    stream.write_all(&frame_header(0x81, 1 << 62)).await.unwrap();
+    stream
+        .write_all(&frame_header(0x81, 1 << 62))
+        .await
+        .unwrap();
     assert_eq!(read_close_code(&mut stream).await.unwrap(), 1009);
 
     // Reserved bits set, or an unmasked frame: 1002.
@@ -348,7 +366,9 @@ async fn protocol_violations_are_answered_with_the_close_code_rfc_6455_gives_the
 #[tokio::test]
 async fn a_413_reaches_a_client_that_is_still_writing_its_body() {
     let server = TestServer::start(settings());
-    let stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let stream = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
     let (mut reader, writer) = stream.into_split();
     // More than loopback's socket buffers hold, less than the relay lingers for.
     let body = 6 << 20;
@@ -388,4 +408,104 @@ async fn a_close_1009_reaches_a_client_still_sending_the_rest_of_its_message() {
         "the message was cut after {written} bytes: {result:?}"
     );
     assert_eq!(read_close_code(&mut reader).await.unwrap(), 1009);
+}
+
+// ---- Item 3: slow request bodies, and HTTP connections per address ----
+
+/// A TCP connection to the relay from source address `from` (any 127.0.0.x).
+async fn tcp_from(server: &TestServer, from: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket
+        .connect(([127, 0, 0, 1], server.port).into())
+        .await
+        .unwrap()
+}
+
+/// Everything the relay sends on `stream` until it closes it, as text.
+async fn read_all(stream: &mut TcpStream) -> String {
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+        .await
+        .expect("the relay answers and closes in time")
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// `GET /health` from `from`, closing after it: the status line.
+async fn health_from(server: &TestServer, from: &str) -> String {
+    let mut stream = tcp_from(server, from).await;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    read_all(&mut stream)
+        .await
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn slow_bodies_time_out_and_one_address_cannot_hold_every_http_connection() {
+    let mut s = settings();
+    s.server.body_timeout_secs = 2;
+    s.limits.max_http_connections_per_ip = 4;
+    let server = TestServer::start(s);
+    // Four logins whose bodies trickle: one byte of a hundred, then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tcp_from(&server, "127.0.0.2").await;
+        stream
+            .write_all(
+                b"POST /auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                  Content-Length: 100\r\nExpect: 100-continue\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        // `100 Continue` proves the relay has this connection (and its head) in hand.
+        let mut line = [0u8; 25];
+        stream.read_exact(&mut line).await.unwrap();
+        assert!(line.starts_with(b"HTTP/1.1 100"), "{line:?}");
+        slow.push(stream);
+    }
+    // That address has its maximum open: a fifth connection is refused at once.
+    let mut fifth = tcp_from(&server, "127.0.0.2").await;
+    let refused = read_all(&mut fifth).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.to_lowercase().contains("retry-after:"), "{refused}");
+    // Everyone else is served meanwhile.
+    assert_eq!(health_from(&server, "127.0.0.3").await, "HTTP/1.1 200 OK");
+    // Each slow body runs out of time: 408, and its connection is closed.
+    for mut stream in slow {
+        let answer = read_all(&mut stream).await;
+        assert!(answer.contains("HTTP/1.1 408"), "{answer}");
+    }
+    // And the address has its places back.
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = health_from(&server, "127.0.0.2").await;
+        if status.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
+async fn a_websocket_stops_counting_against_the_http_cap_once_upgraded() {
+    let mut s = settings();
+    s.limits.max_http_connections_per_ip = 2;
+    let server = TestServer::start(s);
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        sockets.push(
+            connect_from(server.port, "/browser", "127.0.0.2", &[])
+                .await
+                .expect("a WebSocket is not an HTTP connection"),
+        );
+    }
+    assert_eq!(health_from(&server, "127.0.0.2").await, "HTTP/1.1 200 OK");
 }

@@ -15,6 +15,7 @@
 //! what still arrives, until the client closes or [`Linger`]'s bytes or time run out. A
 //! stream cut on purpose through its [`KillSwitch`] is closed at once.
 
+use std::any::Any;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -132,6 +133,8 @@ pub struct Killable<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     io: Option<T>,
     switch: Arc<KillSwitch>,
     linger: Option<Linger>,
+    /// Something that must live exactly as long as the connection (its place in a count).
+    guard: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Killable<T> {
@@ -141,7 +144,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Killable<T> {
             io: Some(io),
             switch: Arc::default(),
             linger: None,
+            guard: None,
         }
+    }
+
+    /// Keeps `guard` alive as long as the stream (dropped before it lingers).
+    pub fn holding<G: Any + Send + Sync>(mut self, guard: Arc<G>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// The guard given to [`Self::holding`], if it is a `G`.
+    pub fn guard<G: Any + Send + Sync>(&self) -> Option<Arc<G>> {
+        Arc::clone(self.guard.as_ref()?).downcast().ok()
     }
 
     /// Lingers as `linger` says when dropped, unless cut.
@@ -156,14 +171,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Killable<T> {
     }
 
     fn io(&mut self) -> io::Result<Pin<&mut T>> {
-        self.io.as_mut().map(Pin::new).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotConnected, "connection already closed")
-        })
+        self.io
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection already closed"))
     }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Killable<T> {
     fn drop(&mut self) {
+        // The connection is over for whatever it was counted in, lingering or not.
+        self.guard = None;
         let Some(io) = self.io.take() else { return };
         if self.switch.is_killed() {
             return;
