@@ -154,7 +154,11 @@ impl Table {
     /// Forgets the least recently used address.
     fn evict_oldest(&mut self) {
         while let Some((key, stamp)) = self.recency.pop_front() {
-            if self.buckets.get(&key).is_some_and(|(_, latest)| *latest == stamp) {
+            if self
+                .buckets
+                .get(&key)
+                .is_some_and(|(_, latest)| *latest == stamp)
+            {
                 self.buckets.remove(&key);
                 METRICS.rate_limiter_evictions.fetch_add(1, Relaxed);
                 return;
