@@ -8,11 +8,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use hermit_relay::config::{ForwardedHeader, Settings};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Tests that measure this process's memory run one at a time, so one's allocations do not
 /// show up in another's measurement.
@@ -508,4 +510,24 @@ async fn a_websocket_stops_counting_against_the_http_cap_once_upgraded() {
         );
     }
     assert_eq!(health_from(&server, "127.0.0.2").await, "HTTP/1.1 200 OK");
+}
+
+// ---- Item 20: 429 answers say when to come back ----
+
+#[tokio::test]
+async fn a_429_carries_retry_after() {
+    let mut s = settings();
+    s.limits.auth_attempts_per_minute = 1;
+    let server = TestServer::start(s);
+    let http = reqwest::Client::new();
+    let login = || {
+        http.post(server.url("/auth/login"))
+            .json(&json!({"email": "x@example.com", "password": "whatever12"}))
+            .send()
+    };
+    assert_eq!(login().await.unwrap().status(), 401);
+    let limited = login().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    let retry_after: u64 = header_of(&limited, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after));
 }
