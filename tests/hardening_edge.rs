@@ -512,6 +512,39 @@ async fn a_websocket_stops_counting_against_the_http_cap_once_upgraded() {
     assert_eq!(health_from(&server, "127.0.0.2").await, "HTTP/1.1 200 OK");
 }
 
+// ---- Item 19: an origin refusal a page can tell from a network drop ----
+
+#[tokio::test]
+async fn a_page_from_an_origin_not_allowed_is_closed_with_1008_and_a_reason() {
+    let mut s = settings();
+    s.server.allowed_origins = vec!["https://app.example.com".into()];
+    let server = TestServer::start(s);
+    for path in ["/browser", "/ws/client"] {
+        let mut ws = connect_from(
+            server.port,
+            path,
+            "127.0.0.1",
+            &[("origin", "https://evil.example")],
+        )
+        .await
+        .expect("the upgrade is accepted");
+        let frame = tokio::time::timeout(WAIT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame,
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("closed in time")
+        .expect("with a code and reason");
+        assert_eq!(u16::from(frame.code), 1008, "{path}");
+        assert_eq!(frame.reason.as_str(), "origin not allowed", "{path}");
+    }
+}
+
 // ---- Item 20: 429 answers say when to come back ----
 
 #[tokio::test]
