@@ -1,5 +1,5 @@
 //! What every plain HTTP connection is held to before the routes see it: a cap on open
-//! connections per socket peer, and a deadline for receiving a request body.
+//! connections per socket peer, a deadline for receiving a request body, and CORS.
 //!
 //! Without them one address holding slow request bodies (a byte a second) kept each of its
 //! connections for as long as it liked, and enough of them starved every other client. The
@@ -29,6 +29,31 @@ use futures_util::Stream;
 use crate::limits::AddressKey;
 use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
+
+/// CORS for the HTTP API (`/auth/*`, `/api/*`), for exactly the origins in
+/// `server.allowed_origins` (compared as the WebSocket origin check does, ignoring case).
+/// Empty allows no cross-origin call: opening the API to any page would let any web site use
+/// its visitors' browsers to guess passwords from thousands of addresses. Preflights are
+/// answered; `Authorization` and `Content-Type` may be sent; `Retry-After` and
+/// `WWW-Authenticate` may be read. Other routes never get CORS headers. Tokens travel in
+/// headers, never cookies, so credentials mode is not enabled.
+pub fn cors(allowed_origins: &[String]) -> actix_cors::Cors {
+    let allowed = allowed_origins.to_vec();
+    actix_cors::Cors::default()
+        .allowed_origin_fn(move |origin, head| {
+            let path = head.uri.path();
+            let api = path.starts_with("/auth/") || path.starts_with("/api/");
+            api && origin.to_str().is_ok_and(|origin| {
+                allowed
+                    .iter()
+                    .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+            })
+        })
+        .allowed_methods(["GET", "POST", "DELETE"])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+        .max_age(3600)
+}
 
 /// Written to a connection refused at accept, before its request is even read. The
 /// connection then closes (lingering, so the client reads this rather than a reset).

@@ -117,6 +117,7 @@ impl Application {
             (**client_addr).clone(),
         );
         let body_timeout = server.body_timeout();
+        let allowed_origins = server.allowed_origins.clone();
         let workers = match server.workers {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -134,6 +135,8 @@ impl Application {
                         service.call(req)
                     })
                     .wrap_fn(count_http)
+                    // Outermost: preflights are answered before anything else runs.
+                    .wrap(edge::cors(&allowed_origins))
                     .app_data(relay.clone())
                     .app_data(accounts.clone())
                     .app_data(machines.clone())

@@ -545,6 +545,146 @@ async fn a_page_from_an_origin_not_allowed_is_closed_with_1008_and_a_reason() {
     }
 }
 
+// ---- Item 18: CORS on the HTTP API for server.allowed_origins ----
+
+fn header_of(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn the_http_api_answers_preflights_and_cross_origin_calls_from_allowed_origins() {
+    let mut s = settings();
+    s.server.allowed_origins = vec!["https://app.example.com".into()];
+    let server = TestServer::start(s);
+    let http = reqwest::Client::new();
+    let app = "https://app.example.com";
+    for (method, path) in [
+        ("POST", "/auth/register"),
+        ("POST", "/auth/login"),
+        ("POST", "/auth/refresh"),
+        ("GET", "/api/machines"),
+        ("DELETE", "/api/machines/some-id"),
+    ] {
+        let preflight = http
+            .request(reqwest::Method::OPTIONS, server.url(path))
+            .header("origin", app)
+            .header("access-control-request-method", method)
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            preflight.status().is_success(),
+            "{path}: {}",
+            preflight.status()
+        );
+        assert_eq!(
+            header_of(&preflight, "access-control-allow-origin").as_deref(),
+            Some(app)
+        );
+        let methods = header_of(&preflight, "access-control-allow-methods").unwrap();
+        assert!(methods.contains(method), "{path}: {methods}");
+        let headers = header_of(&preflight, "access-control-allow-headers")
+            .unwrap()
+            .to_lowercase();
+        assert!(headers.contains("authorization") && headers.contains("content-type"));
+    }
+
+    // The real calls carry the header too, errors included, and expose Retry-After.
+    let registered = http
+        .post(server.url("/auth/register"))
+        .header("origin", app)
+        .json(&json!({"email": "cors@example.com", "password": "a long enough password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 200);
+    assert_eq!(
+        header_of(&registered, "access-control-allow-origin").as_deref(),
+        Some(app)
+    );
+    let token = registered.json::<serde_json::Value>().await.unwrap()["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let machines = http
+        .get(server.url("/api/machines"))
+        .header("origin", app)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(machines.status(), 200);
+    assert_eq!(
+        header_of(&machines, "access-control-allow-origin").as_deref(),
+        Some(app)
+    );
+    let refused = http
+        .get(server.url("/api/machines"))
+        .header("origin", app)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        header_of(&refused, "access-control-allow-origin").as_deref(),
+        Some(app)
+    );
+    let exposed = header_of(&refused, "access-control-expose-headers")
+        .unwrap()
+        .to_lowercase();
+    assert!(exposed.contains("retry-after"), "{exposed}");
+}
+
+#[tokio::test]
+async fn other_origins_and_other_routes_get_no_cors_headers() {
+    let mut s = settings();
+    s.server.allowed_origins = vec!["https://app.example.com".into()];
+    let server = TestServer::start(s);
+    let http = reqwest::Client::new();
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, server.url("/auth/login"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header_of(&preflight, "access-control-allow-origin"), None);
+    let login = http
+        .post(server.url("/auth/login"))
+        .header("origin", "https://evil.example")
+        .json(&json!({"email": "x@example.com", "password": "whatever12"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header_of(&login, "access-control-allow-origin"), None);
+    let health = http
+        .get(server.url("/health"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(header_of(&health, "access-control-allow-origin"), None);
+
+    // With no allowed origins, the API takes no cross-origin calls at all.
+    let server = TestServer::start(settings());
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, server.url("/auth/login"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header_of(&preflight, "access-control-allow-origin"), None);
+}
+
 // ---- Item 20: 429 answers say when to come back ----
 
 #[tokio::test]
