@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hermit_relay::config::{ForwardedHeader, Settings};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -16,14 +16,15 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Tests that measure this process's memory run one at a time, so one's allocations do not
-/// show up in another's measurement.
-static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Tests that measure this process's memory run alone (`write`), so no other test's
+/// allocations show up in their measurement; every other test holds `read`.
+static MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 // ---- Item 4: a full rate-limiter table evicts instead of refusing everyone new ----
 
 #[tokio::test]
 async fn a_full_rate_limiter_table_still_admits_new_addresses() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.limits.max_tracked_addresses = 2;
     s.limits.join_attempts_per_minute = 5;
@@ -54,6 +55,7 @@ async fn a_full_rate_limiter_table_still_admits_new_addresses() {
 
 #[tokio::test]
 async fn failed_joins_are_bounded_relay_wide_however_many_addresses_guess() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.limits.failed_joins_per_minute = 5;
     let server = TestServer::start(s);
@@ -87,6 +89,7 @@ async fn failed_joins_are_bounded_relay_wide_however_many_addresses_guess() {
 
 #[tokio::test]
 async fn good_joins_do_not_spend_the_failed_join_budget_and_resumes_ignore_it() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.limits.failed_joins_per_minute = 1;
     s.limits.failed_joins_per_network_per_minute = 1;
@@ -111,6 +114,7 @@ async fn good_joins_do_not_spend_the_failed_join_budget_and_resumes_ignore_it() 
 
 #[tokio::test]
 async fn one_network_cannot_spend_the_whole_failed_join_budget() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.limits.failed_joins_per_minute = 100;
     s.limits.failed_joins_per_network_per_minute = 2;
@@ -148,6 +152,7 @@ fn one_join_a_minute_behind_a_proxy(header: ForwardedHeader) -> Settings {
 
 #[tokio::test]
 async fn only_the_forwarding_header_the_operator_names_is_believed() {
+    let _shared = MEMORY.read().await;
     let server = TestServer::start(one_join_a_minute_behind_a_proxy(ForwardedHeader::Forwarded));
     // The proxy sets only `Forwarded`; the client adds an X-Forwarded-For of its own,
     // different each time, to get a fresh budget. It is one client all the same.
@@ -178,6 +183,7 @@ async fn only_the_forwarding_header_the_operator_names_is_believed() {
 
 #[tokio::test]
 async fn a_hop_that_is_not_an_address_stops_the_walk_so_forged_hops_left_of_it_are_not_believed() {
+    let _shared = MEMORY.read().await;
     let server = TestServer::start(one_join_a_minute_behind_a_proxy(
         ForwardedHeader::XForwardedFor,
     ));
@@ -298,7 +304,7 @@ fn keep_writing(
 
 #[tokio::test]
 async fn a_frame_announcing_more_than_the_limit_is_refused_at_its_header_without_buffering_it() {
-    let _alone = MEMORY.lock().await;
+    let _alone = MEMORY.write().await;
     let server = TestServer::start(settings());
     let before = rss_bytes();
     let (mut reader, writer) = raw_websocket(&server, "/browser").await.into_split();
@@ -317,6 +323,7 @@ async fn a_frame_announcing_more_than_the_limit_is_refused_at_its_header_without
 
 #[tokio::test]
 async fn fragments_adding_up_past_the_limit_are_refused_at_the_header_that_passes_it() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.limits.max_message_bytes = 4096;
     s.limits.max_outbound_bytes = 4096;
@@ -333,6 +340,7 @@ async fn fragments_adding_up_past_the_limit_are_refused_at_the_header_that_passe
 
 #[tokio::test]
 async fn protocol_violations_are_answered_with_the_close_code_rfc_6455_gives_them() {
+    let _shared = MEMORY.read().await;
     let server = TestServer::start(settings());
     // Invalid UTF-8 in a text frame: 1007.
     let mut stream = raw_websocket(&server, "/browser").await;
@@ -367,6 +375,7 @@ async fn protocol_violations_are_answered_with_the_close_code_rfc_6455_gives_the
 
 #[tokio::test]
 async fn a_413_reaches_a_client_that_is_still_writing_its_body() {
+    let _shared = MEMORY.read().await;
     let server = TestServer::start(settings());
     let stream = TcpStream::connect(("127.0.0.1", server.port))
         .await
@@ -398,6 +407,7 @@ async fn a_413_reaches_a_client_that_is_still_writing_its_body() {
 
 #[tokio::test]
 async fn a_close_1009_reaches_a_client_still_sending_the_rest_of_its_message() {
+    let _shared = MEMORY.read().await;
     let server = TestServer::start(settings());
     let (mut reader, writer) = raw_websocket(&server, "/browser").await.into_split();
     // 6 MiB announced against the 2 MiB limit: refused at the header, 1009 queued at once.
@@ -451,6 +461,7 @@ async fn health_from(server: &TestServer, from: &str) -> String {
 
 #[tokio::test]
 async fn slow_bodies_time_out_and_one_address_cannot_hold_every_http_connection() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.server.body_timeout_secs = 2;
     s.limits.max_http_connections_per_ip = 4;
@@ -498,6 +509,7 @@ async fn slow_bodies_time_out_and_one_address_cannot_hold_every_http_connection(
 
 #[tokio::test]
 async fn a_websocket_stops_counting_against_the_http_cap_once_upgraded() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.limits.max_http_connections_per_ip = 2;
     let server = TestServer::start(s);
@@ -516,6 +528,7 @@ async fn a_websocket_stops_counting_against_the_http_cap_once_upgraded() {
 
 #[tokio::test]
 async fn a_page_from_an_origin_not_allowed_is_closed_with_1008_and_a_reason() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.server.allowed_origins = vec!["https://app.example.com".into()];
     let server = TestServer::start(s);
@@ -556,6 +569,7 @@ fn header_of(response: &reqwest::Response, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn the_http_api_answers_preflights_and_cross_origin_calls_from_allowed_origins() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.server.allowed_origins = vec!["https://app.example.com".into()];
     let server = TestServer::start(s);
@@ -644,6 +658,7 @@ async fn the_http_api_answers_preflights_and_cross_origin_calls_from_allowed_ori
 
 #[tokio::test]
 async fn other_origins_and_other_routes_get_no_cors_headers() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.server.allowed_origins = vec!["https://app.example.com".into()];
     let server = TestServer::start(s);
@@ -689,6 +704,7 @@ async fn other_origins_and_other_routes_get_no_cors_headers() {
 
 #[tokio::test]
 async fn a_429_carries_retry_after() {
+    let _shared = MEMORY.read().await;
     let mut s = settings();
     s.limits.auth_attempts_per_minute = 1;
     let server = TestServer::start(s);
@@ -703,4 +719,65 @@ async fn a_429_carries_retry_after() {
     assert_eq!(limited.status(), 429);
     let retry_after: u64 = header_of(&limited, "retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after));
+}
+
+// ---- Item 6: what withdrawn codes cost is bounded ----
+
+/// `rounds` × 1,000 `register`s on `mac`, each answered with a fresh code.
+async fn register_flood(mac: &mut Ws, rounds: usize) {
+    let register = Message::text(json!({"type": "register", "clientId": "flood"}).to_string());
+    for _ in 0..rounds {
+        for _ in 0..1000 {
+            mac.feed(register.clone()).await.unwrap();
+        }
+        mac.flush().await.unwrap();
+        for _ in 0..1000 {
+            let answer = recv(mac).await;
+            assert_eq!(answer["type"], "registered", "{answer}");
+        }
+    }
+}
+
+/// Floods every mac at once; gives them back.
+async fn flood(macs: Vec<Ws>, rounds: usize) -> Vec<Ws> {
+    let floods = macs.into_iter().map(|mut mac| {
+        tokio::spawn(async move {
+            register_flood(&mut mac, rounds).await;
+            mac
+        })
+    });
+    futures_util::future::join_all(floods)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_register_flood_cannot_grow_memory_past_the_retired_code_bound() {
+    let _alone = MEMORY.write().await;
+    let mut s = settings();
+    s.limits.max_pending_codes = 10_000;
+    s.limits.join_attempts_per_minute = 10_000_000;
+    let server = TestServer::start(s);
+    let mut macs = Vec::new();
+    for _ in 0..4 {
+        macs.push(mac(&server).await.0);
+    }
+    // 20,000 withdrawn codes: the memory of retired codes (10,000) is full.
+    macs = flood(macs, 5).await;
+    let saturated = rss_bytes();
+    let started = std::time::Instant::now();
+    // 80,000 more: remembered codes are replaced, not added. (Unbounded, they would cost
+    // about 210 bytes each: 16 MiB.)
+    macs = flood(macs, 20).await;
+    let grown = rss_bytes().saturating_sub(saturated);
+    eprintln!(
+        "80,000 registers in {:?}; RSS {} MiB at saturation, grew {} KiB after",
+        started.elapsed(),
+        saturated >> 20,
+        grown >> 10
+    );
+    assert!(grown < 8 << 20, "RSS grew {} MiB", grown >> 20);
+    drop(macs);
 }
