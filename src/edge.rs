@@ -61,6 +61,11 @@ pub const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
 content-type: application/json\r\nretry-after: 60\r\nconnection: close\r\ncontent-length: 50\r\n\r\n\
 {\"error\":\"Too many connections from this address\"}";
 
+/// A peer has `limits.max_http_connections_per_ip` connections open already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many connections from this address")]
+pub struct TooManyConnections;
+
 /// Open plain HTTP connections, counted per socket peer.
 #[derive(Debug)]
 pub struct HttpConnections {
@@ -95,18 +100,18 @@ impl HttpConnections {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// A place for a connection from `peer`: `Ok(None)` for a trusted proxy (not counted),
-    /// `Err(())` when the peer has its maximum open already.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Option<HttpSlot>, ()> {
+    /// A place for a connection from `peer`: `Ok(None)` for a trusted proxy (not counted).
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Option<HttpSlot>, TooManyConnections> {
         if self.proxies.is_trusted(peer) {
             return Ok(None);
         }
-        let key = AddressKey::address(peer);
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; each is its own peer.
+        let key = AddressKey::address(peer.to_canonical());
         let mut open = self.lock();
         let count = open.entry(key).or_default();
         if *count >= self.max_per_address {
             METRICS.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err(());
+            return Err(TooManyConnections);
         }
         *count += 1;
         Ok(Some(HttpSlot {
@@ -118,7 +123,7 @@ impl HttpConnections {
 
     /// Connections counted for `peer` now.
     pub fn open_from(&self, peer: IpAddr) -> usize {
-        let key = AddressKey::address(peer);
+        let key = AddressKey::address(peer.to_canonical());
         self.lock().get(&key).copied().unwrap_or(0)
     }
 }

@@ -174,12 +174,13 @@ impl Application {
                         let admitted = peer.map(|peer| http_connections.admit(peer.ip()));
                         let mut io = Killable::new(io).lingering(linger);
                         match admitted {
-                            Some(Err(())) => {
+                            Some(Err(refused)) => {
                                 // Too many from this peer: say so and close, lingering.
-                                let refused = io.write_all(edge::TOO_MANY_CONNECTIONS).await;
-                                return Err(DispatchError::Io(refused.err().unwrap_or_else(
-                                    || std::io::Error::other("too many connections"),
-                                )));
+                                let written = io.write_all(edge::TOO_MANY_CONNECTIONS).await;
+                                let err = written
+                                    .err()
+                                    .unwrap_or_else(|| std::io::Error::other(refused.to_string()));
+                                return Err(DispatchError::Io(err));
                             }
                             Some(Ok(Some(slot))) => io = io.holding(Arc::new(slot)),
                             Some(Ok(None)) | None => {}
