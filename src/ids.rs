@@ -228,6 +228,8 @@ pub enum Outcome {
     TooLarge,
     /// Broken WebSocket framing.
     ProtocolError,
+    /// A text message that is not UTF-8.
+    InvalidUtf8,
     /// Never paired, or never authenticated, in time.
     Idle,
     /// A newer connection took its place (resume, or a second agent with the same token).
@@ -242,13 +244,14 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in index order (for metrics).
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Self::PeerClosed,
         Self::Lost,
         Self::HeartbeatTimeout,
         Self::SlowConsumer,
         Self::TooLarge,
         Self::ProtocolError,
+        Self::InvalidUtf8,
         Self::Idle,
         Self::Replaced,
         Self::Refused,
@@ -265,6 +268,7 @@ impl Outcome {
             Self::SlowConsumer => "slow_consumer",
             Self::TooLarge => "message_too_large",
             Self::ProtocolError => "protocol_error",
+            Self::InvalidUtf8 => "invalid_utf8",
             Self::Idle => "idle",
             Self::Replaced => "replaced",
             Self::Refused => "refused",
@@ -287,6 +291,7 @@ impl Outcome {
             Self::SlowConsumer => "too slow: outbound buffer full",
             Self::TooLarge => "message too large",
             Self::ProtocolError => "protocol error",
+            Self::InvalidUtf8 => "text is not valid UTF-8",
             Self::Idle => "not paired or authenticated in time",
             Self::Replaced => "replaced by a newer connection",
             Self::Refused => "access revoked",

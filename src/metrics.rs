@@ -42,6 +42,8 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Requests refused by a rate or connection limit.
     pub rate_limited: AtomicU64,
+    /// Addresses a full rate limiter forgot to make room for a new one.
+    pub rate_limiter_evictions: AtomicU64,
     /// Route pattern → status → (count, seconds spent; WebSocket upgrades excluded).
     /// Nested so a lookup by `&str` allocates nothing once the route is known.
     http: Mutex<BTreeMap<String, StatusCounts>>,
@@ -163,6 +165,11 @@ impl Metrics {
                 "hermit_rate_limited_total",
                 "Requests refused by a rate or connection limit.",
                 &self.rate_limited,
+            ),
+            (
+                "hermit_rate_limiter_evictions_total",
+                "Addresses a full rate limiter forgot (least recently used) to admit a new one.",
+                &self.rate_limiter_evictions,
             ),
         ] {
             counter(&mut out, name, help, value.load(Relaxed));
