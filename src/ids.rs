@@ -128,12 +128,13 @@ text_id!(
     SessionId
 );
 text_id!(
-    /// The `clientId` a mac sends in `register`: kept for logs and, when it is a secret,
-    /// the key that lets a mac resume its pairing.
-    MacClientId
+    /// The `clientId` a mac sends in `register`, or a lossless web client in `auth`: kept
+    /// for logs and, when it is a secret, the key that lets it resume after a lost
+    /// connection.
+    ClientKey
 );
 
-impl MacClientId {
+impl ClientKey {
     /// Whether this id may resume a pairing. Whoever presents it takes the pairing over, so
     /// it must be unguessable: only a random (version 4) UUID qualifies, 122 bits.
     pub fn resumable(&self) -> bool {
@@ -356,17 +357,17 @@ mod tests {
 
     #[test]
     fn only_a_random_uuid_client_id_can_resume() {
-        assert!(MacClientId::from(Uuid::new_v4().to_string()).resumable());
+        assert!(ClientKey::from(Uuid::new_v4().to_string()).resumable());
         for weak in ["mac-1", "", "00000000-0000-0000-0000-000000000000"] {
-            assert!(!MacClientId::from(weak).resumable(), "{weak}");
+            assert!(!ClientKey::from(weak).resumable(), "{weak}");
         }
         // A time-based UUID is partly guessable.
-        assert!(!MacClientId::from("c232ab00-9414-11ec-b3c8-9e6bdeced846").resumable());
+        assert!(!ClientKey::from("c232ab00-9414-11ec-b3c8-9e6bdeced846").resumable());
     }
 
     #[test]
     fn a_client_id_fingerprint_does_not_reveal_it() {
-        let id = MacClientId::from(Uuid::new_v4().to_string());
+        let id = ClientKey::from(Uuid::new_v4().to_string());
         let tag = id.fingerprint();
         assert_eq!(tag.len(), 8);
         assert!(!id.as_str().contains(&tag));

@@ -562,7 +562,11 @@ async fn held_messages_reach_a_resumed_browser_whole_and_in_order_or_not_at_all(
         {
             let Message::Text(text) = msg else { break };
             let data: serde_json::Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(data["payload"], payload(got), "message {got} of round {round}");
+            assert_eq!(
+                data["payload"],
+                payload(got),
+                "message {got} of round {round}"
+            );
             got += 1;
             if got == 5 {
                 break;
