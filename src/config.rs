@@ -60,8 +60,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[metrics]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[metrics]`. Its `Debug` hides the token.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Serve `/metrics`.
@@ -88,8 +88,8 @@ pub struct ServerSettings {
     pub allowed_origins: Vec<String>,
 }
 
-/// `[database]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[database]`. Its `Debug` hides the password in the URL.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `sqlite://PATH` or `postgres://…`.
@@ -386,6 +386,39 @@ pub fn mask_url_password(url: &str) -> String {
     }
 }
 
+/// `Settings` derives `Debug` from its sections, so these two keep a `{:?}` of the whole
+/// settings (a log line, a panic message) free of the database password and metrics token.
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("run_migrations", &self.run_migrations)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MetricsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = if self.token.is_empty() { "" } else { "***" };
+        f.debug_struct("MetricsSettings")
+            .field("enabled", &self.enabled)
+            .field("token", &token)
+            .finish()
+    }
+}
+
+/// The URL with its password masked and any query string (where `?password=` may hide)
+/// replaced by `?***`.
+fn redact_url(url: &str) -> String {
+    let masked = mask_url_password(url);
+    match masked.split_once('?') {
+        Some((base, _)) => format!("{base}?***"),
+        None => masked,
+    }
+}
+
 impl DatabaseSettings {
     /// [`Self::connect_timeout_secs`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
@@ -563,6 +596,25 @@ mod tests {
         assert_eq!(
             mask_url_password("sqlite://data/x.db"),
             "sqlite://data/x.db"
+        );
+    }
+
+    #[test]
+    fn the_debug_form_hides_the_database_password_and_metrics_token() {
+        let mut s = Settings::defaults();
+        s.database.url = "postgres://relay:s3cret@db:5432/hermit?password=hunter2".into();
+        s.metrics.token = "m3trics-t0ken".into();
+        let shown = format!("{s:?}");
+        for secret in ["s3cret", "hunter2", "m3trics-t0ken"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://relay:***@db:5432/hermit?***"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("biscuit-root.key"),
+            "the key path may show: {shown}"
         );
     }
 
