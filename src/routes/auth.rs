@@ -90,10 +90,14 @@ async fn refresh(
     Ok(HttpResponse::Ok().json(refreshed))
 }
 
+/// Limited like the others: it is unauthenticated and costs a database write, so unlimited
+/// it would be a free way to load the database.
 async fn logout(
+    req: HttpRequest,
     accounts: web::Data<Accounts>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
+    limit(&req)?;
     accounts.logout(&body.refresh_token).await?;
     Ok(HttpResponse::NoContent().finish())
 }
