@@ -4,6 +4,7 @@
 //! under the bound of [`Passwords`]; every database step runs through [`db::run`], off the
 //! async threads.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,17 +67,19 @@ impl Accounts {
         Self {
             pool,
             tokens,
-            passwords: Passwords::new(
-                settings.max_concurrent_hashes,
-                settings.hash_queue_timeout(),
-            ),
+            passwords: Passwords::new(settings),
             registration: settings.registration,
             refresh_ttl: settings.refresh_token_ttl(),
         }
     }
 
-    /// Creates an account and signs it in.
-    pub async fn register(&self, email: &str, password: String) -> Result<SignedIn, ApiError> {
+    /// Creates an account and signs it in; `from` is the client address (its turn to hash).
+    pub async fn register(
+        &self,
+        from: IpAddr,
+        email: &str,
+        password: String,
+    ) -> Result<SignedIn, ApiError> {
         if self.registration == Registration::Closed {
             return Err(ApiError::RegistrationClosed);
         }
@@ -92,7 +95,7 @@ impl Accounts {
                 "Password must be at most {MAX_PASSWORD_BYTES} bytes"
             )));
         }
-        let password_hash = self.passwords.hash(password).await?;
+        let password_hash = self.passwords.hash(from, password).await?;
         let user_id = Uuid::new_v4().to_string();
         let refresh = opaque::mint(REFRESH_PREFIX);
         let refresh_hash = refresh.hash.clone();
@@ -129,7 +132,12 @@ impl Accounts {
 
     /// Signs a user in. An unknown email and a wrong password get the same answer and
     /// cost the same (both verify one argon2 hash).
-    pub async fn login(&self, email: &str, password: String) -> Result<SignedIn, ApiError> {
+    pub async fn login(
+        &self,
+        from: IpAddr,
+        email: &str,
+        password: String,
+    ) -> Result<SignedIn, ApiError> {
         let email = normalise_email(email).unwrap_or_default();
         let lookup = email.clone();
         let user = db::run(&self.pool, move |conn| {
@@ -142,7 +150,7 @@ impl Accounts {
             password
         };
         let stored = user.as_ref().map(|u| u.password_hash.clone());
-        if !self.passwords.verify(password, stored).await? {
+        if !self.passwords.verify(from, password, stored).await? {
             return Err(ApiError::InvalidCredentials);
         }
         let user = user.ok_or(ApiError::InvalidCredentials)?;

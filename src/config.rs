@@ -128,6 +128,12 @@ pub struct AuthSettings {
     pub max_concurrent_hashes: usize,
     /// Wait for a hashing slot at most this long.
     pub hash_queue_timeout_secs: u64,
+    /// Most hashing jobs waiting at once; past it, 503 at once.
+    pub max_queued_hashes: usize,
+    /// Most hashing jobs waiting at once from one client address.
+    pub max_queued_hashes_per_address: usize,
+    /// A hashing thread idle this long frees its memory.
+    pub hash_memory_release_secs: u64,
     /// Unauthenticated `/ws/agent` and `/ws/client` sockets are closed after this long.
     pub deadline_secs: u64,
     /// How often expired and revoked refresh tokens are deleted.
@@ -266,6 +272,15 @@ impl Settings {
         }
         if auth.max_concurrent_hashes == 0 {
             return invalid("auth.max_concurrent_hashes", "must be at least 1");
+        }
+        if auth.max_queued_hashes == 0 {
+            return invalid("auth.max_queued_hashes", "must be at least 1");
+        }
+        if auth.max_queued_hashes_per_address == 0 {
+            return invalid("auth.max_queued_hashes_per_address", "must be at least 1");
+        }
+        if auth.hash_memory_release_secs == 0 {
+            return invalid("auth.hash_memory_release_secs", "must be at least 1");
         }
         if auth.deadline_secs == 0 {
             return invalid("auth.deadline_secs", "must be at least 1");
@@ -446,6 +461,10 @@ impl AuthSettings {
     /// [`Self::hash_queue_timeout_secs`] as a duration.
     pub fn hash_queue_timeout(&self) -> Duration {
         Duration::from_secs(self.hash_queue_timeout_secs)
+    }
+    /// [`Self::hash_memory_release_secs`] as a duration.
+    pub fn hash_memory_release(&self) -> Duration {
+        Duration::from_secs(self.hash_memory_release_secs)
     }
 }
 

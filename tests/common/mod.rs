@@ -198,6 +198,8 @@ pub fn settings() -> Settings {
     s.limits.join_attempts_per_minute = 100_000;
     s.limits.auth_attempts_per_minute = 100_000;
     s.limits.max_connections_per_ip = 100_000;
+    s.auth.max_queued_hashes = 100_000;
+    s.auth.max_queued_hashes_per_address = 100_000;
     s
 }
 
