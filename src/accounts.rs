@@ -14,8 +14,9 @@ use uuid::Uuid;
 
 use crate::auth::opaque::{self, REFRESH_PREFIX};
 use crate::auth::password::{Passwords, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
+use crate::auth::throttle::LoginThrottle;
 use crate::auth::token::AccessTokens;
-use crate::config::{AuthSettings, Registration};
+use crate::config::{Registration, Settings};
 use crate::db::{self, DbConnection, Pool};
 use crate::error::ApiError;
 use crate::ids::UserId;
@@ -37,6 +38,9 @@ pub struct SignedIn {
     pub access_token: String,
     /// An opaque refresh token, shown only here.
     pub refresh_token: String,
+    /// A biscuit device token: presented to a later `/auth/login` of this account, it skips
+    /// the account's login throttle (an addition to PROTOCOL.md; clients may ignore it).
+    pub device_token: String,
 }
 
 /// What `/auth/refresh` answers.
@@ -57,19 +61,26 @@ pub struct Accounts {
     pub tokens: Arc<AccessTokens>,
     /// Bounded password hashing.
     pub passwords: Passwords,
+    /// Wrong passwords per account.
+    pub throttle: LoginThrottle,
     registration: Registration,
     refresh_ttl: Duration,
 }
 
 impl Accounts {
-    /// The service over `pool` with the `[auth]` settings.
-    pub fn new(pool: Pool, tokens: Arc<AccessTokens>, settings: &AuthSettings) -> Self {
+    /// The service over `pool` with the `[auth]` and `[limits]` settings.
+    pub fn new(pool: Pool, tokens: Arc<AccessTokens>, settings: &Settings) -> Self {
+        let (auth, limits) = (&settings.auth, &settings.limits);
         Self {
             pool,
             tokens,
-            passwords: Passwords::new(settings),
-            registration: settings.registration,
-            refresh_ttl: settings.refresh_token_ttl(),
+            passwords: Passwords::new(auth),
+            throttle: LoginThrottle::new(
+                limits.login_failures_per_account_per_hour,
+                limits.max_tracked_accounts,
+            ),
+            registration: auth.registration,
+            refresh_ttl: auth.refresh_token_ttl(),
         }
     }
 
@@ -122,6 +133,7 @@ impl Accounts {
         .await?;
         Ok(SignedIn {
             access_token: self.tokens.issue(&user_id),
+            device_token: self.tokens.issue_device(&user_id),
             user: UserInfo {
                 id: UserId::from(user_id),
                 email,
@@ -131,12 +143,14 @@ impl Accounts {
     }
 
     /// Signs a user in. An unknown email and a wrong password get the same answer and
-    /// cost the same (both verify one argon2 hash).
+    /// cost the same (both verify one argon2 hash). Unless `device` is a device token of
+    /// this account, the attempt is paid for from the account's login throttle first.
     pub async fn login(
         &self,
         from: IpAddr,
         email: &str,
         password: String,
+        device: Option<&str>,
     ) -> Result<SignedIn, ApiError> {
         let email = normalise_email(email).unwrap_or_default();
         let lookup = email.clone();
@@ -144,13 +158,29 @@ impl Accounts {
             Ok(user::find_by_email(conn, &lookup)?)
         })
         .await?;
+        let known_device = match (&user, device) {
+            (Some(user), Some(device)) => self
+                .tokens
+                .verify_device(device)
+                .is_ok_and(|owner| owner == user.id),
+            _ => false,
+        };
+        if !known_device && !self.throttle.take(&email) {
+            return Err(ApiError::LoginThrottled);
+        }
         let password = if password.len() > MAX_PASSWORD_BYTES {
             String::new()
         } else {
             password
         };
         let stored = user.as_ref().map(|u| u.password_hash.clone());
-        if !self.passwords.verify(from, password, stored).await? {
+        let verified = self.passwords.verify(from, password, stored).await;
+        // Only a wrong password keeps the guess it took; a right one or no answer at all
+        // (the hashing queue was full) gives it back.
+        if !known_device && !matches!(verified, Ok(false)) {
+            self.throttle.refund(&email);
+        }
+        if !verified? {
             return Err(ApiError::InvalidCredentials);
         }
         let user = user.ok_or(ApiError::InvalidCredentials)?;
@@ -162,6 +192,7 @@ impl Accounts {
         .await?;
         Ok(SignedIn {
             access_token: self.tokens.issue(&user.id),
+            device_token: self.tokens.issue_device(&user.id),
             user: UserInfo {
                 id: UserId::from(user.id),
                 email: user.email,

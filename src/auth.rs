@@ -4,4 +4,5 @@ pub mod extractor;
 pub mod hashing;
 pub mod opaque;
 pub mod password;
+pub mod throttle;
 pub mod token;

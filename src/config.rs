@@ -118,12 +118,17 @@ pub enum Registration {
 pub struct AuthSettings {
     /// File holding the biscuit root private key.
     pub private_key_file: PathBuf,
+    /// Other public keys (`ed25519/<hex>`) whose tokens are accepted: a key rotation's
+    /// next or previous key.
+    pub accepted_public_keys: Vec<String>,
     /// Open or closed registration.
     pub registration: Registration,
     /// Access token lifetime.
     pub access_token_ttl_secs: u64,
     /// Refresh token lifetime.
     pub refresh_token_ttl_secs: u64,
+    /// Device token lifetime.
+    pub device_token_ttl_secs: u64,
     /// Password hashes computed at once.
     pub max_concurrent_hashes: usize,
     /// Wait for a hashing slot at most this long.
@@ -190,6 +195,10 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
     /// Addresses tracked by the rate limiters at once.
     pub max_tracked_addresses: usize,
+    /// Wrong passwords per account per hour, from browsers without its device token.
+    pub login_failures_per_account_per_hour: u32,
+    /// Accounts tracked by the login throttle at once.
+    pub max_tracked_accounts: usize,
 }
 
 /// A setting that cannot be used, named by its key so the operator can find it.
@@ -227,7 +236,8 @@ impl Settings {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("server.trusted_proxies")
-            .with_list_parse_key("server.allowed_origins");
+            .with_list_parse_key("server.allowed_origins")
+            .with_list_parse_key("auth.accepted_public_keys");
         let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -273,6 +283,19 @@ impl Settings {
         if auth.max_concurrent_hashes == 0 {
             return invalid("auth.max_concurrent_hashes", "must be at least 1");
         }
+        if auth.device_token_ttl_secs == 0 {
+            return invalid("auth.device_token_ttl_secs", "must be at least 1");
+        }
+        if auth
+            .accepted_public_keys
+            .iter()
+            .any(|key| crate::auth::token::parse_public_key(key).is_none())
+        {
+            return invalid(
+                "auth.accepted_public_keys",
+                "entries must be public keys as check-config prints them (ed25519/<hex>)",
+            );
+        }
         if auth.max_queued_hashes == 0 {
             return invalid("auth.max_queued_hashes", "must be at least 1");
         }
@@ -299,6 +322,15 @@ impl Settings {
         }
         if self.limits.auth_attempts_per_minute == 0 {
             return invalid("limits.auth_attempts_per_minute", "must be at least 1");
+        }
+        if self.limits.login_failures_per_account_per_hour == 0 {
+            return invalid(
+                "limits.login_failures_per_account_per_hour",
+                "must be at least 1",
+            );
+        }
+        if self.limits.max_tracked_accounts == 0 {
+            return invalid("limits.max_tracked_accounts", "must be at least 1");
         }
         if self.limits.max_tracked_addresses == 0 {
             return invalid("limits.max_tracked_addresses", "must be at least 1");
@@ -449,6 +481,10 @@ impl AuthSettings {
     /// [`Self::refresh_token_ttl_secs`] as a duration.
     pub fn refresh_token_ttl(&self) -> Duration {
         Duration::from_secs(self.refresh_token_ttl_secs)
+    }
+    /// [`Self::device_token_ttl_secs`] as a duration.
+    pub fn device_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.device_token_ttl_secs)
     }
     /// [`Self::deadline_secs`] as a duration.
     pub fn deadline(&self) -> Duration {

@@ -6,11 +6,19 @@ mod common;
 
 use std::net::IpAddr;
 
+use biscuit_auth::builder::BlockBuilder;
+use biscuit_auth::UnverifiedBiscuit;
 use common::*;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
-on_both_backends!(logout_is_rate_limited_like_the_other_auth_routes,);
+on_both_backends!(
+    logout_is_rate_limited_like_the_other_auth_routes,
+    guesses_at_one_account_are_throttled_from_any_address_but_not_from_its_known_browser,
+    tokens_with_appended_blocks_are_refused_on_rest_and_websocket,
+    a_device_token_is_no_access_token,
+    tokens_of_an_accepted_previous_key_keep_working_after_a_rotation,
+);
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -88,4 +96,187 @@ async fn logout_is_rate_limited_like_the_other_auth_routes(db: TestDb) {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+async fn get_authed(server: &TestServer, path: &str, token: &str) -> (StatusCode, Value) {
+    let response = Client::new()
+        .get(server.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn ws_auth(server: &TestServer, token: &str) -> Value {
+    let mut web = server.connect("/ws/client").await;
+    send(&mut web, json!({"type": "auth", "token": token})).await;
+    recv(&mut web).await
+}
+
+fn login_body(email: &str, password: &str, device: Option<&Value>) -> Value {
+    let mut body = json!({"email": email, "password": password});
+    if let Some(device) = device {
+        body["deviceToken"] = device.clone();
+    }
+    body
+}
+
+async fn guesses_at_one_account_are_throttled_from_any_address_but_not_from_its_known_browser(
+    db: TestDb,
+) {
+    let mut s = settings();
+    s.limits.login_failures_per_account_per_hour = 5;
+    s.limits.auth_attempts_per_minute = 30;
+    let server = TestServer::start_on(&db, s);
+    let ada = register(&server, "ada@example.com").await;
+    let device = &ada["deviceToken"];
+    assert!(device.is_string(), "{ada}");
+    register(&server, "bob@example.com").await;
+
+    // Ten addresses, one guess each: far inside every per-address limit.
+    let mut answers = Vec::new();
+    for a in 1..=10 {
+        let client = client_from(&format!("127.0.3.{a}"));
+        let body = login_body("ADA@example.com", &format!("guess {a}"), None);
+        answers.push(post_with(&client, &server, "/auth/login", body).await);
+    }
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| s.as_u16()).collect();
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429, 429, 429]);
+    assert!(answers[9].1["error"].is_string(), "{:?}", answers[9]);
+
+    // The budget is spent: even the right password from a new browser waits...
+    let stranger = client_from("127.0.3.11");
+    let (status, _) = post_with(
+        &stranger,
+        &server,
+        "/auth/login",
+        login_body("ada@example.com", PASSWORD, None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // ...but the browser that signed in before is let through, from any address.
+    let (status, body) = post_with(
+        &stranger,
+        &server,
+        "/auth/login",
+        login_body("ada@example.com", PASSWORD, Some(device)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A device token of another account does not help.
+    let (status, _) = post_with(
+        &stranger,
+        &server,
+        "/auth/login",
+        login_body("bob@example.com", "wrong password", Some(device)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Other accounts are not affected, from the same addresses.
+    let (status, _) = post_with(
+        &client_from("127.0.3.1"),
+        &server,
+        "/auth/login",
+        login_body("bob@example.com", PASSWORD, None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// `token` with `blocks` empty blocks appended, as any holder can without a key.
+fn bloated(token: &str, blocks: usize) -> String {
+    let mut token = UnverifiedBiscuit::from_base64(token).unwrap();
+    for _ in 0..blocks {
+        token = token.append(BlockBuilder::new()).unwrap();
+    }
+    token.to_base64().unwrap()
+}
+
+async fn tokens_with_appended_blocks_are_refused_on_rest_and_websocket(db: TestDb) {
+    let server = TestServer::start_on(&db, settings());
+    let ada = register(&server, "ada@example.com").await;
+    let access = ada["accessToken"].as_str().unwrap();
+    let (status, _) = get_authed(&server, "/api/machines", access).await;
+    assert_eq!(status, StatusCode::OK);
+    for blocks in [1, 50] {
+        let token = bloated(access, blocks);
+        let (status, body) = get_authed(&server, "/api/machines", &token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{blocks} blocks: {body}");
+        assert!(body["error"].is_string());
+        let answer = ws_auth(&server, &token).await;
+        assert_eq!(answer["code"], "INVALID_TOKEN", "{blocks} blocks: {answer}");
+    }
+}
+
+async fn a_device_token_is_no_access_token(db: TestDb) {
+    let server = TestServer::start_on(&db, settings());
+    let ada = register(&server, "ada@example.com").await;
+    let device = ada["deviceToken"].as_str().unwrap();
+    let (status, _) = get_authed(&server, "/api/machines", device).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let answer = ws_auth(&server, device).await;
+    assert_eq!(answer["code"], "INVALID_TOKEN", "{answer}");
+    // And an access token is no device token: it does not skip the throttle.
+    let mut s = settings();
+    s.limits.login_failures_per_account_per_hour = 1;
+    drop(server);
+    let server = TestServer::start_on(&db, s);
+    let access = &ada["accessToken"];
+    let (status, _) = post(
+        &server,
+        "/auth/login",
+        login_body("ada@example.com", "wrong password", Some(access)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = post(
+        &server,
+        "/auth/login",
+        login_body("ada@example.com", PASSWORD, Some(access)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+async fn tokens_of_an_accepted_previous_key_keep_working_after_a_rotation(db: TestDb) {
+    let server = TestServer::start_on(&db, settings());
+    let ada = register(&server, "ada@example.com").await;
+    let access = ada["accessToken"].as_str().unwrap().to_owned();
+    let old_key = hermit_relay::auth::token::public_key_of(&db.key_path())
+        .unwrap()
+        .unwrap();
+    drop(server);
+
+    // The operator points the relay at a new key file and lists the old public key.
+    let new_key_file = db.key_path().with_file_name("next.key");
+    let mut s = db.settings(settings());
+    s.auth.private_key_file = new_key_file.clone();
+    s.auth.accepted_public_keys = vec![old_key];
+    let rotated = TestServer::start_with(s.clone());
+    let (status, _) = get_authed(&rotated, "/api/machines", &access).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a token of the previous key still works"
+    );
+    let (_, fresh) = post(
+        &rotated,
+        "/auth/login",
+        login_body("ada@example.com", PASSWORD, None),
+    )
+    .await;
+    let fresh = fresh["accessToken"].as_str().unwrap().to_owned();
+    let (status, _) = get_authed(&rotated, "/api/machines", &fresh).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(rotated);
+
+    // After the overlap the old key is removed: its tokens are refused, the new ones work.
+    s.auth.accepted_public_keys.clear();
+    let retired = TestServer::start_with(s);
+    let (status, _) = get_authed(&retired, "/api/machines", &access).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = get_authed(&retired, "/api/machines", &fresh).await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -1,28 +1,69 @@
-//! Access tokens: biscuit tokens signed by the relay's root key, carrying the user id and
-//! an expiry check.
+//! The relay's biscuit tokens: access tokens (15 minutes, for `/api` and `/ws/client`) and
+//! device tokens (long-lived, they only mark a browser that signed in before; see
+//! `auth::throttle`). Both are signed by the root key and carry `user(id)`, `kind(..)`,
+//! `expires(t)` and a check of that expiry; the root key id names the key that signed.
 //!
 //! The root private key lives in `auth.private_key_file`, generated with 0600 permissions
-//! on first start. Verification needs only the public key, which `check-config` prints.
+//! on first start. Verification needs only public keys: the root key's own, and those in
+//! `auth.accepted_public_keys` (the next key before a rotation, the previous one after; the
+//! README says how to rotate on one node and on several).
+//!
+//! Verification refuses, before checking any signature, a token longer than
+//! [`MAX_TOKEN_BYTES`] or with more than [`MAX_TOKEN_BLOCKS`] blocks: a holder can append
+//! blocks without a key, and each costs a signature check (6,000 blocks took ~410 ms per
+//! `auth`). What is left is one signature and a four-rule policy, cheap enough for the
+//! worker threads (`tests::verification_of_the_largest_accepted_token_is_cheap`).
 
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use biscuit_auth::builder::AuthorizerBuilder;
-use biscuit_auth::macros::biscuit;
-use biscuit_auth::{AuthorizerLimits, Biscuit, KeyPair, PrivateKey};
+use biscuit_auth::macros::{authorizer, biscuit};
+use biscuit_auth::{error, AuthorizerLimits, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit};
+use sha2::{Digest, Sha256};
 
 /// The authorizer's time budget. biscuit's default (1 ms) fails spuriously on a busy
 /// 2-core machine; our policy is tiny, so this only guards against a pathological token.
 const AUTHORIZER_TIME_LIMIT: Duration = Duration::from_millis(50);
 
+/// Longest token accepted, in base64 characters. The relay's own are ~300; a constant and
+/// not a setting because only the relay issues tokens, so there is nothing to tune.
+pub const MAX_TOKEN_BYTES: usize = 1024;
+/// Most blocks accepted: the relay's tokens have only the authority block, and an appended
+/// block would only cost a signature check.
+pub const MAX_TOKEN_BLOCKS: usize = 1;
+
+/// What a token is for; the authorizer requires the kind it expects, so one kind can never
+/// stand in for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Short-lived, presented on every API request and WebSocket `auth`.
+    Access,
+    /// Long-lived, presented only to `/auth/login`: this browser signed in before.
+    Device,
+}
+
+impl TokenKind {
+    /// The value of the token's `kind` fact.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Access => "access",
+            Self::Device => "device",
+        }
+    }
+}
+
 /// Why a token was refused. The variants are for logs; clients only learn "invalid".
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// Not a biscuit, or signed by another key, or tampered with.
+    /// Longer than [`MAX_TOKEN_BYTES`] or with more than [`MAX_TOKEN_BLOCKS`] blocks.
+    #[error("token too large")]
+    TooLarge,
+    /// Not a biscuit, or signed by an unknown key, or tampered with.
     #[error("malformed or wrongly signed token")]
     Invalid,
-    /// The expiry check failed, or another check or policy did.
+    /// Expired, of another kind, without an expiry, or another check or policy failed.
     #[error("token expired or not authorised")]
     Refused,
 }
@@ -46,24 +87,55 @@ pub enum KeyFileError {
     },
 }
 
-/// Issues and verifies access tokens.
+/// The id a public key is named by in tokens: the first four bytes of its SHA-256. Derived,
+/// so every node computes the same id for the same key with nothing to configure.
+pub fn key_id(key: &PublicKey) -> u32 {
+    let digest = Sha256::digest(key.to_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// Issues and verifies the relay's tokens.
 pub struct AccessTokens {
     root: KeyPair,
+    root_id: u32,
+    /// Other keys whose tokens are accepted, by id.
+    accepted: Vec<(u32, PublicKey)>,
     ttl: Duration,
+    device_ttl: Duration,
 }
 
 impl std::fmt::Debug for AccessTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccessTokens")
             .field("public_key", &self.root.public().to_string())
+            .field("accepted", &self.accepted.len())
             .finish_non_exhaustive()
     }
 }
 
 impl AccessTokens {
-    /// Tokens signed by `root`, valid for `ttl`.
+    /// Tokens signed by `root`, access tokens valid for `ttl` (device tokens for 90 days
+    /// until [`Self::with_device_ttl`]).
     pub fn new(root: KeyPair, ttl: Duration) -> Self {
-        Self { root, ttl }
+        Self {
+            root_id: key_id(&root.public()),
+            root,
+            accepted: Vec::new(),
+            ttl,
+            device_ttl: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+
+    /// Also accepts tokens signed by `keys` (a rotation's other key).
+    pub fn with_accepted_keys(mut self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        self.accepted = keys.into_iter().map(|key| (key_id(&key), key)).collect();
+        self
+    }
+
+    /// Device tokens valid for `ttl`.
+    pub fn with_device_ttl(mut self, ttl: Duration) -> Self {
+        self.device_ttl = ttl;
+        self
     }
 
     /// Loads the root key from `path`, creating it (mode 0600) if absent.
@@ -76,33 +148,79 @@ impl AccessTokens {
         self.root.public().to_string()
     }
 
-    /// A token for `user_id`, valid for the configured lifetime from now.
+    /// An access token for `user_id`, valid for the configured lifetime from now.
     pub fn issue(&self, user_id: &str) -> String {
         self.issue_expiring(user_id, SystemTime::now() + self.ttl)
     }
 
-    /// A token for `user_id` that expires at `expires` (tests make expired ones).
+    /// An access token for `user_id` that expires at `expires` (tests make expired ones).
     pub fn issue_expiring(&self, user_id: &str, expires: SystemTime) -> String {
-        // unwrap: the datalog is fixed and its parameters are a string and a date, so
+        self.mint(TokenKind::Access, user_id, expires)
+    }
+
+    /// A device token for `user_id`, valid for the configured device lifetime.
+    pub fn issue_device(&self, user_id: &str) -> String {
+        self.mint(
+            TokenKind::Device,
+            user_id,
+            SystemTime::now() + self.device_ttl,
+        )
+    }
+
+    fn mint(&self, kind: TokenKind, user_id: &str, expires: SystemTime) -> String {
+        // unwrap: the datalog is fixed and its parameters are strings and a date, so
         // building and signing cannot fail.
         biscuit!(
-            r#"user({user_id}); check if time($time), $time <= {expires};"#,
+            r#"user({user_id}); kind({kind}); expires({expires});
+               check if time($time), $time <= {expires};"#,
             user_id = user_id,
+            kind = kind.as_str(),
             expires = expires,
         )
+        .root_key_id(self.root_id)
         .build(&self.root)
         .and_then(|token| token.to_base64())
         .unwrap()
     }
 
-    /// The user id in a valid, unexpired token signed by our key.
+    /// The user id in a valid, unexpired access token signed by a key we accept.
     pub fn verify(&self, token: &str) -> Result<String, TokenError> {
-        let token = Biscuit::from_base64(token.trim(), self.root.public())
+        self.verify_kind(token, TokenKind::Access)
+    }
+
+    /// The user id in a valid, unexpired device token.
+    pub fn verify_device(&self, token: &str) -> Result<String, TokenError> {
+        self.verify_kind(token, TokenKind::Device)
+    }
+
+    fn key_for(&self, id: Option<u32>) -> Result<PublicKey, error::Format> {
+        match id {
+            Some(id) if id == self.root_id => Ok(self.root.public()),
+            Some(id) => self
+                .accepted
+                .iter()
+                .find(|(accepted, _)| *accepted == id)
+                .map(|(_, key)| *key)
+                .ok_or(error::Format::UnknownPublicKey),
+            // Every token the relay issues names its key.
+            None => Err(error::Format::UnknownPublicKey),
+        }
+    }
+
+    fn verify_kind(&self, token: &str, kind: TokenKind) -> Result<String, TokenError> {
+        let token = token.trim();
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        let unverified = UnverifiedBiscuit::from_base64(token).map_err(|_| TokenError::Invalid)?;
+        if unverified.block_count() > MAX_TOKEN_BLOCKS {
+            return Err(TokenError::TooLarge);
+        }
+        let token = unverified
+            .verify(|id| self.key_for(id))
             .map_err(|_| TokenError::Invalid)?;
-        let mut authorizer = AuthorizerBuilder::new()
+        let mut authorizer = policy(kind)
             .time()
-            .code("allow if user($user);")
-            .map_err(|_| TokenError::Invalid)?
             .set_limits(AuthorizerLimits {
                 max_time: AUTHORIZER_TIME_LIMIT,
                 ..AuthorizerLimits::default()
@@ -118,6 +236,23 @@ impl AccessTokens {
             _ => Err(TokenError::Refused),
         }
     }
+}
+
+/// The authorizer's policy: the token is of `kind`, carries an expiry that has not passed
+/// (a token without an `expires` fact fails this check, whatever checks it holds itself),
+/// and names a user.
+fn policy(kind: TokenKind) -> AuthorizerBuilder {
+    authorizer!(
+        r#"check if kind({kind});
+           check if expires($expires), time($now), $now <= $expires;
+           allow if user($user);"#,
+        kind = kind.as_str(),
+    )
+}
+
+/// Parses `ed25519/<hex>` public keys (`auth.accepted_public_keys`).
+pub fn parse_public_key(text: &str) -> Option<PublicKey> {
+    text.trim().parse().ok()
 }
 
 /// The public key of the key file at `path`, if it exists (for `check-config`).
@@ -164,6 +299,7 @@ fn load_or_create_key(path: &Path) -> Result<KeyPair, KeyFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use biscuit_auth::Biscuit;
 
     fn tokens() -> AccessTokens {
         AccessTokens::new(KeyPair::new(), Duration::from_secs(900))
@@ -218,5 +354,154 @@ mod tests {
         assert_eq!(public_key_of(&path).unwrap(), Some(first.public_key()));
         let token = first.issue("u");
         assert_eq!(again.verify(&token).unwrap(), "u");
+    }
+
+    /// A token signed by `tokens`' root key and id, holding exactly `datalog`.
+    fn handmade(tokens: &AccessTokens, datalog: &str) -> String {
+        Biscuit::builder()
+            .code(datalog)
+            .unwrap()
+            .root_key_id(tokens.root_id)
+            .build(&tokens.root)
+            .unwrap()
+            .to_base64()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_access_token_and_a_device_token_never_stand_in_for_each_other() {
+        let tokens = tokens();
+        let access = tokens.issue("user-1");
+        let device = tokens.issue_device("user-1");
+        assert_eq!(tokens.verify_device(&device).unwrap(), "user-1");
+        assert!(matches!(tokens.verify(&device), Err(TokenError::Refused)));
+        assert!(matches!(
+            tokens.verify_device(&access),
+            Err(TokenError::Refused)
+        ));
+    }
+
+    #[test]
+    fn a_token_without_a_kind_or_an_expiry_fact_is_refused() {
+        let tokens = tokens();
+        let later = SystemTime::now() + Duration::from_secs(600);
+        let later = biscuit_auth::builder::date(&later);
+        // The old shape: an expiry check, but no kind and no expires fact.
+        let old = handmade(
+            &tokens,
+            &format!(r#"user("u"); check if time($t), $t <= {later};"#),
+        );
+        assert!(matches!(tokens.verify(&old), Err(TokenError::Refused)));
+        // A kind but no expiry at all.
+        let endless = handmade(&tokens, r#"user("u"); kind("access");"#);
+        assert!(matches!(tokens.verify(&endless), Err(TokenError::Refused)));
+        // The full shape passes, so the refusals above are for what is missing.
+        let full = handmade(
+            &tokens,
+            &format!(r#"user("u"); kind("access"); expires({later});"#),
+        );
+        assert_eq!(tokens.verify(&full).unwrap(), "u");
+    }
+
+    #[test]
+    fn a_token_with_appended_blocks_is_refused() {
+        let tokens = tokens();
+        let token = tokens.issue("user-1");
+        let parsed = Biscuit::from_base64(&token, tokens.root.public()).unwrap();
+        let attenuated = parsed
+            .append(biscuit_auth::builder::BlockBuilder::new())
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(
+            attenuated.len() <= MAX_TOKEN_BYTES,
+            "the block count refuses it"
+        );
+        assert!(matches!(
+            tokens.verify(&attenuated),
+            Err(TokenError::TooLarge)
+        ));
+    }
+
+    #[test]
+    fn a_bloated_token_is_refused_by_its_size_before_any_signature_check() {
+        let tokens = tokens();
+        let mut bloated =
+            Biscuit::from_base64(tokens.issue("user-1"), tokens.root.public()).unwrap();
+        for _ in 0..20 {
+            bloated = bloated
+                .append(biscuit_auth::builder::BlockBuilder::new())
+                .unwrap();
+        }
+        let bloated = bloated.to_base64().unwrap();
+        assert!(bloated.len() > MAX_TOKEN_BYTES);
+        assert!(matches!(tokens.verify(&bloated), Err(TokenError::TooLarge)));
+        assert!(matches!(
+            tokens.verify(&"A".repeat(100_000)),
+            Err(TokenError::TooLarge)
+        ));
+    }
+
+    #[test]
+    fn our_tokens_fit_well_within_the_size_bound() {
+        let tokens = tokens();
+        let user = uuid::Uuid::new_v4().to_string();
+        for token in [tokens.issue(&user), tokens.issue_device(&user)] {
+            assert!(token.len() * 2 <= MAX_TOKEN_BYTES, "{}", token.len());
+        }
+    }
+
+    #[test]
+    fn tokens_of_an_accepted_key_verify_and_of_an_unknown_key_or_none_do_not() {
+        let old = tokens();
+        let rotated = AccessTokens::new(KeyPair::new(), Duration::from_secs(900))
+            .with_accepted_keys([old.root.public()]);
+        let token = old.issue("user-1");
+        assert_eq!(rotated.verify(&token).unwrap(), "user-1");
+        // ...and the other way round, as a node that has not switched yet would.
+        let not_yet =
+            AccessTokens::new(KeyPair::from(&old.root.private()), Duration::from_secs(900))
+                .with_accepted_keys([rotated.root.public()]);
+        assert_eq!(not_yet.verify(&rotated.issue("user-2")).unwrap(), "user-2");
+        // Without the old key the token is refused.
+        let retired = AccessTokens::new(
+            KeyPair::from(&rotated.root.private()),
+            Duration::from_secs(900),
+        );
+        assert!(matches!(retired.verify(&token), Err(TokenError::Invalid)));
+        // A token that names no key id is refused even if our key signed it.
+        let later = biscuit_auth::builder::date(&(SystemTime::now() + Duration::from_secs(600)));
+        let anonymous = Biscuit::builder()
+            .code(format!(r#"user("u"); kind("access"); expires({later});"#))
+            .unwrap()
+            .build(&old.root)
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(matches!(old.verify(&anonymous), Err(TokenError::Invalid)));
+    }
+
+    #[test]
+    fn public_keys_parse_from_their_printed_form() {
+        let key = KeyPair::new().public();
+        assert_eq!(parse_public_key(&key.to_string()), Some(key));
+        assert_eq!(parse_public_key("ed25519/nothex"), None);
+    }
+
+    /// Measures what one `auth` costs once size and blocks are bounded (run with
+    /// `--nocapture` to see it); the bound only catches a pathological slowdown.
+    #[test]
+    fn verification_of_the_largest_accepted_token_is_cheap() {
+        let tokens = tokens();
+        let token = tokens.issue(&"u".repeat(MAX_TOKEN_BYTES / 2 - 16));
+        assert!(token.len() <= MAX_TOKEN_BYTES, "{}", token.len());
+        let runs = 200;
+        let started = std::time::Instant::now();
+        for _ in 0..runs {
+            tokens.verify(&token).unwrap();
+        }
+        let each = started.elapsed() / runs;
+        eprintln!("one verification of a {}-byte token: {each:?}", token.len());
+        assert!(each < Duration::from_millis(20), "{each:?}");
     }
 }

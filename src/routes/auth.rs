@@ -47,11 +47,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/auth/logout", web::post().to(logout));
 }
 
-/// `{"email","password"}`. Deliberately no `Debug`: it holds a password.
+/// `{"email","password"}`, and for login an optional `"deviceToken"`. Deliberately no
+/// `Debug`: it holds a password.
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Credentials {
     email: String,
     password: String,
+    #[serde(default)]
+    device_token: Option<String>,
 }
 
 /// `{"refreshToken"}`.
@@ -67,7 +71,9 @@ async fn register(
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     let from = limit(&req)?;
-    let Credentials { email, password } = body.into_inner();
+    let Credentials {
+        email, password, ..
+    } = body.into_inner();
     let signed_in = accounts.register(from, &email, password).await?;
     Ok(HttpResponse::Ok().json(signed_in))
 }
@@ -78,8 +84,15 @@ async fn login(
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     let from = limit(&req)?;
-    let Credentials { email, password } = body.into_inner();
-    let signed_in = count_failure(accounts.login(from, &email, password).await)?;
+    let Credentials {
+        email,
+        password,
+        device_token,
+    } = body.into_inner();
+    let signed_in = accounts
+        .login(from, &email, password, device_token.as_deref())
+        .await;
+    let signed_in = count_failure(signed_in)?;
     Ok(HttpResponse::Ok().json(signed_in))
 }
 

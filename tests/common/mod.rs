@@ -200,6 +200,7 @@ pub fn settings() -> Settings {
     s.limits.max_connections_per_ip = 100_000;
     s.auth.max_queued_hashes = 100_000;
     s.auth.max_queued_hashes_per_address = 100_000;
+    s.limits.login_failures_per_account_per_hour = 100_000;
     s
 }
 
