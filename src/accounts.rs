@@ -21,12 +21,15 @@ use crate::db::{self, DbConnection, Pool};
 use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::models::refresh_token::{self, NewRefreshToken};
-use crate::models::user::{self, NewUser};
+use crate::models::user::{self, NewUser, User};
 use crate::models::{is_unique_violation, now};
 use crate::relay::protocol::UserInfo;
 
 /// Longest email accepted (RFC 5321 path limit).
 const MAX_EMAIL_BYTES: usize = 254;
+
+/// The answer for a valid token whose account is gone.
+pub const ACCOUNT_GONE: &str = "This account no longer exists";
 
 /// A signed-in session: what register and login answer.
 #[derive(Debug, Serialize)]
@@ -199,6 +202,23 @@ impl Accounts {
             },
             refresh_token: refresh.secret,
         })
+    }
+
+    /// The account a valid access token names, if it is still active: it exists (and,
+    /// once accounts can be disabled, is not disabled: that check belongs here too). Every
+    /// `/api` request and `/ws/client` `auth` asks this, so a deleted account is refused
+    /// at once everywhere with 401 (`USER_NOT_FOUND` on a socket). It is one primary-key
+    /// lookup and deliberately not cached, so a deletion takes effect on the next request.
+    pub async fn active_user(&self, user_id: &UserId) -> Result<User, ApiError> {
+        // Ids are UUIDs; anything else (from a token of a future key, say) names nobody,
+        // and never reaches the database.
+        if Uuid::parse_str(user_id.as_str()).is_err() {
+            return Err(ApiError::Unauthorized(ACCOUNT_GONE));
+        }
+        let id = user_id.clone();
+        db::run(&self.pool, move |conn| Ok(user::find(conn, id.as_str())?))
+            .await?
+            .ok_or(ApiError::Unauthorized(ACCOUNT_GONE))
     }
 
     /// Exchanges a refresh token for a new pair. A token presented twice revokes its family.

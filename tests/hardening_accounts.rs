@@ -18,6 +18,7 @@ on_both_backends!(
     tokens_with_appended_blocks_are_refused_on_rest_and_websocket,
     a_device_token_is_no_access_token,
     tokens_of_an_accepted_previous_key_keep_working_after_a_rotation,
+    a_deleted_users_token_is_refused_everywhere_with_401,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -279,4 +280,59 @@ async fn tokens_of_an_accepted_previous_key_keep_working_after_a_rotation(db: Te
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = get_authed(&retired, "/api/machines", &fresh).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Runs `sql` on the test's database, behind the relay's back.
+fn execute(db: &TestDb, sql: &str) {
+    use diesel::RunQueryDsl;
+    let pool = hermit_relay::db::pool(&db.url, 1, std::time::Duration::from_secs(5)).unwrap();
+    let mut conn = pool.get().unwrap();
+    diesel::sql_query(sql).execute(&mut *conn).unwrap();
+}
+
+async fn a_deleted_users_token_is_refused_everywhere_with_401(db: TestDb) {
+    let server = TestServer::start_on(&db, settings());
+    let ada = register(&server, "ada@example.com").await;
+    let access = ada["accessToken"].as_str().unwrap();
+    let response = Client::new()
+        .post(server.url("/api/machines"))
+        .bearer_auth(access)
+        .json(&json!({"name": "studio"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let machine: Value = response.json().await.unwrap();
+    let machine_id = machine["machine"]["id"].as_str().unwrap();
+
+    let id = ada["user"]["id"].as_str().unwrap();
+    execute(&db, &format!("DELETE FROM users WHERE id = '{id}'"));
+
+    let (status, body) = get_authed(&server, "/api/machines", access).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["error"].is_string());
+    let response = Client::new()
+        .post(server.url("/api/machines"))
+        .bearer_auth(access)
+        .json(&json!({"name": "laptop"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = Client::new()
+        .delete(server.url(&format!("/api/machines/{machine_id}")))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let answer = ws_auth(&server, access).await;
+    assert_eq!(answer["code"], "USER_NOT_FOUND", "{answer}");
+    let (status, _) = post(
+        &server,
+        "/auth/refresh",
+        json!({"refreshToken": ada["refreshToken"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

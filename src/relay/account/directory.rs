@@ -7,12 +7,13 @@ use uuid::Uuid;
 
 use super::registry::{DropMachine, MachineRegistry, MachineStatus};
 use super::REGISTRY_TIMEOUT;
+use crate::accounts::ACCOUNT_GONE;
 use crate::auth::opaque::{self, MACHINE_PREFIX};
 use crate::db::{self, Pool};
 use crate::error::ApiError;
 use crate::ids::{MachineId, UserId};
 use crate::models::machine::{self, Machine, NewMachine};
-use crate::models::{is_unique_violation, now};
+use crate::models::{is_foreign_key_violation, is_unique_violation, now};
 use crate::relay::protocol::{MachineInfo, MAX_MACHINE_NAME_CHARS};
 
 fn rfc3339(at: NaiveDateTime) -> String {
@@ -93,6 +94,8 @@ pub async fn create(
             Err(err) if is_unique_violation(&err) => Err(ApiError::BadRequest(
                 "You already have a machine with this name".into(),
             )),
+            // The account was deleted after its token was checked.
+            Err(err) if is_foreign_key_violation(&err) => Err(ApiError::Unauthorized(ACCOUNT_GONE)),
             other => Ok(other?),
         }
     })
