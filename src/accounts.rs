@@ -13,7 +13,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::auth::opaque::{self, REFRESH_PREFIX};
-use crate::auth::password::{Passwords, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
+use crate::auth::password::{self, Passwords, MAX_PASSWORD_BYTES};
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::token::AccessTokens;
 use crate::config::{Registration, Settings};
@@ -99,16 +99,7 @@ impl Accounts {
         }
         let email = normalise_email(email)
             .ok_or_else(|| ApiError::BadRequest("Invalid email address".into()))?;
-        if password.chars().count() < MIN_PASSWORD_CHARS {
-            return Err(ApiError::BadRequest(format!(
-                "Password must be at least {MIN_PASSWORD_CHARS} characters"
-            )));
-        }
-        if password.len() > MAX_PASSWORD_BYTES {
-            return Err(ApiError::BadRequest(format!(
-                "Password must be at most {MAX_PASSWORD_BYTES} bytes"
-            )));
-        }
+        password::check_new(&password).map_err(ApiError::BadRequest)?;
         let password_hash = self.passwords.hash(from, password).await?;
         let user_id = Uuid::new_v4().to_string();
         let refresh = opaque::mint(REFRESH_PREFIX);

@@ -4,8 +4,9 @@
 //! One hash costs ~30 ms of CPU and 19 MiB of memory, so hashing happens only on the pool's
 //! `auth.max_concurrent_hashes` threads, each reusing its own memory.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -20,6 +21,49 @@ pub use super::hashing::HashStats;
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest password accepted: bounds the work one request can ask for.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// The most common passwords of 8 characters or more, in lower case.
+static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("common_passwords.txt")
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+});
+
+/// Whether `password` may be chosen for an account; if not, the text of the 400 answer.
+/// Refused: too short or too long, any control character (NUL included), only
+/// whitespace, one character repeated, or one of the 10,000 most common passwords (in any
+/// case, ignoring surrounding spaces). Logins are never checked against these rules: an
+/// existing password keeps working.
+pub fn check_new(password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(format!(
+            "Password must be at least {MIN_PASSWORD_CHARS} characters"
+        ));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "Password must be at most {MAX_PASSWORD_BYTES} bytes"
+        ));
+    }
+    if password.chars().any(char::is_control) {
+        return Err("Password must not contain control characters".into());
+    }
+    if password.chars().all(char::is_whitespace) {
+        return Err("Password must not be only spaces".into());
+    }
+    let mut chars = password.chars();
+    let first = chars.next();
+    if chars.all(|c| Some(c) == first) {
+        return Err("Password must not be one character repeated".into());
+    }
+    if COMMON.contains(password.trim().to_lowercase().as_str()) {
+        return Err(
+            "This password is one of the most common ones and easy to guess; choose another".into(),
+        );
+    }
+    Ok(())
+}
 
 /// Hashes and verifies passwords on the hashing pool.
 #[derive(Clone)]
@@ -188,6 +232,45 @@ mod tests {
             .verify(here(), "anything".into(), None)
             .await
             .unwrap());
+    }
+
+    #[test]
+    fn trivially_weak_passwords_are_refused_with_a_reason() {
+        for weak in [
+            "12345678",
+            "password",
+            "PASSWORD",
+            " Password1 ",
+            "iloveyou",
+            "qwertyuiop",
+            "        ",
+            "\t\t\t\t\t\t\t\t",
+            "aaaaaaaaaaaa",
+            "correct\0horse",
+            "correct horse\n",
+            "short",
+        ] {
+            let reason = check_new(weak).expect_err(weak);
+            assert!(
+                reason.starts_with("Password") || reason.starts_with("This"),
+                "{reason}"
+            );
+        }
+        assert!(check_new(&"x".repeat(MAX_PASSWORD_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn ordinary_passwords_are_accepted() {
+        for fine in [
+            "correct horse battery",
+            "another password",
+            "long enough password",
+            "Tr0ub4dor&3x",
+            "mot de passe très long",
+        ] {
+            assert_eq!(check_new(fine), Ok(()), "{fine}");
+        }
+        assert_eq!(COMMON.len(), 10_000);
     }
 
     #[test]
