@@ -195,6 +195,8 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
     /// Addresses tracked by the rate limiters at once.
     pub max_tracked_addresses: usize,
+    /// Machines one user may register.
+    pub max_machines_per_user: usize,
     /// Wrong passwords per account per hour, from browsers without its device token.
     pub login_failures_per_account_per_hour: u32,
     /// Accounts tracked by the login throttle at once.
@@ -328,6 +330,9 @@ impl Settings {
                 "limits.login_failures_per_account_per_hour",
                 "must be at least 1",
             );
+        }
+        if self.limits.max_machines_per_user == 0 {
+            return invalid("limits.max_machines_per_user", "must be at least 1");
         }
         if self.limits.max_tracked_accounts == 0 {
             return invalid("limits.max_tracked_accounts", "must be at least 1");

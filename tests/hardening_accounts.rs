@@ -19,6 +19,10 @@ on_both_backends!(
     a_device_token_is_no_access_token,
     tokens_of_an_accepted_previous_key_keep_working_after_a_rotation,
     a_deleted_users_token_is_refused_everywhere_with_401,
+    trivially_weak_passwords_are_refused_with_a_clear_400,
+    machines_per_user_are_capped_even_when_created_at_once,
+    machine_names_refuse_invisible_characters_and_are_unique_once_normalised,
+    nul_bytes_anywhere_get_400_or_404_never_500,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -335,4 +339,167 @@ async fn a_deleted_users_token_is_refused_everywhere_with_401(db: TestDb) {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+async fn trivially_weak_passwords_are_refused_with_a_clear_400(db: TestDb) {
+    let server = TestServer::start_on(&db, settings());
+    for weak in [
+        "12345678",
+        "password",
+        "        ",
+        "correct\u{0}horse",
+        "Iloveyou",
+    ] {
+        let (status, body) = post(
+            &server,
+            "/auth/register",
+            json!({"email": "ada@example.com", "password": weak}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{weak:?}: {body}");
+        let text = body["error"].as_str().unwrap();
+        assert!(
+            text.contains("assword") || text.contains("common"),
+            "{text}"
+        );
+    }
+    register(&server, "ada@example.com").await;
+}
+
+async fn create_machine(server: &TestServer, token: &str, name: &str) -> (StatusCode, Value) {
+    let response = Client::new()
+        .post(server.url("/api/machines"))
+        .bearer_auth(token)
+        .json(&json!({"name": name}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn machines_per_user_are_capped_even_when_created_at_once(db: TestDb) {
+    let mut s = settings();
+    s.limits.max_machines_per_user = 3;
+    let server = std::sync::Arc::new(TestServer::start_on(&db, s));
+    let ada = register(&server, "ada@example.com").await;
+    let access = ada["accessToken"].as_str().unwrap().to_owned();
+    // Ten at once: exactly three may win.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let (server, access) = (std::sync::Arc::clone(&server), access.clone());
+        tasks.push(tokio::spawn(async move {
+            create_machine(&server, &access, &format!("mac {i}")).await
+        }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            StatusCode::OK => created += 1,
+            StatusCode::BAD_REQUEST => {
+                assert!(body["error"].as_str().unwrap().contains("most"), "{body}")
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(created, 3);
+    let (status, _) = create_machine(&server, &access, "one more").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Another user has a cap of their own.
+    let bob = register(&server, "bob@example.com").await;
+    let (status, _) = create_machine(&server, bob["accessToken"].as_str().unwrap(), "mac").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+async fn machine_names_refuse_invisible_characters_and_are_unique_once_normalised(db: TestDb) {
+    let server = TestServer::start_on(&db, settings());
+    let ada = register(&server, "ada@example.com").await;
+    let access = ada["accessToken"].as_str().unwrap();
+    for bad in [
+        "studio\u{202e}oiduts",
+        "stu\u{200b}dio",
+        "studio\u{7}",
+        "\u{feff}studio",
+    ] {
+        let (status, body) = create_machine(&server, access, bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {body}");
+        assert!(body["error"].is_string());
+    }
+    // "Café" typed with a combining accent, then precomposed: one name.
+    let (status, body) = create_machine(&server, access, "Cafe\u{301}").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["machine"]["name"], "Caf\u{e9}");
+    let (status, body) = create_machine(&server, access, "Caf\u{e9}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+async fn nul_bytes_anywhere_get_400_or_404_never_500(db: TestDb) {
+    let server = TestServer::start_on(&db, settings());
+    let ada = register(&server, "ada@example.com").await;
+    let access = ada["accessToken"].as_str().unwrap();
+    let client = Client::new();
+    for path in [
+        "/api/machines/%00",
+        "/api/machines/a%00b",
+        "/api/machines/%FF",
+    ] {
+        let response = client
+            .delete(server.url(path))
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert!(
+            [StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND].contains(&status),
+            "{path}: {status}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    let nul = "a\u{0}b";
+    let (status, _) = create_machine(&server, access, nul).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post(
+        &server,
+        "/auth/register",
+        json!({"email": "b\u{0}b@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for (path, body, expected) in [
+        (
+            "/auth/login",
+            json!({"email": "ada\u{0}@example.com", "password": PASSWORD}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/auth/login",
+            json!({"email": "ada@example.com", "password": "correct\u{0}horse"}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/auth/refresh",
+            json!({"refreshToken": "hrt_\u{0}"}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/auth/logout",
+            json!({"refreshToken": "hrt_\u{0}"}),
+            StatusCode::NO_CONTENT,
+        ),
+    ] {
+        let (status, answer) = post(&server, path, body.clone()).await;
+        assert_eq!(status, expected, "{path} {body}: {answer}");
+    }
+    let mut web = server.connect("/ws/client").await;
+    send(&mut web, json!({"type": "auth", "token": access})).await;
+    assert_eq!(recv(&mut web).await["type"], "authenticated");
+    send(
+        &mut web,
+        json!({"type": "list_sessions", "machineId": "\u{0}"}),
+    )
+    .await;
+    expect_error(&mut web, "MACHINE_NOT_FOUND").await;
 }
