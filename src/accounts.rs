@@ -5,6 +5,7 @@
 //! async threads.
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::config::{Registration, Settings};
 use crate::db::{self, DbConnection, Pool};
 use crate::error::ApiError;
 use crate::ids::UserId;
+use crate::metrics::METRICS;
 use crate::models::refresh_token::{self, NewRefreshToken};
 use crate::models::user::{self, NewUser, User};
 use crate::models::{is_unique_violation, now};
@@ -160,6 +162,7 @@ impl Accounts {
             _ => false,
         };
         if !known_device && !self.throttle.take(&email) {
+            METRICS.rate_limited.fetch_add(1, Relaxed);
             return Err(ApiError::LoginThrottled);
         }
         let password = if password.len() > MAX_PASSWORD_BYTES {

@@ -713,6 +713,27 @@ mod tests {
     }
 
     #[test]
+    fn accepted_public_keys_must_be_public_keys() {
+        let key = biscuit_auth::KeyPair::new().public().to_string();
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "HERMIT__AUTH__ACCEPTED_PUBLIC_KEYS",
+                &format!("{key},{key}"),
+            )]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.accepted_public_keys, [key.clone(), key]);
+        let err = Settings::load_from(
+            None,
+            env(&[("HERMIT__AUTH__ACCEPTED_PUBLIC_KEYS", "ed25519/beef")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("auth.accepted_public_keys"), "{err}");
+    }
+
+    #[test]
     fn a_bad_proxy_cidr_is_refused() {
         let err = Settings::load_from(
             None,

@@ -482,6 +482,17 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_made_from_32_random_bytes_in_hex_loads() {
+        // What the README's rotation steps write with `openssl rand -hex 32`.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("next.key");
+        let hex: String = (0..32).map(|i| format!("{:02x}", i * 7 + 3)).collect();
+        std::fs::write(&path, format!("ed25519-private/{hex}\n")).unwrap();
+        let tokens = AccessTokens::load_or_create(&path, Duration::from_secs(60)).unwrap();
+        assert_eq!(tokens.verify(&tokens.issue("u")).unwrap(), "u");
+    }
+
+    #[test]
     fn public_keys_parse_from_their_printed_form() {
         let key = KeyPair::new().public();
         assert_eq!(parse_public_key(&key.to_string()), Some(key));
