@@ -23,6 +23,7 @@ on_both_backends!(
     machines_per_user_are_capped_even_when_created_at_once,
     machine_names_refuse_invisible_characters_and_are_unique_once_normalised,
     nul_bytes_anywhere_get_400_or_404_never_500,
+    the_machine_cap_holds_for_creations_racing_on_separate_connections,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -502,4 +503,35 @@ async fn nul_bytes_anywhere_get_400_or_404_never_500(db: TestDb) {
     )
     .await;
     expect_error(&mut web, "MACHINE_NOT_FOUND").await;
+}
+
+/// Below HTTP: twenty creations at once on eight pooled connections, so the count and the
+/// insert of one really interleave with the others' unless the owner's row serialises them.
+async fn the_machine_cap_holds_for_creations_racing_on_separate_connections(db: TestDb) {
+    use hermit_relay::relay::account::directory;
+    let pool = hermit_relay::db::pool(&db.url, 8, std::time::Duration::from_secs(10)).unwrap();
+    hermit_relay::startup::migrate(&pool).unwrap();
+    let user = uuid::Uuid::new_v4().to_string();
+    execute(
+        &db,
+        &format!(
+            "INSERT INTO users (id, email, password_hash, created_at) \
+             VALUES ('{user}', 'ada@example.com', 'x', '2026-01-01 00:00:00')"
+        ),
+    );
+    let user = hermit_relay::ids::UserId::from(user);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (pool, user) = (pool.clone(), user.clone());
+        tasks.push(tokio::spawn(async move {
+            directory::create(&pool, &user, &format!("mac {i}"), 3)
+                .await
+                .is_ok()
+        }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        created += usize::from(task.await.unwrap());
+    }
+    assert_eq!(created, 3);
 }
