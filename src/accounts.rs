@@ -154,13 +154,12 @@ impl Accounts {
             Ok(user::find_by_email(conn, &lookup)?)
         })
         .await?;
-        let known_device = match (&user, device) {
-            (Some(user), Some(device)) => self
-                .tokens
-                .verify_device(device)
-                .is_ok_and(|owner| owner == user.id),
-            _ => false,
-        };
+        // Checked whether or not the email is known, so both cost the same.
+        let device_owner = device.and_then(|token| self.tokens.verify_device(token).ok());
+        let known_device = matches!(
+            (&user, &device_owner),
+            (Some(user), Some(owner)) if *owner == user.id
+        );
         if !known_device && !self.throttle.take(&email) {
             METRICS.rate_limited.fetch_add(1, Relaxed);
             return Err(ApiError::LoginThrottled);
