@@ -253,8 +253,14 @@ fn accounts(settings: &Settings) -> Result<Accounts, StartError> {
         migrate(&pool)?;
     }
     let auth = &settings.auth;
-    let tokens = AccessTokens::load_or_create(&auth.private_key_file, auth.access_token_ttl())?;
-    Ok(Accounts::new(pool, Arc::new(tokens), auth))
+    let tokens = AccessTokens::load_or_create(&auth.private_key_file, auth.access_token_ttl())?
+        .with_accepted_keys(
+            auth.accepted_public_keys
+                .iter()
+                .filter_map(|key| crate::auth::token::parse_public_key(key)),
+        )
+        .with_device_ttl(auth.device_token_ttl());
+    Ok(Accounts::new(pool, Arc::new(tokens), settings))
 }
 
 /// Applies pending migrations now (also `hermit-relay migrate`); returns what was applied.
