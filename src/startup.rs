@@ -26,8 +26,8 @@ use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
 use crate::relay::account::registry::MachineRegistry;
+use crate::relay::delivery::StreamLimits;
 use crate::relay::pairing::code::CodeFormat;
-use crate::relay::pairing::pipes::StreamLimits;
 use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::table::PairingRules;
 use crate::relay::{self, Relay};
@@ -90,8 +90,9 @@ impl Application {
         let pairing = SessionRegistry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
             SessionRegistry::new(rules, streams)
         });
-        let machines = MachineRegistry::start_in_arbiter(&Arbiter::new().handle(), |_| {
-            MachineRegistry::default()
+        let grace = settings.pairing.resume_grace();
+        let machines = MachineRegistry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            MachineRegistry::new(streams, grace)
         });
         let connections = Connections::new(settings.limits.max_connections_per_ip);
         let limiters = Arc::new(Limiters::new(&settings.limits));

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod client;
 pub mod directory;
 pub mod registry;
+pub mod streams;
 pub mod table;
 
 use std::time::Duration;

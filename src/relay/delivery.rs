@@ -16,7 +16,7 @@
 //! Every drop is counted by reason in `hermit_messages_dropped_total`.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix::{Message, Recipient};
 use bytes::Bytes;
@@ -131,6 +131,49 @@ impl<M: Command> Peer<M> {
     }
 }
 
+/// The bounds of every [`Stream`], from `[pairing]` (quick pairing and accounts alike).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Bytes held for a side that is away (`resume_buffer_bytes`).
+    pub hold: usize,
+    /// Bytes unacknowledged by a side in lossless mode (`replay_window_bytes`).
+    pub window: usize,
+}
+
+/// What to do with one `data` message a side sent, by its `seq` (lossless mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// New: forward it.
+    New,
+    /// Its `seq` was already accepted: a re-send, dropped.
+    Again,
+    /// Its `seq` skips some: refused; the relay expected this one.
+    Skips {
+        /// The `seq` the relay expected.
+        expected: u64,
+    },
+}
+
+/// Counts one message a side sent against `received` (the last it accepted from that
+/// side), numbered `seq` if the side numbers them.
+pub fn accept(received: &mut u64, seq: Option<u64>) -> Accepted {
+    let expected = *received + 1;
+    match seq {
+        Some(seq) if seq < expected => Accepted::Again,
+        Some(seq) if seq > expected => Accepted::Skips { expected },
+        _ => {
+            *received = expected;
+            Accepted::New
+        }
+    }
+}
+
+/// Locks state shared between connections (pipes, attachments); a poisoned lock still
+/// guards consistent streams, so carry on.
+pub fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 /// Everything sent to one side of a pairing (or one attachment): its connection while it
 /// has one, and the frames kept for it — held while it is away, and, once it opts in to
 /// acknowledgements (lossless mode), every frame it has not acknowledged yet (its *replay
@@ -138,7 +181,6 @@ impl<M: Command> Peer<M> {
 ///
 /// It outlives the side's connections: a side that resumes is [`Stream::connect`]ed again
 /// and given, in order and whole, what it missed.
-#[derive(Debug)]
 pub struct Stream<M: Command> {
     peer: Option<Peer<M>>,
     /// Held or unacknowledged frames, oldest first, with their `seq` (0 when unnumbered).
@@ -153,6 +195,19 @@ pub struct Stream<M: Command> {
     sent: u64,
     /// Last `seq` the side acknowledged.
     acked: u64,
+}
+
+impl<M: Command> std::fmt::Debug for Stream<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("peer", &self.peer)
+            .field("frames", &self.frames.len())
+            .field("bytes", &self.bytes)
+            .field("numbered", &self.numbered)
+            .field("sent", &self.sent)
+            .field("acked", &self.acked)
+            .finish()
+    }
 }
 
 impl<M: Command> Stream<M> {

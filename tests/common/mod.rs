@@ -14,6 +14,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod account;
 pub mod lossless;
+pub mod lossless_account;
 pub mod proxy;
 
 /// Runs each named `async fn(TestDb)` once per backend: `sqlite::name` and `postgres::name`.

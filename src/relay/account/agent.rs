@@ -4,6 +4,7 @@
 //! and fans each session's output straight into the outboxes of the clients attached to it:
 //! the registry decides who is attached, but never carries the data.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -12,17 +13,18 @@ use actix::prelude::*;
 use actix_web::web;
 use bytes::Bytes;
 
-use super::registry::{AgentOffline, AgentOnline, AgentReport, MachineRegistry, ToAgent, ToClient};
+use super::registry::{AgentOffline, AgentOnline, AgentReport, MachineRegistry, ToAgent};
+use super::streams::{SharedAttachment, SharedMachinePipes};
 use super::REGISTRY_TIMEOUT;
 use crate::accounts::Accounts;
 use crate::auth::opaque;
 use crate::db;
 use crate::error::ApiError;
-use crate::ids::{ConnId, MachineId, Outcome, SessionId, UserId};
+use crate::ids::{ConnId, DropReason, MachineId, Outcome, SessionId, UserId};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::models::{machine, now};
-use crate::relay::delivery::{Delivery, Peer};
+use crate::relay::delivery::{accept, lock, Accepted, Delivery};
 use crate::relay::protocol::account::{self, AgentEvent, AgentRequest, ClientEvent};
 use crate::relay::protocol::json::Text;
 use crate::relay::protocol::{Common, ErrorCode};
@@ -34,8 +36,11 @@ enum State {
     Waiting,
     /// The token is being checked (nothing else is read meanwhile).
     Verifying,
-    /// Registered for a machine.
-    Online { machine: MachineId },
+    /// Registered for a machine, whose sessions' data paths it shares.
+    Online {
+        machine: MachineId,
+        pipes: SharedMachinePipes,
+    },
 }
 
 /// The state of one `/ws/agent` connection.
@@ -44,8 +49,12 @@ pub struct AgentSocket {
     accounts: web::Data<Accounts>,
     limiters: Arc<Limiters>,
     state: State,
-    /// Clients attached to each session: output is pushed to all of them.
-    watchers: HashMap<SessionId, Vec<Peer<ToClient>>>,
+    /// Lossless mode: asked for in `register`.
+    lossless: bool,
+    /// The attachments of each session: its output is pushed to all of them.
+    watchers: HashMap<SessionId, Vec<SharedAttachment>>,
+    /// Lossless mode: the last `ack` sent for each session's output.
+    acked: HashMap<SessionId, u64>,
 }
 
 impl AgentSocket {
@@ -63,7 +72,9 @@ impl AgentSocket {
                 accounts,
                 limiters,
                 state: State::Waiting,
+                lossless: false,
                 watchers: HashMap::new(),
+                acked: HashMap::new(),
             },
         )
     }
@@ -90,11 +101,12 @@ impl Protocol for AgentSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
-        let State::Online { machine } = &conn.proto.state else {
+        let State::Online { machine, .. } = &conn.proto.state else {
             return;
         };
         conn.proto.registry.do_send(AgentOffline {
             conn: conn.socket.conn,
+            clean: conn.socket.outcome().clean(),
         });
         let (pool, id) = (conn.proto.accounts.pool.clone(), machine.clone());
         actix_rt::spawn(async move {
@@ -117,72 +129,125 @@ impl Connection<AgentSocket> {
             return self.refuse(refusal, ctx);
         }
         let conn = self.socket.conn;
-        match (request, &self.proto.state) {
+        let pipes = match &self.proto.state {
+            State::Online { pipes, .. } => Some(Arc::clone(pipes)),
+            _ => None,
+        };
+        match (request, pipes) {
             (AgentRequest::Ping { ts }, _) => self.send(&Common::Pong { ts: &ts }, ctx),
             (AgentRequest::Pong { .. }, _) => {}
-            (AgentRequest::Register { .. }, State::Waiting)
-                if !self.proto.limiters.auth.check(self.socket.client_ip()) =>
+            (AgentRequest::Register { token, ack, .. }, None)
+                if matches!(self.proto.state, State::Waiting) =>
             {
-                self.error(
-                    ErrorCode::RateLimited,
-                    "too many attempts; wait a minute",
-                    ctx,
-                )
+                if !self.proto.limiters.auth.check(self.socket.client_ip()) {
+                    let message = "too many attempts; wait a minute";
+                    return self.error(ErrorCode::RateLimited, message, ctx);
+                }
+                self.proto.lossless = ack;
+                self.verify(token, ctx);
             }
-            (AgentRequest::Register { token, .. }, State::Waiting) => self.verify(token, ctx),
-            (AgentRequest::Register { .. }, _) => {
+            (AgentRequest::Register { .. }, Some(_)) => {
                 self.error(ErrorCode::InvalidMessage, "already registered", ctx)
             }
-            (_, State::Waiting | State::Verifying) => self.error(
+            (_, None) => self.error(
                 ErrorCode::NotAuthenticated,
                 "send register with the machine token first",
                 ctx,
             ),
-            (AgentRequest::Sessions { sessions }, State::Online { .. }) => {
+            (AgentRequest::Sessions { sessions }, Some(_)) => {
                 let report = AgentReport::Sessions { conn, sessions };
                 self.proto.registry.do_send(report);
             }
-            (AgentRequest::SessionStarted { session }, State::Online { .. }) => {
+            (AgentRequest::SessionStarted { session }, Some(_)) => {
                 let report = AgentReport::Started { conn, session };
                 self.proto.registry.do_send(report);
             }
-            (AgentRequest::SessionEnded { session_id }, State::Online { .. }) => {
+            (AgentRequest::SessionEnded { session_id }, Some(_)) => {
                 let report = AgentReport::Ended {
                     conn,
                     session: session_id,
                 };
                 self.proto.registry.do_send(report);
             }
-            (AgentRequest::Data { session_id, data }, State::Online { .. }) => {
-                self.fan_out(&session_id, &data);
+            (
+                AgentRequest::Data {
+                    session_id,
+                    data,
+                    seq,
+                },
+                Some(pipes),
+            ) => {
+                let session = SessionId::from(session_id.value().into_owned());
+                let accepted = accept(&mut lock(&pipes).session(&session).from_agent, seq);
+                match accepted {
+                    Accepted::New => self.fan_out(&session, &session_id, &data),
+                    Accepted::Again => {}
+                    Accepted::Skips { expected } => {
+                        let message = format!("seq skips ahead: the relay expected {expected}");
+                        self.error(ErrorCode::InvalidMessage, &message, ctx);
+                    }
+                }
+            }
+            (AgentRequest::Ack { session_id, seq }, Some(pipes)) => {
+                lock(&pipes).session(&session_id).to_agent.ack(seq);
+            }
+            (
+                AgentRequest::Resume {
+                    session_id,
+                    last_seq,
+                },
+                Some(pipes),
+            ) => {
+                // The ack goes first, then what the agent missed, all under the pipes' lock:
+                // no client input can come between.
+                let mut pipes = lock(&pipes);
+                pipes.resume(&session_id, last_seq, |seq| {
+                    let ack = AgentEvent::Ack {
+                        session_id: &session_id,
+                        seq,
+                    };
+                    let _ = self.socket.send(&ack);
+                });
             }
         }
     }
 
-    /// Pushes one output message to every attached client. The frame is encoded once and
-    /// shared; a client too slow to take it is dropped without slowing the others.
-    fn fan_out(&mut self, session_id: &Text<'_>, data: &Text<'_>) {
-        let Some(watchers) = self.proto.watchers.get_mut(&*session_id.value()) else {
+    /// Pushes one output message to every attachment of the session. Plain attachments
+    /// share one encoded frame; a lossless one gets its own, numbered. A client too slow to
+    /// take it is dropped without slowing the others.
+    fn fan_out(&mut self, session: &SessionId, session_id: &Text<'_>, data: &Text<'_>) {
+        let Some(watchers) = self.proto.watchers.get(session) else {
             return;
         };
-        let frame = account::data_frame(session_id, data);
-        // The last watcher takes the frame itself; the others share it (a `Bytes` clone).
-        let (mut frame, mut left) = (Some(frame), watchers.len());
-        watchers.retain(|client| {
-            left -= 1;
-            let frame = if left == 0 {
-                frame.take()
-            } else {
-                frame.clone()
-            };
-            match frame.map(|frame| client.deliver(frame)) {
-                Some(Delivery::Delivered) => {
-                    METRICS.relayed(data.json_len());
-                    true
+        let mut plain: Option<Bytes> = None;
+        let last = watchers.len().saturating_sub(1);
+        for (i, attachment) in watchers.iter().enumerate() {
+            let mut attachment = lock(attachment);
+            let delivery = attachment.to_client.deliver(|seq| match seq {
+                Some(_) => account::data_frame(session_id, data, seq),
+                // The last plain attachment takes the shared frame itself (a clone of a
+                // `Bytes` costs an allocation the first time).
+                None if i == last => plain
+                    .take()
+                    .unwrap_or_else(|| account::data_frame(session_id, data, None)),
+                None => plain
+                    .get_or_insert_with(|| account::data_frame(session_id, data, None))
+                    .clone(),
+            });
+            match delivery {
+                Delivery::Delivered => METRICS.relayed(data.json_len()),
+                Delivery::Dropped(DropReason::WindowFull) => {
+                    if let Some(client) = attachment.to_client.peer() {
+                        client.send(&Common::error(
+                            ErrorCode::ReplayWindowFull,
+                            "too much unacknowledged: send ack more often",
+                        ));
+                        client.close(Outcome::WindowFull);
+                    }
                 }
-                _ => false,
+                Delivery::Held | Delivery::Dropped(_) => {}
             }
-        });
+        }
     }
 
     /// Checks the token, then asks the registry to bring the machine online; reads
@@ -225,12 +290,13 @@ impl Connection<AgentSocket> {
             machine: machine.clone(),
             user,
             peer: self.peer(ctx),
+            lossless: self.proto.lossless,
         };
         let answer = self.proto.registry.send(online).timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             answer,
             move |agent, answer, ctx| match answer {
-                Ok(Ok(())) => {
+                Ok(Ok(pipes)) => {
                     agent.send(
                         &AgentEvent::Registered {
                             success: true,
@@ -241,7 +307,11 @@ impl Connection<AgentSocket> {
                     );
                     agent.send(&AgentEvent::ListSessions, ctx);
                     tracing::info!(conn = %agent.socket.conn, %machine, "agent registered");
-                    agent.proto.state = State::Online { machine };
+                    agent.proto.state = State::Online { machine, pipes };
+                    if agent.proto.lossless {
+                        let every = agent.settings.pairing.ack_interval();
+                        ctx.run_interval(every, |agent, ctx| agent.acknowledge(ctx));
+                    }
                 }
                 // Deleted since its token was checked: the token is void now.
                 Ok(Err(_)) => agent.refuse_token(Outcome::Refused, "invalid machine token", ctx),
@@ -251,6 +321,27 @@ impl Connection<AgentSocket> {
             },
             ctx,
         );
+    }
+
+    /// Lossless mode, every `pairing.ack_interval_ms`: acknowledges each session's output
+    /// that arrived since the last time.
+    fn acknowledge(&mut self, ctx: &mut Ctx<AgentSocket>) {
+        let State::Online { pipes, .. } = &self.proto.state else {
+            return;
+        };
+        let due: Vec<(SessionId, u64)> = lock(pipes)
+            .received()
+            .filter(|(session, seq)| self.proto.acked.get(*session) < Some(seq))
+            .map(|(session, seq)| (session.clone(), seq))
+            .collect();
+        for (session, seq) in due {
+            let ack = AgentEvent::Ack {
+                session_id: &session,
+                seq,
+            };
+            self.send(&ack, ctx);
+            self.proto.acked.insert(session, seq);
+        }
     }
 
     fn refuse_token(&mut self, outcome: Outcome, why: &str, ctx: &mut Ctx<AgentSocket>) {
@@ -272,44 +363,46 @@ impl Connection<AgentSocket> {
         match command {
             ToAgent::Link {
                 session,
-                client,
+                attachment,
                 relink,
                 done,
             } => {
+                let (client, peer, lossless) = {
+                    let shared = lock(&attachment);
+                    let numbered = shared.to_client.is_numbered();
+                    (shared.client, shared.to_client.peer().cloned(), numbered)
+                };
                 // In this order: the agent hears `attach`, the client hears `attached`, and
-                // only then can output (pushed after this) or input (once the client holds
-                // this agent) reach either.
+                // only then can output (pushed once the attachment is a watcher) or input
+                // (once the waiting client is told `done`) reach either.
                 let attach = AgentEvent::Attach {
                     session_id: &session,
-                    client_id: client.conn,
+                    client_id: client,
                 };
                 self.send(&attach, ctx);
-                if !relink {
-                    client.send(&ClientEvent::Attached {
-                        session_id: std::borrow::Cow::Borrowed(&session),
+                if let (false, Some(peer)) = (relink, peer) {
+                    peer.send(&ClientEvent::Attached {
+                        session_id: Cow::Borrowed(&session),
+                        resumed: lossless.then_some(false),
                     });
                 }
-                let me = self.peer(ctx);
-                match done {
-                    Some(done) => {
-                        let _ = done.send(me);
-                    }
-                    None => client.tell(ToClient::Link {
-                        session: session.clone(),
-                        agent: me,
-                    }),
+                let watchers = self.proto.watchers.entry(session.clone()).or_default();
+                watchers.retain(|a| lock(a).client != client);
+                watchers.push(attachment);
+                if let State::Online { pipes, .. } = &self.proto.state {
+                    lock(pipes).reconnect_plain(&session);
                 }
-                let watchers = self.proto.watchers.entry(session).or_default();
-                watchers.retain(|c| c.conn != client.conn);
-                watchers.push(client);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
             }
             ToAgent::Unlink {
                 session,
                 client,
                 detach_agent,
-                reply_to,
+                reply,
             } => {
-                self.unwatch(&session, client);
+                let gone = self.unwatch(&session, client);
                 if detach_agent {
                     let detach = AgentEvent::Detach {
                         session_id: &session,
@@ -317,9 +410,10 @@ impl Connection<AgentSocket> {
                     };
                     self.send(&detach, ctx);
                 }
-                if let Some(peer) = reply_to {
+                let peer = gone.and_then(|a| lock(&a).to_client.peer().cloned());
+                if let (true, Some(peer)) = (reply, peer) {
                     peer.send(&ClientEvent::Detached {
-                        session_id: std::borrow::Cow::Borrowed(&session),
+                        session_id: Cow::Borrowed(&session),
                     });
                 }
             }
@@ -327,12 +421,14 @@ impl Connection<AgentSocket> {
         }
     }
 
-    fn unwatch(&mut self, session: &SessionId, client: ConnId) {
-        if let Some(watchers) = self.proto.watchers.get_mut(session) {
-            watchers.retain(|c| c.conn != client);
-            if watchers.is_empty() {
-                self.proto.watchers.remove(session);
-            }
+    /// Stops fanning a session's output out to `client`; returns its attachment.
+    fn unwatch(&mut self, session: &SessionId, client: ConnId) -> Option<SharedAttachment> {
+        let watchers = self.proto.watchers.get_mut(session)?;
+        let at = watchers.iter().position(|a| lock(a).client == client)?;
+        let gone = watchers.remove(at);
+        if watchers.is_empty() {
+            self.proto.watchers.remove(session);
         }
+        Some(gone)
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! It authenticates with an access token; requests that name a machine go to the
 //! `MachineRegistry`, which checks ownership. Input for an attached session is pushed
-//! straight into the agent's outbox. Every request is answered before the next frame is
-//! read, so a client may send `auth`, `attach` and `data` back to back.
+//! straight into the session's pipe to its agent. Every request is answered before the
+//! next frame is read, so a client may send `auth`, `attach` and `data` back to back.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -16,17 +17,19 @@ use bytes::Bytes;
 
 use super::directory;
 use super::registry::{
-    ClientAsk, ClientCommand, ClientOffline, ClientOnline, ClientReply, MachineRegistry, ToAgent,
-    ToClient,
+    ClientAsk, ClientCommand, ClientOffline, ClientOnline, ClientReply, ClientWelcome,
+    MachineRegistry, ToClient,
 };
+use super::streams::{SharedAttachment, SharedMachinePipes};
 use super::REGISTRY_TIMEOUT;
 use crate::accounts::Accounts;
 use crate::error::ApiError;
-use crate::ids::{Outcome, SessionId, UserId};
+use crate::ids::{ClientKey, ConnId, DropReason, Outcome, SessionId, UserId};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
-use crate::relay::delivery::{Delivery, Peer};
+use crate::relay::delivery::{accept, lock, Accepted, Delivery};
 use crate::relay::protocol::account::{self, AgentEvent, ClientEvent, ClientRequest};
+use crate::relay::protocol::json::Text;
 use crate::relay::protocol::{Common, ErrorCode, UserInfo};
 use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
 use crate::transport::text_frame;
@@ -34,14 +37,27 @@ use crate::transport::text_frame;
 /// The answer when the relay cannot reach its database.
 const UNAVAILABLE: &str = "the relay cannot reach its database; try again";
 
+/// One attached session, as the client's actor uses it.
+struct Attached {
+    /// Output to the client, and the count of its input.
+    attachment: SharedAttachment,
+    /// The machine's pipes, where input goes.
+    pipes: SharedMachinePipes,
+}
+
 /// The state of one `/ws/client` connection.
 pub struct ClientSocket {
     registry: Addr<MachineRegistry>,
     accounts: web::Data<Accounts>,
     limiters: Arc<Limiters>,
     user: Option<UserInfo>,
-    /// The agent of each attached session, where input goes.
-    attached: HashMap<SessionId, Peer<ToAgent>>,
+    /// The id the registry and agents know this client by.
+    known_as: Option<ConnId>,
+    /// Lossless mode: the key it resumes by.
+    lossless: Option<ClientKey>,
+    attached: HashMap<SessionId, Attached>,
+    /// Lossless mode: the last `ack` sent for each session's input.
+    acked: HashMap<SessionId, u64>,
 }
 
 impl ClientSocket {
@@ -59,7 +75,10 @@ impl ClientSocket {
                 accounts,
                 limiters,
                 user: None,
+                known_as: None,
+                lossless: None,
                 attached: HashMap::new(),
+                acked: HashMap::new(),
             },
         )
     }
@@ -83,9 +102,6 @@ impl Protocol for ClientSocket {
 
     fn on_command(conn: &mut Connection<Self>, command: ToClient, ctx: &mut Ctx<Self>) {
         match command {
-            ToClient::Link { session, agent } => {
-                conn.proto.attached.insert(session, agent);
-            }
             ToClient::Unlink { session } => {
                 conn.proto.attached.remove(&session);
             }
@@ -94,9 +110,11 @@ impl Protocol for ClientSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
-        if conn.proto.user.is_some() {
+        if let Some(client) = conn.proto.known_as {
             conn.proto.registry.do_send(ClientOffline {
+                client,
                 conn: conn.socket.conn,
+                clean: conn.socket.outcome().clean(),
             });
         }
     }
@@ -114,9 +132,23 @@ impl Connection<ClientSocket> {
         if let Err(refusal) = request.check() {
             return self.refuse(refusal, ctx);
         }
-        if self.proto.user.is_none() {
+        let Some(client) = self.proto.known_as else {
             return match request {
-                ClientRequest::Auth { token } => self.authenticate(&token, ctx),
+                ClientRequest::Auth {
+                    token,
+                    ack,
+                    client_id,
+                } => match (ack, client_id) {
+                    (false, _) => self.authenticate(&token, None, ctx),
+                    (true, Some(key)) if key.resumable() => {
+                        self.authenticate(&token, Some(key), ctx)
+                    }
+                    (true, _) => self.error(
+                        ErrorCode::InvalidMessage,
+                        "lossless mode needs a clientId: a random (version 4) UUID",
+                        ctx,
+                    ),
+                },
                 ClientRequest::Ping { ts } => self.send(&Common::Pong { ts: &ts }, ctx),
                 ClientRequest::Pong { .. } => {}
                 _ => self.error(
@@ -125,104 +157,170 @@ impl Connection<ClientSocket> {
                     ctx,
                 ),
             };
-        }
-        let command = match request {
+        };
+        let (command, last_seq) = match request {
             ClientRequest::Auth { .. } => {
                 return self.error(ErrorCode::InvalidMessage, "already authenticated", ctx)
             }
             ClientRequest::Ping { ts } => return self.send(&Common::Pong { ts: &ts }, ctx),
             ClientRequest::Pong { .. } => return,
             ClientRequest::ListMachines => return self.list_machines(ctx),
-            ClientRequest::Data { session_id, data } => {
-                let input = || account::data_frame(&session_id, &data);
-                return self.forward_to_agent(&session_id.value(), input, data.json_len(), ctx);
-            }
+            ClientRequest::Data {
+                session_id,
+                data,
+                seq,
+            } => return self.input(&session_id, &data, seq, ctx),
             ClientRequest::Resize {
                 session_id,
                 cols,
                 rows,
-            } => {
-                let resize = || {
-                    text_frame(&AgentEvent::Resize {
-                        session_id: &session_id,
-                        cols,
-                        rows,
-                    })
-                };
-                return self.forward_to_agent(session_id.as_str(), resize, 0, ctx);
+            } => return self.resize(&session_id, cols, rows, ctx),
+            ClientRequest::Ack { session_id, seq } => {
+                if let Some(attached) = self.proto.attached.get(&session_id) {
+                    lock(&attached.attachment).to_client.ack(seq);
+                }
+                return;
             }
-            ClientRequest::ListSessions { machine_id } => ClientCommand::ListSessions {
-                machine: machine_id,
-            },
+            ClientRequest::ListSessions { machine_id } => (
+                ClientCommand::ListSessions {
+                    machine: machine_id,
+                },
+                None,
+            ),
             ClientRequest::Attach {
                 machine_id,
                 session_id,
-            } => ClientCommand::Attach {
-                machine: machine_id,
-                session: session_id,
-            },
+                last_seq,
+            } => (
+                ClientCommand::Attach {
+                    machine: machine_id,
+                    session: session_id,
+                },
+                last_seq,
+            ),
             ClientRequest::Detach { session_id } => {
                 // Input sent after `detach` is refused at once, whatever the agent does.
                 self.proto.attached.remove(&session_id);
-                ClientCommand::Detach {
+                let detach = ClientCommand::Detach {
                     session: session_id,
-                }
+                };
+                (detach, None)
             }
             ClientRequest::CreateSession {
                 machine_id,
                 name,
                 command,
-            } => ClientCommand::CreateSession {
-                machine: machine_id,
-                name,
-                command,
-            },
+            } => (
+                ClientCommand::CreateSession {
+                    machine: machine_id,
+                    name,
+                    command,
+                },
+                None,
+            ),
         };
-        self.ask(command, ctx);
+        self.ask(client, command, last_seq, ctx);
     }
 
-    /// Sends input or a resize (`frame`, encoded only if attached) to the agent of an
-    /// attached session.
-    fn forward_to_agent(
+    /// Sends keystrokes to the agent of an attached session (dropping a re-send).
+    fn input(
         &mut self,
-        session: &str,
-        frame: impl FnOnce() -> bytes::Bytes,
-        payload_bytes: usize,
+        session_id: &Text<'_>,
+        data: &Text<'_>,
+        seq: Option<u64>,
         ctx: &mut Ctx<ClientSocket>,
     ) {
-        let Some(agent) = self.proto.attached.get(session) else {
+        let session = session_id.value();
+        let Some(attached) = self.proto.attached.get(&*session) else {
             return self.error(ErrorCode::NotAttached, "not attached to that session", ctx);
         };
-        // A full agent outbox means the agent reads slower than its clients type: the policy
-        // drops the agent, not this client.
-        if agent.deliver(frame()) == Delivery::Delivered && payload_bytes > 0 {
-            METRICS.relayed(payload_bytes);
+        let accepted = accept(&mut lock(&attached.attachment).from_client, seq);
+        match accepted {
+            Accepted::New => {}
+            Accepted::Again => return,
+            Accepted::Skips { expected } => {
+                let message = format!("seq skips ahead: the relay expected {expected}");
+                return self.error(ErrorCode::InvalidMessage, &message, ctx);
+            }
+        }
+        let mut pipes = lock(&attached.pipes);
+        let to_agent = &mut pipes.session(&SessionId::from(&*session)).to_agent;
+        let delivery = to_agent.deliver(|seq| account::data_frame(session_id, data, seq));
+        match delivery {
+            Delivery::Delivered => METRICS.relayed(data.json_len()),
+            // The agent let too much go unacknowledged: it is told and dropped.
+            Delivery::Dropped(DropReason::WindowFull) => {
+                if let Some(agent) = to_agent.peer() {
+                    agent.send(&Common::error(
+                        ErrorCode::ReplayWindowFull,
+                        "too much unacknowledged: send ack more often",
+                    ));
+                    agent.close(Outcome::WindowFull);
+                }
+            }
+            // A full agent outbox means the agent reads slower than its clients type: the
+            // policy drops the agent, not this client.
+            Delivery::Held | Delivery::Dropped(_) => {}
+        }
+    }
+
+    /// Sends a terminal size to the agent of an attached session. Not numbered: a resize
+    /// lost with a dead link is made good by the next one.
+    fn resize(&mut self, session: &SessionId, cols: u16, rows: u16, ctx: &mut Ctx<ClientSocket>) {
+        let Some(attached) = self.proto.attached.get(session) else {
+            return self.error(ErrorCode::NotAttached, "not attached to that session", ctx);
+        };
+        let resize = AgentEvent::Resize {
+            session_id: session,
+            cols,
+            rows,
+        };
+        let mut pipes = lock(&attached.pipes);
+        if let Some(agent) = pipes.session(session).to_agent.peer() {
+            agent.deliver(text_frame(&resize));
         }
     }
 
     /// Asks the registry and handles its answer (and, for `attach`, the link) before
     /// reading on.
-    fn ask(&mut self, command: ClientCommand, ctx: &mut Ctx<ClientSocket>) {
-        let attaching = match &command {
-            ClientCommand::Attach { session, .. } => Some(session.clone()),
-            _ => None,
-        };
+    fn ask(
+        &mut self,
+        client: ConnId,
+        command: ClientCommand,
+        last_seq: Option<u64>,
+        ctx: &mut Ctx<ClientSocket>,
+    ) {
         let ask = ClientAsk {
-            conn: self.socket.conn,
+            client,
             command,
+            last_seq,
         };
         let answer = self.proto.registry.send(ask).timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             answer,
-            move |client, answer, ctx| match (answer, attaching) {
-                (Ok(ClientReply::Done), _) => {}
-                (Ok(ClientReply::Linking(link)), Some(session)) => {
-                    let link = tokio::time::timeout(REGISTRY_TIMEOUT, link);
+            |client, answer, ctx| match answer {
+                Ok(ClientReply::Done) => {}
+                Ok(ClientReply::Resumed {
+                    session,
+                    attachment,
+                    pipes,
+                }) => {
+                    let attached = Attached { attachment, pipes };
+                    client.proto.attached.insert(session, attached);
+                }
+                Ok(ClientReply::Linking {
+                    session,
+                    linked,
+                    attachment,
+                    pipes,
+                }) => {
+                    let linked = tokio::time::timeout(REGISTRY_TIMEOUT, linked);
                     client.wait_for(
-                        link,
-                        move |client, agent, ctx| match agent {
-                            Ok(Ok(agent)) => {
-                                client.proto.attached.insert(session, agent);
+                        linked,
+                        move |client, linked, ctx| match linked {
+                            Ok(Ok(())) => {
+                                let attached = Attached { attachment, pipes };
+                                client.proto.attached.insert(session, attached);
                             }
                             _ => client.error(
                                 ErrorCode::MachineNotFound,
@@ -233,16 +331,38 @@ impl Connection<ClientSocket> {
                         ctx,
                     );
                 }
-                (Ok(ClientReply::Linking(_)), None) => {}
-                (Err(_), _) => {
-                    client.error(ErrorCode::Unavailable, "the relay is busy; try again", ctx)
-                }
+                Err(_) => client.error(ErrorCode::Unavailable, "the relay is busy; try again", ctx),
             },
             ctx,
         );
     }
 
-    fn authenticate(&mut self, token: &str, ctx: &mut Ctx<ClientSocket>) {
+    /// Lossless mode, every `pairing.ack_interval_ms`: acknowledges each session's input
+    /// that arrived since the last time.
+    fn acknowledge(&mut self, ctx: &mut Ctx<ClientSocket>) {
+        let due: Vec<(SessionId, u64)> = self
+            .proto
+            .attached
+            .iter()
+            .map(|(session, a)| (session.clone(), lock(&a.attachment).from_client))
+            .filter(|(session, seq)| self.proto.acked.get(session) < Some(seq))
+            .collect();
+        for (session, seq) in due {
+            let ack = ClientEvent::Ack {
+                session_id: Cow::Borrowed(&session),
+                seq,
+            };
+            self.send(&ack, ctx);
+            self.proto.acked.insert(session, seq);
+        }
+    }
+
+    fn authenticate(
+        &mut self,
+        token: &str,
+        lossless: Option<ClientKey>,
+        ctx: &mut Ctx<ClientSocket>,
+    ) {
         if !self.proto.limiters.auth.check(self.socket.client_ip()) {
             return self.error(
                 ErrorCode::RateLimited,
@@ -275,14 +395,48 @@ impl Connection<ClientSocket> {
                         id: found.id.into(),
                         email: found.email,
                     };
-                    client.send(&ClientEvent::Authenticated { user: &user }, ctx);
-                    client.proto.registry.do_send(ClientOnline {
-                        user: user.id.clone(),
-                        peer: client.peer(ctx),
-                    });
-                    client.proto.user = Some(user);
+                    client.online(user, lossless, ctx);
                 }
                 Err(err) => client.unavailable(err, ctx),
+            },
+            ctx,
+        );
+    }
+
+    /// Authenticated: joins the registry (taking its own earlier connection's place in
+    /// lossless mode) before reading on.
+    fn online(&mut self, user: UserInfo, lossless: Option<ClientKey>, ctx: &mut Ctx<ClientSocket>) {
+        let online = ClientOnline {
+            user: user.id.clone(),
+            peer: self.peer(ctx),
+            lossless: lossless.clone(),
+        };
+        let answer = self.proto.registry.send(online).timeout(REGISTRY_TIMEOUT);
+        self.wait_for(
+            answer,
+            move |client, answer, ctx| {
+                let Ok(ClientWelcome {
+                    client: known_as,
+                    attachments,
+                }) = answer
+                else {
+                    let message = "the relay is busy; try again";
+                    return client.error(ErrorCode::Unavailable, message, ctx);
+                };
+                client.send(&ClientEvent::Authenticated { user: &user }, ctx);
+                client.proto.user = Some(user);
+                client.proto.known_as = Some(known_as);
+                for (session, attachment, pipes) in attachments {
+                    let acked = lock(&attachment).from_client;
+                    client.proto.acked.insert(session.clone(), acked);
+                    let attached = Attached { attachment, pipes };
+                    client.proto.attached.insert(session, attached);
+                }
+                if lossless.is_some() {
+                    client.proto.lossless = lossless;
+                    let every = client.settings.pairing.ack_interval();
+                    ctx.run_interval(every, |client, ctx| client.acknowledge(ctx));
+                }
             },
             ctx,
         );

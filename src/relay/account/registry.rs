@@ -5,88 +5,36 @@
 //! The rules live in [`MachineTable`]; the handlers delegate and carry out its [`Effect`]s.
 //! A client's own requests are answered once everything they cause for that client is
 //! queued, so the client reads its next frame only after the answer (see
-//! [`ClientReply`]).
+//! [`ClientReply`]). The data paths — attachments and each machine's session pipes (see
+//! [`super::streams`]) — are made here and handed to the connections, which push data
+//! through them directly.
+//!
+//! Lossless mode: a lost lossless client or agent is not forgotten at once; for
+//! `pairing.resume_grace_secs` its attachments (or its machine's sessions) keep what is
+//! sent to it, and a new connection of the same client (same `clientId`) or agent (same
+//! machine) takes its place.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::streams::{Attachment, MachinePipes, SharedAttachment, SharedMachinePipes};
+pub use super::streams::{ToAgent, ToClient};
 use super::table::{Effect, Live, MachineDeleted, MachineTable};
-use crate::ids::{ConnId, MachineId, Outcome, SessionId, UserId};
-use crate::relay::delivery::{Command, Peer};
+use crate::ids::{ClientKey, ConnId, MachineId, Outcome, SessionId, UserId};
+use crate::relay::deadlines::Deadlines;
+use crate::relay::delivery::{lock, Peer, StreamLimits};
 use crate::relay::protocol::account::ClientEvent;
 use crate::relay::protocol::{Common, SessionInfo};
 
-/// Registry (or a client) → agent actor.
+/// Agent actor → registry: its token checked out for a machine. Answered with the
+/// machine's pipes, or refused if the machine was deleted meanwhile.
 #[derive(Message)]
-#[rtype(result = "()")]
-pub enum ToAgent {
-    /// Fan this session's output out to `client` too: queue `attach` to the agent, then
-    /// (unless `relink`) `attached` to the client, then hand the client this agent — through
-    /// `done` if it is waiting for it, else through its mailbox.
-    Link {
-        /// The session.
-        session: SessionId,
-        /// The client.
-        client: Peer<ToClient>,
-        /// A replacement agent takes over an attachment: the client is told nothing.
-        relink: bool,
-        /// Where the waiting client takes this agent's peer.
-        done: Option<oneshot::Sender<Peer<ToAgent>>>,
-    },
-    /// Stop sending this session's output to `client`.
-    Unlink {
-        /// The session.
-        session: SessionId,
-        /// The client connection.
-        client: ConnId,
-        /// Queue `detach` to the agent.
-        detach_agent: bool,
-        /// The client asked: queue `detached` to it, after the last output.
-        reply_to: Option<Peer<ToClient>>,
-    },
-    /// Close the connection.
-    Close(Outcome),
-}
-
-impl Command for ToAgent {
-    fn close(outcome: Outcome) -> Self {
-        Self::Close(outcome)
-    }
-}
-
-/// Registry (or an agent) → client actor.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum ToClient {
-    /// Input for this session now goes to `agent` (a replacement agent took over).
-    Link {
-        /// The session.
-        session: SessionId,
-        /// The agent.
-        agent: Peer<ToAgent>,
-    },
-    /// The client is no longer attached to this session (it ended).
-    Unlink {
-        /// The session.
-        session: SessionId,
-    },
-    /// Close the connection.
-    Close(Outcome),
-}
-
-impl Command for ToClient {
-    fn close(outcome: Outcome) -> Self {
-        Self::Close(outcome)
-    }
-}
-
-/// Agent actor → registry: its token checked out for a machine. Answered with whether it
-/// may come online (a machine deleted meanwhile may not).
-#[derive(Message)]
-#[rtype(result = "Result<(), MachineDeleted>")]
+#[rtype(result = "Result<SharedMachinePipes, MachineDeleted>")]
 pub struct AgentOnline {
     /// Its machine.
     pub machine: MachineId,
@@ -94,6 +42,8 @@ pub struct AgentOnline {
     pub user: UserId,
     /// How to reach it.
     pub peer: Peer<ToAgent>,
+    /// It asked for lossless mode.
+    pub lossless: bool,
 }
 
 /// Agent actor → registry: what the agent reported.
@@ -129,24 +79,46 @@ pub enum AgentReport {
 pub struct AgentOffline {
     /// The agent connection.
     pub conn: ConnId,
+    /// A close frame or a close the relay chose; false for a lost connection, which a
+    /// lossless agent may resume from within the grace period.
+    pub clean: bool,
 }
 
-/// Client actor → registry: authenticated as a user.
+/// Client actor → registry: authenticated as a user. Answered with the id the client is
+/// known by, and — when a lossless client takes its own earlier connection's place — the
+/// attachments it had.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "ClientWelcome")]
 pub struct ClientOnline {
     /// Its user.
     pub user: UserId,
     /// How to reach it.
     pub peer: Peer<ToClient>,
+    /// Lossless mode, with the key it resumes by.
+    pub lossless: Option<ClientKey>,
+}
+
+/// What [`ClientOnline`] answers.
+#[derive(MessageResponse)]
+pub struct ClientWelcome {
+    /// The id the registry and agents know this client by (an earlier connection's, when
+    /// it took that one's place).
+    pub client: ConnId,
+    /// Attachments it resumes: each waits for `attach` with `lastSeq`.
+    pub attachments: Vec<(SessionId, SharedAttachment, SharedMachinePipes)>,
 }
 
 /// Client actor → registry, from `stopping()` (only if it had authenticated).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ClientOffline {
-    /// The client connection.
+    /// The id the registry knows the client by.
+    pub client: ConnId,
+    /// The connection that ended (a newer one may have taken its place).
     pub conn: ConnId,
+    /// A close frame or a close the relay chose; false for a lost connection, which a
+    /// lossless client may resume from within the grace period.
+    pub clean: bool,
 }
 
 /// A client request that the registry answers (ownership is checked there).
@@ -184,20 +156,41 @@ pub enum ClientCommand {
 #[derive(Message)]
 #[rtype(result = "ClientReply")]
 pub struct ClientAsk {
-    /// The client connection.
-    pub conn: ConnId,
+    /// The client.
+    pub client: ConnId,
     /// What it asks.
     pub command: ClientCommand,
+    /// Lossless mode, re-attaching: the last output `seq` it received.
+    pub last_seq: Option<u64>,
 }
 
-/// What a client's request leaves it to wait for.
+/// What a client's request leaves it to take or wait for.
 #[derive(MessageResponse)]
 pub enum ClientReply {
     /// Everything is queued: read on.
     Done,
-    /// An attach is being linked by the agent's actor: wait for the agent's peer, which
-    /// arrives once `attach` and `attached` are queued.
-    Linking(oneshot::Receiver<Peer<ToAgent>>),
+    /// A new attachment, being linked by the agent's actor: wait for `linked`, which comes
+    /// once `attach` and `attached` are queued; then input goes through `pipes`.
+    Linking {
+        /// The session.
+        session: SessionId,
+        /// Told when linked.
+        linked: oneshot::Receiver<()>,
+        /// The attachment.
+        attachment: SharedAttachment,
+        /// Its machine's pipes.
+        pipes: SharedMachinePipes,
+    },
+    /// An attachment the client already had is connected again (after `attached`, its
+    /// `ack`, and what it missed).
+    Resumed {
+        /// The session.
+        session: SessionId,
+        /// The attachment.
+        attachment: SharedAttachment,
+        /// Its machine's pipes.
+        pipes: SharedMachinePipes,
+    },
 }
 
 /// REST or client → registry: the live state of these machines, in order.
@@ -216,29 +209,94 @@ pub struct DropMachine {
     pub machine: MachineId,
 }
 
+/// An agent connection the registry knows.
+struct AgentEntry {
+    peer: Peer<ToAgent>,
+    machine: MachineId,
+    lossless: bool,
+}
+
+/// A client the registry knows, by the id it was first known by.
+struct ClientEntry {
+    peer: Peer<ToClient>,
+    user: UserId,
+    /// Lossless mode: the key it may resume by.
+    key: Option<ClientKey>,
+    attachments: HashMap<SessionId, (SharedAttachment, MachineId)>,
+}
+
+/// A lost connection that may come back within the grace period.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Away {
+    Client(ConnId),
+    Agent(ConnId),
+}
+
 /// The account-mode registry actor.
-#[derive(Default)]
 pub struct MachineRegistry {
     table: MachineTable,
-    agents: HashMap<ConnId, Peer<ToAgent>>,
-    clients: HashMap<ConnId, Peer<ToClient>>,
+    limits: StreamLimits,
+    /// How long a lost lossless side may come back (`pairing.resume_grace_secs`).
+    grace: Duration,
+    agents: HashMap<ConnId, AgentEntry>,
+    /// Each online (or briefly away) machine's data paths.
+    machines: HashMap<MachineId, SharedMachinePipes>,
+    clients: HashMap<ConnId, ClientEntry>,
+    /// Lossless clients by their key, to take their own place on a new connection.
+    keys: HashMap<(UserId, ClientKey), ConnId>,
+    away: Deadlines<Away>,
+    armed: Option<(Instant, SpawnHandle)>,
 }
 
 impl MachineRegistry {
-    /// Carries out `effects`, in order. A link for `waiting` (the client whose request this
-    /// is) hands it the agent through the returned receiver.
-    fn apply(&mut self, effects: Vec<Effect>, waiting: Option<ConnId>) -> ClientReply {
+    /// A registry whose streams are bounded by `limits`, and whose lost lossless sides may
+    /// come back within `grace`.
+    pub fn new(limits: StreamLimits, grace: Duration) -> Self {
+        Self {
+            table: MachineTable::default(),
+            limits,
+            grace,
+            agents: HashMap::new(),
+            machines: HashMap::new(),
+            clients: HashMap::new(),
+            keys: HashMap::new(),
+            away: Deadlines::default(),
+            armed: None,
+        }
+    }
+
+    fn pipes(&self, machine: &MachineId) -> Option<SharedMachinePipes> {
+        self.machines.get(machine).cloned()
+    }
+
+    /// Carries out `effects`, in order. `asking` is the client whose request this is (its
+    /// new or resumed attachment comes back in the reply), with its `lastSeq`.
+    fn apply(
+        &mut self,
+        effects: Vec<Effect>,
+        asking: Option<(ConnId, Option<u64>)>,
+    ) -> ClientReply {
         let mut reply = ClientReply::Done;
         for effect in effects {
             match effect {
                 Effect::ToAgent { conn, event } => {
                     if let Some(agent) = self.agents.get(&conn) {
-                        agent.send(&event);
+                        agent.peer.send(&event);
+                    }
+                }
+                Effect::ToClient {
+                    conn,
+                    event: ClientEvent::Attached { session_id, .. },
+                } => {
+                    // Attached already: a repeated `attach`, or a resumed client's.
+                    let last_seq = asking.and_then(|(c, last)| last.filter(|_| c == conn));
+                    if let Some(resumed) = self.reattach(conn, session_id.into_owned(), last_seq) {
+                        reply = resumed;
                     }
                 }
                 Effect::ToClient { conn, event } => {
                     if let Some(client) = self.clients.get(&conn) {
-                        client.send(&event);
+                        client.peer.send(&event);
                     }
                 }
                 Effect::ClientError {
@@ -247,32 +305,21 @@ impl MachineRegistry {
                     message,
                 } => {
                     if let Some(client) = self.clients.get(&conn) {
-                        client.send(&Common::error(code, message));
+                        client.peer.send(&Common::error(code, message));
                     }
                 }
                 Effect::Link {
                     agent,
                     client,
+                    machine,
                     session,
                     relink,
                 } => {
-                    let (Some(a), Some(c)) = (self.agents.get(&agent), self.clients.get(&client))
-                    else {
-                        continue;
-                    };
-                    let done = (Some(client) == waiting).then(|| {
-                        let (tx, rx) = oneshot::channel();
-                        reply = ClientReply::Linking(rx);
-                        tx
-                    });
-                    // An agent on its way out drops this, and with it `done`: the waiting
-                    // client then hears MACHINE_NOT_FOUND; its departure ends the session.
-                    a.tell(ToAgent::Link {
-                        session,
-                        client: c.clone(),
-                        relink,
-                        done,
-                    });
+                    if let Some(linking) = self.link(agent, client, machine, session, relink) {
+                        if asking.is_some_and(|(c, _)| c == client) {
+                            reply = linking;
+                        }
+                    }
                 }
                 Effect::Unlink {
                     agent,
@@ -280,46 +327,200 @@ impl MachineRegistry {
                     session,
                     detach_agent,
                     reply: wants_reply,
-                } => {
-                    let client_peer = self.clients.get(&client).cloned();
-                    match self.agents.get(&agent).filter(|a| a.is_live()) {
-                        Some(a) => {
-                            if !wants_reply {
-                                if let Some(c) = &client_peer {
-                                    c.tell(ToClient::Unlink {
-                                        session: session.clone(),
-                                    });
-                                }
-                            }
-                            a.tell(ToAgent::Unlink {
-                                session,
-                                client,
-                                detach_agent,
-                                reply_to: client_peer.filter(|_| wants_reply),
-                            });
-                        }
-                        // No agent actor to answer after the last output: answer here.
-                        None => {
-                            if let Some(c) = client_peer {
-                                if wants_reply {
-                                    c.send(&ClientEvent::Detached {
-                                        session_id: std::borrow::Cow::Borrowed(&session),
-                                    });
-                                } else {
-                                    c.tell(ToClient::Unlink { session });
-                                }
-                            }
-                        }
+                } => self.unlink(agent, client, session, detach_agent, wants_reply),
+                Effect::EndSession { machine, session } => {
+                    if let Some(pipes) = self.machines.get(&machine) {
+                        lock(pipes).end(&session);
                     }
                 }
                 Effect::DropAgent { conn, outcome } => {
+                    self.away.cancel(&Away::Agent(conn));
                     if let Some(agent) = self.agents.remove(&conn) {
-                        agent.close(outcome);
+                        agent.peer.close(outcome);
                     }
                 }
             }
         }
         reply
+    }
+
+    /// Links an attachment: a new one (made here, output going to the client now) or, for
+    /// a replacement agent, the one the client has. Returns the reply for a waiting client.
+    fn link(
+        &mut self,
+        agent: ConnId,
+        client: ConnId,
+        machine: MachineId,
+        session: SessionId,
+        relink: bool,
+    ) -> Option<ClientReply> {
+        let agent_peer = self.agents.get(&agent)?.peer.clone();
+        let pipes = self.pipes(&machine)?;
+        let limits = self.limits;
+        let entry = self.clients.get_mut(&client)?;
+        if relink {
+            let (attachment, _) = entry.attachments.get(&session)?;
+            agent_peer.tell(ToAgent::Link {
+                session,
+                attachment: Arc::clone(attachment),
+                relink: true,
+                done: None,
+            });
+            return None;
+        }
+        let lossless = entry.key.is_some();
+        let attachment = Attachment::shared(
+            session.clone(),
+            client,
+            entry.peer.clone(),
+            limits,
+            lossless,
+        );
+        entry
+            .attachments
+            .insert(session.clone(), (Arc::clone(&attachment), machine));
+        let (done, linked) = oneshot::channel();
+        // An agent on its way out drops this, and with it `done`: the waiting client then
+        // hears MACHINE_NOT_FOUND; its departure ends the session.
+        agent_peer.tell(ToAgent::Link {
+            session: session.clone(),
+            attachment: Arc::clone(&attachment),
+            relink: false,
+            done: Some(done),
+        });
+        Some(ClientReply::Linking {
+            session,
+            linked,
+            attachment,
+            pipes,
+        })
+    }
+
+    /// `attach` for a session the client is attached to already. An attachment waiting for
+    /// its resumed client is connected again — `attached`, its `ack`, then what it missed
+    /// after `last_seq` — and returned; otherwise the client just hears `attached`.
+    fn reattach(
+        &mut self,
+        client: ConnId,
+        session: SessionId,
+        last_seq: Option<u64>,
+    ) -> Option<ClientReply> {
+        let entry = self.clients.get(&client)?;
+        let Some((attachment, machine)) = entry.attachments.get(&session) else {
+            entry.peer.send(&ClientEvent::Attached {
+                session_id: Cow::Borrowed(&session),
+                resumed: None,
+            });
+            return None;
+        };
+        let mut shared = lock(attachment);
+        let lossless = shared.to_client.is_numbered();
+        entry.peer.send(&ClientEvent::Attached {
+            session_id: Cow::Borrowed(&session),
+            resumed: lossless.then_some(true),
+        });
+        if shared.to_client.peer().is_some() {
+            return None;
+        }
+        if lossless {
+            entry.peer.send(&ClientEvent::Ack {
+                session_id: Cow::Borrowed(&session),
+                seq: shared.from_client,
+            });
+        }
+        shared.to_client.connect(entry.peer.clone(), last_seq);
+        drop(shared);
+        Some(ClientReply::Resumed {
+            session,
+            attachment: Arc::clone(attachment),
+            pipes: self.pipes(machine)?,
+        })
+    }
+
+    /// Ends one attachment.
+    fn unlink(
+        &mut self,
+        agent: ConnId,
+        client: ConnId,
+        session: SessionId,
+        detach_agent: bool,
+        reply: bool,
+    ) {
+        let Some(entry) = self.clients.get_mut(&client) else {
+            return;
+        };
+        entry.attachments.remove(&session);
+        let client_peer = entry.peer.clone();
+        if !reply {
+            client_peer.tell(ToClient::Unlink {
+                session: session.clone(),
+            });
+        }
+        match self.agents.get(&agent).filter(|a| a.peer.is_live()) {
+            Some(agent) => agent.peer.tell(ToAgent::Unlink {
+                session,
+                client,
+                detach_agent,
+                reply,
+            }),
+            // No agent actor to answer after the last output: answer here.
+            None if reply => {
+                client_peer.send(&ClientEvent::Detached {
+                    session_id: Cow::Borrowed(&session),
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// The client is gone for good: detached everywhere.
+    fn client_gone(&mut self, client: ConnId) {
+        self.away.cancel(&Away::Client(client));
+        let effects = self.table.client_offline(client);
+        self.apply(effects, None);
+        if let Some(entry) = self.clients.remove(&client) {
+            if let Some(key) = entry.key {
+                self.keys.remove(&(entry.user, key));
+            }
+        }
+    }
+
+    /// The agent is gone for good: its machine goes offline, its sessions end.
+    fn agent_gone(&mut self, conn: ConnId) {
+        self.away.cancel(&Away::Agent(conn));
+        let effects = self.table.agent_offline(conn);
+        self.apply(effects, None);
+        if let Some(agent) = self.agents.remove(&conn) {
+            let still_online = self.agents.values().any(|a| a.machine == agent.machine);
+            if !still_online {
+                self.machines.remove(&agent.machine);
+            }
+        }
+    }
+
+    /// Arms the one timer for the earliest grace period, if that changed.
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let next = self.away.next();
+        if next == self.armed.as_ref().map(|(at, _)| *at) {
+            return;
+        }
+        if let Some((_, handle)) = self.armed.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let after = at.saturating_duration_since(Instant::now());
+            let handle = ctx.run_later(after, |registry, ctx| {
+                registry.armed = None;
+                while let Some(away) = registry.away.pop_due(Instant::now()) {
+                    match away {
+                        Away::Client(client) => registry.client_gone(client),
+                        Away::Agent(conn) => registry.agent_gone(conn),
+                    }
+                }
+                registry.rearm(ctx);
+            });
+            self.armed = Some((at, handle));
+        }
     }
 }
 
@@ -328,7 +529,7 @@ impl Actor for MachineRegistry {
 }
 
 impl Handler<AgentOnline> for MachineRegistry {
-    type Result = Result<(), MachineDeleted>;
+    type Result = Result<SharedMachinePipes, MachineDeleted>;
 
     fn handle(&mut self, msg: AgentOnline, _: &mut Context<Self>) -> Self::Result {
         let conn = msg.peer.conn;
@@ -337,8 +538,20 @@ impl Handler<AgentOnline> for MachineRegistry {
             .agent_online(conn, &msg.machine, &msg.user, Instant::now())?;
         // Apply first: a replaced agent is still in `agents` to receive its close.
         self.apply(effects, None);
-        self.agents.insert(conn, msg.peer);
-        Ok(())
+        let limits = self.limits;
+        let pipes = Arc::clone(
+            self.machines
+                .entry(msg.machine.clone())
+                .or_insert_with(|| MachinePipes::shared(limits)),
+        );
+        lock(&pipes).agent_online(msg.peer.clone(), msg.lossless);
+        let entry = AgentEntry {
+            peer: msg.peer,
+            machine: msg.machine,
+            lossless: msg.lossless,
+        };
+        self.agents.insert(conn, entry);
+        Ok(pipes)
     }
 }
 
@@ -358,29 +571,102 @@ impl Handler<AgentReport> for MachineRegistry {
 impl Handler<AgentOffline> for MachineRegistry {
     type Result = ();
 
-    fn handle(&mut self, msg: AgentOffline, _: &mut Context<Self>) {
-        let effects = self.table.agent_offline(msg.conn);
-        self.apply(effects, None);
-        self.agents.remove(&msg.conn);
+    fn handle(&mut self, msg: AgentOffline, ctx: &mut Context<Self>) {
+        let Some(agent) = self.agents.get(&msg.conn) else {
+            // Replaced or dropped already: its late close changes nothing.
+            self.agent_gone(msg.conn);
+            return;
+        };
+        if agent.lossless && !msg.clean {
+            // It may come back: its machine stays online, its sessions and their clients
+            // stay attached, and input for it is held.
+            if let Some(pipes) = self.machines.get(&agent.machine) {
+                lock(pipes).agent_away();
+            }
+            self.away
+                .set(Away::Agent(msg.conn), Instant::now() + self.grace);
+        } else {
+            self.agent_gone(msg.conn);
+        }
+        self.rearm(ctx);
     }
 }
 
 impl Handler<ClientOnline> for MachineRegistry {
-    type Result = ();
+    type Result = ClientWelcome;
 
-    fn handle(&mut self, msg: ClientOnline, _: &mut Context<Self>) {
-        self.table.client_online(msg.peer.conn, &msg.user);
-        self.clients.insert(msg.peer.conn, msg.peer);
+    fn handle(&mut self, msg: ClientOnline, ctx: &mut Context<Self>) -> ClientWelcome {
+        let conn = msg.peer.conn;
+        let known = msg
+            .lossless
+            .as_ref()
+            .and_then(|key| self.keys.get(&(msg.user.clone(), key.clone())).copied());
+        if let Some(client) = known {
+            self.away.cancel(&Away::Client(client));
+            self.rearm(ctx);
+            if let Some(entry) = self.clients.get_mut(&client) {
+                // The same client on a new connection: it takes the old one's place (a
+                // newer connection wins, whether the old one is known lost or only looks
+                // alive), and its attachments wait for it to say what it received.
+                let old = std::mem::replace(&mut entry.peer, msg.peer);
+                if old.conn != conn {
+                    old.close(Outcome::Replaced);
+                }
+                let mut attachments = Vec::new();
+                for (session, (attachment, machine)) in &entry.attachments {
+                    lock(attachment).to_client.disconnect();
+                    if let Some(pipes) = self.machines.get(machine) {
+                        attachments.push((
+                            session.clone(),
+                            Arc::clone(attachment),
+                            Arc::clone(pipes),
+                        ));
+                    }
+                }
+                return ClientWelcome {
+                    client,
+                    attachments,
+                };
+            }
+        }
+        self.table.client_online(conn, &msg.user);
+        if let Some(key) = &msg.lossless {
+            self.keys.insert((msg.user.clone(), key.clone()), conn);
+        }
+        let entry = ClientEntry {
+            peer: msg.peer,
+            user: msg.user,
+            key: msg.lossless,
+            attachments: HashMap::new(),
+        };
+        self.clients.insert(conn, entry);
+        ClientWelcome {
+            client: conn,
+            attachments: Vec::new(),
+        }
     }
 }
 
 impl Handler<ClientOffline> for MachineRegistry {
     type Result = ();
 
-    fn handle(&mut self, msg: ClientOffline, _: &mut Context<Self>) {
-        let effects = self.table.client_offline(msg.conn);
-        self.apply(effects, None);
-        self.clients.remove(&msg.conn);
+    fn handle(&mut self, msg: ClientOffline, ctx: &mut Context<Self>) {
+        let Some(entry) = self.clients.get(&msg.client) else {
+            return;
+        };
+        if entry.peer.conn != msg.conn {
+            return; // a newer connection took its place
+        }
+        if entry.key.is_some() && !msg.clean {
+            for (attachment, _) in entry.attachments.values() {
+                lock(attachment).to_client.disconnect();
+            }
+            self.away
+                .set(Away::Client(msg.client), Instant::now() + self.grace);
+            self.rearm(ctx);
+        } else {
+            self.client_gone(msg.client);
+        }
     }
 }
 
@@ -388,20 +674,20 @@ impl Handler<ClientAsk> for MachineRegistry {
     type Result = ClientReply;
 
     fn handle(&mut self, msg: ClientAsk, _: &mut Context<Self>) -> ClientReply {
-        let conn = msg.conn;
+        let client = msg.client;
         let effects = match msg.command {
-            ClientCommand::ListSessions { machine } => self.table.list_sessions(conn, &machine),
+            ClientCommand::ListSessions { machine } => self.table.list_sessions(client, &machine),
             ClientCommand::Attach { machine, session } => {
-                self.table.attach(conn, &machine, &session)
+                self.table.attach(client, &machine, &session)
             }
-            ClientCommand::Detach { session } => self.table.detach(conn, &session),
+            ClientCommand::Detach { session } => self.table.detach(client, &session),
             ClientCommand::CreateSession {
                 machine,
                 name,
                 command,
-            } => self.table.create_session(conn, &machine, name, command),
+            } => self.table.create_session(client, &machine, name, command),
         };
-        self.apply(effects, Some(conn))
+        self.apply(effects, Some((client, msg.last_seq)))
     }
 }
 
@@ -419,5 +705,6 @@ impl Handler<DropMachine> for MachineRegistry {
     fn handle(&mut self, msg: DropMachine, _: &mut Context<Self>) {
         let effects = self.table.machine_deleted(&msg.machine, Instant::now());
         self.apply(effects, None);
+        self.machines.remove(&msg.machine);
     }
 }

@@ -70,6 +70,8 @@ pub enum Effect {
         agent: ConnId,
         /// The client connection.
         client: ConnId,
+        /// The session's machine.
+        machine: MachineId,
         /// The session.
         session: SessionId,
         /// A replacement agent takes over an attachment.
@@ -89,6 +91,13 @@ pub enum Effect {
         detach_agent: bool,
         /// Tell the client `detached`.
         reply: bool,
+    },
+    /// A session ended: its data paths go.
+    EndSession {
+        /// Its machine.
+        machine: MachineId,
+        /// The session.
+        session: SessionId,
     },
     /// Close an agent connection: `Replaced` by a newer one, or `Refused` (its machine
     /// was deleted).
@@ -264,6 +273,7 @@ impl MachineTable {
                         effects.push(Effect::Link {
                             agent: conn,
                             client,
+                            machine: machine.clone(),
                             session: key.1.clone(),
                             relink: true,
                         });
@@ -391,6 +401,7 @@ impl MachineTable {
                     conn,
                     event: ClientEvent::Attached {
                         session_id: Cow::Owned(session.clone()),
+                        resumed: None,
                     },
                 }]
             }
@@ -413,6 +424,7 @@ impl MachineTable {
         vec![Effect::Link {
             agent: agent_conn,
             client: conn,
+            machine: machine.clone(),
             session: session.clone(),
             relink: false,
         }]
@@ -547,6 +559,10 @@ impl MachineTable {
                 reply: false,
             });
         }
+        effects.push(Effect::EndSession {
+            machine: machine.clone(),
+            session: session.clone(),
+        });
         self.tell_user(&user, effects, || ClientEvent::SessionEnded {
             machine_id: Cow::Owned(machine.clone()),
             session_id: Cow::Owned(session.clone()),

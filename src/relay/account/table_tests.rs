@@ -106,6 +106,7 @@ fn attach_links_agent_and_client_and_repeating_it_only_confirms() {
         vec![Effect::Link {
             agent: AGENT,
             client: ADA_CLIENT,
+            machine: m("m1"),
             session: s("s1"),
             relink: false
         }]
@@ -115,7 +116,8 @@ fn attach_links_agent_and_client_and_repeating_it_only_confirms() {
         vec![Effect::ToClient {
             conn: ADA_CLIENT,
             event: ClientEvent::Attached {
-                session_id: Cow::Owned(s("s1"))
+                session_id: Cow::Owned(s("s1")),
+                resumed: None
             }
         }]
     );
@@ -233,6 +235,7 @@ fn a_replacement_agent_keeps_surviving_sessions_attached_and_ends_the_rest() {
     assert!(effects.contains(&Effect::Link {
         agent: NEW_AGENT,
         client: ADA_CLIENT,
+        machine: m("m1"),
         session: s("s1"),
         relink: true
     }));

@@ -7,11 +7,11 @@
 //! connects and disconnects the sides; each side's actor, on its own thread, pushes its
 //! data straight into the other direction. One mutex per pairing, held for a push.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use super::command::ToConn;
 use crate::ids::Role;
-use crate::relay::delivery::Stream;
+use crate::relay::delivery::{self, Accepted, Stream};
 
 /// Both directions of one pairing.
 #[derive(Debug)]
@@ -25,34 +25,6 @@ pub struct Pipes {
 
 /// One pairing's pipes, shared.
 pub type SharedPipes = Arc<Mutex<Pipes>>;
-
-/// The bounds of every pairing's streams, from `[pairing]`.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamLimits {
-    /// Bytes held for an away side (`resume_buffer_bytes`).
-    pub hold: usize,
-    /// Bytes unacknowledged by a side in lossless mode (`replay_window_bytes`).
-    pub window: usize,
-}
-
-/// Locks a pairing's pipes; a poisoned lock still guards consistent streams.
-pub fn lock(pipes: &SharedPipes) -> MutexGuard<'_, Pipes> {
-    pipes.lock().unwrap_or_else(|poison| poison.into_inner())
-}
-
-/// What to do with one `data` message a side sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accepted {
-    /// New: forward it.
-    New,
-    /// Its `seq` was already accepted: a re-send, dropped.
-    Again,
-    /// Its `seq` skips some: refused; the relay expected this one.
-    Skips {
-        /// The `seq` the relay expected.
-        expected: u64,
-    },
-}
 
 fn index(role: Role) -> usize {
     match role {
@@ -82,16 +54,7 @@ impl Pipes {
 
     /// Counts one `data` message from `from`, numbered `seq` if the side numbers them.
     pub fn accept(&mut self, from: Role, seq: Option<u64>) -> Accepted {
-        let received = &mut self.received[index(from)];
-        let expected = *received + 1;
-        match seq {
-            Some(seq) if seq < expected => Accepted::Again,
-            Some(seq) if seq > expected => Accepted::Skips { expected },
-            _ => {
-                *received = expected;
-                Accepted::New
-            }
-        }
+        delivery::accept(&mut self.received[index(from)], seq)
     }
 }
 
@@ -102,7 +65,7 @@ mod tests {
     #[test]
     fn messages_are_counted_and_re_sends_recognised() {
         let pipes = Pipes::shared(1024);
-        let mut pipes = lock(&pipes);
+        let mut pipes = delivery::lock(&pipes);
         assert_eq!(pipes.accept(Role::Browser, None), Accepted::New);
         assert_eq!(pipes.accept(Role::Browser, Some(2)), Accepted::New);
         assert_eq!(pipes.accept(Role::Browser, Some(2)), Accepted::Again);

@@ -21,10 +21,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 
 pub use super::command::ToConn;
-use super::pipes::{lock as lock_pipes, Pipes, SharedPipes, StreamLimits};
+use super::pipes::{Pipes, SharedPipes};
 use super::table::{Effect, PairingRules, PairingTable};
 use crate::ids::{ClientKey, ConnId, Outcome, PairingId, Role};
 use crate::metrics::METRICS;
+use crate::relay::delivery::{lock as lock_pipes, StreamLimits};
 use crate::relay::delivery::{Delivery, Peer};
 use crate::relay::protocol::pairing::PairingEvent;
 use crate::relay::protocol::ErrorCode;

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 
-use super::pipes::{lock as lock_pipes, Accepted};
 use super::registry::{
     self, Connect, Disconnect, Join, Lossless, Pairing, PairingSlot, Register, Reply, Resume,
     SessionRegistry, ToConn, Unpair,
@@ -19,7 +18,7 @@ use super::registry::{
 use crate::ids::{DropReason, Outcome, Role};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
-use crate::relay::delivery::Delivery;
+use crate::relay::delivery::{lock as lock_pipes, Accepted, Delivery};
 use crate::relay::protocol::json::Text;
 use crate::relay::protocol::pairing::{self, PairingEvent, PairingRequest};
 use crate::relay::protocol::{Common, ErrorCode};

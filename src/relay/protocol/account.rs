@@ -15,7 +15,7 @@ use serde_json::Number;
 use super::json::{self, Text};
 use super::{ErrorCode, MachineInfo, ParseError, Refusal, SessionInfo, UserInfo};
 use super::{MAX_COMMAND_BYTES, MAX_ID_BYTES, MAX_SESSION_NAME_BYTES};
-use crate::ids::{ConnId, MachineId, SessionId};
+use crate::ids::{ClientKey, ConnId, MachineId, SessionId};
 use crate::transport::text_frame_of;
 
 /// Refusal for an id too long to name one of the user's machines: exactly what the
@@ -35,6 +35,9 @@ pub enum AgentRequest<'a> {
         /// Informational only.
         #[serde(rename = "machineName", default)]
         machine_name: Option<String>,
+        /// Lossless mode: opt in to sequence numbers and acknowledgements.
+        #[serde(default)]
+        ack: bool,
     },
     /// The full list of sessions (answer to `list_sessions`).
     Sessions {
@@ -60,6 +63,27 @@ pub enum AgentRequest<'a> {
         /// Opaque to the relay.
         #[serde(borrow)]
         data: Text<'a>,
+        /// Lossless mode: this message's number among the agent's output for the session.
+        #[serde(default)]
+        seq: Option<u64>,
+    },
+    /// Lossless mode: "I have all input for this session up to `seq`".
+    Ack {
+        /// Which session.
+        #[serde(rename = "sessionId")]
+        session_id: SessionId,
+        /// The last input `seq` received.
+        seq: u64,
+    },
+    /// Lossless mode, after coming back: "I received input for this session up to
+    /// `lastSeq`"; answered with `ack` (its output the relay has) and the input it missed.
+    Resume {
+        /// Which session.
+        #[serde(rename = "sessionId")]
+        session_id: SessionId,
+        /// The last input `seq` received.
+        #[serde(rename = "lastSeq")]
+        last_seq: u64,
     },
     /// Application ping, answered with `pong`.
     Ping {
@@ -133,6 +157,14 @@ pub enum AgentEvent<'a> {
     },
     // Keystrokes from an attached client, `{"type":"data","sessionId","data"}`: see
     // [`data_frame`].
+    /// Lossless mode: "I have your output for this session up to `seq`".
+    Ack {
+        /// The session.
+        #[serde(rename = "sessionId")]
+        session_id: &'a SessionId,
+        /// The last of its output the relay has.
+        seq: u64,
+    },
     /// A client's terminal size.
     Resize {
         /// The session.
@@ -153,6 +185,13 @@ pub enum ClientRequest<'a> {
     Auth {
         /// A biscuit access token.
         token: String,
+        /// Lossless mode: opt in to sequence numbers and acknowledgements.
+        #[serde(default)]
+        ack: bool,
+        /// Lossless mode: a random UUID the client keeps across reconnects; a new
+        /// connection with the same one takes the old one's place and its attachments.
+        #[serde(rename = "clientId", default)]
+        client_id: Option<ClientKey>,
     },
     /// The user's machines.
     ListMachines,
@@ -170,6 +209,9 @@ pub enum ClientRequest<'a> {
         /// Which session.
         #[serde(rename = "sessionId")]
         session_id: SessionId,
+        /// Lossless mode, after coming back: the last output `seq` received.
+        #[serde(rename = "lastSeq", default)]
+        last_seq: Option<u64>,
     },
     /// Stop receiving it.
     Detach {
@@ -195,6 +237,17 @@ pub enum ClientRequest<'a> {
         /// Opaque.
         #[serde(borrow)]
         data: Text<'a>,
+        /// Lossless mode: this message's number among the client's input for the session.
+        #[serde(default)]
+        seq: Option<u64>,
+    },
+    /// Lossless mode: "I have this session's output up to `seq`".
+    Ack {
+        /// Which session.
+        #[serde(rename = "sessionId")]
+        session_id: SessionId,
+        /// The last output `seq` received.
+        seq: u64,
     },
     /// Terminal size of an attached session.
     Resize {
@@ -231,7 +284,9 @@ impl ClientRequest<'_> {
                 ErrorCode::SessionNotFound,
                 "no such session on that machine",
             )),
-            Self::Detach { session_id } | Self::Resize { session_id, .. }
+            Self::Detach { session_id }
+            | Self::Resize { session_id, .. }
+            | Self::Ack { session_id, .. }
                 if long(session_id.as_str()) =>
             {
                 Err(NOT_ATTACHED)
@@ -275,6 +330,18 @@ pub enum ClientEvent<'a> {
         /// The session.
         #[serde(rename = "sessionId")]
         session_id: Cow<'a, SessionId>,
+        /// Lossless mode only: whether this continues an attachment the client had (its
+        /// numbering goes on) or starts a new one (numbering starts at 1).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resumed: Option<bool>,
+    },
+    /// Lossless mode: "I have your input for this session up to `seq`".
+    Ack {
+        /// The session.
+        #[serde(rename = "sessionId")]
+        session_id: Cow<'a, SessionId>,
+        /// The last of the client's input the relay has.
+        seq: u64,
     },
     /// The answer to `detach`.
     Detached {
@@ -311,40 +378,66 @@ pub enum ClientEvent<'a> {
     // [`data_frame`].
 }
 
-/// `{"type":"data","sessionId":"…","data":"…"}` — output to a client or input to an agent.
-/// Both fields exactly as their sender wrote them when that is how serde would write them.
-pub fn data_frame(session_id: &Text<'_>, data: &Text<'_>) -> Bytes {
+/// `{"type":"data","sessionId":"…","data":"…"}` (and `,"seq":n` in lossless mode) —
+/// output to a client or input to an agent. Both fields exactly as their sender wrote them
+/// when that is how serde would write them.
+pub fn data_frame(session_id: &Text<'_>, data: &Text<'_>, seq: Option<u64>) -> Bytes {
     const HEAD: &[u8] = br#"{"type":"data","sessionId":""#;
     const MIDDLE: &[u8] = br#"","data":""#;
+    const SEQ: &[u8] = br#"","seq":"#;
     const TAIL: &[u8] = br#""}"#;
-    let len = HEAD.len() + session_id.json_len() + MIDDLE.len() + data.json_len() + TAIL.len();
+    let mut digits = itoa::Buffer::new();
+    let seq = seq.map(|seq| digits.format(seq).as_bytes());
+    let len = HEAD.len()
+        + session_id.json_len()
+        + MIDDLE.len()
+        + data.json_len()
+        + seq.map_or(TAIL.len(), |seq| SEQ.len() + seq.len() + 1);
     text_frame_of(len, |out| {
         out.extend_from_slice(HEAD);
         session_id.write_json(out);
         out.extend_from_slice(MIDDLE);
         data.write_json(out);
-        out.extend_from_slice(TAIL);
+        match seq {
+            Some(seq) => {
+                out.extend_from_slice(SEQ);
+                out.extend_from_slice(seq);
+                out.push(b'}');
+            }
+            None => out.extend_from_slice(TAIL),
+        }
     })
 }
 
-/// A plain `{"type":"data","sessionId":"…","data":"…"}`, read without serde.
-fn fast_data(bytes: &[u8]) -> Option<(Text<'_>, Text<'_>)> {
+/// A plain `{"type":"data","sessionId":"…","data":"…"}` (with `"seq"` in lossless mode),
+/// read without serde.
+fn fast_data(bytes: &[u8]) -> Option<(Text<'_>, Text<'_>, Option<u64>)> {
     let fields = json::flat_object(std::str::from_utf8(bytes).ok()?)?;
-    let is_data =
-        fields.str("type")?.as_json() == "data" && fields.only(&["type", "sessionId", "data"]);
+    let is_data = fields.str("type")?.as_json() == "data"
+        && fields.only(&["type", "sessionId", "data", "seq"]);
     if !is_data {
         return None;
     }
+    let seq = match fields.get("seq") {
+        None => None,
+        Some(json::Value::Uint(seq)) => Some(seq),
+        Some(_) => return None,
+    };
     Some((
         Text::Json(fields.str("sessionId")?),
         Text::Json(fields.str("data")?),
+        seq,
     ))
 }
 
 /// Parses one `/ws/agent` message: `data` on the fast path, the rest through serde.
 pub fn parse_agent(bytes: &[u8]) -> Result<AgentRequest<'_>, ParseError> {
     match fast_data(bytes) {
-        Some((session_id, data)) => Ok(AgentRequest::Data { session_id, data }),
+        Some((session_id, data, seq)) => Ok(AgentRequest::Data {
+            session_id,
+            data,
+            seq,
+        }),
         None => super::parse(bytes),
     }
 }
@@ -352,7 +445,11 @@ pub fn parse_agent(bytes: &[u8]) -> Result<AgentRequest<'_>, ParseError> {
 /// Parses one `/ws/client` message: `data` on the fast path, the rest through serde.
 pub fn parse_client(bytes: &[u8]) -> Result<ClientRequest<'_>, ParseError> {
     match fast_data(bytes) {
-        Some((session_id, data)) => Ok(ClientRequest::Data { session_id, data }),
+        Some((session_id, data, seq)) => Ok(ClientRequest::Data {
+            session_id,
+            data,
+            seq,
+        }),
         None => super::parse(bytes),
     }
 }
@@ -410,12 +507,14 @@ mod tests {
     fn data_takes_the_fast_path_both_ways_and_frames_like_serde() {
         let text = br#"{"type":"data","sessionId":"s1","data":"\u001b[1mls\r\n"}"#;
         let (session_id, data) = match parse_agent(text).unwrap() {
-            AgentRequest::Data { session_id, data } => (session_id, data),
+            AgentRequest::Data {
+                session_id, data, ..
+            } => (session_id, data),
             other => panic!("{other:?}"),
         };
         assert!(matches!(data, Text::Json(_)));
         assert_eq!(session_id.value(), "s1");
-        let frame = data_frame(&session_id, &data);
+        let frame = data_frame(&session_id, &data, None);
         let body = &frame[crate::transport::header_len(text.len())..];
         assert_eq!(body, &text[..]);
         assert!(matches!(
@@ -456,6 +555,7 @@ mod tests {
         let data = ClientRequest::Data {
             session_id: Text::Value(long.as_str().into()),
             data: Text::Value("x".into()),
+            seq: None,
         };
         assert_eq!(data.check().unwrap_err().0, ErrorCode::NotAttached);
     }

@@ -1,0 +1,143 @@
+//! Lossless mode on an attached account session: with sequence numbers and
+//! acknowledgements, no silent cut of the client's or the agent's link loses, duplicates
+//! or reorders terminal input or output.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::account::{eventually_machine, owner};
+use common::lossless_account::{self, Plan, Role};
+use common::proxy::Proxy;
+use common::*;
+use tokio::sync::{oneshot, watch};
+
+/// Heartbeat (and JSON ping) every second, dropped after 3 s of silence.
+fn lossless_settings() -> hermit_relay::config::Settings {
+    let mut s = settings();
+    s.heartbeat.interval_secs = 1;
+    s.heartbeat.timeout_secs = 2;
+    s.pairing.resume_grace_secs = 30;
+    s.pairing.ack_interval_ms = 100;
+    s
+}
+
+/// An agent and a client of its owner, each through its own proxy, on session `s1`, both
+/// sending `count` numbered messages while `cut` runs; each must get every message of the
+/// other exactly once, in order. Returns (agent resumes, client resumes).
+async fn exchange_through(
+    server: &TestServer,
+    count: u64,
+    cut: impl std::future::Future<Output = ()>,
+    agent_proxy: &Proxy,
+    client_proxy: &Proxy,
+) -> (u32, u32) {
+    let ada = owner(server, "ada@example.com").await;
+    let (finish_tx, finish) = watch::channel(false);
+    let (agent_done, agent_finished) = oneshot::channel();
+    let (client_done, client_finished) = oneshot::channel();
+    let plan = |port, role, name, done| Plan {
+        port,
+        role,
+        session: "s1",
+        name,
+        messages: count,
+        every: Duration::from_millis(20),
+        expect: count,
+        dead_after: Duration::from_millis(2500),
+        done: Some(done),
+        finish: finish.clone(),
+    };
+    let agent = tokio::spawn(lossless_account::run(plan(
+        agent_proxy.port,
+        Role::Agent {
+            token: ada.machine_token.clone(),
+        },
+        "agent",
+        agent_done,
+    )));
+    // The client attaches once the relay knows the agent's session.
+    eventually_machine(server, &ada, |m| m["sessionCount"] == 1).await;
+    let client = tokio::spawn(lossless_account::run(plan(
+        client_proxy.port,
+        Role::Client {
+            access: ada.access.clone(),
+            machine_id: ada.machine_id.clone(),
+        },
+        "client",
+        client_done,
+    )));
+    cut.await;
+    let both = async {
+        agent_finished.await.unwrap();
+        client_finished.await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(60), both)
+        .await
+        .expect("both ends get everything");
+    finish_tx.send(true).unwrap();
+    let (agent_got, agent_resumes) = agent.await.unwrap();
+    let (client_got, client_resumes) = client.await.unwrap();
+    let expected = |name: &str| {
+        (1..=count)
+            .map(|i| format!("{name}-{i}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        agent_got,
+        expected("client"),
+        "every keystroke once, in order"
+    );
+    assert_eq!(client_got, expected("agent"), "every output once, in order");
+    (agent_resumes, client_resumes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cut_of_the_client_loses_no_input_or_output() {
+    let server = TestServer::start(lossless_settings());
+    let agent_proxy = Proxy::start(server.port).await;
+    let client_proxy = Proxy::start(server.port).await;
+    let cut = async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        client_proxy.down();
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        client_proxy.up();
+    };
+    let (_, client_resumes) =
+        exchange_through(&server, 150, cut, &agent_proxy, &client_proxy).await;
+    assert!(client_resumes >= 1, "the cut was noticed and resumed from");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_of_the_client_longer_than_the_heartbeat_timeout_loses_nothing() {
+    let server = TestServer::start(lossless_settings());
+    let agent_proxy = Proxy::start(server.port).await;
+    let client_proxy = Proxy::start(server.port).await;
+    let cut = async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        client_proxy.down();
+        // Past interval + timeout: the relay gives the client up as lost and keeps its
+        // attachment's output for it.
+        tokio::time::sleep(Duration::from_millis(5000)).await;
+        client_proxy.up();
+    };
+    let (_, client_resumes) =
+        exchange_through(&server, 200, cut, &agent_proxy, &client_proxy).await;
+    assert!(client_resumes >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_of_the_agent_longer_than_the_heartbeat_timeout_loses_nothing() {
+    let server = TestServer::start(lossless_settings());
+    let agent_proxy = Proxy::start(server.port).await;
+    let client_proxy = Proxy::start(server.port).await;
+    let cut = async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        agent_proxy.down();
+        tokio::time::sleep(Duration::from_millis(5000)).await;
+        agent_proxy.up();
+    };
+    let (agent_resumes, _) = exchange_through(&server, 200, cut, &agent_proxy, &client_proxy).await;
+    assert!(agent_resumes >= 1);
+}
