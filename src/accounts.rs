@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel::Connection;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -106,7 +105,7 @@ impl Accounts {
         let refresh_ttl = self.refresh_ttl;
         let (id, stored_email) = (user_id.clone(), email.clone());
         db::run(&self.pool, move |conn| {
-            conn.transaction(|conn| {
+            db::transaction(conn, |conn| {
                 let user = NewUser {
                     id: &id,
                     email: &stored_email,
@@ -173,7 +172,7 @@ impl Accounts {
         let next_hash = next.hash.clone();
         let ttl = self.refresh_ttl;
         let outcome = db::run(&self.pool, move |conn| {
-            conn.transaction(|conn| rotate(conn, &hash, &next_hash, ttl))
+            db::transaction(conn, |conn| rotate(conn, &hash, &next_hash, ttl))
         })
         .await?;
         match outcome {

@@ -96,10 +96,18 @@ pub struct DatabaseSettings {
     pub url: String,
     /// Most open connections.
     pub pool_size: u32,
-    /// Wait for a connection at most this long.
+    /// The longest any one database round trip may take, connecting included; past it the
+    /// request is answered 503.
     pub connect_timeout_secs: u64,
     /// Apply pending migrations at start.
     pub run_migrations: bool,
+    /// `/ready` reuses its check this long; while the database is down it is re-checked
+    /// this often.
+    pub health_check_interval_ms: u64,
+    /// While the database stays down, one "still down" log line this often.
+    pub outage_log_interval_secs: u64,
+    /// Largest size of a SQLite database, in bytes; 0 = only the disk limits it.
+    pub sqlite_max_bytes: u64,
 }
 
 /// Whether anyone may create an account.
@@ -255,6 +263,18 @@ impl Settings {
         if db.connect_timeout_secs == 0 {
             return invalid("database.connect_timeout_secs", "must be at least 1");
         }
+        if db.health_check_interval_ms < 50 {
+            return invalid("database.health_check_interval_ms", "must be at least 50");
+        }
+        if db.outage_log_interval_secs == 0 {
+            return invalid("database.outage_log_interval_secs", "must be at least 1");
+        }
+        if db.sqlite_max_bytes != 0 && db.sqlite_max_bytes < 65_536 {
+            return invalid(
+                "database.sqlite_max_bytes",
+                "must be 0 (no limit) or at least 65536",
+            );
+        }
         let auth = &self.auth;
         if auth.access_token_ttl_secs == 0 {
             return invalid("auth.access_token_ttl_secs", "must be at least 1");
@@ -378,6 +398,14 @@ impl DatabaseSettings {
     /// [`Self::connect_timeout_secs`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+    /// [`Self::health_check_interval_ms`] as a duration.
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms)
+    }
+    /// [`Self::outage_log_interval_secs`] as a duration.
+    pub fn outage_log_interval(&self) -> Duration {
+        Duration::from_secs(self.outage_log_interval_secs)
     }
 }
 

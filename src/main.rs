@@ -51,8 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Healthcheck => healthcheck(settings.server.bind),
         Command::Migrate => {
             init_logging(&settings.log);
-            let db = &settings.database;
-            let pool = hermit_relay::db::pool(&db.url, 1, db.connect_timeout())?;
+            let pool = hermit_relay::db::Pool::new(&settings.database)?;
             let applied = hermit_relay::startup::migrate(&pool)?;
             println!("{} migration(s) applied", applied.len());
             Ok(())

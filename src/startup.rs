@@ -45,6 +45,14 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The database could not be reached to apply migrations.
+    #[error("the database at {at} is unreachable ({reason})")]
+    DatabaseUnreachable {
+        /// `HOST:PORT`, or the SQLite file.
+        at: String,
+        /// Why, in the driver's words.
+        reason: String,
+    },
     /// The database URL is unusable.
     #[error(transparent)]
     Database(#[from] DbError),
@@ -178,29 +186,30 @@ impl Application {
     }
 }
 
-/// Opens the pool, applies migrations if configured, and loads the token key.
+/// Opens the pool, applies migrations if configured, loads the token key, and starts
+/// watching the database.
 fn accounts(settings: &Settings) -> Result<Accounts, StartError> {
     let database = &settings.database;
-    let pool = db::pool(
-        &database.url,
-        database.pool_size,
-        database.connect_timeout(),
-    )?;
+    let pool = db::Pool::new(database)?;
     if database.run_migrations {
         migrate(&pool)?;
     }
     let auth = &settings.auth;
     let tokens = AccessTokens::load_or_create(&auth.private_key_file, auth.access_token_ttl())?;
+    pool.watch();
     Ok(Accounts::new(pool, Arc::new(tokens), auth))
 }
 
 /// Applies pending migrations now (also `hermit-relay migrate`); returns what was applied.
+/// Uses a connection of its own, so an unreachable database is reported with its reason.
 pub fn migrate(pool: &db::Pool) -> Result<Vec<String>, StartError> {
-    let mut conn = pool
-        .get()
-        .map_err(|err| StartError::Migrations(format!("no database connection: {err}")))?;
-    let applied =
-        db::run_migrations(&mut conn).map_err(|err| StartError::Migrations(err.to_string()))?;
+    let mut conn = pool.open().map_err(|err| match err {
+        DbError::Connect { at, reason } => StartError::DatabaseUnreachable { at, reason },
+        other => StartError::Database(other),
+    })?;
+    let applied = db::run_migrations(&mut conn).map_err(|err| {
+        StartError::Migrations(err.to_string().lines().next().unwrap_or("").to_owned())
+    })?;
     for version in &applied {
         tracing::info!(%version, "applied migration");
     }
