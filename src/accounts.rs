@@ -2,7 +2,9 @@
 //!
 //! The HTTP handlers in `routes::auth` only parse and delegate here. Passwords are hashed
 //! under the bound of [`Passwords`]; every database step runs through [`db::run`], off the
-//! async threads.
+//! async threads. The refresh-token rules are in [`refresh`].
+
+pub mod refresh;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +16,12 @@ use crate::auth::opaque::{self, REFRESH_PREFIX};
 use crate::auth::password::{Passwords, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
 use crate::auth::token::AccessTokens;
 use crate::config::{AuthSettings, Registration};
-use crate::db::{self, DbConnection, Pool};
+use crate::db::{self, Pool};
 use crate::error::ApiError;
-use crate::models::refresh_token::{self, NewRefreshToken};
+use crate::models::refresh_token;
 use crate::models::user::{self, NewUser};
 use crate::models::{is_unique_violation, now};
+use refresh::{start_family, Rotation, SuccessorKey};
 
 /// Longest email accepted (RFC 5321 path limit).
 const MAX_EMAIL_BYTES: usize = 254;
@@ -64,11 +67,19 @@ pub struct Accounts {
     pub passwords: Passwords,
     registration: Registration,
     refresh_ttl: Duration,
+    refresh_retry_grace: Duration,
+    successors: SuccessorKey,
 }
 
 impl Accounts {
-    /// The service over `pool` with the `[auth]` settings.
-    pub fn new(pool: Pool, tokens: Arc<AccessTokens>, settings: &AuthSettings) -> Self {
+    /// The service over `pool` with the `[auth]` settings; `successors` derives each
+    /// refresh token's successor (see [`refresh`]).
+    pub fn new(
+        pool: Pool,
+        tokens: Arc<AccessTokens>,
+        successors: SuccessorKey,
+        settings: &AuthSettings,
+    ) -> Self {
         Self {
             pool,
             tokens,
@@ -78,6 +89,8 @@ impl Accounts {
             ),
             registration: settings.registration,
             refresh_ttl: settings.refresh_token_ttl(),
+            refresh_retry_grace: settings.refresh_retry_grace(),
+            successors,
         }
     }
 
@@ -165,14 +178,18 @@ impl Accounts {
         })
     }
 
-    /// Exchanges a refresh token for a new pair. A token presented twice revokes its family.
+    /// Exchanges a refresh token for a new pair. A token presented again within the retry
+    /// grace, whose successor is still unused, gets that same successor (the first answer
+    /// was lost); otherwise a token presented twice revokes its family.
     pub async fn refresh(&self, presented: &str) -> Result<Refreshed, ApiError> {
         let hash = opaque::hash(presented);
-        let next = opaque::mint(REFRESH_PREFIX);
+        let next = self.successors.successor(presented);
         let next_hash = next.hash.clone();
-        let ttl = self.refresh_ttl;
+        let (ttl, grace) = (self.refresh_ttl, self.refresh_retry_grace);
         let outcome = db::run(&self.pool, move |conn| {
-            db::transaction(conn, |conn| rotate(conn, &hash, &next_hash, ttl))
+            db::transaction(conn, |conn| {
+                refresh::rotate(conn, &hash, &next_hash, ttl, grace)
+            })
         })
         .await?;
         match outcome {
@@ -180,6 +197,13 @@ impl Accounts {
                 access_token: self.tokens.issue(&user_id),
                 refresh_token: next.secret,
             }),
+            Rotation::Retried { user_id } => {
+                tracing::info!("a refresh was retried within the grace; same next token sent");
+                Ok(Refreshed {
+                    access_token: self.tokens.issue(&user_id),
+                    refresh_token: next.secret,
+                })
+            }
             Rotation::Reused => {
                 tracing::warn!("a spent refresh token was presented again; its family is revoked");
                 Err(ApiError::Unauthorized("Invalid refresh token"))
@@ -199,72 +223,6 @@ impl Accounts {
         })
         .await
     }
-}
-
-/// The result of presenting a refresh token.
-enum Rotation {
-    Rotated {
-        user_id: String,
-    },
-    /// A spent token came back: the family was revoked (and that revocation committed).
-    Reused,
-    Refused,
-}
-
-fn rotate(
-    conn: &mut DbConnection,
-    hash: &str,
-    next_hash: &str,
-    ttl: Duration,
-) -> Result<Rotation, ApiError> {
-    let Some(token) = refresh_token::find_by_hash(conn, hash)? else {
-        return Ok(Rotation::Refused);
-    };
-    let at = now();
-    if token.revoked_at.is_some() || token.expires_at <= at {
-        return Ok(Rotation::Refused);
-    }
-    if token.spent_at.is_some() || !refresh_token::spend(conn, &token.id, at)? {
-        refresh_token::revoke_family(conn, &token.family_id, at)?;
-        return Ok(Rotation::Reused);
-    }
-    insert_token(conn, &token.user_id, &token.family_id, next_hash, ttl)?;
-    Ok(Rotation::Rotated {
-        user_id: token.user_id,
-    })
-}
-
-/// Stores the first refresh token of a new family (a login).
-fn start_family(
-    conn: &mut DbConnection,
-    user_id: &str,
-    hash: &str,
-    ttl: Duration,
-) -> Result<(), ApiError> {
-    insert_token(conn, user_id, &Uuid::new_v4().to_string(), hash, ttl)
-}
-
-fn insert_token(
-    conn: &mut DbConnection,
-    user_id: &str,
-    family_id: &str,
-    hash: &str,
-    ttl: Duration,
-) -> Result<(), ApiError> {
-    let created_at = now();
-    let ttl = chrono::Duration::from_std(ttl).map_err(ApiError::internal)?;
-    refresh_token::insert(
-        conn,
-        &NewRefreshToken {
-            id: &Uuid::new_v4().to_string(),
-            user_id,
-            family_id,
-            token_hash: hash,
-            created_at,
-            expires_at: created_at + ttl,
-        },
-    )?;
-    Ok(())
 }
 
 /// Trimmed, lower-cased email if it looks like one: `local@domain.tld`, no spaces.

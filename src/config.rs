@@ -138,6 +138,9 @@ pub struct AuthSettings {
     pub hash_queue_timeout_secs: u64,
     /// Unauthenticated `/ws/agent` and `/ws/client` sockets are closed after this long.
     pub deadline_secs: u64,
+    /// A refresh token presented again this soon after it was spent gets the same next
+    /// token (its first answer was lost); 0 = any second use revokes the family.
+    pub refresh_retry_grace_secs: u64,
 }
 
 /// `[pairing]`
@@ -425,6 +428,10 @@ impl AuthSettings {
     /// [`Self::hash_queue_timeout_secs`] as a duration.
     pub fn hash_queue_timeout(&self) -> Duration {
         Duration::from_secs(self.hash_queue_timeout_secs)
+    }
+    /// [`Self::refresh_retry_grace_secs`] as a duration.
+    pub fn refresh_retry_grace(&self) -> Duration {
+        Duration::from_secs(self.refresh_retry_grace_secs)
     }
 }
 

@@ -12,6 +12,7 @@ use actix_service::{fn_service, map_config, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, App};
 
+use crate::accounts::refresh::SuccessorKey;
 use crate::accounts::Accounts;
 use crate::auth::password::HashStats;
 use crate::auth::token::{AccessTokens, KeyFileError};
@@ -196,8 +197,9 @@ fn accounts(settings: &Settings) -> Result<Accounts, StartError> {
     }
     let auth = &settings.auth;
     let tokens = AccessTokens::load_or_create(&auth.private_key_file, auth.access_token_ttl())?;
+    let successors = SuccessorKey::from_key_file(&auth.private_key_file)?;
     pool.watch();
-    Ok(Accounts::new(pool, Arc::new(tokens), auth))
+    Ok(Accounts::new(pool, Arc::new(tokens), successors, auth))
 }
 
 /// Applies pending migrations now (also `hermit-relay migrate`); returns what was applied.
