@@ -273,9 +273,7 @@ fn no_connection(message: &str, health: &Health, timeout: Duration) -> DbFault {
         Some((_, last_error)) if !last_error.is_empty() => {
             DbFault::Unreachable(last_error.to_owned())
         }
-        _ => health
-            .outage()
-            .unwrap_or(DbFault::NoAnswer(timeout)),
+        _ => health.outage().unwrap_or(DbFault::NoAnswer(timeout)),
     }
 }
 
@@ -337,11 +335,14 @@ fn check(conn: &mut DbConnection, migrated: &AtomicBool) -> Result<(), ApiError>
     }
     // A committed write: a rolled-back one never reaches the disk, so it cannot tell a
     // full disk (or a read-only file or standby) from a healthy one.
-    let rows = diesel::sql_query("UPDATE relay_health SET checked_at = CURRENT_TIMESTAMP WHERE id = 1")
-        .execute(conn)?;
-    if rows == 0 {
-        diesel::sql_query("INSERT INTO relay_health (id, checked_at) VALUES (1, CURRENT_TIMESTAMP)")
+    let rows =
+        diesel::sql_query("UPDATE relay_health SET checked_at = CURRENT_TIMESTAMP WHERE id = 1")
             .execute(conn)?;
+    if rows == 0 {
+        diesel::sql_query(
+            "INSERT INTO relay_health (id, checked_at) VALUES (1, CURRENT_TIMESTAMP)",
+        )
+        .execute(conn)?;
     }
     if let DbConnection::Sqlite(conn) = conn {
         sqlite_has_room(conn)?;
@@ -369,7 +370,8 @@ fn has_pending_migrations(conn: &mut DbConnection) -> Result<bool, ApiError> {
         DbConnection::Sqlite(conn) => conn.has_pending_migration(SQLITE_MIGRATIONS),
         DbConnection::Postgresql(conn) => conn.has_pending_migration(POSTGRES_MIGRATIONS),
     };
-    pending.map_err(|err| ApiError::Database(DbFault::from_message(fault::one_line(&err.to_string()))))
+    pending
+        .map_err(|err| ApiError::Database(DbFault::from_message(fault::one_line(&err.to_string()))))
 }
 
 /// Applies pending migrations of the connection's backend; returns the versions applied.
@@ -386,7 +388,9 @@ pub fn run_migrations(
         DbConnection::Postgresql(conn) => {
             // A migration may rightly take longer than a request's bounds, and may wait for
             // another replica's lock.
-            conn.batch_execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")?;
+            conn.batch_execute(
+                "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0",
+            )?;
             conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
             let result = conn
                 .run_pending_migrations(POSTGRES_MIGRATIONS)

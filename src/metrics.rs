@@ -114,11 +114,7 @@ impl Metrics {
             "hermit_database_up",
             "1 if the database passed its last check (reachable, migrated, writable), else 0.",
         );
-        let _ = writeln!(
-            out,
-            "hermit_database_up {}",
-            self.database_up.load(Relaxed)
-        );
+        let _ = writeln!(out, "hermit_database_up {}", self.database_up.load(Relaxed));
         for (name, help, value) in [
             (
                 "hermit_pairings_total",

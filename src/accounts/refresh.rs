@@ -47,7 +47,13 @@ impl SuccessorKey {
 
     /// Derived from any secret bytes.
     pub fn from_secret(secret: &[u8]) -> Self {
-        Self(Sha256::new().chain_update(KEY_CONTEXT).chain_update(secret).finalize().into())
+        Self(
+            Sha256::new()
+                .chain_update(KEY_CONTEXT)
+                .chain_update(secret)
+                .finalize()
+                .into(),
+        )
     }
 
     /// The token that follows `presented`, always the same for the same token.
@@ -114,7 +120,9 @@ pub fn rotate(
     let at = now();
     if refresh_token::spend(conn, presented, at)? {
         let Some(token) = refresh_token::find_by_hash(conn, presented)? else {
-            return Err(ApiError::internal("a refresh token vanished as it was spent"));
+            return Err(ApiError::internal(
+                "a refresh token vanished as it was spent",
+            ));
         };
         insert_token(conn, &token.user_id, &token.family_id, successor, ttl)?;
         return Ok(Rotation::Rotated {

@@ -16,7 +16,7 @@ use diesel::result::{DatabaseErrorKind, Error};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DbFault {
     /// No connection could be made, or the one in use broke.
-    #[error("cannot reach the database: {0}")]
+    #[error("{0}")]
     Unreachable(String),
     /// Nothing came back before the deadline (a partition looks like this).
     #[error("the database did not answer within {} s", .0.as_secs_f32())]
@@ -244,7 +244,8 @@ mod tests {
 
     #[test]
     fn multi_line_libpq_messages_become_one_line_and_a_reason() {
-        let message = "connection to server at \"127.0.0.1\", port 5499 failed: Connection refused\n\
+        let message =
+            "connection to server at \"127.0.0.1\", port 5499 failed: Connection refused\n\
                        \tIs the server running on that host and accepting TCP/IP connections?\n";
         assert_eq!(
             one_line(message),

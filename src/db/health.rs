@@ -75,14 +75,25 @@ impl Health {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A request failed with `fault`: go down if it means the relay cannot work, log.
+    /// A request failed with `fault` (and was answered 503 or 500).
     pub fn report(&self, fault: &DbFault) {
+        self.record(fault, 1);
+    }
+
+    /// Something other than a request failed with `fault`: a connection attempt of the
+    /// pool's, or a check.
+    pub fn notice(&self, fault: &DbFault) {
+        self.record(fault, 0);
+    }
+
+    /// Goes down if `fault` means the relay cannot work (logging it), counts `requests`.
+    fn record(&self, fault: &DbFault, requests: u64) {
         let mut state = self.state();
         if fault.makes_unready() {
             let now = Instant::now();
             match &mut state.outage {
                 Some(outage) => {
-                    outage.refused += 1;
+                    outage.refused += requests;
                     // "No answer" says less than the reason already known (e.g. "Connection
                     // refused"); anything else is news (e.g. unreachable, now full).
                     if !matches!(fault, DbFault::NoAnswer(_)) {
@@ -98,7 +109,7 @@ impl Health {
                     state.outage = Some(Outage {
                         fault: fault.clone(),
                         since: now,
-                        refused: 1,
+                        refused: requests,
                         last_line: now,
                     });
                     state.last_check = None;
@@ -173,12 +184,8 @@ impl Health {
     /// A check failed with `fault` (busy included: the check proved nothing, so `/ready`
     /// answers 503 until the next one, but busy alone does not count as down).
     pub fn check_failed(&self, fault: &DbFault) {
-        self.report(fault);
+        self.notice(fault);
         let mut state = self.state();
-        if let Some(outage) = &mut state.outage {
-            // The check itself is not a refused request.
-            outage.refused = outage.refused.saturating_sub(1);
-        }
         state.last_check = Some((Instant::now(), Err(fault.client_text())));
     }
 
@@ -234,7 +241,11 @@ mod tests {
         let health = health();
         health.report(&DbFault::Full("database or disk is full".into()));
         assert!(health.is_down());
-        assert_eq!(health.refusal(), None, "reads may still work on a full disk");
+        assert_eq!(
+            health.refusal(),
+            None,
+            "reads may still work on a full disk"
+        );
     }
 
     #[test]
@@ -251,7 +262,9 @@ mod tests {
         health.check_failed(&DbFault::NoAnswer(Duration::from_secs(1)));
         assert_eq!(
             health.fresh(),
-            Some(Err("the database did not answer in time; try again shortly"))
+            Some(Err(
+                "the database did not answer in time; try again shortly"
+            ))
         );
         assert!(health.is_down());
     }

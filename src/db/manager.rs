@@ -192,7 +192,7 @@ impl HandleError<DbError> for QuietErrors {
         match err {
             // A pooled connection that died while idle (a restart, a cut): r2d2 replaces it.
             DbError::Stale(why) => tracing::debug!(%why, "replaced a dead pooled connection"),
-            other => self.0.report(&DbFault::Unreachable(other.to_string())),
+            other => self.0.notice(&DbFault::Unreachable(other.to_string())),
         }
     }
 }
@@ -241,11 +241,7 @@ pub fn postgres_address(url: &str) -> String {
     let hosts = if hosts.is_empty() {
         // libpq's default: the `host` parameter, else the local socket.
         rest.split_once('?')
-            .and_then(|(_, query)| {
-                query
-                    .split('&')
-                    .find_map(|pair| pair.strip_prefix("host="))
-            })
+            .and_then(|(_, query)| query.split('&').find_map(|pair| pair.strip_prefix("host=")))
             .unwrap_or("localhost")
     } else {
         hosts
