@@ -1034,10 +1034,7 @@ async fn a_partitioned_database_at_start_is_named_with_the_timeout() {
 }
 
 /// Every line a child process writes, as it writes them.
-fn collect_lines(
-    reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    into: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
+fn collect_lines(reader: impl tokio::io::AsyncRead + Unpin + Send + 'static, into: Lines) {
     use tokio::io::AsyncBufReadExt;
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(reader).lines();
@@ -1074,28 +1071,21 @@ async fn gauge_becomes(base: &str, want: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_is_logged_once_as_it_starts_and_once_as_it_ends_and_shown_in_metrics() {
-    let Some(db) = TestDb::postgres() else {
-        return;
-    };
-    let proxy = Proxy::start(proxy::upstream_of(&db.url)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = binary(
-        dir.path(),
-        &[
-            ("HERMIT__DATABASE__URL", proxy::through(&db.url, proxy.port)),
-            ("HERMIT__LOG__FORMAT", "json".into()),
-            ("HERMIT__DATABASE__HEALTH_CHECK_INTERVAL_MS", "200".into()),
-        ],
-    )
-    .spawn()
-    .unwrap();
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+/// Every line a running relay has written so far.
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Starts the relay binary with JSON logs and waits until it listens; returns it, its
+/// port, and the lines it writes.
+async fn spawn_relay(
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+) -> (tokio::process::Child, u16, Lines) {
+    let mut child = binary(dir, env).spawn().unwrap();
+    let lines = Lines::default();
     collect_lines(child.stdout.take().unwrap(), std::sync::Arc::clone(&lines));
     collect_lines(child.stderr.take().unwrap(), std::sync::Arc::clone(&lines));
     let started = Instant::now();
-    let port = loop {
+    loop {
         let listening = lines
             .lock()
             .unwrap()
@@ -1104,14 +1094,33 @@ async fn an_outage_is_logged_once_as_it_starts_and_once_as_it_ends_and_shown_in_
             .cloned();
         if let Some(line) = listening {
             let line: Value = serde_json::from_str(&line).unwrap();
-            break line["port"].as_u64().unwrap();
+            let port = u16::try_from(line["port"].as_u64().unwrap()).unwrap();
+            return (child, port, lines);
         }
         assert!(
             started.elapsed() < WAIT,
             "the relay never listened: {lines:?}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_logged_once_as_it_starts_and_once_as_it_ends_and_shown_in_metrics() {
+    let Some(db) = TestDb::postgres() else {
+        return;
     };
+    let proxy = Proxy::start(proxy::upstream_of(&db.url)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port, lines) = spawn_relay(
+        dir.path(),
+        &[
+            ("HERMIT__DATABASE__URL", proxy::through(&db.url, proxy.port)),
+            ("HERMIT__LOG__FORMAT", "json".into()),
+            ("HERMIT__DATABASE__HEALTH_CHECK_INTERVAL_MS", "200".into()),
+        ],
+    )
+    .await;
     let base = format!("http://127.0.0.1:{port}");
     gauge_becomes(&base, "1").await;
 
@@ -1175,4 +1184,72 @@ async fn an_outage_is_logged_once_as_it_starts_and_once_as_it_ends_and_shown_in_
         (2, 2),
         "one line per state change: {lines:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_write_loses_no_acknowledged_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let (mut child, port, _) = spawn_relay(
+        dir.path(),
+        &[
+            ("HERMIT__DATABASE__URL", url.clone()),
+            ("HERMIT__LOG__FORMAT", "json".into()),
+            ("HERMIT__LIMITS__AUTH_ATTEMPTS_PER_MINUTE", "100000".into()),
+        ],
+    )
+    .await;
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tries = 40;
+    let registrations: Vec<_> = (0..tries)
+        .map(|i| {
+            let acknowledged = std::sync::Arc::clone(&acknowledged);
+            tokio::spawn(async move {
+                let email = format!("user{i}@example.com");
+                let answer = Client::new()
+                    .post(format!("http://127.0.0.1:{port}/auth/register"))
+                    .json(&json!({"email": email, "password": PASSWORD}))
+                    .send()
+                    .await;
+                if answer.is_ok_and(|r| r.status() == StatusCode::OK) {
+                    acknowledged.lock().unwrap().push(email);
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while acknowledged.lock().unwrap().len() < 10 {
+        assert!(started.elapsed() < WAIT, "no registration was acknowledged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.start_kill().unwrap(); // SIGKILL: no shutdown, no flush
+    child.wait().await.unwrap();
+    join_all(registrations).await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eprintln!(
+        "killed after {} of {tries} registrations were acknowledged",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() < tries,
+        "the kill came too late to test anything"
+    );
+
+    let mut s = settings();
+    s.database.url = url;
+    s.auth.private_key_file = dir.path().join("root.key");
+    let server = TestServer::start_with(s);
+    for email in acknowledged {
+        let (status, body) = post(
+            &server,
+            "/auth/login",
+            json!({"email": email, "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{email} was acknowledged, then lost: {body}"
+        );
+    }
 }
