@@ -187,9 +187,17 @@ impl Accounts {
         let next_hash = next.hash.clone();
         let (ttl, grace) = (self.refresh_ttl, self.refresh_retry_grace);
         let outcome = db::run(&self.pool, move |conn| {
-            db::transaction(conn, |conn| {
-                refresh::rotate(conn, &hash, &next_hash, ttl, grace)
-            })
+            let rotate = |conn: &mut _| {
+                db::transaction(conn, |conn| {
+                    refresh::rotate(conn, &hash, &next_hash, ttl, grace)
+                })
+            };
+            match rotate(conn) {
+                // Lost a deadlock against a simultaneous request about the same family
+                // (rolled back, nothing done): once more sees what that request did.
+                Err(ApiError::Database(fault)) if fault.is_conflict() => rotate(conn),
+                other => other,
+            }
         })
         .await?;
         match outcome {

@@ -189,6 +189,8 @@ impl Pool {
             };
         let (connections, timeout) = (self.connections.clone(), self.timeout);
         let health = Arc::clone(&self.health);
+        let given_up = Arc::new(AtomicBool::new(false));
+        let _give_up = GiveUpOnDrop(Arc::clone(&given_up));
         // Dropping the handle (deadline passed) leaves the thread running with its turn.
         let task = tokio::task::spawn_blocking(move || {
             let _turn = turn;
@@ -198,6 +200,11 @@ impl Pool {
             let mut pooled = connections.get_timeout(left).map_err(|err| {
                 ApiError::Database(no_connection(&err.to_string(), &health, timeout))
             })?;
+            // A connection came too late: the caller has its 503, so the work must not
+            // happen behind its back (a machine deleted after "try again").
+            if given_up.load(Relaxed) {
+                return Err(ApiError::Database(DbFault::NoAnswer(timeout)));
+            }
             let result = work(&mut pooled.conn);
             if let Err(ApiError::Database(fault)) = &result {
                 // After the deadline the link may be anywhere in a round trip: start afresh.
@@ -223,7 +230,14 @@ impl Pool {
         if let Some(answer) = self.health.fresh() {
             return answer;
         }
-        let _one_at_a_time = self.health.checking.lock().await;
+        let _one_at_a_time = match self.health.checking.try_lock() {
+            Ok(guard) => guard,
+            // Down, and being checked already (it may take the whole deadline): say so now.
+            Err(_) if self.health.outage().is_some() => {
+                return Err(self.health.outage().map_or("", |fault| fault.client_text()))
+            }
+            Err(_) => self.health.checking.lock().await,
+        };
         if let Some(answer) = self.health.fresh() {
             return answer;
         }
@@ -247,22 +261,34 @@ impl Pool {
         }
     }
 
-    /// Checks the database once now, then again every check interval while it is down
-    /// (so it comes back without waiting for a request), logging a reminder now and then.
-    /// Runs until the actix system stops; call it once, from inside the system.
+    /// Checks the database now, again as soon as it goes down (a false alarm costs one
+    /// check), then every check interval while it stays down — so it comes back without
+    /// waiting for a request — logging a reminder now and then. Runs until the actix system
+    /// stops; call it once, from inside the system.
     pub fn watch(&self) {
         let pool = self.clone();
         actix_rt::spawn(async move {
-            let _ = pool.readiness().await;
             loop {
-                if !pool.health.is_down() {
-                    pool.health.wake.notified().await;
-                }
-                tokio::time::sleep(pool.health.interval).await;
                 let _ = pool.readiness().await;
                 pool.health.remind();
+                if pool.health.is_down() {
+                    tokio::time::sleep(pool.health.interval).await;
+                } else {
+                    pool.health.wake.notified().await;
+                }
             }
         });
+    }
+}
+
+/// Held by a caller while it waits for its database work. Dropped however the wait ends —
+/// answered early, past the deadline, or the request itself dropped — it tells the blocking
+/// thread to skip the work if it has not begun (harmless once it has run).
+struct GiveUpOnDrop(Arc<AtomicBool>);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
     }
 }
 

@@ -155,7 +155,7 @@ pub fn rotate(
             });
         }
     }
-    refresh_token::revoke_family(conn, &token.family_id, at)?;
+    refresh_token::revoke_family_of(conn, &token, at)?;
     Ok(Rotation::Reused)
 }
 

@@ -27,9 +27,13 @@ pub enum DbFault {
     /// The database refuses writes (a read-only file, a standby, a read-only transaction).
     #[error("the database is read-only: {0}")]
     ReadOnly(String),
-    /// Locked, deadlocked, or a statement ran past its timeout: worth retrying soon.
+    /// Locked, or a statement ran past its timeout: worth retrying soon.
     #[error("the database is busy: {0}")]
     Busy(String),
+    /// The transaction lost a deadlock or a serialization check and was rolled back at
+    /// once: worth retrying now (see [`DbFault::is_conflict`]).
+    #[error("a database transaction conflicted with another: {0}")]
+    Conflict(String),
     /// The schema is older than this relay (`run_migrations = false` and nobody migrated).
     #[error("the database schema is not up to date: {0}")]
     SchemaOutdated(String),
@@ -46,7 +50,7 @@ impl DbFault {
             Self::NoAnswer(_) => "the database did not answer in time; try again shortly",
             Self::Full(_) => "the database is full; try again later",
             Self::ReadOnly(_) => "the database is read-only; try again later",
-            Self::Busy(_) => "the database is busy; try again shortly",
+            Self::Busy(_) | Self::Conflict(_) => "the database is busy; try again shortly",
             Self::SchemaOutdated(_) => "the database needs migrations (hermit-relay migrate)",
             Self::Bug(_) => "Internal server error",
         }
@@ -75,6 +79,12 @@ impl DbFault {
         )
     }
 
+    /// The transaction was rolled back at once for a conflict with another, so running it
+    /// again right away is the remedy (unlike busy, which already waited).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict(_))
+    }
+
     /// The connection it happened on must not be reused.
     pub fn breaks_connection(&self) -> bool {
         self.is_outage()
@@ -89,7 +99,7 @@ impl DbFault {
                     DatabaseErrorKind::ClosedConnection
                     | DatabaseErrorKind::UnableToSendCommand => Self::Unreachable(message),
                     DatabaseErrorKind::ReadOnlyTransaction => Self::ReadOnly(message),
-                    DatabaseErrorKind::SerializationFailure => Self::Busy(message),
+                    DatabaseErrorKind::SerializationFailure => Self::Conflict(message),
                     _ => Self::from_message(message),
                 }
             }
@@ -114,10 +124,11 @@ impl DbFault {
             Self::Full(message)
         } else if has(&["readonly database", "read-only", "read only"]) {
             Self::ReadOnly(message)
+        } else if has(&["deadlock detected", "could not serialize access"]) {
+            Self::Conflict(message)
         } else if has(&[
             "database is locked",
             "database table is locked",
-            "deadlock detected",
             "statement timeout",
             "lock timeout",
             "could not obtain lock",
@@ -216,6 +227,7 @@ mod tests {
             DbFault::classify(&unknown("canceling statement due to statement timeout")),
             DbFault::Busy(_)
         ));
+        assert!(DbFault::classify(&unknown("deadlock detected")).is_conflict());
         assert!(matches!(
             DbFault::classify(&unknown(
                 "could not extend file \"base/1/2\": No space left on device"

@@ -119,7 +119,7 @@ impl Health {
                     }
                 }
             }
-        } else if matches!(fault, DbFault::Busy(_)) {
+        } else if matches!(fault, DbFault::Busy(_) | DbFault::Conflict(_)) {
             let now = Instant::now();
             let busy = &mut state.busy;
             busy.count += 1;

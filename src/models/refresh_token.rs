@@ -85,6 +85,27 @@ pub fn spend(conn: &mut DbConnection, hash: &str, at: NaiveDateTime) -> QueryRes
     .map(|rows| rows == 1)
 }
 
+/// Revokes the family of the token `first`, starting with that token: every request about
+/// a token locks that token before any other of its family (spending it does too), so on
+/// PostgreSQL concurrent requests about one token queue on it rather than each locking the
+/// rest of the family in its own order and deadlocking.
+pub fn revoke_family_of(
+    conn: &mut DbConnection,
+    first: &RefreshToken,
+    at: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::update(
+        refresh_tokens::table.filter(
+            refresh_tokens::id
+                .eq(&first.id)
+                .and(refresh_tokens::revoked_at.is_null()),
+        ),
+    )
+    .set(refresh_tokens::revoked_at.eq(at))
+    .execute(conn)?;
+    revoke_family(conn, &first.family_id, at)
+}
+
 /// Revokes every token of a family.
 pub fn revoke_family(
     conn: &mut DbConnection,
