@@ -18,22 +18,15 @@ use crate::auth::token::AccessTokens;
 use crate::config::{AuthSettings, Registration};
 use crate::db::{self, Pool};
 use crate::error::ApiError;
+use crate::ids::UserId;
 use crate::models::refresh_token;
 use crate::models::user::{self, NewUser};
 use crate::models::{is_unique_violation, now};
+use crate::relay::protocol::UserInfo;
 use refresh::{start_family, Rotation, SuccessorKey};
 
 /// Longest email accepted (RFC 5321 path limit).
 const MAX_EMAIL_BYTES: usize = 254;
-
-/// `UserInfo` of PROTOCOL.md §2.
-#[derive(Debug, Clone, Serialize)]
-pub struct UserInfo {
-    /// The user's id.
-    pub id: String,
-    /// The user's email.
-    pub email: String,
-}
 
 /// A signed-in session: what register and login answer.
 #[derive(Debug, Serialize)]
@@ -138,7 +131,10 @@ impl Accounts {
         .await?;
         Ok(SignedIn {
             access_token: self.tokens.issue(&user_id),
-            user: UserInfo { id: user_id, email },
+            user: UserInfo {
+                id: UserId::from(user_id),
+                email,
+            },
             refresh_token: refresh.secret,
         })
     }
@@ -171,7 +167,7 @@ impl Accounts {
         Ok(SignedIn {
             access_token: self.tokens.issue(&user.id),
             user: UserInfo {
-                id: user.id,
+                id: UserId::from(user.id),
                 email: user.email,
             },
             refresh_token: refresh.secret,

@@ -141,6 +141,8 @@ pub struct AuthSettings {
     /// A refresh token presented again this soon after it was spent gets the same next
     /// token (its first answer was lost); 0 = any second use revokes the family.
     pub refresh_retry_grace_secs: u64,
+    /// How often expired and revoked refresh tokens are deleted.
+    pub token_purge_interval_secs: u64,
 }
 
 /// `[pairing]`
@@ -157,6 +159,12 @@ pub struct PairingSettings {
     pub resume_grace_secs: u64,
     /// Most bytes held for a side that is away.
     pub resume_buffer_bytes: usize,
+    /// Lossless mode: most bytes sent to a side and not yet acknowledged by it.
+    pub replay_window_bytes: usize,
+    /// Lossless mode: how often the relay acknowledges a side's messages, at most.
+    pub ack_interval_ms: u64,
+    /// Lossless mode: how often the relay sends a side a JSON `ping`.
+    pub ack_ping_interval_secs: u64,
     /// An unpaired /mac or /browser connection is closed after this long.
     pub idle_unpaired_timeout_secs: u64,
     /// How long expired and used codes are remembered.
@@ -291,6 +299,9 @@ impl Settings {
         if auth.deadline_secs == 0 {
             return invalid("auth.deadline_secs", "must be at least 1");
         }
+        if auth.token_purge_interval_secs == 0 {
+            return invalid("auth.token_purge_interval_secs", "must be at least 1");
+        }
         if self.limits.max_body_bytes < 256 {
             return invalid("limits.max_body_bytes", "must be at least 256");
         }
@@ -361,6 +372,32 @@ impl Settings {
                 "must be at least limits.max_message_bytes, or one message could never be sent",
             );
         }
+        if self.pairing.replay_window_bytes > l.max_outbound_bytes {
+            return invalid(
+                "pairing.replay_window_bytes",
+                "must not exceed limits.max_outbound_bytes: what a side has not acknowledged \
+                 must fit in its outbox when it resumes",
+            );
+        }
+        if self.pairing.replay_window_bytes < l.max_message_bytes {
+            return invalid(
+                "pairing.replay_window_bytes",
+                "must be at least limits.max_message_bytes, or one message could never be sent",
+            );
+        }
+        if p.ack_interval_ms == 0 || p.ack_interval_ms > 60_000 {
+            return invalid("pairing.ack_interval_ms", "must be between 1 and 60000");
+        }
+        if p.ack_ping_interval_secs == 0 {
+            return invalid("pairing.ack_ping_interval_secs", "must be at least 1");
+        }
+        if self.pairing.resume_buffer_bytes > l.max_outbound_bytes {
+            return invalid(
+                "pairing.resume_buffer_bytes",
+                "must not exceed limits.max_outbound_bytes: what is held for an away side \
+                 must fit in its outbox when it comes back",
+            );
+        }
         if l.max_pending_codes == 0 {
             return invalid("limits.max_pending_codes", "must be at least 1");
         }
@@ -425,6 +462,10 @@ impl AuthSettings {
     pub fn deadline(&self) -> Duration {
         Duration::from_secs(self.deadline_secs)
     }
+    /// [`Self::token_purge_interval_secs`] as a duration.
+    pub fn token_purge_interval(&self) -> Duration {
+        Duration::from_secs(self.token_purge_interval_secs)
+    }
     /// [`Self::hash_queue_timeout_secs`] as a duration.
     pub fn hash_queue_timeout(&self) -> Duration {
         Duration::from_secs(self.hash_queue_timeout_secs)
@@ -439,6 +480,14 @@ impl PairingSettings {
     /// [`Self::code_ttl_secs`] as a duration.
     pub fn code_ttl(&self) -> Duration {
         Duration::from_secs(self.code_ttl_secs)
+    }
+    /// [`Self::ack_interval_ms`] as a duration.
+    pub fn ack_interval(&self) -> Duration {
+        Duration::from_millis(self.ack_interval_ms)
+    }
+    /// [`Self::ack_ping_interval_secs`] as a duration.
+    pub fn ack_ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ack_ping_interval_secs)
     }
     /// [`Self::resume_grace_secs`] as a duration.
     pub fn resume_grace(&self) -> Duration {
@@ -534,6 +583,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.max_outbound_bytes"), "{err}");
+
+        let err = Settings::load_from(
+            None,
+            env(&[("HERMIT__PAIRING__RESUME_BUFFER_BYTES", "8388608")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pairing.resume_buffer_bytes"), "{err}");
     }
 
     #[test]

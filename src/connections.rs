@@ -7,10 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_http::ws::CloseCode;
 
+use crate::ids::{ConnId, Endpoint};
 use crate::limits::AddressKey;
 use crate::metrics::METRICS;
-use crate::relay::registry::pairings::ConnId;
-use crate::relay::socket::Endpoint;
 use crate::transport::{KillSwitch, Outbox, CLOSE_LINGER};
 
 /// Why a connection was not admitted.
@@ -91,7 +90,7 @@ impl Connections {
         Ok(Admission {
             connections: Arc::clone(self),
             key,
-            conn: crate::relay::next_conn_id(),
+            conn: ConnId::next(),
             endpoint,
             ip,
         })

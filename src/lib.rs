@@ -2,12 +2,14 @@
 //! other and talk, through one relay deployed behind a reverse proxy.
 //!
 //! # Layout
+//! - [`ids`]: identifiers and small shared types; depends on nothing else in the crate.
 //! - [`config`]: `Settings`, loaded from `config/default.toml`, a file and the environment.
-//! - [`startup`]: `Application::build` → `port` → `run_until_stopped`.
+//! - [`startup`]: `Application::build` → `port` → `run_until_signalled`.
 //! - [`transport`]: WebSocket plumbing — bounded outbox, inbound frames, cutting a socket.
-//! - [`relay`]: the protocol, pairing codes, the `SessionRegistry` and connection actors.
+//! - [`relay`]: the wire protocol, the connection skeleton and delivery policy, and the two
+//!   products: quick pairing (`relay::pairing`) and accounts (`relay::account`).
 //! - [`routes`]: the HTTP API (`/health`, `/ready`, `/auth/*`, `/api/machines`).
-//! - [`accounts`], [`machines`]: the account and machine rules behind the routes.
+//! - [`accounts`]: registration, login and refresh-token rotation behind the routes.
 //! - [`auth`]: argon2id passwords, biscuit access tokens, opaque tokens, the extractor.
 //! - [`db`], [`models`], [`schema`]: diesel on SQLite or PostgreSQL, one model per table.
 //! - [`error`]: the error policy and `ApiError`.
@@ -17,13 +19,13 @@
 //!
 //! # Actors
 //! ```text
-//!   /mac socket ── PairSocket ──┐ Connect / Register / Disconnect  ┌─ SessionRegistry
-//!                     │   ▲      └──────────────────────────────▶ │  codes, expiry timers,
-//!                     │   └──── ToConn (registered, paired, …) ── │  pairings, grace timers
-//!                     │ data: pushed straight into the partner's outbox
-//!                     ▼
-//!   /browser socket ─ PairSocket (Join / Resume / Disconnect → registry)
+//!  SessionRegistry (codes, pairings, deadlines)      MachineRegistry (agents, sessions, attachments)
+//!     ▲ requests → replies    │ ToConn                 ▲ requests → replies    │ ToAgent / ToClient
+//!  Connection<PairSocket> ══ data ══ Connection<PairSocket>    Connection<AgentSocket> ══ data ══ Connection<ClientSocket>
+//!     /mac                              /browser                   /ws/agent                          /ws/client
 //! ```
+//! Every WebSocket is one `Connection<P>` actor; data goes straight from one connection's
+//! actor into the other's bounded outbox, never through a registry.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -34,8 +36,8 @@ pub mod config;
 pub mod connections;
 pub mod db;
 pub mod error;
+pub mod ids;
 pub mod limits;
-pub mod machines;
 pub mod metrics;
 pub mod models;
 pub mod proxy;

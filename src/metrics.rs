@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use crate::relay::socket::{Endpoint, Outcome};
+use crate::ids::{DropReason, Endpoint, Outcome};
 
 /// Process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -37,6 +37,7 @@ pub struct Metrics {
     /// Payload bytes of those messages.
     pub bytes_relayed: AtomicU64,
     drops: [AtomicU64; Outcome::ALL.len()],
+    messages_dropped: [AtomicU64; DropReason::ALL.len()],
     /// Failed logins, refused tokens, bad machine tokens.
     pub auth_failures: AtomicU64,
     /// Requests refused by a rate or connection limit.
@@ -62,6 +63,16 @@ impl Metrics {
     /// A connection the relay ended for `outcome` (peer closes and losses are not drops).
     pub fn dropped(&self, outcome: Outcome) {
         self.drops[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A message the relay meant to deliver and did not, for `reason`.
+    pub fn message_dropped(&self, reason: DropReason) {
+        self.messages_dropped[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Messages dropped for `reason` so far.
+    pub fn messages_dropped(&self, reason: DropReason) -> u64 {
+        self.messages_dropped[reason as usize].load(Relaxed)
     }
 
     /// One relayed message of `bytes` payload bytes.
@@ -174,6 +185,18 @@ impl Metrics {
                 "hermit_drops_total{{reason=\"{}\"}} {}",
                 outcome.label(),
                 self.drops[outcome as usize].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hermit_messages_dropped_total Messages the relay meant to deliver and did not, by reason.\n# TYPE hermit_messages_dropped_total counter"
+        );
+        for reason in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "hermit_messages_dropped_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.messages_dropped(reason)
             );
         }
         let http = self.http.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,17 +1,18 @@
-//! The relay proper: wire protocol, pairing codes, the `SessionRegistry` and the
-//! per-connection actors (`/mac`, `/browser`, `/ws/agent`, `/ws/client`), plus the HTTP
-//! handlers that upgrade to them.
+//! The relay proper: the wire protocol, the two products — quick pairing ([`pairing`]) and
+//! accounts ([`account`]), each with its registry actor and connection protocols — the
+//! socket skeleton and delivery policy they share, and the HTTP handlers that upgrade a
+//! request to one of the four WebSocket endpoints.
+//!
+//! Dependencies point one way: the products use [`protocol`], [`socket`] and
+//! [`delivery`]; neither product uses the other; only this file knows both.
 
-pub mod agent_socket;
-pub mod client_socket;
-pub mod code;
-pub mod pair_socket;
+pub mod account;
+pub mod deadlines;
+pub mod delivery;
+pub mod pairing;
 pub mod protocol;
-pub mod registry;
 pub mod socket;
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -22,37 +23,25 @@ use crate::accounts::Accounts;
 use crate::config::Settings;
 use crate::connections::{Admission, Connections, Refused};
 use crate::error::ApiError;
+use crate::ids::{Endpoint, Role};
 use crate::limits::Limiters;
 use crate::proxy::ClientAddr;
-use crate::transport::InboundStream;
-use agent_socket::AgentSocket;
-use client_socket::ClientSocket;
-use pair_socket::PairSocket;
-use registry::pairings::{ConnId, Role};
-use registry::SessionRegistry;
-use socket::{Endpoint, Socket};
+use account::agent::AgentSocket;
+use account::client::ClientSocket;
+use account::registry::MachineRegistry;
+use pairing::registry::SessionRegistry;
+use pairing::socket::PairSocket;
+use socket::{Opened, Socket};
 
-/// What a connection actor starts from: its admitted, upgraded socket and the shared state.
-pub struct Opened {
-    /// The socket (admission, outbox, kill switch).
-    pub socket: Socket,
-    /// What the peer sends.
-    pub inbound: InboundStream,
-    /// The registry.
-    pub registry: Addr<SessionRegistry>,
-    /// The effective settings.
-    pub settings: Arc<Settings>,
-    /// Attempt limiters.
-    pub limiters: Arc<Limiters>,
-}
-
-/// What the WebSocket handlers need, shared by every worker.
+/// What the WebSocket upgrade handlers need, shared by every worker.
 #[derive(Clone)]
-pub struct RelayState {
+pub struct Relay {
     /// The effective settings.
     pub settings: Arc<Settings>,
-    /// The one registry of this process.
-    pub registry: Addr<SessionRegistry>,
+    /// The quick-pairing registry.
+    pub pairing: Addr<SessionRegistry>,
+    /// The account-mode registry.
+    pub machines: Addr<MachineRegistry>,
     /// Open connections: per-address limit and shutdown.
     pub connections: Arc<Connections>,
     /// Attempt limiters.
@@ -61,20 +50,14 @@ pub struct RelayState {
     pub client_addr: ClientAddr,
 }
 
-impl RelayState {
-    /// The client address of a request.
-    pub fn client_ip(&self, req: &HttpRequest) -> IpAddr {
-        self.client_addr.of(req)
-    }
-
+impl Relay {
     /// Checks the origin and the per-address limit before a WebSocket upgrade.
     fn admit(&self, req: &HttpRequest, endpoint: Endpoint) -> Result<Admission, ApiError> {
-        if endpoint.browser_facing() && !self.settings.server.allowed_origins.is_empty() {
+        let allowed_origins = &self.settings.server.allowed_origins;
+        if endpoint.browser_facing() && !allowed_origins.is_empty() {
             if let Some(origin) = req.headers().get(header::ORIGIN) {
                 let allowed = origin.to_str().is_ok_and(|origin| {
-                    self.settings
-                        .server
-                        .allowed_origins
+                    allowed_origins
                         .iter()
                         .any(|allowed| allowed.eq_ignore_ascii_case(origin))
                 });
@@ -84,21 +67,38 @@ impl RelayState {
             }
         }
         self.connections
-            .admit(self.client_ip(req), endpoint)
+            .admit(self.client_addr.of(req), endpoint)
             .map_err(|refused| match refused {
                 Refused::TooMany => ApiError::RateLimited,
                 Refused::ShuttingDown => ApiError::Unavailable("the relay is shutting down"),
             })
     }
+
+    /// Admits and upgrades a connection: the 101 response, and what its actor starts from.
+    fn open(
+        &self,
+        req: &HttpRequest,
+        payload: web::Payload,
+        endpoint: Endpoint,
+    ) -> actix_web::Result<(HttpResponse, Opened)> {
+        let admission = self.admit(req, endpoint)?;
+        let limits = &self.settings.limits;
+        let (response, link, inbound) = crate::transport::upgrade(
+            req,
+            payload,
+            limits.max_message_bytes,
+            limits.max_outbound_bytes,
+        )?;
+        let opened = Opened {
+            socket: Socket::new(admission, link),
+            inbound,
+            settings: Arc::clone(&self.settings),
+        };
+        Ok((response, opened))
+    }
 }
 
-/// A fresh connection id, unique for the life of the process.
-pub fn next_conn_id() -> ConnId {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Registers the pairing endpoints.
+/// Registers the four WebSocket endpoints.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/mac", web::get().to(mac))
         .route("/browser", web::get().to(browser))
@@ -106,80 +106,54 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ws/client", web::get().to(client));
 }
 
+async fn mac(
+    req: HttpRequest,
+    payload: web::Payload,
+    relay: web::Data<Relay>,
+) -> actix_web::Result<HttpResponse> {
+    pair(Role::Mac, &req, payload, &relay)
+}
+
+async fn browser(
+    req: HttpRequest,
+    payload: web::Payload,
+    relay: web::Data<Relay>,
+) -> actix_web::Result<HttpResponse> {
+    pair(Role::Browser, &req, payload, &relay)
+}
+
+fn pair(
+    role: Role,
+    req: &HttpRequest,
+    payload: web::Payload,
+    relay: &Relay,
+) -> actix_web::Result<HttpResponse> {
+    let (response, opened) = relay.open(req, payload, role.endpoint())?;
+    let limiters = Arc::clone(&relay.limiters);
+    PairSocket::start(role, opened, relay.pairing.clone(), limiters);
+    Ok(response)
+}
+
 async fn agent(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<RelayState>,
+    relay: web::Data<Relay>,
     accounts: web::Data<Accounts>,
 ) -> actix_web::Result<HttpResponse> {
-    let (response, opened) = open(&req, payload, &state, Endpoint::Agent)?;
-    AgentSocket::start(opened, accounts);
+    let (response, opened) = relay.open(&req, payload, Endpoint::Agent)?;
+    let limiters = Arc::clone(&relay.limiters);
+    AgentSocket::start(opened, relay.machines.clone(), accounts, limiters);
     Ok(response)
 }
 
 async fn client(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<RelayState>,
+    relay: web::Data<Relay>,
     accounts: web::Data<Accounts>,
 ) -> actix_web::Result<HttpResponse> {
-    let (response, opened) = open(&req, payload, &state, Endpoint::Client)?;
-    ClientSocket::start(opened, accounts);
-    Ok(response)
-}
-
-/// Admits and upgrades a connection: the 101 response, and what its actor starts from.
-fn open(
-    req: &HttpRequest,
-    payload: web::Payload,
-    state: &RelayState,
-    endpoint: Endpoint,
-) -> actix_web::Result<(HttpResponse, Opened)> {
-    let admission = state.admit(req, endpoint)?;
-    let limits = &state.settings.limits;
-    let (response, link, inbound) = crate::transport::upgrade(
-        req,
-        payload,
-        limits.max_message_bytes,
-        limits.max_outbound_bytes,
-    )?;
-    let opened = Opened {
-        socket: Socket::new(admission, link),
-        inbound,
-        registry: state.registry.clone(),
-        settings: Arc::clone(&state.settings),
-        limiters: Arc::clone(&state.limiters),
-    };
-    Ok((response, opened))
-}
-
-async fn mac(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<RelayState>,
-) -> actix_web::Result<HttpResponse> {
-    open_pair_socket(Role::Mac, &req, payload, &state)
-}
-
-async fn browser(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<RelayState>,
-) -> actix_web::Result<HttpResponse> {
-    open_pair_socket(Role::Browser, &req, payload, &state)
-}
-
-fn open_pair_socket(
-    role: Role,
-    req: &HttpRequest,
-    payload: web::Payload,
-    state: &RelayState,
-) -> actix_web::Result<HttpResponse> {
-    let endpoint = match role {
-        Role::Mac => Endpoint::Mac,
-        Role::Browser => Endpoint::Browser,
-    };
-    let (response, opened) = open(req, payload, state, endpoint)?;
-    PairSocket::start(role, opened);
+    let (response, opened) = relay.open(&req, payload, Endpoint::Client)?;
+    let limiters = Arc::clone(&relay.limiters);
+    ClientSocket::start(opened, relay.machines.clone(), accounts, limiters);
     Ok(response)
 }

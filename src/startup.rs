@@ -19,14 +19,16 @@ use crate::auth::token::{AccessTokens, KeyFileError};
 use crate::config::Settings;
 use crate::connections::Connections;
 use crate::db::{self, DbError};
+use crate::ids::Endpoint;
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
-use crate::relay::code::CodeFormat;
-use crate::relay::registry::pairings::PairingRules;
-use crate::relay::registry::SessionRegistry;
-use crate::relay::socket::Endpoint;
-use crate::relay::{self, RelayState};
+use crate::relay::account::registry::MachineRegistry;
+use crate::relay::pairing::code::CodeFormat;
+use crate::relay::pairing::pipes::StreamLimits;
+use crate::relay::pairing::registry::SessionRegistry;
+use crate::relay::pairing::table::PairingRules;
+use crate::relay::{self, Relay};
 use crate::routes;
 use crate::transport::Killable;
 
@@ -86,18 +88,33 @@ impl Application {
         let hash_stats = accounts.passwords.stats();
 
         let rules = pairing_rules(&settings);
-        // The registry gets a thread of its own, away from the workers' connections.
-        let registry = SessionRegistry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            SessionRegistry::new(rules)
+        let streams = StreamLimits {
+            hold: settings.pairing.resume_buffer_bytes,
+            window: settings.pairing.replay_window_bytes,
+        };
+        // Each registry gets a thread of its own, away from the workers' connections.
+        let pairing = SessionRegistry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            SessionRegistry::new(rules, streams)
+        });
+        let machines = MachineRegistry::start_in_arbiter(&Arbiter::new().handle(), |_| {
+            MachineRegistry::default()
         });
         let connections = Connections::new(settings.limits.max_connections_per_ip);
-        let state = web::Data::new(RelayState {
+        let limiters = Arc::new(Limiters::new(&settings.limits));
+        let client_addr = ClientAddr::new(settings.server.trusted_proxies.clone());
+        let relay = web::Data::new(Relay {
             settings: Arc::clone(&settings),
-            registry,
+            pairing,
+            machines: machines.clone(),
             connections: Arc::clone(&connections),
-            limiters: Arc::new(Limiters::new(&settings.limits)),
-            client_addr: ClientAddr::new(settings.server.trusted_proxies.clone()),
+            limiters: Arc::clone(&limiters),
+            client_addr: client_addr.clone(),
         });
+        let machines = web::Data::new(machines);
+        let limiters = web::Data::from(limiters);
+        let client_addr = web::Data::new(client_addr);
+        let settings_data = web::Data::from(Arc::clone(&settings));
+        spawn_token_purge(&accounts, settings.auth.token_purge_interval());
         let max_body_bytes = settings.limits.max_body_bytes;
         let metrics = settings.metrics.enabled;
 
@@ -115,8 +132,12 @@ impl Application {
             .listen("hermit-relay", listener, move || {
                 let app = App::new()
                     .wrap_fn(count_http)
-                    .app_data(state.clone())
+                    .app_data(relay.clone())
                     .app_data(accounts.clone())
+                    .app_data(machines.clone())
+                    .app_data(limiters.clone())
+                    .app_data(client_addr.clone())
+                    .app_data(settings_data.clone())
                     .configure(routes::routes(max_body_bytes, metrics))
                     .configure(relay::routes)
                     .default_service(web::to(routes::not_found));
@@ -216,6 +237,32 @@ pub fn migrate(pool: &db::Pool) -> Result<Vec<String>, StartError> {
         tracing::info!(%version, "applied migration");
     }
     Ok(applied)
+}
+
+/// Deletes expired and revoked refresh tokens every `every`, so the table does not grow by
+/// a row per login forever. Spent tokens stay until they expire: presenting one again is
+/// how a stolen token is detected.
+fn spawn_token_purge(accounts: &web::Data<Accounts>, every: Duration) {
+    let pool = accounts.pool.clone();
+    actix_rt::spawn(async move {
+        let mut ticks = actix_rt::time::interval(every);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let purged = db::run(&pool, |conn| {
+                Ok(crate::models::refresh_token::delete_dead(
+                    conn,
+                    crate::models::now(),
+                )?)
+            })
+            .await;
+            match purged {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "purged expired and revoked refresh tokens"),
+                Err(err) => tracing::warn!(%err, "could not purge refresh tokens"),
+            }
+        }
+    });
 }
 
 /// Waits for SIGTERM or SIGINT; returns its name.

@@ -8,6 +8,7 @@
 //! even when the dispatcher is stuck on a full socket. A slow peer therefore costs at most
 //! `limits.max_outbound_bytes` and is dropped, and its actor never stops ticking.
 
+mod frame;
 mod inbound;
 mod kill;
 mod outbox;
@@ -20,9 +21,10 @@ use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::web::Payload;
 use actix_web::{HttpRequest, HttpResponse};
 
+pub use frame::{header_len, ping_frame, pong_frame, text_frame, text_frame_of};
 pub use inbound::{Inbound, InboundStream};
 pub use kill::{KillSwitch, Killable};
-pub use outbox::{ping_frame, pong_frame, text_frame, Outbox, OutboxBody, PushError};
+pub use outbox::{Outbox, OutboxBody, PushError};
 
 /// After a close frame is queued, how long the peer gets to read it before the socket is cut.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);

@@ -17,6 +17,8 @@ on_both_backends!(
     refresh_rotates_and_the_old_token_is_spent,
     reusing_a_spent_refresh_token_revokes_its_family,
     logout_revokes_the_refresh_token,
+    expired_and_revoked_refresh_tokens_are_purged_but_spent_ones_kept,
+    expired_refresh_tokens_are_purged,
     machines_are_created_listed_and_deleted_by_their_owner_only,
     machine_names_are_validated_and_unique_per_user,
     api_routes_refuse_missing_forged_tampered_and_expired_tokens,
@@ -257,6 +259,72 @@ async fn logout_revokes_the_refresh_token(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
+}
+
+/// Refresh-token rows in the test's database.
+fn refresh_rows(db: &TestDb) -> i64 {
+    use diesel::prelude::*;
+    use hermit_relay::schema::refresh_tokens;
+    let pool = hermit_relay::db::Pool::new(&db.settings(settings()).database).unwrap();
+    let mut conn = pool.open().unwrap();
+    refresh_tokens::table.count().get_result(&mut conn).unwrap()
+}
+
+async fn expired_and_revoked_refresh_tokens_are_purged_but_spent_ones_kept(db: TestDb) {
+    let mut s = settings();
+    s.auth.token_purge_interval_secs = 1;
+    let server = TestServer::start_on(&db, s);
+    // One login's family: spent once, so two rows; the spent one must stay (reuse detection).
+    let kept = register(&server, "ada@example.com").await;
+    let (status, _) = post(
+        &server,
+        "/auth/refresh",
+        json!({"refreshToken": kept["refreshToken"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Another login, logged out: revoked, so purged.
+    let gone = register(&server, "bob@example.com").await;
+    let response = Client::new()
+        .post(server.url("/auth/logout"))
+        .json(&json!({"refreshToken": gone["refreshToken"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(refresh_rows(&db), 3);
+    let mut rows = 3;
+    for _ in 0..50 {
+        rows = refresh_rows(&db);
+        if rows == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rows, 2,
+        "the revoked token is purged, the family in use is kept"
+    );
+}
+
+async fn expired_refresh_tokens_are_purged(db: TestDb) {
+    let mut s = settings();
+    s.auth.token_purge_interval_secs = 1;
+    s.auth.refresh_token_ttl_secs = 1;
+    let server = TestServer::start_on(&db, s);
+    for email in ["ada@example.com", "bob@example.com"] {
+        register(&server, email).await;
+    }
+    assert_eq!(refresh_rows(&db), 2);
+    let mut rows = 2;
+    for _ in 0..50 {
+        rows = refresh_rows(&db);
+        if rows == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows, 0, "expired tokens are deleted");
 }
 
 async fn machines_are_created_listed_and_deleted_by_their_owner_only(db: TestDb) {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::account::*;
 use common::*;
 use futures_util::StreamExt;
 use reqwest::{Client, StatusCode};
@@ -25,143 +26,13 @@ on_both_backends!(
     an_ended_session_and_a_departed_agent_are_reported_to_clients,
     another_user_can_neither_see_nor_reach_a_machine,
     a_second_agent_with_the_same_token_replaces_the_first,
+    a_replacement_agent_keeps_clients_attached_to_the_sessions_it_still_runs,
+    an_over_long_session_id_in_detach_is_not_attached,
     deleting_a_machine_drops_its_agent_and_voids_its_token,
     unauthenticated_sockets_are_closed_after_the_deadline,
     a_slow_client_is_dropped_while_a_fast_one_keeps_receiving,
     bad_json_and_bad_messages_get_distinct_codes,
 );
-
-/// A user with one machine: the user's access token, the machine id and its token.
-struct Owner {
-    access: String,
-    machine_id: String,
-    machine_token: String,
-}
-
-async fn owner(server: &TestServer, email: &str) -> Owner {
-    let http = Client::new();
-    let body: Value = http
-        .post(server.url("/auth/register"))
-        .json(&json!({"email": email, "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let access = body["accessToken"].as_str().unwrap().to_owned();
-    let created: Value = http
-        .post(server.url("/api/machines"))
-        .bearer_auth(&access)
-        .json(&json!({"name": format!("{email}'s mac")}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    Owner {
-        access,
-        machine_id: created["machine"]["id"].as_str().unwrap().to_owned(),
-        machine_token: created["token"].as_str().unwrap().to_owned(),
-    }
-}
-
-fn session(id: &str) -> Value {
-    json!({"id": id, "name": format!("shell {id}"), "command": "/bin/zsh",
-           "createdAt": "2026-11-22T10:00:00Z", "attachedClients": 0})
-}
-
-/// An agent registered for the owner's machine, having reported `sessions`.
-async fn agent(server: &TestServer, owner: &Owner, sessions: &[&str]) -> Ws {
-    let mut ws = server.connect("/ws/agent").await;
-    send(
-        &mut ws,
-        json!({"type": "register", "token": owner.machine_token, "machineName": "mac"}),
-    )
-    .await;
-    let registered = recv(&mut ws).await;
-    assert_eq!(
-        registered,
-        json!({"type": "registered", "success": true, "machineId": owner.machine_id})
-    );
-    assert_eq!(recv(&mut ws).await, json!({"type": "list_sessions"}));
-    let list: Vec<Value> = sessions.iter().map(|id| session(id)).collect();
-    send(&mut ws, json!({"type": "sessions", "sessions": list})).await;
-    // The report reaches the registry through the agent's actor; a client's request comes
-    // through its own. Wait until the registry has it, as a real client would list first.
-    let count = sessions.len();
-    eventually_machine(server, owner, |m| {
-        m["online"] == true && m["sessionCount"] == count
-    })
-    .await;
-    ws
-}
-
-/// A client authenticated with the owner's access token.
-async fn client(server: &TestServer, access: &str) -> Ws {
-    let mut ws = server.connect("/ws/client").await;
-    send(&mut ws, json!({"type": "auth", "token": access})).await;
-    let msg = recv(&mut ws).await;
-    assert_eq!(msg["type"], "authenticated", "{msg}");
-    ws
-}
-
-/// Receives messages until one of `kind`, skipping the relay's JSON pings and anything else.
-async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let msg = recv(ws).await;
-            if msg["type"] == kind {
-                return msg;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {kind} message in time"))
-}
-
-async fn attach(client: &mut Ws, owner: &Owner, session_id: &str) {
-    send(
-        client,
-        json!({"type": "attach", "machineId": owner.machine_id, "sessionId": session_id}),
-    )
-    .await;
-    assert_eq!(
-        recv_type(client, "attached").await,
-        json!({"type": "attached", "sessionId": session_id})
-    );
-}
-
-async fn machines_of(server: &TestServer, access: &str) -> Value {
-    Client::new()
-        .get(server.url("/api/machines"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["machines"]
-        .clone()
-}
-
-/// Waits until the REST view of the owner's machine satisfies `check` (the registry is
-/// updated by messages, so status follows a connection by a moment).
-async fn eventually_machine(
-    server: &TestServer,
-    owner: &Owner,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    for _ in 0..100 {
-        let machines = machines_of(server, &owner.access).await;
-        if check(&machines[0]) {
-            return machines[0].clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("machine never reached the expected state");
-}
 
 async fn an_agent_registers_reports_sessions_and_shows_online(db: TestDb) {
     let server = TestServer::start_on(&db, settings());
@@ -511,6 +382,84 @@ async fn a_second_agent_with_the_same_token_replaces_the_first(db: TestDb) {
         recv_type(&mut web, "data").await["data"],
         "from the new agent"
     );
+}
+
+async fn a_replacement_agent_keeps_clients_attached_to_the_sessions_it_still_runs(db: TestDb) {
+    let server = TestServer::start_on(&db, settings());
+    let ada = owner(&server, "ada@example.com").await;
+    let mut old = agent(&server, &ada, &["s1", "s2"]).await;
+    let mut web = client(&server, &ada.access).await;
+    attach(&mut web, &ada, "s1").await;
+    attach(&mut web, &ada, "s2").await;
+
+    // The Mac app reconnects (its old socket only looked alive) and still runs s1 only.
+    let mut new = server.connect("/ws/agent").await;
+    send(
+        &mut new,
+        json!({"type": "register", "token": ada.machine_token}),
+    )
+    .await;
+    assert_eq!(recv(&mut new).await["success"], true);
+    assert_eq!(recv(&mut new).await["type"], "list_sessions");
+    assert_eq!(expect_closed(&mut old, WAIT).await, Some(1000));
+    send(
+        &mut new,
+        json!({"type": "sessions", "sessions": [session("s1")]}),
+    )
+    .await;
+    // The new agent hears `attach` for the client that stays attached to s1...
+    let attach = recv_type(&mut new, "attach").await;
+    assert_eq!(attach["sessionId"], "s1");
+    // ...the client hears that s2 ended, and nothing about s1.
+    let ended = recv_type(&mut web, "session_ended").await;
+    assert_eq!(ended["sessionId"], "s2");
+
+    // Output and input keep flowing on s1 without a re-attach.
+    send(
+        &mut new,
+        json!({"type": "data", "sessionId": "s1", "data": "still here"}),
+    )
+    .await;
+    assert_eq!(
+        recv_type(&mut web, "data").await,
+        json!({"type": "data", "sessionId": "s1", "data": "still here"})
+    );
+    send(
+        &mut web,
+        json!({"type": "data", "sessionId": "s1", "data": "ls\r"}),
+    )
+    .await;
+    assert_eq!(
+        recv_type(&mut new, "data").await,
+        json!({"type": "data", "sessionId": "s1", "data": "ls\r"})
+    );
+    send(&mut web, json!({"type": "detach", "sessionId": "s2"})).await;
+    assert_eq!(
+        recv(&mut web).await["code"],
+        "NOT_ATTACHED",
+        "s2 ended, so the client is no longer attached to it"
+    );
+}
+
+async fn an_over_long_session_id_in_detach_is_not_attached(db: TestDb) {
+    let server = TestServer::start_on(&db, settings());
+    let ada = owner(&server, "ada@example.com").await;
+    let mut web = client(&server, &ada.access).await;
+    let long = "s".repeat(500);
+    for message in [
+        json!({"type": "detach", "sessionId": long}),
+        json!({"type": "data", "sessionId": long, "data": "x"}),
+        json!({"type": "resize", "sessionId": long, "cols": 80, "rows": 24}),
+    ] {
+        send(&mut web, message).await;
+        expect_error(&mut web, "NOT_ATTACHED").await;
+    }
+    send(
+        &mut web,
+        json!({"type": "list_sessions", "machineId": long}),
+    )
+    .await;
+    expect_error(&mut web, "MACHINE_NOT_FOUND").await;
 }
 
 async fn deleting_a_machine_drops_its_agent_and_voids_its_token(db: TestDb) {

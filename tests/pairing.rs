@@ -489,6 +489,91 @@ async fn a_browser_that_stops_answering_is_dropped_and_its_mac_told_after_the_gr
 }
 
 #[tokio::test]
+async fn register_is_rate_limited_like_join() {
+    let mut s = settings();
+    s.limits.join_attempts_per_minute = 3;
+    let server = TestServer::start(s);
+    let (mut mac, _) = mac(&server).await;
+    for _ in 0..3 {
+        send(&mut mac, json!({"type": "register", "clientId": "m"})).await;
+        assert_eq!(recv(&mut mac).await["type"], "registered");
+    }
+    send(&mut mac, json!({"type": "register", "clientId": "m"})).await;
+    expect_error(&mut mac, "RATE_LIMITED").await;
+    assert_usable(&mut mac).await;
+}
+
+#[tokio::test]
+async fn a_guessable_client_id_cannot_take_over_a_lost_pairing() {
+    let mut s = settings();
+    s.pairing.resume_grace_secs = 30;
+    let server = TestServer::start(s);
+    let (mut mac, _) = mac(&server).await;
+    send(&mut mac, json!({"type": "register", "clientId": "mac-1"})).await;
+    let code = recv(&mut mac).await["code"].as_str().unwrap().to_owned();
+    let mut browser = server.connect("/browser").await;
+    send(&mut browser, json!({"type": "join", "code": code})).await;
+    assert_eq!(recv(&mut browser).await["type"], "joined");
+    assert_eq!(recv(&mut mac).await["type"], "joined");
+    drop(mac);
+    expect_silence(&mut browser, Duration::from_millis(300)).await;
+
+    // Someone else sends the same guessable clientId: a fresh code, not the pairing.
+    let (mut stranger, _) = common::mac(&server).await;
+    send(
+        &mut stranger,
+        json!({"type": "register", "clientId": "mac-1"}),
+    )
+    .await;
+    assert_eq!(recv(&mut stranger).await["type"], "registered");
+    send_data(&mut browser, "for my own mac only").await;
+    expect_silence(&mut stranger, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn held_messages_reach_a_resumed_browser_whole_and_in_order_or_not_at_all() {
+    let mut s = settings();
+    s.pairing.resume_grace_secs = 30;
+    s.limits.max_message_bytes = 16 * 1024;
+    s.limits.max_outbound_bytes = 60_150;
+    // The hold can fill the resumed side's outbox to within a few bytes of its bound.
+    s.pairing.resume_buffer_bytes = 60_150;
+    let server = TestServer::start(s);
+    for round in 0..5 {
+        let (mut mac, browser, session) = pair(&server).await;
+        drop(browser);
+        expect_silence(&mut mac, Duration::from_millis(300)).await;
+        let payload = |i: usize| format!("{round}.{i}.{}", "h".repeat(15_000));
+        for i in 0..4 {
+            send_data(&mut mac, &payload(i)).await;
+        }
+        let mut browser = server.connect("/browser").await;
+        send(
+            &mut browser,
+            json!({"type": "resume", "sessionId": session}),
+        )
+        .await;
+        assert_eq!(recv(&mut browser).await["type"], "joined");
+        send_data(&mut mac, &payload(4)).await;
+        // Either everything, in order, with nothing missing...
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut browser)).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let first: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(first["payload"], payload(0));
+                for i in 1..5 {
+                    expect_data(&mut browser, &payload(i)).await;
+                }
+            }
+            // ...or the browser is dropped and the mac told: never a stream with a hole.
+            _ => {
+                assert_eq!(recv(&mut mac).await["type"], "joined");
+                assert_eq!(recv(&mut mac).await["code"], "BROWSER_DISCONNECTED");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn held_messages_past_the_resume_buffer_end_the_pairing_rather_than_leave_a_gap() {
     let mut s = settings();
     s.pairing.resume_grace_secs = 30;

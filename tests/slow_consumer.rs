@@ -64,6 +64,19 @@ async fn a_browser_that_stops_reading_is_dropped_with_bounded_memory_and_its_mac
     peak = peak.max(rss_bytes());
 
     assert_eq!(verdict, "BROWSER_DISCONNECTED");
+    // The message that found the outbox full is counted as dropped, by reason.
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hermit_messages_dropped_total{reason=\"slow_consumer\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 1, "{metrics}");
     let growth = peak.saturating_sub(rss_before);
     let sent = sent.load(Ordering::Relaxed);
     eprintln!(

@@ -6,12 +6,13 @@ use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
 use crate::accounts::Accounts;
 use crate::error::ApiError;
+use crate::ids::UserId;
 
 /// A request whose bearer token is a valid access token.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     /// The user the token was issued to.
-    pub user_id: String,
+    pub user_id: UserId,
 }
 
 impl FromRequest for AuthUser {
@@ -40,5 +41,7 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         tracing::debug!(%err, "access token refused");
         ApiError::Unauthorized("Invalid or expired token")
     })?;
-    Ok(AuthUser { user_id })
+    Ok(AuthUser {
+        user_id: UserId::from(user_id),
+    })
 }

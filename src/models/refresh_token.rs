@@ -124,8 +124,15 @@ pub fn revoke_family(
     .map(drop)
 }
 
-/// Deletes tokens that expired before `before` (housekeeping).
-pub fn delete_expired(conn: &mut DbConnection, before: NaiveDateTime) -> QueryResult<usize> {
-    diesel::delete(refresh_tokens::table.filter(refresh_tokens::expires_at.lt(before)))
-        .execute(conn)
+/// Deletes tokens that can never be used again: expired before `now`, or revoked
+/// (housekeeping). Spent tokens stay until they expire, to recognise their reuse.
+pub fn delete_dead(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult<usize> {
+    diesel::delete(
+        refresh_tokens::table.filter(
+            refresh_tokens::expires_at
+                .lt(now)
+                .or(refresh_tokens::revoked_at.is_not_null()),
+        ),
+    )
+    .execute(conn)
 }

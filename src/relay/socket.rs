@@ -1,139 +1,200 @@
-//! What every connection actor shares: reading frames, heartbeats, sending under the
-//! outbox bound, and closing with the right code and one log line.
+//! The skeleton every connection actor shares: one generic actor, [`Connection`], over a
+//! [`Protocol`] that holds only its endpoint's state and decisions.
 //!
-//! `PairSocket`, `AgentSocket` and `ClientSocket` each own a [`Socket`] and keep only their
-//! protocol's logic.
+//! Why a generic actor rather than a macro or three copies: the skeleton (register in
+//! `started`, heartbeat on an interval, frames in through a stream, commands in through
+//! the mailbox, unregister in `stopping`, close with the right code in `stopped`) is written
+//! and type-checked once, and a protocol cannot forget a step. Each protocol is a plain
+//! struct; the trait says exactly what it decides.
+//!
+//! [`Socket`] is the per-connection state the skeleton owns: the outbox it writes to (under
+//! the delivery policy of [`super::delivery`]), liveness, and the one closing log line.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, Context};
+use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::config::HeartbeatSettings;
+use super::delivery::{Command, Delivery, Peer};
+use super::protocol::{Common, ErrorBody, ErrorCode, Refusal};
+use crate::config::{HeartbeatSettings, Settings};
 use crate::connections::Admission;
+use crate::ids::{ConnId, DropReason, Endpoint, Outcome};
 use crate::metrics::METRICS;
-use crate::relay::protocol::{Common, ErrorBody, ErrorCode};
-use crate::relay::registry::pairings::ConnId;
-use crate::transport::{ping_frame, pong_frame, text_frame, Inbound, Link, PushError};
-
-/// The four WebSocket endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/mac`
-    Mac,
-    /// `/browser`
-    Browser,
-    /// `/ws/agent`
-    Agent,
-    /// `/ws/client`
-    Client,
-}
-
-impl Endpoint {
-    /// Every endpoint, in index order.
-    pub const ALL: [Endpoint; 4] = [Self::Mac, Self::Browser, Self::Agent, Self::Client];
-
-    /// Its path.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mac => "/mac",
-            Self::Browser => "/browser",
-            Self::Agent => "/ws/agent",
-            Self::Client => "/ws/client",
-        }
-    }
-
-    /// The endpoint served at `route`, if it is a WebSocket route.
-    pub fn from_route(route: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|e| e.as_str() == route)
-    }
-
-    /// Whether web pages open it (so `server.allowed_origins` applies).
-    pub fn browser_facing(self) -> bool {
-        matches!(self, Self::Browser | Self::Client)
-    }
-}
+use crate::transport::{ping_frame, pong_frame, text_frame, Inbound, InboundStream, Link};
 
 /// How early a heartbeat ping may go out, so tick jitter never skips one.
 const PING_SLACK: Duration = Duration::from_millis(250);
 
-/// Why a connection ends; decides the close frame, and whether a partner may wait for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The peer sent a close frame.
-    PeerClosed,
-    /// The socket ended without a close frame.
-    Lost,
-    /// Nothing arrived for interval + timeout.
-    HeartbeatTimeout,
-    /// It read slower than it was written to, past `limits.max_outbound_bytes`.
-    SlowConsumer,
-    /// A message over `limits.max_message_bytes`.
-    TooLarge,
-    /// Broken WebSocket framing.
-    ProtocolError,
-    /// Never paired, or never authenticated, in time.
-    Idle,
-    /// A newer connection took its place (resume, or a second agent with the same token).
-    Replaced,
-    /// Its agent's machine was deleted, or its credentials were refused.
-    Refused,
+/// What a connection actor starts from: its admitted, upgraded socket and the settings.
+pub struct Opened {
+    /// The socket (admission, outbox, kill switch).
+    pub socket: Socket,
+    /// What the peer sends.
+    pub inbound: InboundStream,
+    /// The effective settings.
+    pub settings: Arc<Settings>,
 }
 
-impl Outcome {
-    /// Every outcome, in index order (for metrics).
-    pub const ALL: [Outcome; 9] = [
-        Self::PeerClosed,
-        Self::Lost,
-        Self::HeartbeatTimeout,
-        Self::SlowConsumer,
-        Self::TooLarge,
-        Self::ProtocolError,
-        Self::Idle,
-        Self::Replaced,
-        Self::Refused,
-    ];
+/// One endpoint's protocol: its state, and what it does with each event.
+pub trait Protocol: Sized + Unpin + 'static {
+    /// What registries and partners tell this connection.
+    type Command: Command;
+    /// Whether the relay also sends JSON `{"type":"ping"}` heartbeats on this endpoint.
+    const JSON_PING: bool;
 
-    /// A metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::PeerClosed => "peer_closed",
-            Self::Lost => "lost",
-            Self::HeartbeatTimeout => "heartbeat_timeout",
-            Self::SlowConsumer => "slow_consumer",
-            Self::TooLarge => "message_too_large",
-            Self::ProtocolError => "protocol_error",
-            Self::Idle => "idle",
-            Self::Replaced => "replaced",
-            Self::Refused => "refused",
+    /// The actor started: register, arm deadlines.
+    fn started(conn: &mut Connection<Self>, ctx: &mut Ctx<Self>);
+    /// One whole text message from the peer.
+    fn on_text(conn: &mut Connection<Self>, text: Bytes, ctx: &mut Ctx<Self>);
+    /// One command from a registry or a partner.
+    fn on_command(conn: &mut Connection<Self>, command: Self::Command, ctx: &mut Ctx<Self>);
+    /// Each heartbeat tick: a reason to end the connection, if any (e.g. idle unpaired).
+    fn on_tick(_conn: &mut Connection<Self>) -> Option<Outcome> {
+        None
+    }
+    /// The actor is stopping: unregister.
+    fn stopping(conn: &mut Connection<Self>);
+}
+
+/// The actor context of a connection speaking `P`.
+pub type Ctx<P> = Context<Connection<P>>;
+
+/// One WebSocket connection: the shared skeleton around a protocol's state.
+pub struct Connection<P> {
+    /// The socket.
+    pub socket: Socket,
+    /// The effective settings.
+    pub settings: Arc<Settings>,
+    /// The protocol's own state.
+    pub proto: P,
+}
+
+impl<P: Protocol> Connection<P> {
+    /// Starts the actor for a freshly upgraded connection.
+    pub fn start(opened: Opened, proto: P) -> Addr<Self> {
+        let Opened {
+            socket,
+            inbound,
+            settings,
+        } = opened;
+        Self::create(move |ctx| {
+            ctx.add_stream(inbound);
+            Self {
+                socket,
+                settings,
+                proto,
+            }
+        })
+    }
+
+    /// Ends the connection for `outcome` (the first reason recorded wins).
+    pub fn finish(&mut self, outcome: Outcome, ctx: &mut Ctx<P>) {
+        self.socket.end(outcome);
+        ctx.stop();
+    }
+
+    /// Queues a message for this peer; a peer too slow to take it is dropped.
+    pub fn send<T: Serialize + ?Sized>(&mut self, message: &T, ctx: &mut Ctx<P>) {
+        if let Err(outcome) = self.socket.send(message) {
+            self.finish(outcome, ctx);
         }
     }
 
-    /// Only a connection that vanished may be resumed; every other end is final at once.
-    pub fn clean(self) -> bool {
-        !matches!(self, Self::Lost | Self::HeartbeatTimeout)
+    /// Queues an `error` for this peer.
+    pub fn error(&mut self, code: ErrorCode, message: &str, ctx: &mut Ctx<P>) {
+        if let Err(outcome) = self.socket.error(code, message) {
+            self.finish(outcome, ctx);
+        }
     }
 
-    /// For logs and close frames.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PeerClosed => "peer closed",
-            Self::Lost => "connection lost",
-            Self::HeartbeatTimeout => "heartbeat timeout",
-            Self::SlowConsumer => "too slow: outbound buffer full",
-            Self::TooLarge => "message too large",
-            Self::ProtocolError => "protocol error",
-            Self::Idle => "not paired or authenticated in time",
-            Self::Replaced => "replaced by a newer connection",
-            Self::Refused => "access revoked",
+    /// Queues the `error` of a refused request.
+    pub fn refuse(&mut self, (code, message): Refusal, ctx: &mut Ctx<P>) {
+        self.error(code, message, ctx);
+    }
+
+    /// How others reach this connection.
+    pub fn peer(&self, ctx: &Ctx<P>) -> Peer<P::Command> {
+        Peer::new(
+            self.socket.conn,
+            ctx.address().recipient(),
+            Arc::clone(&self.socket.link.outbox),
+        )
+    }
+
+    /// Runs `work` (a registry request, a database look-up) and then `then`, reading
+    /// nothing else from the peer meanwhile: its next frames wait in the socket (TCP pushes
+    /// back, so the wait costs no memory here), and each connection's messages are handled
+    /// in the order they were sent. `work` must be bounded in time.
+    pub fn wait_for<T: 'static>(
+        &mut self,
+        work: impl Future<Output = T> + 'static,
+        then: impl FnOnce(&mut Self, T, &mut Ctx<P>) + 'static,
+        ctx: &mut Ctx<P>,
+    ) {
+        ctx.wait(
+            work.into_actor(self)
+                .map(|value, conn, ctx| then(conn, value, ctx)),
+        );
+    }
+
+    fn tick(&mut self, ctx: &mut Ctx<P>) {
+        let outcome = P::on_tick(self).or_else(|| {
+            self.socket
+                .heartbeat(&self.settings.heartbeat, P::JSON_PING)
+        });
+        if let Some(outcome) = outcome {
+            self.finish(outcome, ctx);
         }
     }
 }
 
-/// What the actor should do with one inbound event.
+impl<P: Protocol> Actor for Connection<P> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(tick(&self.settings.heartbeat), Self::tick);
+        P::started(self, ctx);
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        P::stopping(self);
+        Running::Stop
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.socket.close();
+    }
+}
+
+impl<P: Protocol> StreamHandler<Inbound> for Connection<P> {
+    fn handle(&mut self, item: Inbound, ctx: &mut Self::Context) {
+        let max = self.settings.limits.max_message_bytes;
+        match self.socket.receive(item, max) {
+            Step::Text(text) => P::on_text(self, text, ctx),
+            Step::Done => {}
+            Step::Stop(outcome) => self.finish(outcome, ctx),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        self.finish(Outcome::Lost, ctx);
+    }
+}
+
+impl<P: Protocol> Handler<P::Command> for Connection<P> {
+    type Result = ();
+
+    fn handle(&mut self, command: P::Command, ctx: &mut Self::Context) {
+        P::on_command(self, command, ctx);
+    }
+}
+
+/// What the skeleton should do with one inbound event.
 pub enum Step {
     /// A whole text message for the protocol to parse.
     Text(Bytes),
@@ -164,7 +225,7 @@ impl Socket {
         let now = Instant::now();
         admission.track(Arc::clone(&link.outbox), link.kill_switch());
         tracing::info!(
-            conn = admission.conn,
+            conn = %admission.conn,
             endpoint = admission.endpoint.as_str(),
             client = %admission.ip,
             "connection opened"
@@ -195,11 +256,12 @@ impl Socket {
         *self.outcome.get_or_insert(Outcome::Lost)
     }
 
-    /// Queues a frame; `Err` means this peer is too slow and must be dropped.
+    /// Queues a frame under the delivery policy; `Err` means this peer is itself too slow
+    /// to take it and must be dropped.
     pub fn push(&mut self, frame: Bytes) -> Result<(), Outcome> {
-        match self.link.outbox.push(frame) {
-            Ok(()) | Err(PushError::Closed) => Ok(()),
-            Err(PushError::Full) => Err(Outcome::SlowConsumer),
+        match Delivery::of(self.link.outbox.push(frame)) {
+            Delivery::Dropped(DropReason::SlowConsumer) => Err(Outcome::SlowConsumer),
+            _ => Ok(()),
         }
     }
 
@@ -234,7 +296,7 @@ impl Socket {
                 return Step::Stop(Outcome::TooLarge);
             }
             Inbound::Protocol(err) => {
-                tracing::debug!(conn = self.conn, %err, "websocket protocol error");
+                tracing::debug!(conn = %self.conn, %err, "websocket protocol error");
                 return Step::Stop(Outcome::ProtocolError);
             }
         };
@@ -275,10 +337,11 @@ impl Socket {
             Outcome::Idle | Outcome::Replaced => {
                 self.link.close(CloseCode::Normal, outcome.as_str())
             }
-            Outcome::Refused | Outcome::SlowConsumer => {
+            Outcome::Refused | Outcome::SlowConsumer | Outcome::WindowFull => {
                 self.link.close(CloseCode::Policy, outcome.as_str())
             }
             Outcome::TooLarge => self.link.close(CloseCode::Size, outcome.as_str()),
+            Outcome::Unavailable => self.link.close(CloseCode::Again, outcome.as_str()),
             Outcome::ProtocolError => self.link.close(CloseCode::Protocol, outcome.as_str()),
             Outcome::Lost | Outcome::HeartbeatTimeout => self.link.cut(),
         }
@@ -286,55 +349,12 @@ impl Socket {
             METRICS.dropped(outcome);
         }
         tracing::info!(
-            conn = self.conn,
+            conn = %self.conn,
             endpoint = self.endpoint.as_str(),
             reason = outcome.as_str(),
             duration_ms = self.opened.elapsed().as_millis() as u64,
             "connection closed"
         );
-    }
-}
-
-/// A connection actor built on a [`Socket`]: the helpers every endpoint shares, and the
-/// dispatch of inbound frames to its protocol.
-pub trait SocketActor: Actor<Context = Context<Self>> {
-    /// Its socket.
-    fn socket(&mut self) -> &mut Socket;
-
-    /// The largest message it accepts (for the `MESSAGE_TOO_LARGE` text).
-    fn max_message_bytes(&self) -> usize;
-
-    /// One whole text message of its protocol.
-    fn on_text(&mut self, text: &[u8], ctx: &mut Context<Self>);
-
-    /// Ends the connection for `outcome` (the first reason recorded wins).
-    fn finish(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
-        self.socket().end(outcome);
-        ctx.stop();
-    }
-
-    /// Queues a message for this peer; a peer too slow to take it is dropped.
-    fn send<T: Serialize + ?Sized>(&mut self, message: &T, ctx: &mut Context<Self>) {
-        if let Err(outcome) = self.socket().send(message) {
-            self.finish(outcome, ctx);
-        }
-    }
-
-    /// Queues an `error` for this peer.
-    fn error(&mut self, code: ErrorCode, message: &str, ctx: &mut Context<Self>) {
-        if let Err(outcome) = self.socket().error(code, message) {
-            self.finish(outcome, ctx);
-        }
-    }
-
-    /// Handles one inbound event: control frames here, text via [`Self::on_text`].
-    fn receive(&mut self, item: Inbound, ctx: &mut Context<Self>) {
-        let max = self.max_message_bytes();
-        match self.socket().receive(item, max) {
-            Step::Text(text) => self.on_text(&text, ctx),
-            Step::Done => {}
-            Step::Stop(outcome) => self.finish(outcome, ctx),
-        }
     }
 }
 

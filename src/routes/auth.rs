@@ -7,12 +7,18 @@ use serde::Deserialize;
 
 use crate::accounts::Accounts;
 use crate::error::ApiError;
+use crate::limits::Limiters;
 use crate::metrics::METRICS;
-use crate::relay::RelayState;
+use crate::proxy::ClientAddr;
 
 /// Refuses the request if its client address has used up its attempts this minute.
-fn limit(req: &HttpRequest, relay: &RelayState) -> Result<(), ApiError> {
-    if relay.limiters.auth.check(relay.client_ip(req)) {
+fn limit(req: &HttpRequest) -> Result<(), ApiError> {
+    let limiters = req.app_data::<web::Data<Limiters>>();
+    let client_addr = req.app_data::<web::Data<ClientAddr>>();
+    let (Some(limiters), Some(client_addr)) = (limiters, client_addr) else {
+        return Err(ApiError::internal("rate limiter state missing"));
+    };
+    if limiters.auth.check(client_addr.of(req)) {
         Ok(())
     } else {
         Err(ApiError::RateLimited)
@@ -54,11 +60,10 @@ struct RefreshBody {
 
 async fn register(
     req: HttpRequest,
-    relay: web::Data<RelayState>,
     accounts: web::Data<Accounts>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    limit(&req, &relay)?;
+    limit(&req)?;
     let Credentials { email, password } = body.into_inner();
     let signed_in = accounts.register(&email, password).await?;
     Ok(HttpResponse::Ok().json(signed_in))
@@ -66,11 +71,10 @@ async fn register(
 
 async fn login(
     req: HttpRequest,
-    relay: web::Data<RelayState>,
     accounts: web::Data<Accounts>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    limit(&req, &relay)?;
+    limit(&req)?;
     let Credentials { email, password } = body.into_inner();
     let signed_in = count_failure(accounts.login(&email, password).await)?;
     Ok(HttpResponse::Ok().json(signed_in))
@@ -78,11 +82,10 @@ async fn login(
 
 async fn refresh(
     req: HttpRequest,
-    relay: web::Data<RelayState>,
     accounts: web::Data<Accounts>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
-    limit(&req, &relay)?;
+    limit(&req)?;
     let refreshed = count_failure(accounts.refresh(&body.refresh_token).await)?;
     Ok(HttpResponse::Ok().json(refreshed))
 }

@@ -3,11 +3,15 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use actix::Addr;
+
 use crate::accounts::Accounts;
 use crate::auth::extractor::AuthUser;
 use crate::error::ApiError;
-use crate::machines::{self, MachineInfo};
-use crate::relay::RelayState;
+use crate::ids::MachineId;
+use crate::relay::account::directory;
+use crate::relay::account::registry::MachineRegistry;
+use crate::relay::protocol::MachineInfo;
 
 /// Registers the `/api/machines` routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -36,9 +40,9 @@ struct Created {
 async fn list(
     user: AuthUser,
     accounts: web::Data<Accounts>,
-    relay: web::Data<RelayState>,
+    registry: web::Data<Addr<MachineRegistry>>,
 ) -> Result<HttpResponse, ApiError> {
-    let machines = machines::list(&accounts.pool, &relay.registry, &user.user_id).await?;
+    let machines = directory::list(&accounts.pool, &registry, &user.user_id).await?;
     Ok(HttpResponse::Ok().json(MachineList { machines }))
 }
 
@@ -47,16 +51,17 @@ async fn create(
     accounts: web::Data<Accounts>,
     body: web::Json<NewMachineBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let (machine, token) = machines::create(&accounts.pool, &user.user_id, &body.name).await?;
+    let (machine, token) = directory::create(&accounts.pool, &user.user_id, &body.name).await?;
     Ok(HttpResponse::Ok().json(Created { machine, token }))
 }
 
 async fn delete(
     user: AuthUser,
     accounts: web::Data<Accounts>,
-    relay: web::Data<RelayState>,
+    registry: web::Data<Addr<MachineRegistry>>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    machines::delete(&accounts.pool, &relay.registry, &user.user_id, &id).await?;
+    let machine = MachineId::from(id.into_inner());
+    directory::delete(&accounts.pool, &registry, &user.user_id, &machine).await?;
     Ok(HttpResponse::NoContent().finish())
 }

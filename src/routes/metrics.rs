@@ -3,17 +3,20 @@
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use subtle::ConstantTimeEq;
 
+use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::METRICS;
-use crate::relay::RelayState;
 
 /// Registers `/metrics`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics));
 }
 
-async fn metrics(req: HttpRequest, relay: web::Data<RelayState>) -> Result<HttpResponse, ApiError> {
-    let token = &relay.settings.metrics.token;
+async fn metrics(
+    req: HttpRequest,
+    settings: web::Data<Settings>,
+) -> Result<HttpResponse, ApiError> {
+    let token = &settings.metrics.token;
     if !token.is_empty() {
         let presented = req
             .headers()

@@ -10,13 +10,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use actix_http::ws::{CloseReason, OpCode, Parser};
-use bytes::{BufMut, Bytes, BytesMut};
+use actix_http::ws::{CloseReason, Parser};
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use serde::Serialize;
-
-/// Room for the longest header of an unmasked server frame (2 + 8 bytes).
-const MAX_HEADER: usize = 10;
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,15 +59,43 @@ impl Outbox {
 
     /// Queues one encoded frame.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.offer(frame).map_err(|(error, _)| error)
+    }
+
+    /// Queues one encoded frame, or gives it back with the reason it was refused (so a
+    /// caller that may hold it elsewhere need not keep a second reference to it).
+    pub fn offer(&self, frame: Bytes) -> Result<(), (PushError, Bytes)> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err((PushError::Closed, frame));
+        }
+        if state.queued + frame.len() > self.limit {
+            return Err((PushError::Full, frame));
+        }
+        state.queued += frame.len();
+        state.frames.push_back(frame);
+        if let Some(waker) = state.waker.take() {
+            drop(state);
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `frames` in order, all or none: `Full` if together they pass the limit. A
+    /// resumed side gets everything held for it, or nothing and is dropped — never a stream
+    /// with a hole in it.
+    pub fn push_all(&self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), PushError> {
+        let frames: Vec<Bytes> = frames.into_iter().collect();
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
         let mut state = self.lock();
         if state.closed {
             return Err(PushError::Closed);
         }
-        if state.queued + frame.len() > self.limit {
+        if state.queued + bytes > self.limit {
             return Err(PushError::Full);
         }
-        state.queued += frame.len();
-        state.frames.push_back(frame);
+        state.queued += bytes;
+        state.frames.extend(frames);
         if let Some(waker) = state.waker.take() {
             drop(state);
             waker.wake();
@@ -145,81 +169,9 @@ impl Drop for OutboxBody {
     }
 }
 
-/// Encodes `message` as JSON in a single unmasked text frame, with one allocation and no copy.
-pub fn text_frame<T: Serialize + ?Sized>(message: &T) -> Bytes {
-    let mut buf = BytesMut::with_capacity(128);
-    buf.put_bytes(0, MAX_HEADER);
-    let mut writer = buf.writer();
-    // unwrap: serialising our own protocol types to memory has no failure case (no maps with
-    // non-string keys, no I/O).
-    serde_json::to_writer(&mut writer, message).unwrap();
-    let mut buf = writer.into_inner();
-    let len = buf.len() - MAX_HEADER;
-    // The header goes right-aligned into the room reserved in front of the payload.
-    let mut header = BytesMut::with_capacity(MAX_HEADER);
-    header.put_u8(0x80 | u8::from(OpCode::Text));
-    if len < 126 {
-        header.put_u8(len as u8);
-    } else if len <= u16::MAX as usize {
-        header.put_u8(126);
-        header.put_u16(len as u16);
-    } else {
-        header.put_u8(127);
-        header.put_u64(len as u64);
-    }
-    let start = MAX_HEADER - header.len();
-    buf[start..MAX_HEADER].copy_from_slice(&header);
-    let _ = buf.split_to(start);
-    buf.freeze()
-}
-
-/// A ping control frame (the relay's heartbeat).
-pub fn ping_frame() -> Bytes {
-    control_frame(OpCode::Ping, b"")
-}
-
-/// A pong control frame answering a peer's ping with its payload.
-pub fn pong_frame(payload: &[u8]) -> Bytes {
-    control_frame(OpCode::Pong, payload)
-}
-
-fn control_frame(op: OpCode, payload: &[u8]) -> Bytes {
-    let mut frame = BytesMut::with_capacity(2 + payload.len());
-    Parser::write_message(&mut frame, payload, op, true, false);
-    frame.freeze()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_codec::Decoder;
-    use actix_http::ws::{Codec, Frame};
-
-    fn decode(frame: &Bytes) -> Frame {
-        let mut buf = BytesMut::from(&frame[..]);
-        // A client-mode codec reads unmasked server frames.
-        Codec::new()
-            .client_mode()
-            .max_size(1 << 24)
-            .decode(&mut buf)
-            .unwrap()
-            .unwrap()
-    }
-
-    #[test]
-    fn text_frames_of_every_length_form_decode_to_the_json() {
-        for len in [0usize, 10, 125, 126, 1000, 65535, 65536, 200_000] {
-            let payload = "x".repeat(len);
-            let frame = text_frame(&serde_json::json!({ "p": payload }));
-            match decode(&frame) {
-                Frame::Text(text) => {
-                    let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
-                    assert_eq!(value["p"].as_str().unwrap().len(), len);
-                }
-                other => panic!("not a text frame: {other:?}"),
-            }
-        }
-    }
 
     #[test]
     fn a_push_past_the_limit_is_refused_and_nothing_is_queued() {
@@ -227,6 +179,18 @@ mod tests {
         outbox.push(Bytes::from(vec![0; 60])).unwrap();
         assert_eq!(outbox.push(Bytes::from(vec![0; 60])), Err(PushError::Full));
         assert_eq!(outbox.queued_bytes(), 60);
+    }
+
+    #[test]
+    fn a_batch_is_queued_whole_or_not_at_all() {
+        let outbox = Outbox::new(100);
+        outbox.push(Bytes::from(vec![0; 30])).unwrap();
+        let batch = || [Bytes::from(vec![1; 40]), Bytes::from(vec![2; 40])];
+        assert_eq!(outbox.push_all(batch()), Err(PushError::Full));
+        assert_eq!(outbox.queued_bytes(), 30);
+        let outbox = Outbox::new(100);
+        outbox.push_all(batch()).unwrap();
+        assert_eq!(outbox.queued_bytes(), 80);
     }
 
     #[test]

@@ -12,6 +12,10 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod account;
+pub mod lossless;
+pub mod proxy;
+
 /// Runs each named `async fn(TestDb)` once per backend: `sqlite::name` and `postgres::name`.
 #[allow(unused_macros)]
 macro_rules! on_both_backends {
@@ -250,6 +254,36 @@ pub async fn recv(ws: &mut Ws) -> Value {
     })
     .await
     .expect("a message arrives in time")
+}
+
+/// The next text message exactly as it arrived (skipping control frames); panics after
+/// [`WAIT`].
+pub async fn recv_raw(ws: &mut Ws) -> String {
+    tokio::time::timeout(WAIT, next_raw(ws))
+        .await
+        .expect("a message arrives in time")
+        .expect("the connection is open")
+}
+
+/// The next text message as it arrived, or `None` once the connection ends.
+pub async fn next_raw(ws: &mut Ws) -> Option<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// The next JSON message that is not an `ack` (lossless mode) or a JSON ping.
+pub async fn recv_type_skipping_acks(ws: &mut Ws) -> Value {
+    loop {
+        let msg = recv(ws).await;
+        if msg["type"] != "ack" {
+            return msg;
+        }
+    }
 }
 
 /// Asserts the next message is an `error` with `code`, and returns its text.

@@ -1,46 +1,19 @@
 //! The rules of quick pairing, as plain state and methods with no actix in them.
 //!
 //! Every method takes the current time and returns the [`Effect`]s the registry actor must
-//! carry out (send, pair, schedule a timer). That keeps every rule unit-testable, and keeps
-//! the actor a thin layer that maps connection ids to addresses and timers to handles.
+//! carry out (send, pair, close). The table also keeps every deadline it depends on (code
+//! expiry, resume grace, retired-code memory) in one ordered structure: the actor arms a
+//! single timer for [`PairingTable::next_deadline`] and calls [`PairingTable::fire`] when
+//! it rings. That keeps every rule unit-testable, and the actor a thin layer that maps
+//! connection ids to addresses.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use uuid::Uuid;
-
-use crate::relay::code::CodeFormat;
+use super::code::CodeFormat;
+use crate::ids::{ConnId, MacClientId, PairingId, Role};
+use crate::relay::deadlines::Deadlines;
 use crate::relay::protocol::ErrorCode;
-
-/// Identifies one WebSocket connection for the life of the process.
-pub type ConnId = u64;
-
-/// Which end of a pairing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The Mac app, on `/mac`.
-    Mac,
-    /// The web app, on `/browser`.
-    Browser,
-}
-
-impl Role {
-    /// The other end.
-    pub fn other(self) -> Self {
-        match self {
-            Self::Mac => Self::Browser,
-            Self::Browser => Self::Mac,
-        }
-    }
-
-    /// The error the *other* side gets when this side leaves.
-    fn left_code(self) -> ErrorCode {
-        match self {
-            Self::Mac => ErrorCode::MacDisconnected,
-            Self::Browser => ErrorCode::BrowserDisconnected,
-        }
-    }
-}
 
 /// The durations and limits the rules need, from `Settings`.
 #[derive(Debug, Clone)]
@@ -66,7 +39,7 @@ pub enum Effect {
         to: ConnId,
         /// Its code.
         code: String,
-        /// Milliseconds from now until the code expires (the actor adds wall-clock time).
+        /// How long from now the code may be joined (the actor adds wall-clock time).
         ttl: Duration,
     },
     /// Send an `error` to one connection; it stays open.
@@ -82,16 +55,26 @@ pub enum Effect {
     /// `None` when that side is away: the other side is then told only `joined`.
     Pair {
         /// The pairing id (the `sessionId`).
-        session: Uuid,
+        session: PairingId,
         /// The mac connection, if present.
         mac: Option<ConnId>,
         /// The browser connection, if present.
         browser: Option<ConnId>,
+        /// `None` for a new pairing; the side that came back, for a resume.
+        resumed: Option<Role>,
     },
-    /// The partner of `to` lost its connection: hold its messages until it resumes.
-    PartnerAway {
-        /// The side that stays.
-        to: ConnId,
+    /// A side lost its connection without a close: hold what is sent to it until it
+    /// resumes (its partner is not told).
+    Away {
+        /// The pairing.
+        session: PairingId,
+        /// The side that is away.
+        role: Role,
+    },
+    /// The pairing is over: forget its pipes.
+    Ended {
+        /// The pairing.
+        session: PairingId,
     },
     /// The pairing of `to` ended; it is unpaired and told `code`.
     PartnerGone {
@@ -104,27 +87,6 @@ pub enum Effect {
     Replaced {
         /// The old connection.
         conn: ConnId,
-    },
-    /// Start the one expiry timer of `code`.
-    ScheduleExpiry {
-        /// The code.
-        code: String,
-        /// When it fires.
-        after: Duration,
-    },
-    /// Cancel the expiry timer of `code` (joined or withdrawn).
-    CancelExpiry {
-        /// The code.
-        code: String,
-    },
-    /// Start the grace timer of one away side.
-    ScheduleGrace {
-        /// The pairing.
-        session: Uuid,
-        /// The side that is away.
-        role: Role,
-        /// When it fires.
-        after: Duration,
     },
 }
 
@@ -140,29 +102,36 @@ enum CodeState {
     Expired,
 }
 
+/// A deadline the table keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Timer {
+    /// A pending code stops being joinable.
+    Code(String),
+    /// An away side's grace period ends.
+    Grace(PairingId, Role),
+}
+
 #[derive(Debug, Default)]
 struct MacEntry {
-    client_id: Option<String>,
+    client_id: Option<MacClientId>,
     code: Option<String>,
-    session: Option<Uuid>,
+    session: Option<PairingId>,
 }
 
 /// One end of a pairing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Here(ConnId),
-    /// Lost without a close at `since`; may resume until `since + resume_grace`.
-    Away {
-        since: Instant,
-    },
+    /// Lost without a close; may resume until its grace deadline.
+    Away,
 }
 
 #[derive(Debug)]
 struct Pairing {
     mac: End,
     browser: End,
-    /// The mac's `clientId`, by which it may resume.
-    client_id: Option<String>,
+    /// The mac's `clientId`, if it is secret enough to resume by.
+    client_id: Option<MacClientId>,
 }
 
 impl Pairing {
@@ -174,23 +143,26 @@ impl Pairing {
     }
 }
 
-/// The pairing table: codes, macs, paired browsers and pairings.
+/// Codes, macs, browsers and pairings.
 #[derive(Debug)]
 pub struct PairingTable {
     rules: PairingRules,
     codes: HashMap<String, CodeState>,
-    /// Number of `CodeState::Pending` entries in `codes`, bounded by `max_pending_codes`.
+    /// Codes in `Pending`, counted against `max_pending_codes`.
     pending: usize,
-    /// Retired codes in the order they retired, with when to forget them: the sweeper pops
-    /// from the front. Also bounded by `max_pending_codes`, so a mac that re-registers in a
-    /// loop cannot grow the table; past the bound the oldest are forgotten early.
+    /// Retired codes in the order they retired, with when to forget them: all retire with
+    /// the same memory, so this is sorted by time and the front is forgotten first. Also
+    /// bounded by `max_pending_codes`, so a mac that re-registers in a loop cannot grow the
+    /// table; past the bound the oldest are forgotten early.
     retired: VecDeque<(Instant, String)>,
+    /// Code expiries and grace periods, earliest first.
+    deadlines: Deadlines<Timer>,
     macs: HashMap<ConnId, MacEntry>,
     /// Browsers that are paired, with their pairing. Unpaired browsers need no state here.
-    browsers: HashMap<ConnId, Uuid>,
-    pairings: HashMap<Uuid, Pairing>,
-    /// Pairings by their mac's `clientId`, for mac resume.
-    by_client_id: HashMap<String, Uuid>,
+    browsers: HashMap<ConnId, PairingId>,
+    pairings: HashMap<PairingId, Pairing>,
+    /// Pairings by their mac's (resumable) `clientId`, for mac resume.
+    by_client_id: HashMap<MacClientId, PairingId>,
 }
 
 impl PairingTable {
@@ -201,6 +173,7 @@ impl PairingTable {
             codes: HashMap::new(),
             pending: 0,
             retired: VecDeque::new(),
+            deadlines: Deadlines::default(),
             macs: HashMap::new(),
             browsers: HashMap::new(),
             pairings: HashMap::new(),
@@ -218,6 +191,34 @@ impl PairingTable {
         self.codes.len()
     }
 
+    /// Deadlines held (for tests of the timer structure).
+    pub fn deadline_count(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// When [`Self::fire`] next has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let forget = self.retired.front().map(|(at, _)| *at);
+        match (self.deadlines.next(), forget) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Carries out every deadline due at `now`: expired codes, ended grace periods,
+    /// retired codes to forget. Visits only what is due.
+    pub fn fire(&mut self, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        while let Some(timer) = self.deadlines.pop_due(now) {
+            match timer {
+                Timer::Code(code) => self.code_expired(&code, now, &mut effects),
+                Timer::Grace(session, role) => self.grace_expired(session, role, &mut effects),
+            }
+        }
+        self.sweep(now);
+        effects
+    }
+
     /// A mac connected: it gets a code at once.
     pub fn mac_connected(&mut self, conn: ConnId, now: Instant) -> Vec<Effect> {
         self.macs.insert(conn, MacEntry::default());
@@ -227,7 +228,12 @@ impl PairingTable {
     }
 
     /// A mac sent `register`: resume its lost pairing, or swap its code for a fresh one.
-    pub fn mac_register(&mut self, conn: ConnId, client_id: String, now: Instant) -> Vec<Effect> {
+    pub fn mac_register(
+        &mut self,
+        conn: ConnId,
+        client_id: MacClientId,
+        now: Instant,
+    ) -> Vec<Effect> {
         let mut effects = Vec::new();
         let Some(mac) = self.macs.get_mut(&conn) else {
             return effects;
@@ -240,33 +246,38 @@ impl PairingTable {
             });
             return effects;
         }
-        mac.client_id = Some(client_id.clone());
-        self.withdraw_code(conn, now, &mut effects);
+        // Only a secret clientId may take a pairing over; any other is kept for logs.
+        let resumable = client_id.resumable();
+        mac.client_id = resumable.then(|| client_id.clone());
+        self.withdraw_code(conn, now);
 
-        let resumable = self.by_client_id.get(&client_id).copied();
-        if let Some(session) = resumable {
+        let lost = match resumable {
+            true => self.by_client_id.get(&client_id).copied(),
+            false => None,
+        };
+        let found = lost.and_then(|session| Some(session).zip(self.pairings.get_mut(&session)));
+        if let Some((session, pairing)) = found {
             // Newest connection wins: whether the old mac socket is already known lost or
             // only looks alive (a half-open TCP after sleep), this one takes its place.
-            if let Some(pairing) = self.pairings.get_mut(&session) {
-                let old = std::mem::replace(&mut pairing.mac, End::Here(conn));
-                let browser = pairing.browser;
-                if let End::Here(old) = old {
+            let old = std::mem::replace(&mut pairing.mac, End::Here(conn));
+            let browser = here(pairing.browser);
+            match old {
+                End::Here(old) => {
                     self.macs.remove(&old);
                     effects.push(Effect::Replaced { conn: old });
                 }
-                if let Some(mac) = self.macs.get_mut(&conn) {
-                    mac.session = Some(session);
-                }
-                effects.push(Effect::Pair {
-                    session,
-                    mac: Some(conn),
-                    browser: here(browser),
-                });
-                if here(browser).is_none() {
-                    effects.push(Effect::PartnerAway { to: conn });
-                }
-                return effects;
+                End::Away => self.deadlines.cancel(&Timer::Grace(session, Role::Mac)),
             }
+            if let Some(mac) = self.macs.get_mut(&conn) {
+                mac.session = Some(session);
+            }
+            effects.push(Effect::Pair {
+                session,
+                mac: Some(conn),
+                browser,
+                resumed: Some(Role::Mac),
+            });
+            return effects;
         }
         self.issue_code(conn, now, &mut effects);
         effects
@@ -296,14 +307,14 @@ impl PairingTable {
             }
             CodeState::Expired => return error(ErrorCode::ExpiredCode, "that code has expired"),
             CodeState::Pending { expires_at, .. } if now >= expires_at => {
-                // The expiry timer has not run yet; the code is expired all the same.
+                // Its deadline has not fired yet; the code is expired all the same.
                 return error(ErrorCode::ExpiredCode, "that code has expired");
             }
             CodeState::Pending { mac, .. } => mac,
         };
         self.retire(&code, CodeState::Joined, now);
 
-        let session = Uuid::new_v4();
+        let session = PairingId::random();
         let client_id = self.macs.get_mut(&mac).and_then(|entry| {
             entry.code = None;
             entry.session = Some(session);
@@ -321,14 +332,12 @@ impl PairingTable {
             },
         );
         self.browsers.insert(conn, session);
-        vec![
-            Effect::CancelExpiry { code },
-            Effect::Pair {
-                session,
-                mac: Some(mac),
-                browser: Some(conn),
-            },
-        ]
+        vec![Effect::Pair {
+            session,
+            mac: Some(mac),
+            browser: Some(conn),
+            resumed: None,
+        }]
     }
 
     /// A browser sent `resume` with the `sessionId` of a pairing it lost.
@@ -343,18 +352,20 @@ impl PairingTable {
         if self.browsers.contains_key(&conn) {
             return error(ErrorCode::AlreadyJoined, "this browser is already paired");
         }
-        let pairing = Uuid::parse_str(session_id)
-            .ok()
+        let found = PairingId::parse(session_id)
             .and_then(|session| Some(session).zip(self.pairings.get_mut(&session)));
-        let Some((session, pairing)) = pairing else {
+        let Some((session, pairing)) = found else {
             return error(ErrorCode::InvalidCode, "no such session, or it has ended");
         };
         let mut effects = Vec::new();
         // The sessionId is a 122-bit secret: whoever holds it is that browser, so a newer
         // socket replaces one that only looks alive.
-        if let End::Here(old) = std::mem::replace(&mut pairing.browser, End::Here(conn)) {
-            self.browsers.remove(&old);
-            effects.push(Effect::Replaced { conn: old });
+        match std::mem::replace(&mut pairing.browser, End::Here(conn)) {
+            End::Here(old) => {
+                self.browsers.remove(&old);
+                effects.push(Effect::Replaced { conn: old });
+            }
+            End::Away => self.deadlines.cancel(&Timer::Grace(session, Role::Browser)),
         }
         let mac = here(pairing.mac);
         self.browsers.insert(conn, session);
@@ -362,30 +373,9 @@ impl PairingTable {
             session,
             mac,
             browser: Some(conn),
+            resumed: Some(Role::Browser),
         });
-        if mac.is_none() {
-            effects.push(Effect::PartnerAway { to: conn });
-        }
         effects
-    }
-
-    /// A code's expiry timer fired.
-    pub fn code_expired(&mut self, code: &str, now: Instant) -> Vec<Effect> {
-        let Some(&CodeState::Pending { mac, expires_at }) = self.codes.get(code) else {
-            return Vec::new();
-        };
-        if now < expires_at {
-            return Vec::new();
-        }
-        self.retire(code, CodeState::Expired, now);
-        if let Some(entry) = self.macs.get_mut(&mac) {
-            entry.code = None;
-        }
-        vec![Effect::Error {
-            to: mac,
-            code: ErrorCode::ExpiredCode,
-            message: "your code expired; send register for a new one",
-        }]
     }
 
     /// A connection closed. `clean` is true for a close frame (or a close the relay chose);
@@ -400,7 +390,7 @@ impl PairingTable {
         let mut effects = Vec::new();
         let session = match role {
             Role::Mac => {
-                self.withdraw_code(conn, now, &mut effects);
+                self.withdraw_code(conn, now);
                 // A replaced connection was already removed: its late close changes nothing.
                 self.macs.remove(&conn).and_then(|mac| mac.session)
             }
@@ -415,32 +405,14 @@ impl PairingTable {
         if *pairing.end(role) != End::Here(conn) {
             return effects;
         }
-        let partner = here(*pairing.end(role.other()));
-        match partner {
-            Some(partner) if !clean => {
-                *pairing.end(role) = End::Away { since: now };
-                effects.push(Effect::PartnerAway { to: partner });
-                effects.push(Effect::ScheduleGrace {
-                    session,
-                    role,
-                    after: self.rules.resume_grace,
-                });
-            }
-            _ => self.end_pairing(session, role, &mut effects),
-        }
-        effects
-    }
-
-    /// The grace timer of an away side fired: if it did not come back, the pairing ends.
-    pub fn grace_expired(&mut self, session: Uuid, role: Role, now: Instant) -> Vec<Effect> {
-        let mut effects = Vec::new();
-        let Some(pairing) = self.pairings.get_mut(&session) else {
-            return effects;
-        };
-        if let End::Away { since } = *pairing.end(role) {
-            if now >= since + self.rules.resume_grace {
-                self.end_pairing(session, role, &mut effects);
-            }
+        let partner_here = here(*pairing.end(role.other())).is_some();
+        if partner_here && !clean {
+            *pairing.end(role) = End::Away;
+            effects.push(Effect::Away { session, role });
+            self.deadlines
+                .set(Timer::Grace(session, role), now + self.rules.resume_grace);
+        } else {
+            self.end_pairing(session, role, &mut effects);
         }
         effects
     }
@@ -459,8 +431,35 @@ impl PairingTable {
         effects
     }
 
-    /// Forgets retired codes whose memory ran out. Called periodically.
-    pub fn sweep(&mut self, now: Instant) {
+    /// A code's deadline fell due: the mac is told and may `register` for another.
+    fn code_expired(&mut self, code: &str, now: Instant, effects: &mut Vec<Effect>) {
+        let Some(&CodeState::Pending { mac, .. }) = self.codes.get(code) else {
+            return;
+        };
+        self.retire(code, CodeState::Expired, now);
+        if let Some(entry) = self.macs.get_mut(&mac) {
+            entry.code = None;
+        }
+        effects.push(Effect::Error {
+            to: mac,
+            code: ErrorCode::ExpiredCode,
+            message: "your code expired; send register for a new one",
+        });
+    }
+
+    /// An away side's grace period ended without it coming back: the pairing ends.
+    fn grace_expired(&mut self, session: PairingId, role: Role, effects: &mut Vec<Effect>) {
+        let away = self
+            .pairings
+            .get_mut(&session)
+            .is_some_and(|pairing| *pairing.end(role) == End::Away);
+        if away {
+            self.end_pairing(session, role, effects);
+        }
+    }
+
+    /// Forgets retired codes whose memory ran out, and any past the bound.
+    fn sweep(&mut self, now: Instant) {
         while let Some((forget_at, _)) = self.retired.front() {
             if *forget_at > now && self.retired.len() <= self.rules.max_pending_codes {
                 break;
@@ -476,6 +475,7 @@ impl PairingTable {
         if let Some(entry) = self.codes.get_mut(code) {
             if matches!(entry, CodeState::Pending { .. }) {
                 self.pending -= 1;
+                self.deadlines.cancel(&Timer::Code(code.to_owned()));
             }
             *entry = state;
             self.retired
@@ -488,17 +488,21 @@ impl PairingTable {
     }
 
     /// Ends `session` because `leaver` left: the other side, if here, is told.
-    fn end_pairing(&mut self, session: Uuid, leaver: Role, effects: &mut Vec<Effect>) {
+    fn end_pairing(&mut self, session: PairingId, leaver: Role, effects: &mut Vec<Effect>) {
         let Some(pairing) = self.pairings.remove(&session) else {
             return;
         };
+        effects.push(Effect::Ended { session });
         if let Some(id) = &pairing.client_id {
             if self.by_client_id.get(id) == Some(&session) {
                 self.by_client_id.remove(id);
             }
         }
         for (role, end) in [(Role::Mac, pairing.mac), (Role::Browser, pairing.browser)] {
-            let End::Here(conn) = end else { continue };
+            let End::Here(conn) = end else {
+                self.deadlines.cancel(&Timer::Grace(session, role));
+                continue;
+            };
             match role {
                 Role::Mac => {
                     if let Some(mac) = self.macs.get_mut(&conn) {
@@ -512,7 +516,7 @@ impl PairingTable {
             if role != leaver {
                 effects.push(Effect::PartnerGone {
                     to: conn,
-                    code: leaver.left_code(),
+                    code: left_code(leaver),
                 });
             }
         }
@@ -549,39 +553,43 @@ impl PairingTable {
             },
         );
         self.pending += 1;
+        self.deadlines.set(Timer::Code(code.clone()), expires_at);
         if let Some(mac) = self.macs.get_mut(&conn) {
             mac.code = Some(code.clone());
         }
         effects.push(Effect::Registered {
             to: conn,
-            code: code.clone(),
-            ttl: self.rules.code_ttl,
-        });
-        effects.push(Effect::ScheduleExpiry {
             code,
-            after: self.rules.code_ttl,
+            ttl: self.rules.code_ttl,
         });
     }
 
     /// Retires the mac's pending code, if any: a late join gets `EXPIRED_CODE`.
-    fn withdraw_code(&mut self, conn: ConnId, now: Instant, effects: &mut Vec<Effect>) {
+    fn withdraw_code(&mut self, conn: ConnId, now: Instant) {
         let Some(code) = self.macs.get_mut(&conn).and_then(|mac| mac.code.take()) else {
             return;
         };
         if matches!(self.codes.get(&code), Some(CodeState::Pending { .. })) {
             self.retire(&code, CodeState::Expired, now);
         }
-        effects.push(Effect::CancelExpiry { code });
+    }
+}
+
+/// The error the *other* side gets when `leaver` leaves.
+fn left_code(leaver: Role) -> ErrorCode {
+    match leaver {
+        Role::Mac => ErrorCode::MacDisconnected,
+        Role::Browser => ErrorCode::BrowserDisconnected,
     }
 }
 
 fn here(end: End) -> Option<ConnId> {
     match end {
         End::Here(conn) => Some(conn),
-        End::Away { .. } => None,
+        End::Away => None,
     }
 }
 
 #[cfg(test)]
-#[path = "pairings_tests.rs"]
+#[path = "table_tests.rs"]
 mod tests;

@@ -1,40 +1,19 @@
 //! The machine directory: a user's machines from the database, with live status from the
-//! `SessionRegistry`. Used by the REST API and by `/ws/client`.
-
-use std::time::Duration;
+//! `MachineRegistry`. Used by the REST API and by `/ws/client`.
 
 use actix::Addr;
 use chrono::{NaiveDateTime, SecondsFormat};
-use serde::Serialize;
 use uuid::Uuid;
 
+use super::registry::{DropMachine, MachineRegistry, MachineStatus};
+use super::REGISTRY_TIMEOUT;
 use crate::auth::opaque::{self, MACHINE_PREFIX};
 use crate::db::{self, Pool};
 use crate::error::ApiError;
+use crate::ids::{MachineId, UserId};
 use crate::models::machine::{self, Machine, NewMachine};
 use crate::models::{is_unique_violation, now};
-use crate::relay::registry::{DropMachine, MachineStatus, SessionRegistry};
-
-/// Longest machine name, in characters (PROTOCOL.md §2).
-pub const MAX_NAME_CHARS: usize = 64;
-/// How long a request waits for the registry's live status.
-const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `MachineInfo` of PROTOCOL.md §2.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MachineInfo {
-    /// The machine's id.
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// Whether its agent is connected now.
-    pub online: bool,
-    /// When its agent was last connected (its registration time if never), RFC 3339.
-    pub last_seen: String,
-    /// Sessions its agent reports now.
-    pub session_count: usize,
-}
+use crate::relay::protocol::{MachineInfo, MAX_MACHINE_NAME_CHARS};
 
 fn rfc3339(at: NaiveDateTime) -> String {
     at.and_utc().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -43,7 +22,7 @@ fn rfc3339(at: NaiveDateTime) -> String {
 fn info(machine: Machine, online: bool, session_count: usize) -> MachineInfo {
     MachineInfo {
         last_seen: rfc3339(machine.last_seen.unwrap_or(machine.created_at)),
-        id: machine.id,
+        id: machine.id.into(),
         name: machine.name,
         online,
         session_count,
@@ -53,14 +32,22 @@ fn info(machine: Machine, online: bool, session_count: usize) -> MachineInfo {
 /// The user's machines with live status.
 pub async fn list(
     pool: &Pool,
-    registry: &Addr<SessionRegistry>,
-    user_id: &str,
+    registry: &Addr<MachineRegistry>,
+    user: &UserId,
 ) -> Result<Vec<MachineInfo>, ApiError> {
-    let owner = user_id.to_owned();
-    let machines = db::run(pool, move |conn| Ok(machine::list_for_user(conn, &owner)?)).await?;
-    let ids = machines.iter().map(|m| m.id.clone()).collect();
+    let owner = user.clone();
+    let machines = db::run(pool, move |conn| {
+        Ok(machine::list_for_user(conn, owner.as_str())?)
+    })
+    .await?;
+    let machine_ids = machines
+        .iter()
+        .map(|m| MachineId::from(m.id.as_str()))
+        .collect();
     let live = registry
-        .send(MachineStatus { machine_ids: ids })
+        .send(MachineStatus {
+            machines: machine_ids,
+        })
         .timeout(REGISTRY_TIMEOUT)
         .await
         .map_err(|_| ApiError::Unavailable("the relay is busy; try again shortly"))?;
@@ -74,20 +61,20 @@ pub async fn list(
 /// Registers a machine for the user; returns it and its token, shown only this once.
 pub async fn create(
     pool: &Pool,
-    user_id: &str,
+    user: &UserId,
     name: &str,
 ) -> Result<(MachineInfo, String), ApiError> {
     let name = name.trim().to_owned();
     let chars = name.chars().count();
-    if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    if chars == 0 || chars > MAX_MACHINE_NAME_CHARS || name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(format!(
-            "Machine name must have 1 to {MAX_NAME_CHARS} characters"
+            "Machine name must have 1 to {MAX_MACHINE_NAME_CHARS} characters"
         )));
     }
     let token = opaque::mint(MACHINE_PREFIX);
     let row = Machine {
         id: Uuid::new_v4().to_string(),
-        user_id: user_id.to_owned(),
+        user_id: user.to_string(),
         name,
         token_hash: token.hash.clone(),
         created_at: now(),
@@ -117,20 +104,20 @@ pub async fn create(
 /// Someone else's machine is "not found", exactly like a missing one.
 pub async fn delete(
     pool: &Pool,
-    registry: &Addr<SessionRegistry>,
-    user_id: &str,
-    machine_id: &str,
+    registry: &Addr<MachineRegistry>,
+    user: &UserId,
+    machine: &MachineId,
 ) -> Result<(), ApiError> {
-    let (owner, id) = (user_id.to_owned(), machine_id.to_owned());
+    let (owner, id) = (user.clone(), machine.clone());
     let deleted = db::run(pool, move |conn| {
-        Ok(machine::delete_for_user(conn, &owner, &id)?)
+        Ok(machine::delete_for_user(conn, owner.as_str(), id.as_str())?)
     })
     .await?;
     if !deleted {
         return Err(ApiError::NotFound("Machine not found"));
     }
     registry.do_send(DropMachine {
-        machine_id: machine_id.to_owned(),
+        machine: machine.clone(),
     });
     Ok(())
 }

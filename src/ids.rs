@@ -1,0 +1,375 @@
+//! Identifiers and the small shared types every layer names. Depends on nothing else in the
+//! crate, so anything may import it without closing an import circle.
+//!
+//! Ids are newtypes so a machine id can never be passed where a user id is expected, and
+//! none crosses a module boundary as a bare `String` or `u64`.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One WebSocket connection, unique for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// A fresh id, never handed out before in this process.
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The connection numbered `id` (tests name connections by number).
+    pub const fn new(id: u64) -> Self {
+        Self(id)
+    }
+
+    /// The number, for logs and the wire (`clientId` in `attach`).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<u64> for ConnId {
+    fn from(id: u64) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One quick pairing: the `sessionId` both sides are given in `joined`. A 122-bit secret —
+/// whoever presents it in `resume` is that browser — so it is random (UUID v4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairingId(Uuid);
+
+impl PairingId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// The id in a `resume` message, if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        Uuid::parse_str(text).ok().map(Self)
+    }
+}
+
+impl fmt::Display for PairingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Declares a newtype over `String` for an id that arrives as text.
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(id: String) -> Self {
+                Self(id)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(id: &str) -> Self {
+                Self(id.to_owned())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+text_id!(
+    /// A registered machine (a Mac), UUID v4 text, as stored.
+    MachineId
+);
+text_id!(
+    /// A user account, UUID v4 text, as stored.
+    UserId
+);
+text_id!(
+    /// A terminal session on a machine, chosen by its agent; unique on that machine only.
+    SessionId
+);
+text_id!(
+    /// The `clientId` a mac sends in `register`: kept for logs and, when it is a secret,
+    /// the key that lets a mac resume its pairing.
+    MacClientId
+);
+
+impl MacClientId {
+    /// Whether this id may resume a pairing. Whoever presents it takes the pairing over, so
+    /// it must be unguessable: only a random (version 4) UUID qualifies, 122 bits.
+    pub fn resumable(&self) -> bool {
+        Uuid::parse_str(&self.0).is_ok_and(|id| id.get_version_num() == 4)
+    }
+
+    /// A short, non-reversible tag for logs: enough to correlate lines, useless to resume.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.0.as_bytes());
+        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The two sides of a quick pairing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// The Mac app, on `/mac`: shows the code.
+    Mac,
+    /// The web page, on `/browser`: types the code.
+    Browser,
+}
+
+impl Role {
+    /// The other side.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Mac => Self::Browser,
+            Self::Browser => Self::Mac,
+        }
+    }
+
+    /// Its endpoint.
+    pub fn endpoint(self) -> Endpoint {
+        match self {
+            Self::Mac => Endpoint::Mac,
+            Self::Browser => Endpoint::Browser,
+        }
+    }
+}
+
+/// The four WebSocket endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/mac`
+    Mac,
+    /// `/browser`
+    Browser,
+    /// `/ws/agent`
+    Agent,
+    /// `/ws/client`
+    Client,
+}
+
+impl Endpoint {
+    /// Every endpoint, in index order.
+    pub const ALL: [Endpoint; 4] = [Self::Mac, Self::Browser, Self::Agent, Self::Client];
+
+    /// Its path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mac => "/mac",
+            Self::Browser => "/browser",
+            Self::Agent => "/ws/agent",
+            Self::Client => "/ws/client",
+        }
+    }
+
+    /// The endpoint served at `route`, if it is a WebSocket route.
+    pub fn from_route(route: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == route)
+    }
+
+    /// Whether web pages open it (so `server.allowed_origins` applies).
+    pub fn browser_facing(self) -> bool {
+        matches!(self, Self::Browser | Self::Client)
+    }
+}
+
+/// Why a connection ends; decides the close frame, and whether a partner may wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The peer sent a close frame.
+    PeerClosed,
+    /// The socket ended without a close frame.
+    Lost,
+    /// Nothing arrived for interval + timeout.
+    HeartbeatTimeout,
+    /// It read slower than it was written to, past `limits.max_outbound_bytes`.
+    SlowConsumer,
+    /// A message over `limits.max_message_bytes`.
+    TooLarge,
+    /// Broken WebSocket framing.
+    ProtocolError,
+    /// Never paired, or never authenticated, in time.
+    Idle,
+    /// A newer connection took its place (resume, or a second agent with the same token).
+    Replaced,
+    /// Its agent's machine was deleted, or its credentials were refused.
+    Refused,
+    /// Its credentials could not be checked (the database is unreachable): try again.
+    Unavailable,
+    /// Lossless mode: it left more unacknowledged than its replay window holds.
+    WindowFull,
+}
+
+impl Outcome {
+    /// Every outcome, in index order (for metrics).
+    pub const ALL: [Outcome; 11] = [
+        Self::PeerClosed,
+        Self::Lost,
+        Self::HeartbeatTimeout,
+        Self::SlowConsumer,
+        Self::TooLarge,
+        Self::ProtocolError,
+        Self::Idle,
+        Self::Replaced,
+        Self::Refused,
+        Self::Unavailable,
+        Self::WindowFull,
+    ];
+
+    /// A metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PeerClosed => "peer_closed",
+            Self::Lost => "lost",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::SlowConsumer => "slow_consumer",
+            Self::TooLarge => "message_too_large",
+            Self::ProtocolError => "protocol_error",
+            Self::Idle => "idle",
+            Self::Replaced => "replaced",
+            Self::Refused => "refused",
+            Self::Unavailable => "unavailable",
+            Self::WindowFull => "window_full",
+        }
+    }
+
+    /// Only a connection that vanished may be resumed; every other end is final at once.
+    pub fn clean(self) -> bool {
+        !matches!(self, Self::Lost | Self::HeartbeatTimeout)
+    }
+
+    /// For logs and close frames.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PeerClosed => "peer closed",
+            Self::Lost => "connection lost",
+            Self::HeartbeatTimeout => "heartbeat timeout",
+            Self::SlowConsumer => "too slow: outbound buffer full",
+            Self::TooLarge => "message too large",
+            Self::ProtocolError => "protocol error",
+            Self::Idle => "not paired or authenticated in time",
+            Self::Replaced => "replaced by a newer connection",
+            Self::Refused => "access revoked",
+            Self::Unavailable => "cannot check credentials now; try again",
+            Self::WindowFull => "too far behind: replay window full",
+        }
+    }
+}
+
+/// Why a message the relay meant to deliver was not (counted by reason in
+/// `hermit_messages_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The recipient's outbox was full: it is dropped as a slow consumer.
+    SlowConsumer,
+    /// The recipient's socket had already closed, and it cannot come back.
+    PeerGone,
+    /// Held for an away side past `pairing.resume_buffer_bytes`: the pairing ends.
+    HoldOverflow,
+    /// Lossless mode: unacknowledged past `pairing.replay_window_bytes`; the side is told
+    /// and dropped, and its pairing or attachment ends.
+    WindowFull,
+}
+
+impl DropReason {
+    /// Every reason, in index order (for metrics).
+    pub const ALL: [DropReason; 4] = [
+        Self::SlowConsumer,
+        Self::PeerGone,
+        Self::HoldOverflow,
+        Self::WindowFull,
+    ];
+
+    /// A metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::SlowConsumer => "slow_consumer",
+            Self::PeerGone => "peer_gone",
+            Self::HoldOverflow => "hold_overflow",
+            Self::WindowFull => "window_full",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ids_are_never_repeated() {
+        let a = ConnId::next();
+        let b = ConnId::next();
+        assert!(b > a);
+    }
+
+    #[test]
+    fn pairing_ids_parse_back_and_refuse_garbage() {
+        let id = PairingId::random();
+        assert_eq!(PairingId::parse(&id.to_string()), Some(id));
+        assert_eq!(PairingId::parse("not-a-uuid"), None);
+    }
+
+    #[test]
+    fn only_a_random_uuid_client_id_can_resume() {
+        assert!(MacClientId::from(Uuid::new_v4().to_string()).resumable());
+        for weak in ["mac-1", "", "00000000-0000-0000-0000-000000000000"] {
+            assert!(!MacClientId::from(weak).resumable(), "{weak}");
+        }
+        // A time-based UUID is partly guessable.
+        assert!(!MacClientId::from("c232ab00-9414-11ec-b3c8-9e6bdeced846").resumable());
+    }
+
+    #[test]
+    fn a_client_id_fingerprint_does_not_reveal_it() {
+        let id = MacClientId::from(Uuid::new_v4().to_string());
+        let tag = id.fingerprint();
+        assert_eq!(tag.len(), 8);
+        assert!(!id.as_str().contains(&tag));
+    }
+
+    #[test]
+    fn text_ids_serialise_as_plain_strings() {
+        let id = MachineId::from("m-1");
+        assert_eq!(serde_json::to_string(&id).unwrap(), r#""m-1""#);
+    }
+}

@@ -1,0 +1,9 @@
+//! Quick pairing by code (`/mac`, `/browser`; PROTOCOL.md §1): the code format, the rules
+//! table, the `SessionRegistry` actor that applies them, and the connection protocol.
+
+pub mod code;
+pub mod command;
+pub mod pipes;
+pub mod registry;
+pub mod socket;
+pub mod table;

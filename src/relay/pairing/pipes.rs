@@ -1,0 +1,117 @@
+//! `Pipes`: the two directions of one pairing, shared by the registry and both sides'
+//! connection actors.
+//!
+//! Each direction is a [`Stream`] to one side — its connection now, what is held for it
+//! while it is away, and in lossless mode its numbered replay window — so a side that
+//! resumes on a new connection finds everything it missed where it left it. The registry
+//! connects and disconnects the sides; each side's actor, on its own thread, pushes its
+//! data straight into the other direction. One mutex per pairing, held for a push.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::command::ToConn;
+use crate::ids::Role;
+use crate::relay::delivery::Stream;
+
+/// Both directions of one pairing.
+#[derive(Debug)]
+pub struct Pipes {
+    /// Frames for the mac, and for the browser.
+    to: [Stream<ToConn>; 2],
+    /// The last of each side's own `data` messages the relay accepted (counted from 1,
+    /// whether or not the side numbers them).
+    received: [u64; 2],
+}
+
+/// One pairing's pipes, shared.
+pub type SharedPipes = Arc<Mutex<Pipes>>;
+
+/// The bounds of every pairing's streams, from `[pairing]`.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Bytes held for an away side (`resume_buffer_bytes`).
+    pub hold: usize,
+    /// Bytes unacknowledged by a side in lossless mode (`replay_window_bytes`).
+    pub window: usize,
+}
+
+/// Locks a pairing's pipes; a poisoned lock still guards consistent streams.
+pub fn lock(pipes: &SharedPipes) -> MutexGuard<'_, Pipes> {
+    pipes.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// What to do with one `data` message a side sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// New: forward it.
+    New,
+    /// Its `seq` was already accepted: a re-send, dropped.
+    Again,
+    /// Its `seq` skips some: refused; the relay expected this one.
+    Skips {
+        /// The `seq` the relay expected.
+        expected: u64,
+    },
+}
+
+fn index(role: Role) -> usize {
+    match role {
+        Role::Mac => 0,
+        Role::Browser => 1,
+    }
+}
+
+impl Pipes {
+    /// A new pairing's pipes, holding at most `hold_limit` bytes for an away side.
+    pub fn shared(hold_limit: usize) -> SharedPipes {
+        Arc::new(Mutex::new(Self {
+            to: [Stream::new(hold_limit), Stream::new(hold_limit)],
+            received: [0, 0],
+        }))
+    }
+
+    /// The direction towards `role`.
+    pub fn to(&mut self, role: Role) -> &mut Stream<ToConn> {
+        &mut self.to[index(role)]
+    }
+
+    /// The last of `role`'s messages accepted.
+    pub fn received(&self, role: Role) -> u64 {
+        self.received[index(role)]
+    }
+
+    /// Counts one `data` message from `from`, numbered `seq` if the side numbers them.
+    pub fn accept(&mut self, from: Role, seq: Option<u64>) -> Accepted {
+        let received = &mut self.received[index(from)];
+        let expected = *received + 1;
+        match seq {
+            Some(seq) if seq < expected => Accepted::Again,
+            Some(seq) if seq > expected => Accepted::Skips { expected },
+            _ => {
+                *received = expected;
+                Accepted::New
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_counted_and_re_sends_recognised() {
+        let pipes = Pipes::shared(1024);
+        let mut pipes = lock(&pipes);
+        assert_eq!(pipes.accept(Role::Browser, None), Accepted::New);
+        assert_eq!(pipes.accept(Role::Browser, Some(2)), Accepted::New);
+        assert_eq!(pipes.accept(Role::Browser, Some(2)), Accepted::Again);
+        assert_eq!(pipes.accept(Role::Browser, Some(1)), Accepted::Again);
+        assert_eq!(
+            pipes.accept(Role::Browser, Some(9)),
+            Accepted::Skips { expected: 3 }
+        );
+        assert_eq!(pipes.received(Role::Browser), 2);
+        assert_eq!(pipes.received(Role::Mac), 0);
+    }
+}

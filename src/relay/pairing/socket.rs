@@ -1,0 +1,344 @@
+//! `PairSocket`: the protocol of one `/mac` or `/browser` connection.
+//!
+//! It registers with the `SessionRegistry` when it starts and unregisters when it stops.
+//! Requests that change pairing go to the registry and are answered before the next frame
+//! is read; once paired, `data` is encoded here and pushed straight into the partner's
+//! direction of the pairing's [`Pipes`](super::pipes::Pipes) — the registry never sees it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::pipes::{lock as lock_pipes, Accepted};
+use super::registry::{
+    self, Connect, Disconnect, Join, Lossless, Pairing, PairingSlot, Register, Reply, Resume,
+    SessionRegistry, ToConn, Unpair,
+};
+use crate::ids::{DropReason, Outcome, Role};
+use crate::limits::Limiters;
+use crate::metrics::METRICS;
+use crate::relay::delivery::Delivery;
+use crate::relay::protocol::json::Text;
+use crate::relay::protocol::pairing::{self, PairingEvent, PairingRequest};
+use crate::relay::protocol::{Common, ErrorCode};
+use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
+
+/// How long a connection waits for the registry to answer one of its requests. The
+/// registry answers in microseconds; this only bounds a wedged one.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The state of one `/mac` or `/browser` connection.
+pub struct PairSocket {
+    role: Role,
+    registry: Addr<SessionRegistry>,
+    limiters: Arc<Limiters>,
+    /// The pairing it is in, if any: where its data goes.
+    pairing: Option<Pairing>,
+    /// Where the registry hands over a new pairing (see [`ToConn::Paired`]).
+    slot: PairingSlot,
+    /// Since when it is unpaired; `None` while paired. Checked against the idle timeout.
+    unpaired_since: Option<Instant>,
+    /// Lossless mode: the side asked for it on this connection.
+    lossless: bool,
+    /// Lossless mode: the last `ack` the relay sent the side.
+    acked: u64,
+    /// Lossless mode: when the relay last sent the side a JSON `ping`.
+    last_ping: Instant,
+}
+
+impl PairSocket {
+    /// Starts the actor of a freshly upgraded `/mac` or `/browser` connection.
+    pub fn start(
+        role: Role,
+        opened: Opened,
+        registry: Addr<SessionRegistry>,
+        limiters: Arc<Limiters>,
+    ) -> Addr<Connection<Self>> {
+        Connection::start(
+            opened,
+            Self {
+                role,
+                registry,
+                limiters,
+                pairing: None,
+                slot: PairingSlot::default(),
+                unpaired_since: Some(Instant::now()),
+                lossless: false,
+                acked: 0,
+                last_ping: Instant::now(),
+            },
+        )
+    }
+}
+
+impl Protocol for PairSocket {
+    type Command = ToConn;
+    const JSON_PING: bool = false;
+
+    fn started(conn: &mut Connection<Self>, ctx: &mut Ctx<Self>) {
+        let connect = Connect {
+            role: conn.proto.role,
+            peer: conn.peer(ctx),
+            slot: Arc::clone(&conn.proto.slot),
+        };
+        conn.ask(connect, ctx);
+    }
+
+    fn on_text(conn: &mut Connection<Self>, text: Bytes, ctx: &mut Ctx<Self>) {
+        conn.on_request(&text, ctx);
+    }
+
+    fn on_command(conn: &mut Connection<Self>, command: ToConn, ctx: &mut Ctx<Self>) {
+        conn.on_command(command, ctx);
+    }
+
+    fn on_tick(conn: &mut Connection<Self>) -> Option<Outcome> {
+        let idle = conn.settings.pairing.idle_unpaired_timeout();
+        let since = conn.proto.unpaired_since?;
+        (since.elapsed() >= idle).then_some(Outcome::Idle)
+    }
+
+    fn stopping(conn: &mut Connection<Self>) {
+        conn.proto.registry.do_send(Disconnect {
+            conn: conn.socket.conn,
+            role: conn.proto.role,
+            clean: conn.socket.outcome().clean(),
+        });
+    }
+}
+
+impl Connection<PairSocket> {
+    fn on_request(&mut self, text: &[u8], ctx: &mut Ctx<PairSocket>) {
+        let request = match pairing::parse(text) {
+            Ok(request) => request,
+            Err(why) => return self.error(ErrorCode::InvalidMessage, &why, ctx),
+        };
+        if !request.allowed_for(self.proto.role) {
+            let message = format!(
+                "`{}` is not allowed on {}",
+                request.kind(),
+                self.socket.endpoint.as_str()
+            );
+            return self.error(ErrorCode::InvalidMessage, &message, ctx);
+        }
+        let conn = self.socket.conn;
+        match request {
+            PairingRequest::Data { payload, seq } => self.forward(&payload, seq, ctx),
+            PairingRequest::Ack { seq } => self.acknowledged(seq),
+            PairingRequest::Ping { ts } => self.send(&Common::Pong { ts: &ts }, ctx),
+            PairingRequest::Pong { .. } => {}
+            // Codes and resumes are guesses an attacker could make: each costs an attempt.
+            _ if !self.proto.limiters.join.check(self.socket.client_ip()) => self.error(
+                ErrorCode::RateLimited,
+                "too many attempts; wait a minute",
+                ctx,
+            ),
+            request => {
+                if let Err(refusal) = request.check() {
+                    return self.refuse(refusal, ctx);
+                }
+                match request {
+                    PairingRequest::Register {
+                        client_id,
+                        ack,
+                        last_seq,
+                    } => {
+                        tracing::debug!(%conn, client = %client_id.fingerprint(), "register");
+                        let lossless = self.opt_in(ack, last_seq, ctx);
+                        let register = Register {
+                            conn,
+                            client_id,
+                            lossless,
+                        };
+                        self.ask(register, ctx);
+                    }
+                    PairingRequest::Join { code, ack } => {
+                        let lossless = self.opt_in(ack, None, ctx);
+                        self.ask(
+                            Join {
+                                conn,
+                                code,
+                                lossless,
+                            },
+                            ctx,
+                        )
+                    }
+                    PairingRequest::Resume {
+                        session_id,
+                        ack,
+                        last_seq,
+                    } => {
+                        let lossless = self.opt_in(ack, last_seq, ctx);
+                        let resume = Resume {
+                            conn,
+                            session_id,
+                            lossless,
+                        };
+                        self.ask(resume, ctx)
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Lossless mode, if the side asks for it: from now on it gets `ack`s and, so that a
+    /// page can tell a dead link, JSON pings.
+    fn opt_in(&mut self, ack: bool, last_seq: Option<u64>, ctx: &mut Ctx<PairSocket>) -> Lossless {
+        if ack && !self.proto.lossless {
+            self.proto.lossless = true;
+            let every = self.settings.pairing.ack_interval();
+            ctx.run_interval(every, |conn, ctx| conn.lossless_tick(ctx));
+        }
+        Lossless {
+            ack: self.proto.lossless,
+            last_seq,
+        }
+    }
+
+    /// Lossless mode, every `pairing.ack_interval_ms`: acknowledge the side's messages if
+    /// more arrived, and ping it if it is time.
+    fn lossless_tick(&mut self, ctx: &mut Ctx<PairSocket>) {
+        if let Some(pairing) = &self.proto.pairing {
+            let received = lock_pipes(&pairing.pipes).received(self.proto.role);
+            if received > self.proto.acked {
+                self.proto.acked = received;
+                self.send(&PairingEvent::Ack { seq: received }, ctx);
+            }
+        }
+        if self.proto.last_ping.elapsed() >= self.settings.pairing.ack_ping_interval() {
+            self.proto.last_ping = Instant::now();
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            self.send(&Common::Ping { ts: ts.into() }, ctx);
+        }
+    }
+
+    /// The side acknowledged what the relay sent it up to `seq`.
+    fn acknowledged(&mut self, seq: u64) {
+        if let Some(pairing) = &self.proto.pairing {
+            lock_pipes(&pairing.pipes).to(self.proto.role).ack(seq);
+        }
+    }
+
+    /// Sends a request to the registry and handles its [`Reply`] before reading on.
+    fn ask<M>(&mut self, request: M, ctx: &mut Ctx<PairSocket>)
+    where
+        M: Message<Result = Reply> + Send + 'static,
+        SessionRegistry: Handler<M>,
+    {
+        let answer = self.proto.registry.send(request).timeout(REGISTRY_TIMEOUT);
+        self.wait_for(
+            answer,
+            |conn, answer, ctx| match answer {
+                Ok(Reply(commands)) => {
+                    for command in commands {
+                        conn.on_command(command, ctx);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(conn = %conn.socket.conn, %err, "pairing registry did not answer");
+                    conn.error(
+                        ErrorCode::RateLimited,
+                        "the relay is busy; try again shortly",
+                        ctx,
+                    );
+                }
+            },
+            ctx,
+        );
+    }
+
+    fn on_command(&mut self, command: ToConn, ctx: &mut Ctx<PairSocket>) {
+        match command {
+            ToConn::Registered { code, expires_at } => self.send(
+                &PairingEvent::Registered {
+                    code: &code,
+                    expires_at,
+                },
+                ctx,
+            ),
+            ToConn::Error { code, message } => self.error(code, message, ctx),
+            ToConn::Paired => self.adopt(),
+            ToConn::PartnerGone { code } => {
+                self.proto.pairing = None;
+                self.proto.unpaired_since = Some(Instant::now());
+                self.proto.acked = 0;
+                let message = match code {
+                    ErrorCode::MacDisconnected => "the mac disconnected",
+                    _ => "the browser disconnected",
+                };
+                self.error(code, message, ctx);
+            }
+            ToConn::Close(outcome) => self.finish(outcome, ctx),
+        }
+    }
+
+    /// Sends `payload` to the partner under the delivery policy.
+    fn forward(&mut self, payload: &Text<'_>, seq: Option<u64>, ctx: &mut Ctx<PairSocket>) {
+        self.adopt();
+        let Some(pairing) = &self.proto.pairing else {
+            return self.error(ErrorCode::InvalidMessage, "not paired: join first", ctx);
+        };
+        let me = self.proto.role;
+        let mut pipes = lock_pipes(&pairing.pipes);
+        match pipes.accept(me, seq) {
+            Accepted::New => {}
+            Accepted::Again => return,
+            Accepted::Skips { expected } => {
+                drop(pipes);
+                let message = format!("seq skips ahead: the relay expected {expected}");
+                return self.error(ErrorCode::InvalidMessage, &message, ctx);
+            }
+        }
+        let partner = pipes.to(me.other());
+        let delivery = partner.deliver(|seq| pairing::data_frame(payload, seq));
+        let partner_peer = partner.peer().cloned();
+        drop(pipes);
+        match delivery {
+            Delivery::Delivered => METRICS.relayed(payload.json_len()),
+            Delivery::Held | Delivery::Dropped(DropReason::PeerGone) => {}
+            // The partner reads slower than we write (the policy closes it), or more was
+            // held for it than allowed: end the pairing rather than leave a hole.
+            Delivery::Dropped(DropReason::SlowConsumer | DropReason::HoldOverflow) => {
+                self.leave(ctx)
+            }
+            // The partner let too much go unacknowledged: it is told, dropped, and the
+            // pairing ends.
+            Delivery::Dropped(DropReason::WindowFull) => {
+                if let Some(peer) = partner_peer {
+                    peer.send(&Common::error(
+                        ErrorCode::ReplayWindowFull,
+                        "too much unacknowledged: send ack more often",
+                    ));
+                    peer.close(Outcome::WindowFull);
+                }
+                self.leave(ctx)
+            }
+        }
+    }
+
+    /// Ends the pairing now; the registry's answer tells this side `PartnerGone`.
+    fn leave(&mut self, ctx: &mut Ctx<PairSocket>) {
+        self.proto.pairing = None;
+        let unpair = Unpair {
+            conn: self.socket.conn,
+            role: self.proto.role,
+        };
+        self.ask(unpair, ctx);
+    }
+
+    /// Takes a pairing the registry handed over, if any. Called on `Paired` and before
+    /// forwarding data, whichever comes first.
+    fn adopt(&mut self) {
+        if let Some(pairing) = registry::lock(&self.proto.slot).take() {
+            tracing::debug!(conn = %self.socket.conn, role = ?self.proto.role, "paired");
+            self.proto.pairing = Some(pairing);
+            self.proto.unpaired_since = None;
+        }
+    }
+}
