@@ -17,7 +17,8 @@
 //!   and [`Pool::watch`] re-checks it every `database.health_check_interval_ms` until it
 //!   is back. `/ready` is [`Pool::readiness`]: a committed write, cached for that interval.
 
-mod fault;
+mod connection;
+pub mod fault;
 mod health;
 mod manager;
 
@@ -30,10 +31,10 @@ use diesel::{RunQueryDsl, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tokio::sync::Semaphore;
 
+pub use connection::DbConnection;
 pub use fault::DbFault;
 pub use health::Health;
 pub use manager::{DbError, Manager, Pooled};
-pub use multi::DbConnection;
 
 use crate::config::DatabaseSettings;
 use crate::error::ApiError;
@@ -54,21 +55,6 @@ const REASON_MARGIN: Duration = Duration::from_millis(250);
 /// Pages a SQLite database must still be able to grow by to count as writable: a register
 /// inserts into two tables and five indexes, each of which may split a page.
 const SQLITE_MIN_FREE_PAGES: i64 = 16;
-
-// The derive generates a public backend type and methods that we do not document.
-#[allow(missing_docs)]
-mod multi {
-    use diesel::{PgConnection, SqliteConnection};
-
-    /// A connection to either backend.
-    #[derive(diesel::MultiConnection)]
-    pub enum DbConnection {
-        /// `postgres://…`
-        Postgresql(PgConnection),
-        /// `sqlite://PATH`
-        Sqlite(SqliteConnection),
-    }
-}
 
 /// The pool every request borrows from, with its turns and its health. Cheap to clone.
 #[derive(Clone)]

@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::db::DbFault;
+use crate::db::fault::DbFault;
 
 /// Every way an API request can fail.
 #[derive(Debug, thiserror::Error)]

@@ -20,9 +20,9 @@ use diesel::r2d2::{HandleError, ManageConnection, R2D2Connection};
 use diesel::sql_types::BigInt;
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
 
+use super::connection::DbConnection;
 use super::fault::{self, DbFault};
 use super::health::Health;
-use super::DbConnection;
 use crate::config::DatabaseSettings;
 
 /// SQLite's page size for new databases; only used to turn `sqlite_max_bytes` into pages
