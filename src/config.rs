@@ -84,8 +84,31 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Origins allowed on the browser-facing WebSocket endpoints; empty = any.
+    /// Origins allowed on the browser-facing WebSocket endpoints (empty = any), and the
+    /// only origins the HTTP API answers cross-origin requests from (empty = none).
     pub allowed_origins: Vec<String>,
+    /// Which header trusted proxies write the client address in; the other is ignored.
+    pub forwarded_header: ForwardedHeader,
+    /// A request body must arrive whole within this many seconds of its head.
+    pub body_timeout_secs: u64,
+    /// After the relay closes a connection, how long it keeps reading (and discarding) what
+    /// the client still sends, so its last answer is not lost to a TCP reset. 0 = never.
+    pub linger_secs: u64,
+    /// Most bytes read and discarded while lingering.
+    pub linger_bytes: usize,
+    /// Most connections lingering at once; past it a connection is closed at once.
+    pub max_lingering: usize,
+}
+
+/// The forwarding header the relay believes (from trusted proxies only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1` (nginx's `$proxy_add_x_forwarded_for`).
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 /// `[database]`
@@ -193,6 +216,8 @@ pub struct LimitSettings {
     pub max_pending_codes: usize,
     /// Most open WebSockets per client address.
     pub max_connections_per_ip: usize,
+    /// Most open plain HTTP connections per socket peer (trusted proxies exempt).
+    pub max_http_connections_per_ip: usize,
     /// `join`/`resume` attempts per client address per minute.
     pub join_attempts_per_minute: u32,
     /// Login/register/refresh attempts per client address per minute.
@@ -201,6 +226,10 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
     /// Addresses tracked by the rate limiters at once.
     pub max_tracked_addresses: usize,
+    /// `join`s naming no live code, relay-wide, per minute.
+    pub failed_joins_per_minute: u32,
+    /// `join`s naming no live code, per network (IPv4 /24, IPv6 /48), per minute.
+    pub failed_joins_per_network_per_minute: u32,
 }
 
 /// A setting that cannot be used, named by its key so the operator can find it.
@@ -313,6 +342,21 @@ impl Settings {
         }
         if self.limits.auth_attempts_per_minute == 0 {
             return invalid("limits.auth_attempts_per_minute", "must be at least 1");
+        }
+        if self.limits.max_http_connections_per_ip == 0 {
+            return invalid("limits.max_http_connections_per_ip", "must be at least 1");
+        }
+        if self.limits.failed_joins_per_minute == 0 {
+            return invalid("limits.failed_joins_per_minute", "must be at least 1");
+        }
+        if self.limits.failed_joins_per_network_per_minute == 0 {
+            return invalid(
+                "limits.failed_joins_per_network_per_minute",
+                "must be at least 1",
+            );
+        }
+        if self.server.body_timeout_secs == 0 {
+            return invalid("server.body_timeout_secs", "must be at least 1");
         }
         if self.limits.max_tracked_addresses == 0 {
             return invalid("limits.max_tracked_addresses", "must be at least 1");
@@ -431,6 +475,20 @@ pub fn mask_url_password(url: &str) -> String {
             None => url.to_owned(),
         },
         None => url.to_owned(),
+    }
+}
+
+impl ServerSettings {
+    /// [`Self::linger_secs`] as a duration.
+    pub fn linger(&self) -> Duration {
+        Duration::from_secs(self.linger_secs)
+    }
+}
+
+impl ServerSettings {
+    /// [`Self::body_timeout_secs`] as a duration.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
     }
 }
 

@@ -104,6 +104,10 @@ impl ResponseError for ApiError {
         if matches!(self, Self::InvalidCredentials | Self::Unauthorized(_)) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        if matches!(self, Self::RateLimited) {
+            // Every per-address limit refills fully within a minute.
+            response.insert_header(("Retry-After", "60"));
+        }
         response.json(ErrorResponse {
             error: &self.to_string(),
         })

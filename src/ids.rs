@@ -128,12 +128,13 @@ text_id!(
     SessionId
 );
 text_id!(
-    /// The `clientId` a mac sends in `register`: kept for logs and, when it is a secret,
-    /// the key that lets a mac resume its pairing.
-    MacClientId
+    /// The `clientId` a mac sends in `register`, or a lossless web client in `auth`: kept
+    /// for logs and, when it is a secret, the key that lets it resume after a lost
+    /// connection.
+    ClientKey
 );
 
-impl MacClientId {
+impl ClientKey {
     /// Whether this id may resume a pairing. Whoever presents it takes the pairing over, so
     /// it must be unguessable: only a random (version 4) UUID qualifies, 122 bits.
     pub fn resumable(&self) -> bool {
@@ -228,6 +229,8 @@ pub enum Outcome {
     TooLarge,
     /// Broken WebSocket framing.
     ProtocolError,
+    /// A text message that is not UTF-8.
+    InvalidUtf8,
     /// Never paired, or never authenticated, in time.
     Idle,
     /// A newer connection took its place (resume, or a second agent with the same token).
@@ -242,13 +245,14 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in index order (for metrics).
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Self::PeerClosed,
         Self::Lost,
         Self::HeartbeatTimeout,
         Self::SlowConsumer,
         Self::TooLarge,
         Self::ProtocolError,
+        Self::InvalidUtf8,
         Self::Idle,
         Self::Replaced,
         Self::Refused,
@@ -265,6 +269,7 @@ impl Outcome {
             Self::SlowConsumer => "slow_consumer",
             Self::TooLarge => "message_too_large",
             Self::ProtocolError => "protocol_error",
+            Self::InvalidUtf8 => "invalid_utf8",
             Self::Idle => "idle",
             Self::Replaced => "replaced",
             Self::Refused => "refused",
@@ -287,6 +292,7 @@ impl Outcome {
             Self::SlowConsumer => "too slow: outbound buffer full",
             Self::TooLarge => "message too large",
             Self::ProtocolError => "protocol error",
+            Self::InvalidUtf8 => "text is not valid UTF-8",
             Self::Idle => "not paired or authenticated in time",
             Self::Replaced => "replaced by a newer connection",
             Self::Refused => "access revoked",
@@ -351,17 +357,17 @@ mod tests {
 
     #[test]
     fn only_a_random_uuid_client_id_can_resume() {
-        assert!(MacClientId::from(Uuid::new_v4().to_string()).resumable());
+        assert!(ClientKey::from(Uuid::new_v4().to_string()).resumable());
         for weak in ["mac-1", "", "00000000-0000-0000-0000-000000000000"] {
-            assert!(!MacClientId::from(weak).resumable(), "{weak}");
+            assert!(!ClientKey::from(weak).resumable(), "{weak}");
         }
         // A time-based UUID is partly guessable.
-        assert!(!MacClientId::from("c232ab00-9414-11ec-b3c8-9e6bdeced846").resumable());
+        assert!(!ClientKey::from("c232ab00-9414-11ec-b3c8-9e6bdeced846").resumable());
     }
 
     #[test]
     fn a_client_id_fingerprint_does_not_reveal_it() {
-        let id = MacClientId::from(Uuid::new_v4().to_string());
+        let id = ClientKey::from(Uuid::new_v4().to_string());
         let tag = id.fingerprint();
         assert_eq!(tag.len(), 8);
         assert!(!id.as_str().contains(&tag));

@@ -15,6 +15,7 @@
 //! - [`error`]: the error policy and `ApiError`.
 //! - [`proxy`], [`limits`], [`connections`]: client addresses behind trusted proxies,
 //!   per-address rate and connection limits, and the set of open sockets (shutdown).
+//! - [`edge`]: what every plain HTTP connection is held to: a cap per peer, a body deadline.
 //! - [`metrics`]: counters and gauges for `/metrics`.
 //!
 //! # Actors
@@ -35,6 +36,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod db;
+pub mod edge;
 pub mod error;
 pub mod ids;
 pub mod limits;

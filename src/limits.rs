@@ -1,30 +1,61 @@
-//! Per-address limits: a rate limiter for attempts, and the count of open connections.
+//! Per-address limits: token buckets for attempts, and the relay-wide budget for failed joins.
 //!
-//! Both key IPv6 clients by their /64, since one host can cycle through the addresses of
-//! its prefix. Both are bounded: the rate limiter tracks at most `max_tracked_addresses`
-//! (idle ones are forgotten first), and the connection counter holds only addresses with
-//! an open connection.
+//! Address limits key IPv6 clients by their /64, since one host can cycle through the
+//! addresses of its prefix; the failed-join budget groups wider still (IPv4 /24, IPv6 /48),
+//! because that is what one customer of one provider is usually given.
+//!
+//! Every table is bounded: a limiter tracks at most `max_tracked_addresses`, and when a new
+//! address arrives at a full table the least recently used one is forgotten (and counted in
+//! `hermit_rate_limiter_evictions_total`). Forgetting fails *open* for that one address — it
+//! gets a fresh budget — where refusing would fail closed for every new user: an attacker
+//! with enough addresses (IPv6 /64s are cheap) could otherwise lock everyone new out.
+//!
+//! Why not the `governor` crate: its keyed limiter stores keys in an unbounded map and can
+//! only be trimmed of *refilled* keys (`retain_recent`), so the bounded, least-recently-used
+//! table — the part that matters here — would still be ours; the bucket arithmetic it would
+//! replace is ten lines.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::metrics::METRICS;
 
-/// The unit an address limit applies to: an IPv4 address or an IPv6 /64.
+/// The unit a limit applies to: an address or a network, IPv6 cut to a prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AddressKey(IpAddr);
 
+impl AddressKey {
+    /// `ip` with its low bits cleared: IPv4 to `/v4`, IPv6 to `/v6`.
+    fn prefix(ip: IpAddr, v4: u32, v6: u32) -> Self {
+        Self(match ip {
+            IpAddr::V4(v4addr) => {
+                let mask = u32::MAX.checked_shl(32 - v4).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4addr) & mask))
+            }
+            IpAddr::V6(v6addr) => {
+                let mask = u128::MAX.checked_shl(128 - v6).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6addr) & mask))
+            }
+        })
+    }
+
+    /// One client: an IPv4 address or an IPv6 /64.
+    pub fn address(ip: IpAddr) -> Self {
+        Self::prefix(ip, 32, 64)
+    }
+
+    /// One network: an IPv4 /24 or an IPv6 /48.
+    pub fn network(ip: IpAddr) -> Self {
+        Self::prefix(ip, 24, 48)
+    }
+}
+
 impl From<IpAddr> for AddressKey {
     fn from(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => Self(ip),
-            IpAddr::V6(v6) => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                Self(IpAddr::V6(Ipv6Addr::from(prefix)))
-            }
-        }
+        Self::address(ip)
     }
 }
 
@@ -35,98 +66,218 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The relay's attempt limiters.
 #[derive(Debug)]
 pub struct Limiters {
-    /// `join` and `resume` on `/browser`.
+    /// `join`, `resume` and `register` on the pairing endpoints.
     pub join: RateLimiter,
     /// Login, register, refresh, and WebSocket `auth` / `register`.
     pub auth: RateLimiter,
+    /// `join`s that named no live code, per network and relay-wide.
+    pub failed_joins: FailedJoins,
 }
 
 impl Limiters {
     /// The limiters of `[limits]`.
     pub fn new(limits: &crate::config::LimitSettings) -> Self {
+        let tracked = limits.max_tracked_addresses;
         Self {
-            join: RateLimiter::new(
-                limits.join_attempts_per_minute,
-                limits.max_tracked_addresses,
-            ),
-            auth: RateLimiter::new(
-                limits.auth_attempts_per_minute,
-                limits.max_tracked_addresses,
+            join: RateLimiter::new(limits.join_attempts_per_minute, tracked),
+            auth: RateLimiter::new(limits.auth_attempts_per_minute, tracked),
+            failed_joins: FailedJoins::new(
+                limits.failed_joins_per_minute,
+                limits.failed_joins_per_network_per_minute,
+                tracked,
             ),
         }
     }
 }
 
-/// A token bucket per address: `per_minute` attempts, refilled evenly over a minute.
-#[derive(Debug)]
-pub struct RateLimiter {
-    per_minute: u32,
-    max_tracked: usize,
-    buckets: Mutex<HashMap<AddressKey, Bucket>>,
-}
-
-#[derive(Debug)]
+/// One token bucket: `per_minute` tokens at most, refilled evenly over a minute.
+#[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
     updated: Instant,
 }
 
-impl RateLimiter {
-    /// Allows `per_minute` attempts per address, tracking at most `max_tracked` addresses.
-    pub fn new(per_minute: u32, max_tracked: usize) -> Self {
+impl Bucket {
+    fn full(per_minute: u32, now: Instant) -> Self {
         Self {
-            per_minute,
-            max_tracked,
-            buckets: Mutex::default(),
+            tokens: f64::from(per_minute),
+            updated: now,
         }
     }
 
-    fn refill(&self, bucket: &mut Bucket, now: Instant) {
-        let capacity = f64::from(self.per_minute);
-        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * capacity / 60.0).min(capacity);
-        bucket.updated = now;
+    fn refill(&mut self, per_minute: u32, now: Instant) {
+        let capacity = f64::from(per_minute);
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * capacity / 60.0).min(capacity);
+        self.updated = now;
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self, per_minute: u32, now: Instant) -> bool {
+        self.refill(per_minute, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives back a token taken for an attempt that, in the end, did not count.
+    fn give_back(&mut self, per_minute: u32) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(per_minute));
+    }
+}
+
+/// A token bucket per address (or network): `per_minute` attempts, refilled evenly over a
+/// minute, for at most `max_tracked` addresses at once.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: u32,
+    max_tracked: usize,
+    key: fn(IpAddr) -> AddressKey,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Each tracked address's bucket, and the stamp of its latest use.
+    buckets: HashMap<AddressKey, (Bucket, u64)>,
+    /// Uses in order, oldest first. An entry whose stamp is not its bucket's latest is stale
+    /// (the address was used again since) and is skipped; compacted when stale ones pile up,
+    /// so this stays within a small multiple of `buckets`.
+    recency: VecDeque<(AddressKey, u64)>,
+    next_stamp: u64,
+}
+
+impl Table {
+    /// Forgets the least recently used address.
+    fn evict_oldest(&mut self) {
+        while let Some((key, stamp)) = self.recency.pop_front() {
+            if self
+                .buckets
+                .get(&key)
+                .is_some_and(|(_, latest)| *latest == stamp)
+            {
+                self.buckets.remove(&key);
+                METRICS.rate_limiter_evictions.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+    }
+
+    /// Records a use of `key`; the caller has made sure it has a bucket.
+    fn touch(&mut self, key: AddressKey) {
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        if let Some((_, latest)) = self.buckets.get_mut(&key) {
+            *latest = stamp;
+        }
+        self.recency.push_back((key, stamp));
+        if self.recency.len() > 2 * self.buckets.len() + 64 {
+            let buckets = &self.buckets;
+            self.recency
+                .retain(|(key, stamp)| buckets.get(key).is_some_and(|(_, s)| s == stamp));
+        }
+    }
+}
+
+impl RateLimiter {
+    /// Allows `per_minute` attempts per address, tracking at most `max_tracked` addresses.
+    pub fn new(per_minute: u32, max_tracked: usize) -> Self {
+        Self::keyed(per_minute, max_tracked, AddressKey::address)
+    }
+
+    /// As [`Self::new`], with addresses grouped by `key`.
+    fn keyed(per_minute: u32, max_tracked: usize, key: fn(IpAddr) -> AddressKey) -> Self {
+        Self {
+            per_minute,
+            max_tracked: max_tracked.max(1),
+            key,
+            table: Mutex::default(),
+        }
     }
 
     /// Takes one attempt for `ip`; false when its budget is spent.
     pub fn check(&self, ip: IpAddr) -> bool {
-        let key = AddressKey::from(ip);
+        let key = (self.key)(ip);
         let now = Instant::now();
-        let capacity = f64::from(self.per_minute);
-        let mut buckets = lock(&self.buckets);
-        if !buckets.contains_key(&key) && buckets.len() >= self.max_tracked {
-            // Forget addresses whose bucket has refilled: they are no different from new.
-            buckets.retain(|_, bucket| {
-                let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-                bucket.tokens + elapsed * capacity / 60.0 < capacity
-            });
-            if buckets.len() >= self.max_tracked {
-                tracing::warn!("rate limiter is tracking its maximum of addresses; refusing");
-                METRICS
-                    .rate_limited
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return false;
+        let mut table = lock(&self.table);
+        if !table.buckets.contains_key(&key) {
+            if table.buckets.len() >= self.max_tracked {
+                table.evict_oldest();
             }
+            let full = Bucket::full(self.per_minute, now);
+            table.buckets.insert(key, (full, 0));
         }
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: capacity,
-            updated: now,
-        });
-        self.refill(bucket, now);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            METRICS
-                .rate_limited
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            false
+        table.touch(key);
+        let allowed = table
+            .buckets
+            .get_mut(&key)
+            .is_some_and(|(bucket, _)| bucket.take(self.per_minute, now));
+        if !allowed {
+            METRICS.rate_limited.fetch_add(1, Relaxed);
+        }
+        allowed
+    }
+
+    /// Gives back an attempt [`Self::check`] took for `ip` that did not count after all.
+    pub fn refund(&self, ip: IpAddr) {
+        let key = (self.key)(ip);
+        if let Some((bucket, _)) = lock(&self.table).buckets.get_mut(&key) {
+            bucket.give_back(self.per_minute);
         }
     }
 
     /// Addresses tracked now.
     pub fn tracked(&self) -> usize {
-        lock(&self.buckets).len()
+        lock(&self.table).buckets.len()
+    }
+}
+
+/// The budget for `join`s that fail with `INVALID_CODE`: the guesses of someone trying codes.
+///
+/// Per-address limits bound what one address guesses, not what many do; this bounds the
+/// whole relay, so the chance that *anyone* guesses a live code is bounded too (the README
+/// has the arithmetic). A join reserves one failure before it is tried — per network and
+/// relay-wide — and gets it back unless the code was invalid, so concurrent guesses cannot
+/// overshoot the budget and good joins cost nothing. The per-network share keeps one network
+/// (IPv4 /24, IPv6 /48) from spending the relay's whole budget alone.
+#[derive(Debug)]
+pub struct FailedJoins {
+    relay_per_minute: u32,
+    relay: Mutex<Bucket>,
+    per_network: RateLimiter,
+}
+
+impl FailedJoins {
+    /// `relay_per_minute` failures relay-wide, `network_per_minute` per network.
+    pub fn new(relay_per_minute: u32, network_per_minute: u32, max_tracked: usize) -> Self {
+        Self {
+            relay_per_minute,
+            relay: Mutex::new(Bucket::full(relay_per_minute, Instant::now())),
+            per_network: RateLimiter::keyed(network_per_minute, max_tracked, AddressKey::network),
+        }
+    }
+
+    /// Reserves one failure for a join from `ip`; false (nothing reserved) when its
+    /// network's or the relay's budget is spent.
+    pub fn reserve(&self, ip: IpAddr) -> bool {
+        if !self.per_network.check(ip) {
+            return false;
+        }
+        if lock(&self.relay).take(self.relay_per_minute, Instant::now()) {
+            return true;
+        }
+        self.per_network.refund(ip);
+        METRICS.rate_limited.fetch_add(1, Relaxed);
+        false
+    }
+
+    /// The join from `ip` did not fail: gives back what [`Self::reserve`] took.
+    pub fn refund(&self, ip: IpAddr) {
+        self.per_network.refund(ip);
+        lock(&self.relay).give_back(self.relay_per_minute);
     }
 }
 
@@ -158,13 +309,94 @@ mod tests {
     }
 
     #[test]
-    fn the_number_of_tracked_addresses_is_bounded() {
+    fn a_full_table_forgets_the_least_recently_used_address_rather_than_refuse_a_new_one() {
         let limiter = RateLimiter::new(1, 10);
         for i in 0..10u8 {
             assert!(limiter.check(IpAddr::from([10, 0, 0, i])));
         }
-        // All ten are mid-minute, so none can be forgotten: the eleventh is refused.
-        assert!(!limiter.check(ip("10.0.1.1")));
+        // 10.0.0.0 is used again (refused: its budget is spent), so 10.0.0.1 is now the
+        // least recently used.
+        assert!(!limiter.check(ip("10.0.0.0")));
+        let evictions = METRICS.rate_limiter_evictions.load(Relaxed);
+        // All ten are mid-minute; a new address is still admitted.
+        assert!(limiter.check(ip("10.0.1.1")));
+        assert!(METRICS.rate_limiter_evictions.load(Relaxed) > evictions);
         assert_eq!(limiter.tracked(), 10);
+        // 10.0.0.0 is still remembered and still refused; 10.0.0.1 was forgotten.
+        assert!(!limiter.check(ip("10.0.0.0")));
+        assert!(limiter.check(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn the_recency_queue_stays_bounded_under_repeated_use() {
+        let limiter = RateLimiter::new(1_000_000, 4);
+        for _ in 0..10_000 {
+            limiter.check(ip("192.0.2.1"));
+        }
+        let table = lock(&limiter.table);
+        assert!(table.recency.len() <= 2 * table.buckets.len() + 65);
+    }
+
+    #[test]
+    fn a_refund_gives_back_the_attempt() {
+        let limiter = RateLimiter::new(1, 10);
+        assert!(limiter.check(ip("192.0.2.1")));
+        limiter.refund(ip("192.0.2.1"));
+        assert!(limiter.check(ip("192.0.2.1")));
+        assert!(!limiter.check(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn networks_are_ipv4_slash_24_and_ipv6_slash_48() {
+        assert_eq!(
+            AddressKey::network(ip("198.51.100.77")),
+            AddressKey::network(ip("198.51.100.1"))
+        );
+        assert_ne!(
+            AddressKey::network(ip("198.51.100.1")),
+            AddressKey::network(ip("198.51.101.1"))
+        );
+        assert_eq!(
+            AddressKey::network(ip("2001:db8:1:ffff::1")),
+            AddressKey::network(ip("2001:db8:1:1::2"))
+        );
+        assert_ne!(
+            AddressKey::network(ip("2001:db8:1::1")),
+            AddressKey::network(ip("2001:db8:2::1"))
+        );
+    }
+
+    #[test]
+    fn failed_joins_are_bounded_relay_wide_whatever_the_number_of_networks() {
+        let budget = FailedJoins::new(5, 2, 1000);
+        let mut reserved = 0;
+        for i in 0..100u16 {
+            // 100 different /48s: each has its own share, the relay has one budget.
+            let from = IpAddr::from(Ipv6Addr::new(0x2001, 0xdb8, i, 0, 0, 0, 0, 1));
+            reserved += usize::from(budget.reserve(from));
+        }
+        assert_eq!(reserved, 5);
+    }
+
+    #[test]
+    fn one_network_cannot_spend_the_relay_budget_alone() {
+        let budget = FailedJoins::new(10, 2, 1000);
+        let attacker = |host: u8| IpAddr::from([198, 51, 100, host]);
+        assert!(budget.reserve(attacker(1)));
+        assert!(budget.reserve(attacker(2)));
+        assert!(!budget.reserve(attacker(3)));
+        // Someone else still has the rest of the relay's budget.
+        assert!(budget.reserve(ip("203.0.113.9")));
+    }
+
+    #[test]
+    fn joins_that_did_not_fail_are_given_back() {
+        let budget = FailedJoins::new(1, 1, 1000);
+        for _ in 0..10 {
+            assert!(budget.reserve(ip("192.0.2.1")));
+            budget.refund(ip("192.0.2.1"));
+        }
+        assert!(budget.reserve(ip("192.0.2.1")));
+        assert!(!budget.reserve(ip("192.0.2.1")));
     }
 }

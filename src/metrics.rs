@@ -44,6 +44,8 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// 1 while the database passes its checks, 0 while it is down (and before the first).
     pub database_up: AtomicI64,
+    /// Addresses a full rate limiter forgot to make room for a new one.
+    pub rate_limiter_evictions: AtomicU64,
     /// Route pattern → status → (count, seconds spent; WebSocket upgrades excluded).
     /// Nested so a lookup by `&str` allocates nothing once the route is known.
     http: Mutex<BTreeMap<String, StatusCounts>>,
@@ -171,6 +173,11 @@ impl Metrics {
                 "hermit_rate_limited_total",
                 "Requests refused by a rate or connection limit.",
                 &self.rate_limited,
+            ),
+            (
+                "hermit_rate_limiter_evictions_total",
+                "Addresses a full rate limiter forgot (least recently used) to admit a new one.",
+                &self.rate_limiter_evictions,
             ),
         ] {
             counter(&mut out, name, help, value.load(Relaxed));

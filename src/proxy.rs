@@ -1,28 +1,46 @@
 //! The client's address, seen through trusted reverse proxies only.
 //!
-//! `X-Forwarded-For` and `Forwarded` can be written by anyone, so they are read only when
-//! the socket peer is one of `server.trusted_proxies`. Then the address is the rightmost
-//! hop that is not itself a trusted proxy: everything left of it was written by the client
-//! and proves nothing. (actix's `realip_remote_addr()` believes the headers from anyone.)
+//! Forwarding headers can be written by anyone, so they are read only when the socket peer
+//! is one of `server.trusted_proxies`, and only the one header the operator names
+//! (`server.forwarded_header`): behind a proxy that sets only `Forwarded`, a client's own
+//! `X-Forwarded-For` would otherwise be believed. The header is walked from the right —
+//! each proxy appends the address it got the request from — past trusted proxies; the
+//! first hop that is not one is the client, and everything left of it was written by the
+//! client and proves nothing. A hop that is not an address (`unknown`, an obfuscated
+//! `_name`, garbage) ends the walk: the proxy that wrote it did not know its client, so the
+//! client is taken to be the last trusted hop — that proxy. Skipping such a hop instead
+//! would believe whatever the client wrote to its left. (actix's `realip_remote_addr()`
+//! believes the headers from anyone.)
 
 use std::net::IpAddr;
 
 use actix_web::HttpRequest;
 use ipnet::IpNet;
 
+use crate::config::ForwardedHeader;
+
 /// Resolves client addresses for one set of trusted proxies.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientAddr {
     trusted: Vec<IpNet>,
+    header: ForwardedHeader,
+}
+
+impl Default for ClientAddr {
+    /// Trusts no proxy: the client is always the socket peer.
+    fn default() -> Self {
+        Self::new(Vec::new(), ForwardedHeader::XForwardedFor)
+    }
 }
 
 impl ClientAddr {
-    /// Believes forwarding headers only from peers inside `trusted`.
-    pub fn new(trusted: Vec<IpNet>) -> Self {
-        Self { trusted }
+    /// Believes `header` only from peers inside `trusted`.
+    pub fn new(trusted: Vec<IpNet>, header: ForwardedHeader) -> Self {
+        Self { trusted, header }
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.trusted.iter().any(|net| net.contains(&ip))
     }
@@ -37,43 +55,53 @@ impl ClientAddr {
             // The common, direct case reads no header at all.
             return canonical(peer);
         }
-        let joined = |name: &str| {
-            req.headers()
-                .get_all(name)
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>()
-                .join(",")
+        let name = match self.header {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
         };
-        self.resolve(peer, &joined("x-forwarded-for"), &joined("forwarded"))
+        let values: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .map(|v| v.to_str().unwrap_or("unknown"))
+            .collect();
+        self.resolve(peer, &values.join(","))
     }
 
-    /// The rule itself, on plain values (unit-tested).
-    pub fn resolve(&self, peer: IpAddr, forwarded_for: &str, forwarded: &str) -> IpAddr {
+    /// The rule itself, on plain values (unit-tested): `header` is the value of the
+    /// configured forwarding header, every occurrence joined with commas.
+    pub fn resolve(&self, peer: IpAddr, header: &str) -> IpAddr {
         let peer = canonical(peer);
-        if !self.is_trusted(peer) {
+        if !self.is_trusted(peer) || header.trim().is_empty() {
             return peer;
         }
-        let hops: Vec<IpAddr> = if !forwarded_for.trim().is_empty() {
-            forwarded_for.split(',').filter_map(parse_hop).collect()
-        } else {
-            forwarded
-                .split(',')
-                .flat_map(|element| element.split(';'))
-                .filter_map(|pair| {
-                    let (name, value) = pair.split_once('=')?;
-                    name.trim().eq_ignore_ascii_case("for").then_some(value)
-                })
-                .filter_map(parse_hop)
-                .collect()
+        let hops: Vec<Option<IpAddr>> = match self.header {
+            ForwardedHeader::XForwardedFor => header.split(',').map(parse_hop).collect(),
+            ForwardedHeader::Forwarded => header.split(',').map(forwarded_for).collect(),
         };
         // Walk from the proxy nearest us outwards; the first untrusted hop is the client.
-        hops.iter()
-            .rev()
-            .map(|ip| canonical(*ip))
-            .find(|ip| !self.is_trusted(*ip))
-            .or_else(|| hops.first().copied().map(canonical))
-            .unwrap_or(peer)
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            let Some(ip) = hop.map(canonical) else {
+                // The proxy that wrote this did not know its client: it is the client.
+                return client;
+            };
+            client = ip;
+            if !self.is_trusted(ip) {
+                return ip;
+            }
+        }
+        // Every hop is a trusted address: the leftmost is where the request began.
+        client
     }
+}
+
+/// The `for=` of one `Forwarded` element (`for=192.0.2.60;proto=http`), if an address.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("for").then_some(value)
+    })?;
+    parse_hop(value)
 }
 
 /// Parses one hop: `1.2.3.4`, `1.2.3.4:5678`, `"[2001:db8::1]:443"`, `2001:db8::1`.
@@ -104,69 +132,127 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn proxies() -> ClientAddr {
-        ClientAddr::new(vec![
+    fn trusted() -> Vec<IpNet> {
+        vec![
             "10.0.0.0/8".parse().unwrap(),
             "127.0.0.1/32".parse().unwrap(),
-        ])
+        ]
+    }
+
+    fn xff() -> ClientAddr {
+        ClientAddr::new(trusted(), ForwardedHeader::XForwardedFor)
+    }
+
+    fn forwarded() -> ClientAddr {
+        ClientAddr::new(trusted(), ForwardedHeader::Forwarded)
     }
 
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_its_headers_say() {
-        let p = proxies();
         assert_eq!(
-            p.resolve(ip("203.0.113.7"), "1.2.3.4", "for=5.6.7.8"),
+            xff().resolve(ip("203.0.113.7"), "1.2.3.4"),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            forwarded().resolve(ip("203.0.113.7"), "for=5.6.7.8"),
             ip("203.0.113.7")
         );
     }
 
     #[test]
     fn through_a_trusted_proxy_the_rightmost_untrusted_hop_is_the_client() {
-        let p = proxies();
+        let p = xff();
         // The client forged the first entry; the proxy appended the real address.
         assert_eq!(
-            p.resolve(ip("127.0.0.1"), "1.2.3.4, 198.51.100.9", ""),
+            p.resolve(ip("127.0.0.1"), "1.2.3.4, 198.51.100.9"),
             ip("198.51.100.9")
         );
         // Two trusted proxies in a row are skipped.
         assert_eq!(
-            p.resolve(ip("127.0.0.1"), "198.51.100.9, 10.1.2.3", ""),
+            p.resolve(ip("127.0.0.1"), "198.51.100.9, 10.1.2.3"),
             ip("198.51.100.9")
         );
     }
 
     #[test]
-    fn the_forwarded_header_is_read_when_x_forwarded_for_is_absent() {
-        let p = proxies();
+    fn the_forwarded_header_is_read_when_the_operator_names_it() {
+        let p = forwarded();
         assert_eq!(
             p.resolve(
                 ip("10.0.0.5"),
-                "",
                 r#"for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711""#
             ),
             ip("2001:db8:cafe::17")
         );
         assert_eq!(
-            p.resolve(ip("10.0.0.5"), "", "for=192.0.2.60:443"),
+            p.resolve(ip("10.0.0.5"), "for=192.0.2.60:443"),
             ip("192.0.2.60")
         );
     }
 
     #[test]
-    fn a_trusted_peer_without_headers_or_with_garbage_is_itself() {
-        let p = proxies();
-        assert_eq!(p.resolve(ip("10.0.0.5"), "", ""), ip("10.0.0.5"));
+    fn the_header_the_operator_did_not_name_is_ignored() {
+        // Behind a proxy that sets only `Forwarded`, the client's own X-Forwarded-For is
+        // never seen by `resolve`: `of` reads only the configured header. Here the value of
+        // the wrong syntax simply yields no address, so the proxy is the client.
         assert_eq!(
-            p.resolve(ip("10.0.0.5"), "unknown, garbage", ""),
+            forwarded().resolve(ip("10.0.0.5"), "1.2.3.4"),
+            ip("10.0.0.5")
+        );
+        assert_eq!(xff().resolve(ip("10.0.0.5"), "for=1.2.3.4"), ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn a_trusted_peer_without_headers_or_with_garbage_is_itself() {
+        let p = xff();
+        assert_eq!(p.resolve(ip("10.0.0.5"), ""), ip("10.0.0.5"));
+        assert_eq!(
+            p.resolve(ip("10.0.0.5"), "unknown, garbage"),
             ip("10.0.0.5")
         );
     }
 
     #[test]
-    fn mapped_ipv6_peers_match_ipv4_networks() {
-        let p = proxies();
+    fn a_hop_that_is_not_an_address_ends_the_walk_and_nothing_left_of_it_is_believed() {
+        let p = xff();
+        // The client wrote 1.2.3.4; the proxy did not know its client and wrote `unknown`.
         assert_eq!(
-            p.resolve(ip("::ffff:127.0.0.1"), "198.51.100.9", ""),
+            p.resolve(ip("10.0.0.5"), "1.2.3.4, unknown"),
+            ip("10.0.0.5")
+        );
+        // Past a trusted hop, the last trusted hop is the answer.
+        assert_eq!(
+            p.resolve(ip("127.0.0.1"), "1.2.3.4, garbage, 10.9.9.9"),
+            ip("10.9.9.9")
+        );
+        let p = forwarded();
+        assert_eq!(
+            p.resolve(ip("10.0.0.5"), "for=1.2.3.4, for=unknown"),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            p.resolve(ip("10.0.0.5"), "for=1.2.3.4, for=_hidden"),
+            ip("10.0.0.5")
+        );
+        // An element without `for` says nothing about the client either.
+        assert_eq!(
+            p.resolve(ip("10.0.0.5"), "for=1.2.3.4, proto=https"),
+            ip("10.0.0.5")
+        );
+    }
+
+    #[test]
+    fn when_every_hop_is_trusted_the_leftmost_is_the_client() {
+        assert_eq!(
+            xff().resolve(ip("127.0.0.1"), "10.1.1.1, 10.2.2.2"),
+            ip("10.1.1.1")
+        );
+    }
+
+    #[test]
+    fn mapped_ipv6_peers_match_ipv4_networks() {
+        assert_eq!(
+            xff().resolve(ip("::ffff:127.0.0.1"), "198.51.100.9"),
             ip("198.51.100.9")
         );
     }
@@ -174,6 +260,6 @@ mod tests {
     #[test]
     fn with_no_trusted_proxies_headers_are_ignored() {
         let p = ClientAddr::default();
-        assert_eq!(p.resolve(ip("127.0.0.1"), "1.2.3.4", ""), ip("127.0.0.1"));
+        assert_eq!(p.resolve(ip("127.0.0.1"), "1.2.3.4"), ip("127.0.0.1"));
     }
 }

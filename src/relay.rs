@@ -16,12 +16,14 @@ pub mod socket;
 use std::sync::Arc;
 
 use actix::Addr;
+use actix_http::ws::CloseCode;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::accounts::Accounts;
 use crate::config::Settings;
 use crate::connections::{Admission, Connections, Refused};
+use crate::edge::HttpSlot;
 use crate::error::ApiError;
 use crate::ids::{Endpoint, Role};
 use crate::limits::Limiters;
@@ -51,21 +53,49 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Checks the origin and the per-address limit before a WebSocket upgrade.
-    fn admit(&self, req: &HttpRequest, endpoint: Endpoint) -> Result<Admission, ApiError> {
+    /// Whether a page from `req`'s origin may open `endpoint` (no `Origin`: not a page).
+    fn origin_allowed(&self, req: &HttpRequest, endpoint: Endpoint) -> bool {
         let allowed_origins = &self.settings.server.allowed_origins;
-        if endpoint.browser_facing() && !allowed_origins.is_empty() {
-            if let Some(origin) = req.headers().get(header::ORIGIN) {
-                let allowed = origin.to_str().is_ok_and(|origin| {
-                    allowed_origins
-                        .iter()
-                        .any(|allowed| allowed.eq_ignore_ascii_case(origin))
-                });
-                if !allowed {
-                    return Err(ApiError::OriginNotAllowed);
-                }
-            }
+        if !endpoint.browser_facing() || allowed_origins.is_empty() {
+            return true;
         }
+        let Some(origin) = req.headers().get(header::ORIGIN) else {
+            return true;
+        };
+        origin.to_str().is_ok_and(|origin| {
+            allowed_origins
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        })
+    }
+
+    /// Refuses a page from an origin not allowed. A 403 to the upgrade reaches a page only
+    /// as close 1006, exactly what a network drop looks like, so a page that reconnects on
+    /// 1006 would retry for ever; the upgrade is accepted instead and closed at once with
+    /// 1008 (policy) and the reason "origin not allowed", which the page can read.
+    fn refuse_origin(
+        &self,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> actix_web::Result<HttpResponse> {
+        let limits = &self.settings.limits;
+        let (response, link, _unread) = crate::transport::upgrade(
+            req,
+            payload,
+            limits.max_message_bytes,
+            limits.max_outbound_bytes,
+        )?;
+        tracing::info!(
+            client = %self.client_addr.of(req),
+            origin = ?req.headers().get(header::ORIGIN),
+            "origin not allowed; closing with 1008"
+        );
+        link.close(CloseCode::Policy, ORIGIN_NOT_ALLOWED);
+        Ok(response)
+    }
+
+    /// Checks the per-address limit before a WebSocket upgrade.
+    fn admit(&self, req: &HttpRequest, endpoint: Endpoint) -> Result<Admission, ApiError> {
         self.connections
             .admit(self.client_addr.of(req), endpoint)
             .map_err(|refused| match refused {
@@ -74,14 +104,22 @@ impl Relay {
             })
     }
 
-    /// Admits and upgrades a connection: the 101 response, and what its actor starts from.
+    /// Admits and upgrades a connection: the 101 response, and what its actor starts from
+    /// (`None` when the connection is refused with a close frame).
     fn open(
         &self,
         req: &HttpRequest,
         payload: web::Payload,
         endpoint: Endpoint,
-    ) -> actix_web::Result<(HttpResponse, Opened)> {
+    ) -> actix_web::Result<(HttpResponse, Option<Opened>)> {
+        if !self.origin_allowed(req, endpoint) {
+            return Ok((self.refuse_origin(req, payload)?, None));
+        }
         let admission = self.admit(req, endpoint)?;
+        // A WebSocket counts against `max_connections_per_ip` now, not the HTTP cap.
+        if let Some(slot) = req.conn_data::<Arc<HttpSlot>>() {
+            slot.release();
+        }
         let limits = &self.settings.limits;
         let (response, link, inbound) = crate::transport::upgrade(
             req,
@@ -94,9 +132,12 @@ impl Relay {
             inbound,
             settings: Arc::clone(&self.settings),
         };
-        Ok((response, opened))
+        Ok((response, Some(opened)))
     }
 }
+
+/// The close reason a page from an origin not in `server.allowed_origins` reads (with 1008).
+pub const ORIGIN_NOT_ALLOWED: &str = "origin not allowed";
 
 /// Registers the four WebSocket endpoints.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -129,8 +170,10 @@ fn pair(
     relay: &Relay,
 ) -> actix_web::Result<HttpResponse> {
     let (response, opened) = relay.open(req, payload, role.endpoint())?;
-    let limiters = Arc::clone(&relay.limiters);
-    PairSocket::start(role, opened, relay.pairing.clone(), limiters);
+    if let Some(opened) = opened {
+        let limiters = Arc::clone(&relay.limiters);
+        PairSocket::start(role, opened, relay.pairing.clone(), limiters);
+    }
     Ok(response)
 }
 
@@ -141,8 +184,10 @@ async fn agent(
     accounts: web::Data<Accounts>,
 ) -> actix_web::Result<HttpResponse> {
     let (response, opened) = relay.open(&req, payload, Endpoint::Agent)?;
-    let limiters = Arc::clone(&relay.limiters);
-    AgentSocket::start(opened, relay.machines.clone(), accounts, limiters);
+    if let Some(opened) = opened {
+        let limiters = Arc::clone(&relay.limiters);
+        AgentSocket::start(opened, relay.machines.clone(), accounts, limiters);
+    }
     Ok(response)
 }
 
@@ -153,7 +198,9 @@ async fn client(
     accounts: web::Data<Accounts>,
 ) -> actix_web::Result<HttpResponse> {
     let (response, opened) = relay.open(&req, payload, Endpoint::Client)?;
-    let limiters = Arc::clone(&relay.limiters);
-    ClientSocket::start(opened, relay.machines.clone(), accounts, limiters);
+    if let Some(opened) = opened {
+        let limiters = Arc::clone(&relay.limiters);
+        ClientSocket::start(opened, relay.machines.clone(), accounts, limiters);
+    }
     Ok(response)
 }

@@ -8,7 +8,7 @@ pub mod metrics;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 
 /// Registers every HTTP route and the JSON body limit; `/metrics` if enabled.
 pub fn routes(max_body_bytes: usize, metrics: bool) -> impl FnOnce(&mut web::ServiceConfig) {
@@ -34,6 +34,13 @@ fn json_config(limit: usize) -> web::JsonConfig {
         .limit(limit)
         .error_handler(|err, _: &HttpRequest| {
             use actix_web::error::JsonPayloadError;
+            if matches!(&err, JsonPayloadError::Payload(err) if crate::edge::is_body_timeout(err)) {
+                let body = ErrorResponse {
+                    error: "The request body did not arrive in time",
+                };
+                let response = HttpResponse::RequestTimeout().json(body);
+                return actix_web::error::InternalError::from_response(err, response).into();
+            }
             let api = match &err {
                 JsonPayloadError::Overflow { .. }
                 | JsonPayloadError::OverflowKnownLength { .. } => ApiError::PayloadTooLarge,

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Arbiter};
+use actix_http::error::DispatchError;
 use actix_http::HttpService;
 use actix_rt::net::TcpStream;
 use actix_server::{Server, ServerHandle};
 use actix_service::{fn_service, map_config, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, App};
+use tokio::io::AsyncWriteExt;
 
 use crate::accounts::refresh::SuccessorKey;
 use crate::accounts::Accounts;
@@ -19,6 +21,7 @@ use crate::auth::token::{AccessTokens, KeyFileError};
 use crate::config::Settings;
 use crate::connections::Connections;
 use crate::db::{self, DbError};
+use crate::edge::{self, HttpConnections, HttpSlot};
 use crate::ids::Endpoint;
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
@@ -30,7 +33,7 @@ use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::table::PairingRules;
 use crate::relay::{self, Relay};
 use crate::routes;
-use crate::transport::Killable;
+use crate::transport::{Killable, Linger};
 
 /// How long a client has to send its request head after connecting.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,7 +104,10 @@ impl Application {
         });
         let connections = Connections::new(settings.limits.max_connections_per_ip);
         let limiters = Arc::new(Limiters::new(&settings.limits));
-        let client_addr = ClientAddr::new(settings.server.trusted_proxies.clone());
+        let client_addr = ClientAddr::new(
+            settings.server.trusted_proxies.clone(),
+            settings.server.forwarded_header,
+        );
         let relay = web::Data::new(Relay {
             settings: Arc::clone(&settings),
             pairing,
@@ -119,6 +125,13 @@ impl Application {
         let metrics = settings.metrics.enabled;
 
         let server = &settings.server;
+        let linger = Linger::new(server.linger(), server.linger_bytes, server.max_lingering);
+        let http_connections = HttpConnections::new(
+            settings.limits.max_http_connections_per_ip,
+            (**client_addr).clone(),
+        );
+        let body_timeout = server.body_timeout();
+        let allowed_origins = server.allowed_origins.clone();
         let workers = match server.workers {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -131,7 +144,13 @@ impl Application {
             .disable_signals()
             .listen("hermit-relay", listener, move || {
                 let app = App::new()
+                    .wrap_fn(move |mut req, service| {
+                        edge::limit_body(&mut req, body_timeout);
+                        service.call(req)
+                    })
                     .wrap_fn(count_http)
+                    // Outermost: preflights are answered before anything else runs.
+                    .wrap(edge::cors(&allowed_origins))
                     .app_data(relay.clone())
                     .app_data(accounts.clone())
                     .app_data(machines.clone())
@@ -153,12 +172,35 @@ impl Application {
                     .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
                     .on_connect_ext(|io: &Killable<TcpStream>, data| {
                         data.insert(io.switch());
+                        if let Some(slot) = io.guard::<HttpSlot>() {
+                            data.insert(slot);
+                        }
                     })
                     .h1(map_config(app, |_| AppConfig::default()));
-                fn_service(|io: TcpStream| async move {
-                    let _ = io.set_nodelay(true);
-                    let peer = io.peer_addr().ok();
-                    Ok::<_, actix_http::error::DispatchError>((Killable::new(io), peer))
+                let linger = linger.clone();
+                let http_connections = Arc::clone(&http_connections);
+                fn_service(move |io: TcpStream| {
+                    let linger = linger.clone();
+                    let http_connections = Arc::clone(&http_connections);
+                    async move {
+                        let _ = io.set_nodelay(true);
+                        let peer = io.peer_addr().ok();
+                        let admitted = peer.map(|peer| http_connections.admit(peer.ip()));
+                        let mut io = Killable::new(io).lingering(linger);
+                        match admitted {
+                            Some(Err(refused)) => {
+                                // Too many from this peer: say so and close, lingering.
+                                let written = io.write_all(edge::TOO_MANY_CONNECTIONS).await;
+                                let err = written
+                                    .err()
+                                    .unwrap_or_else(|| std::io::Error::other(refused.to_string()));
+                                return Err(DispatchError::Io(err));
+                            }
+                            Some(Ok(Some(slot))) => io = io.holding(Arc::new(slot)),
+                            Some(Ok(None)) | None => {}
+                        }
+                        Ok((io, peer))
+                    }
                 })
                 .and_then(http)
             })

@@ -23,7 +23,7 @@ use actix_web::{HttpRequest, HttpResponse};
 
 pub use frame::{header_len, ping_frame, pong_frame, text_frame, text_frame_of};
 pub use inbound::{Inbound, InboundStream};
-pub use kill::{KillSwitch, Killable};
+pub use kill::{KillSwitch, Killable, Linger};
 pub use outbox::{Outbox, OutboxBody, PushError};
 
 /// After a close frame is queued, how long the peer gets to read it before the socket is cut.

@@ -98,6 +98,7 @@ pub fn start_relay(binary: &PathBuf) -> anyhow::Result<Target> {
         )
         .env("HERMIT__AUTH__PRIVATE_KEY_FILE", dir.join("root.key"))
         .env("HERMIT__LIMITS__MAX_CONNECTIONS_PER_IP", "1000000")
+        .env("HERMIT__LIMITS__MAX_HTTP_CONNECTIONS_PER_IP", "1000000")
         .env("HERMIT__LIMITS__JOIN_ATTEMPTS_PER_MINUTE", "100000000")
         .env("HERMIT__LIMITS__AUTH_ATTEMPTS_PER_MINUTE", "100000000")
         .env("HERMIT__LOG__LEVEL", "error")

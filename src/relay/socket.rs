@@ -295,6 +295,7 @@ impl Socket {
                 let _ = self.error(ErrorCode::MessageTooLarge, &message);
                 return Step::Stop(Outcome::TooLarge);
             }
+            Inbound::InvalidUtf8 => return Step::Stop(Outcome::InvalidUtf8),
             Inbound::Protocol(err) => {
                 tracing::debug!(conn = %self.conn, %err, "websocket protocol error");
                 return Step::Stop(Outcome::ProtocolError);
@@ -343,6 +344,7 @@ impl Socket {
             Outcome::TooLarge => self.link.close(CloseCode::Size, outcome.as_str()),
             Outcome::Unavailable => self.link.close(CloseCode::Again, outcome.as_str()),
             Outcome::ProtocolError => self.link.close(CloseCode::Protocol, outcome.as_str()),
+            Outcome::InvalidUtf8 => self.link.close(CloseCode::Invalid, outcome.as_str()),
             Outcome::Lost | Outcome::HeartbeatTimeout => self.link.cut(),
         }
         if !matches!(outcome, Outcome::PeerClosed | Outcome::Lost) {

@@ -2,6 +2,11 @@
 //!
 //! Fragmented (continuation) messages are joined here, so actors only ever see whole
 //! messages, and the size limit applies to the whole message, not to each fragment.
+//!
+//! Memory per connection is bounded by `max_message_bytes` (plus one read chunk): a frame
+//! whose header announces more than the limit allows — alone, or with the fragments before
+//! it — is refused as soon as its header has arrived. actix-http's codec would instead
+//! buffer the whole announced payload before comparing it with its limit.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,7 +20,7 @@ use futures_util::Stream;
 /// One whole message or event read from a peer.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A complete text message (its UTF-8 is checked by the JSON parser).
+    /// A complete text message, valid UTF-8.
     Text(Bytes),
     /// A complete binary message: not part of the protocol.
     Binary,
@@ -25,8 +30,10 @@ pub enum Inbound {
     Pong,
     /// The peer sent a close frame: it is leaving on purpose.
     Close(Option<CloseReason>),
-    /// A message (or a fragment so far) passed the size limit.
+    /// A message (or a frame header, or a fragment so far) passed the size limit.
     TooLarge,
+    /// A text message that is not valid UTF-8 (RFC 6455 §8.1: close with 1007).
+    InvalidUtf8,
     /// The peer broke WebSocket framing; the connection cannot go on.
     Protocol(ProtocolError),
 }
@@ -60,7 +67,7 @@ impl InboundStream {
     /// Turns one decoded frame into an event, or `None` when it was a non-final fragment.
     fn on_frame(&mut self, frame: Frame) -> Option<Inbound> {
         match frame {
-            Frame::Text(text) => Some(Inbound::Text(text)),
+            Frame::Text(text) => Some(self.text(text)),
             Frame::Binary(_) => Some(Inbound::Binary),
             Frame::Ping(payload) => Some(Inbound::Ping(payload)),
             Frame::Pong(_) => Some(Inbound::Pong),
@@ -98,11 +105,51 @@ impl InboundStream {
         }
         let (whole, is_text) = self.partial.take()?;
         Some(if is_text {
-            Inbound::Text(whole.freeze())
+            self.text(whole.freeze())
         } else {
             Inbound::Binary
         })
     }
+
+    /// A whole text message, once its UTF-8 is checked: everything after relies on it being
+    /// text (a payload forwarded as it came must not break the reader's decoder).
+    fn text(&mut self, text: Bytes) -> Inbound {
+        if std::str::from_utf8(&text).is_ok() {
+            Inbound::Text(text)
+        } else {
+            self.done = true;
+            Inbound::InvalidUtf8
+        }
+    }
+
+    /// Whether the frame whose header is at the front of `buf` would take the message past
+    /// `max_message_bytes`; false until the whole header has arrived.
+    fn announces_too_much(&self) -> bool {
+        let Some((opcode, length)) = announced(&self.buf) else {
+            return false;
+        };
+        // Only a continuation adds to a message in progress; control frames stand alone.
+        let so_far = match (opcode, &self.partial) {
+            (CONTINUATION, Some((so_far, _))) => so_far.len(),
+            _ => 0,
+        };
+        length.saturating_add(so_far as u64) > self.max_message_bytes as u64
+    }
+}
+
+/// The opcode of a continuation frame (RFC 6455 §5.2).
+const CONTINUATION: u8 = 0x0;
+
+/// The opcode and the payload length a frame header at the front of `buf` announces, once
+/// enough of it has arrived (RFC 6455 §5.2: 7-bit length, or 126 + 16-bit, or 127 + 64-bit).
+fn announced(buf: &[u8]) -> Option<(u8, u64)> {
+    let (first, second) = (*buf.first()?, *buf.get(1)?);
+    let length = match second & 0x7F {
+        126 => u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+        127 => u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?),
+        short => u64::from(short),
+    };
+    Some((first & 0x0F, length))
 }
 
 impl Stream for InboundStream {
@@ -113,6 +160,12 @@ impl Stream for InboundStream {
         loop {
             if this.done {
                 return Poll::Ready(None);
+            }
+            if this.announces_too_much() {
+                this.done = true;
+                this.partial = None;
+                this.buf = BytesMut::new();
+                return Poll::Ready(Some(Inbound::TooLarge));
             }
             match this.codec.decode(&mut this.buf) {
                 Ok(Some(frame)) => {
@@ -138,5 +191,22 @@ impl Stream for InboundStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::announced;
+
+    #[test]
+    fn a_header_announces_its_length_in_each_of_its_three_forms() {
+        assert_eq!(announced(&[0x81]), None);
+        assert_eq!(announced(&[0x81, 0x80 | 5]), Some((1, 5)));
+        assert_eq!(announced(&[0x82, 0x80 | 126, 0x01]), None);
+        assert_eq!(announced(&[0x82, 0x80 | 126, 0x01, 0x00]), Some((2, 256)));
+        let mut long = vec![0x00, 0x80 | 127];
+        long.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        assert_eq!(announced(&long[..9]), None);
+        assert_eq!(announced(&long), Some((0, 1 << 62)));
     }
 }

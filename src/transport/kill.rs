@@ -1,18 +1,30 @@
-//! A TCP stream the relay can cut from outside its HTTP dispatcher.
+//! A TCP stream the relay can cut from outside its HTTP dispatcher, and that lingers when
+//! it is closed.
 //!
 //! actix-http's dispatcher stops polling a response body while its write buffer is full,
 //! so a peer that stops reading can never be told "your body failed" and would keep its
 //! socket forever. Wrapping the stream lets a connection actor fail the socket's next read
 //! and write and wake the dispatcher, which then drops the connection and frees its fd.
+//!
+//! Lingering close: when the relay answers before it has read everything the client sends
+//! (a 413 while the body is still coming, a close 1009 while the rest of an oversized
+//! message is), closing the socket with unread bytes makes the kernel send a reset, which
+//! destroys the answer on its way: the client sees a reset (a browser sees 1006). So when
+//! the dispatcher lets go of a stream, it is handed to a small task that shuts down the
+//! writing side (the client reads the answer, then end-of-stream) and reads and discards
+//! what still arrives, until the client closes or [`Linger`]'s bytes or time run out. A
+//! stream cut on purpose through its [`KillSwitch`] is closed at once.
 
+use std::any::Any;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Cuts one connection. Cloned into the request's connection data by `on_connect_ext`.
 #[derive(Debug, Default)]
@@ -47,47 +59,164 @@ impl KillSwitch {
     }
 }
 
-/// An I/O stream paired with the [`KillSwitch`] that can cut it.
-#[derive(Debug)]
-pub struct Killable<T> {
-    io: T,
-    switch: Arc<KillSwitch>,
+/// How closed connections linger, and how many may at once; shared by the whole server.
+#[derive(Debug, Clone)]
+pub struct Linger {
+    time: Duration,
+    bytes: usize,
+    max: usize,
+    /// Connections lingering now, over every worker.
+    active: Arc<AtomicUsize>,
 }
 
-impl<T> Killable<T> {
-    /// Wraps `io` with a fresh switch.
+impl Linger {
+    /// Reads and discards at most `bytes` for at most `time` after a close, with at most
+    /// `max` connections lingering at once. A zero `time` closes at once.
+    pub fn new(time: Duration, bytes: usize, max: usize) -> Self {
+        Self {
+            time,
+            bytes,
+            max,
+            active: Arc::default(),
+        }
+    }
+
+    /// Connections lingering now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// A place among the lingering connections, if there is room.
+    fn admit(&self) -> Option<LingerPlace> {
+        if self.time.is_zero() {
+            return None;
+        }
+        if self.active.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(LingerPlace(Arc::clone(&self.active)))
+    }
+
+    /// Shuts down `io`'s writing side, then reads and discards until the peer closes,
+    /// an error, `bytes` or `time`, whichever comes first; then `io` is closed.
+    async fn drain<T: AsyncRead + AsyncWrite + Unpin>(self, mut io: T, _place: LingerPlace) {
+        let mut left = self.bytes;
+        let drain = async {
+            let _ = io.shutdown().await;
+            let mut buf = vec![0u8; 16 * 1024];
+            while left > 0 {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.time, drain).await;
+    }
+}
+
+/// One connection's place among the lingering; given back when its task ends or is
+/// dropped (at shutdown).
+struct LingerPlace(Arc<AtomicUsize>);
+
+impl Drop for LingerPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An I/O stream paired with the [`KillSwitch`] that can cut it.
+#[derive(Debug)]
+pub struct Killable<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    /// Always `Some` until dropped, when it is handed to the lingering task.
+    io: Option<T>,
+    switch: Arc<KillSwitch>,
+    linger: Option<Linger>,
+    /// Something that must live exactly as long as the connection (its place in a count).
+    guard: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Killable<T> {
+    /// Wraps `io` with a fresh switch; closes at once when dropped.
     pub fn new(io: T) -> Self {
         Self {
-            io,
+            io: Some(io),
             switch: Arc::default(),
+            linger: None,
+            guard: None,
         }
+    }
+
+    /// Keeps `guard` alive as long as the stream (dropped before it lingers).
+    pub fn holding<G: Any + Send + Sync>(mut self, guard: Arc<G>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// The guard given to [`Self::holding`], if it is a `G`.
+    pub fn guard<G: Any + Send + Sync>(&self) -> Option<Arc<G>> {
+        Arc::clone(self.guard.as_ref()?).downcast().ok()
+    }
+
+    /// Lingers as `linger` says when dropped, unless cut.
+    pub fn lingering(mut self, linger: Linger) -> Self {
+        self.linger = Some(linger);
+        self
     }
 
     /// The switch that cuts this stream.
     pub fn switch(&self) -> Arc<KillSwitch> {
         Arc::clone(&self.switch)
     }
+
+    fn io(&mut self) -> io::Result<Pin<&mut T>> {
+        self.io
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection already closed"))
+    }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Killable<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Killable<T> {
+    fn drop(&mut self) {
+        // The connection is over for whatever it was counted in, lingering or not.
+        self.guard = None;
+        let Some(io) = self.io.take() else { return };
+        if self.switch.is_killed() {
+            return;
+        }
+        let Some(linger) = self.linger.take() else {
+            return;
+        };
+        let Some(place) = linger.admit() else { return };
+        // Outside a runtime (a test dropping it, or the runtime itself going away) there is
+        // nothing to linger on: `io` closes here.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(linger.drain(io, place));
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Killable<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.switch.check(cx)?;
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        self.io()?.poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Killable<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Killable<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.switch.check(cx)?;
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        self.io()?.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -96,19 +225,37 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Killable<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.switch.check(cx)?;
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        self.io()?.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.io.as_ref().is_some_and(T::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.switch.check(cx)?;
-        Pin::new(&mut self.io).poll_flush(cx)
+        self.io()?.poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        self.io()?.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_max_connections_linger_at_once_and_zero_time_never_lingers() {
+        let linger = Linger::new(Duration::from_secs(1), 1024, 2);
+        let a = linger.admit();
+        let b = linger.admit();
+        assert!(a.is_some() && b.is_some());
+        assert!(linger.admit().is_none());
+        drop(a);
+        assert_eq!(linger.active(), 1);
+        assert!(linger.admit().is_some());
+        assert!(Linger::new(Duration::ZERO, 1024, 2).admit().is_none());
     }
 }

@@ -202,6 +202,9 @@ pub fn settings() -> Settings {
     s.limits.join_attempts_per_minute = 100_000;
     s.limits.auth_attempts_per_minute = 100_000;
     s.limits.max_connections_per_ip = 100_000;
+    s.limits.max_http_connections_per_ip = 100_000;
+    s.limits.failed_joins_per_minute = 100_000;
+    s.limits.failed_joins_per_network_per_minute = 100_000;
     s
 }
 

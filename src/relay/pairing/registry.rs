@@ -23,7 +23,7 @@ use actix::prelude::*;
 pub use super::command::ToConn;
 use super::pipes::{lock as lock_pipes, Pipes, SharedPipes, StreamLimits};
 use super::table::{Effect, PairingRules, PairingTable};
-use crate::ids::{ConnId, MacClientId, Outcome, PairingId, Role};
+use crate::ids::{ClientKey, ConnId, Outcome, PairingId, Role};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{Delivery, Peer};
 use crate::relay::protocol::pairing::PairingEvent;
@@ -89,7 +89,7 @@ pub struct Register {
     /// The mac.
     pub conn: ConnId,
     /// Its `clientId`.
-    pub client_id: MacClientId,
+    pub client_id: ClientKey,
     /// Lossless mode.
     pub lossless: Lossless,
 }

@@ -156,14 +156,12 @@ impl Connection<PairSocket> {
                     }
                     PairingRequest::Join { code, ack } => {
                         let lossless = self.opt_in(ack, None, ctx);
-                        self.ask(
-                            Join {
-                                conn,
-                                code,
-                                lossless,
-                            },
-                            ctx,
-                        )
+                        let join = Join {
+                            conn,
+                            code,
+                            lossless,
+                        };
+                        self.join(join, ctx)
                     }
                     PairingRequest::Resume {
                         session_id,
@@ -231,22 +229,66 @@ impl Connection<PairSocket> {
         M: Message<Result = Reply> + Send + 'static,
         SessionRegistry: Handler<M>,
     {
+        self.ask_then(request, |_| {}, ctx);
+    }
+
+    /// `join` also spends the relay-wide budget for failed joins (guesses of live codes):
+    /// one failure is reserved before asking, and given back unless the code was invalid.
+    fn join(&mut self, join: Join, ctx: &mut Ctx<PairSocket>) {
+        let ip = self.socket.client_ip();
+        let limiters = Arc::clone(&self.proto.limiters);
+        if !limiters.failed_joins.reserve(ip) {
+            let message = "too many wrong codes were tried on this relay; wait a minute";
+            return self.error(ErrorCode::RateLimited, message, ctx);
+        }
+        let settle = move |reply: &Result<Reply, MailboxError>| {
+            let invalid = reply.as_ref().is_ok_and(|Reply(commands)| {
+                commands.iter().any(|command| {
+                    matches!(
+                        command,
+                        ToConn::Error {
+                            code: ErrorCode::InvalidCode,
+                            ..
+                        }
+                    )
+                })
+            });
+            if !invalid {
+                limiters.failed_joins.refund(ip);
+            }
+        };
+        self.ask_then(join, settle, ctx);
+    }
+
+    /// [`Self::ask`], letting `inspect` see the answer first.
+    fn ask_then<M>(
+        &mut self,
+        request: M,
+        inspect: impl FnOnce(&Result<Reply, MailboxError>) + 'static,
+        ctx: &mut Ctx<PairSocket>,
+    ) where
+        M: Message<Result = Reply> + Send + 'static,
+        SessionRegistry: Handler<M>,
+    {
         let answer = self.proto.registry.send(request).timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             answer,
-            |conn, answer, ctx| match answer {
-                Ok(Reply(commands)) => {
-                    for command in commands {
-                        conn.on_command(command, ctx);
+            |conn, answer, ctx| {
+                inspect(&answer);
+                match answer {
+                    Ok(Reply(commands)) => {
+                        for command in commands {
+                            conn.on_command(command, ctx);
+                        }
                     }
-                }
-                Err(err) => {
-                    tracing::warn!(conn = %conn.socket.conn, %err, "pairing registry did not answer");
-                    conn.error(
-                        ErrorCode::RateLimited,
-                        "the relay is busy; try again shortly",
-                        ctx,
-                    );
+                    Err(err) => {
+                        tracing::warn!(conn = %conn.socket.conn, %err, "pairing registry did not answer");
+                        conn.error(
+                            ErrorCode::RateLimited,
+                            "the relay is busy; try again shortly",
+                            ctx,
+                        );
+                    }
                 }
             },
             ctx,

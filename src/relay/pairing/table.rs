@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::code::CodeFormat;
-use crate::ids::{ConnId, MacClientId, PairingId, Role};
+use crate::ids::{ClientKey, ConnId, PairingId, Role};
 use crate::relay::deadlines::Deadlines;
 use crate::relay::protocol::ErrorCode;
 
@@ -113,7 +113,7 @@ enum Timer {
 
 #[derive(Debug, Default)]
 struct MacEntry {
-    client_id: Option<MacClientId>,
+    client_id: Option<ClientKey>,
     code: Option<String>,
     session: Option<PairingId>,
 }
@@ -131,7 +131,7 @@ struct Pairing {
     mac: End,
     browser: End,
     /// The mac's `clientId`, if it is secret enough to resume by.
-    client_id: Option<MacClientId>,
+    client_id: Option<ClientKey>,
 }
 
 impl Pairing {
@@ -162,7 +162,7 @@ pub struct PairingTable {
     browsers: HashMap<ConnId, PairingId>,
     pairings: HashMap<PairingId, Pairing>,
     /// Pairings by their mac's (resumable) `clientId`, for mac resume.
-    by_client_id: HashMap<MacClientId, PairingId>,
+    by_client_id: HashMap<ClientKey, PairingId>,
 }
 
 impl PairingTable {
@@ -231,7 +231,7 @@ impl PairingTable {
     pub fn mac_register(
         &mut self,
         conn: ConnId,
-        client_id: MacClientId,
+        client_id: ClientKey,
         now: Instant,
     ) -> Vec<Effect> {
         let mut effects = Vec::new();

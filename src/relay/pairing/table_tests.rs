@@ -21,8 +21,8 @@ fn table() -> PairingTable {
 }
 
 /// A clientId secret enough to resume by.
-fn secret_id() -> MacClientId {
-    MacClientId::from(uuid::Uuid::new_v4().to_string())
+fn secret_id() -> ClientKey {
+    ClientKey::from(uuid::Uuid::new_v4().to_string())
 }
 
 fn code_of(effects: &[Effect]) -> String {

@@ -11,7 +11,7 @@ use serde_json::Number;
 
 use super::json::{self, Text};
 use super::{ErrorCode, Refusal};
-use crate::ids::{MacClientId, Role};
+use crate::ids::{ClientKey, Role};
 use crate::transport::text_frame_of;
 
 /// Longest `clientId` accepted in `register`, in characters.
@@ -30,7 +30,7 @@ pub enum PairingRequest<'a> {
     Register {
         /// The mac's stable identity: 1 to [`MAX_CLIENT_ID_CHARS`] characters.
         #[serde(rename = "clientId")]
-        client_id: MacClientId,
+        client_id: ClientKey,
         /// Lossless mode: opt in to sequence numbers and acknowledgements.
         #[serde(default)]
         ack: bool,
