@@ -6,6 +6,8 @@
 
 pub mod refresh;
 
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,20 +15,25 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::auth::opaque::{self, REFRESH_PREFIX};
-use crate::auth::password::{Passwords, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
+use crate::auth::password::{self, Passwords, MAX_PASSWORD_BYTES};
+use crate::auth::throttle::LoginThrottle;
 use crate::auth::token::AccessTokens;
-use crate::config::{AuthSettings, Registration};
+use crate::config::{Registration, Settings};
 use crate::db::{self, Pool};
 use crate::error::ApiError;
 use crate::ids::UserId;
+use crate::metrics::METRICS;
 use crate::models::refresh_token;
-use crate::models::user::{self, NewUser};
+use crate::models::user::{self, NewUser, User};
 use crate::models::{is_unique_violation, now};
 use crate::relay::protocol::UserInfo;
 use refresh::{start_family, Rotation, SuccessorKey};
 
 /// Longest email accepted (RFC 5321 path limit).
 const MAX_EMAIL_BYTES: usize = 254;
+
+/// The answer for a valid token whose account is gone.
+pub const ACCOUNT_GONE: &str = "This account no longer exists";
 
 /// A signed-in session: what register and login answer.
 #[derive(Debug, Serialize)]
@@ -38,6 +45,9 @@ pub struct SignedIn {
     pub access_token: String,
     /// An opaque refresh token, shown only here.
     pub refresh_token: String,
+    /// A biscuit device token: presented to a later `/auth/login` of this account, it skips
+    /// the account's login throttle (an addition to PROTOCOL.md; clients may ignore it).
+    pub device_token: String,
 }
 
 /// What `/auth/refresh` answers.
@@ -58,6 +68,8 @@ pub struct Accounts {
     pub tokens: Arc<AccessTokens>,
     /// Bounded password hashing.
     pub passwords: Passwords,
+    /// Wrong passwords per account.
+    pub throttle: LoginThrottle,
     registration: Registration,
     refresh_ttl: Duration,
     refresh_retry_grace: Duration,
@@ -65,46 +77,44 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    /// The service over `pool` with the `[auth]` settings; `successors` derives each
-    /// refresh token's successor (see [`refresh`]).
+    /// The service over `pool` with the `[auth]` and `[limits]` settings; `successors`
+    /// derives each refresh token's successor (see [`refresh`]).
     pub fn new(
         pool: Pool,
         tokens: Arc<AccessTokens>,
         successors: SuccessorKey,
-        settings: &AuthSettings,
+        settings: &Settings,
     ) -> Self {
+        let (auth, limits) = (&settings.auth, &settings.limits);
         Self {
             pool,
             tokens,
-            passwords: Passwords::new(
-                settings.max_concurrent_hashes,
-                settings.hash_queue_timeout(),
+            passwords: Passwords::new(auth),
+            throttle: LoginThrottle::new(
+                limits.login_failures_per_account_per_hour,
+                limits.max_tracked_accounts,
             ),
-            registration: settings.registration,
-            refresh_ttl: settings.refresh_token_ttl(),
-            refresh_retry_grace: settings.refresh_retry_grace(),
+            registration: auth.registration,
+            refresh_ttl: auth.refresh_token_ttl(),
+            refresh_retry_grace: auth.refresh_retry_grace(),
             successors,
         }
     }
 
-    /// Creates an account and signs it in.
-    pub async fn register(&self, email: &str, password: String) -> Result<SignedIn, ApiError> {
+    /// Creates an account and signs it in; `from` is the client address (its turn to hash).
+    pub async fn register(
+        &self,
+        from: IpAddr,
+        email: &str,
+        password: String,
+    ) -> Result<SignedIn, ApiError> {
         if self.registration == Registration::Closed {
             return Err(ApiError::RegistrationClosed);
         }
         let email = normalise_email(email)
             .ok_or_else(|| ApiError::BadRequest("Invalid email address".into()))?;
-        if password.chars().count() < MIN_PASSWORD_CHARS {
-            return Err(ApiError::BadRequest(format!(
-                "Password must be at least {MIN_PASSWORD_CHARS} characters"
-            )));
-        }
-        if password.len() > MAX_PASSWORD_BYTES {
-            return Err(ApiError::BadRequest(format!(
-                "Password must be at most {MAX_PASSWORD_BYTES} bytes"
-            )));
-        }
-        let password_hash = self.passwords.hash(password).await?;
+        password::check_new(&password).map_err(ApiError::BadRequest)?;
+        let password_hash = self.passwords.hash(from, password).await?;
         let user_id = Uuid::new_v4().to_string();
         let refresh = opaque::mint(REFRESH_PREFIX);
         let refresh_hash = refresh.hash.clone();
@@ -131,6 +141,7 @@ impl Accounts {
         .await?;
         Ok(SignedIn {
             access_token: self.tokens.issue(&user_id),
+            device_token: self.tokens.issue_device(&user_id),
             user: UserInfo {
                 id: UserId::from(user_id),
                 email,
@@ -140,21 +151,44 @@ impl Accounts {
     }
 
     /// Signs a user in. An unknown email and a wrong password get the same answer and
-    /// cost the same (both verify one argon2 hash).
-    pub async fn login(&self, email: &str, password: String) -> Result<SignedIn, ApiError> {
+    /// cost the same (both verify one argon2 hash). Unless `device` is a device token of
+    /// this account, the attempt is paid for from the account's login throttle first.
+    pub async fn login(
+        &self,
+        from: IpAddr,
+        email: &str,
+        password: String,
+        device: Option<&str>,
+    ) -> Result<SignedIn, ApiError> {
         let email = normalise_email(email).unwrap_or_default();
         let lookup = email.clone();
         let user = db::run(&self.pool, move |conn| {
             Ok(user::find_by_email(conn, &lookup)?)
         })
         .await?;
+        // Checked whether or not the email is known, so both cost the same.
+        let device_owner = device.and_then(|token| self.tokens.verify_device(token).ok());
+        let known_device = matches!(
+            (&user, &device_owner),
+            (Some(user), Some(owner)) if *owner == user.id
+        );
+        if !known_device && !self.throttle.take(&email) {
+            METRICS.rate_limited.fetch_add(1, Relaxed);
+            return Err(ApiError::LoginThrottled);
+        }
         let password = if password.len() > MAX_PASSWORD_BYTES {
             String::new()
         } else {
             password
         };
         let stored = user.as_ref().map(|u| u.password_hash.clone());
-        if !self.passwords.verify(password, stored).await? {
+        let verified = self.passwords.verify(from, password, stored).await;
+        // Only a wrong password keeps the guess it took; a right one or no answer at all
+        // (the hashing queue was full) gives it back.
+        if !known_device && !matches!(verified, Ok(false)) {
+            self.throttle.refund(&email);
+        }
+        if !verified? {
             return Err(ApiError::InvalidCredentials);
         }
         let user = user.ok_or(ApiError::InvalidCredentials)?;
@@ -166,12 +200,30 @@ impl Accounts {
         .await?;
         Ok(SignedIn {
             access_token: self.tokens.issue(&user.id),
+            device_token: self.tokens.issue_device(&user.id),
             user: UserInfo {
                 id: UserId::from(user.id),
                 email: user.email,
             },
             refresh_token: refresh.secret,
         })
+    }
+
+    /// The account a valid access token names, if it is still active: it exists (and,
+    /// once accounts can be disabled, is not disabled: that check belongs here too). Every
+    /// `/api` request and `/ws/client` `auth` asks this, so a deleted account is refused
+    /// at once everywhere with 401 (`USER_NOT_FOUND` on a socket). It is one primary-key
+    /// lookup and deliberately not cached, so a deletion takes effect on the next request.
+    pub async fn active_user(&self, user_id: &UserId) -> Result<User, ApiError> {
+        // Ids are UUIDs; anything else (from a token of a future key, say) names nobody,
+        // and never reaches the database.
+        if Uuid::parse_str(user_id.as_str()).is_err() {
+            return Err(ApiError::Unauthorized(ACCOUNT_GONE));
+        }
+        let id = user_id.clone();
+        db::run(&self.pool, move |conn| Ok(user::find(conn, id.as_str())?))
+            .await?
+            .ok_or(ApiError::Unauthorized(ACCOUNT_GONE))
     }
 
     /// Exchanges a refresh token for a new pair. A token presented again within the retry

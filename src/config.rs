@@ -60,8 +60,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[metrics]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[metrics]`. Its `Debug` hides the token.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Serve `/metrics`.
@@ -111,8 +111,8 @@ pub enum ForwardedHeader {
     Forwarded,
 }
 
-/// `[database]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[database]`. Its `Debug` hides the password in the URL.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `sqlite://PATH` or `postgres://…`.
@@ -149,16 +149,27 @@ pub enum Registration {
 pub struct AuthSettings {
     /// File holding the biscuit root private key.
     pub private_key_file: PathBuf,
+    /// Other public keys (`ed25519/<hex>`) whose tokens are accepted: a key rotation's
+    /// next or previous key.
+    pub accepted_public_keys: Vec<String>,
     /// Open or closed registration.
     pub registration: Registration,
     /// Access token lifetime.
     pub access_token_ttl_secs: u64,
     /// Refresh token lifetime.
     pub refresh_token_ttl_secs: u64,
+    /// Device token lifetime.
+    pub device_token_ttl_secs: u64,
     /// Password hashes computed at once.
     pub max_concurrent_hashes: usize,
     /// Wait for a hashing slot at most this long.
     pub hash_queue_timeout_secs: u64,
+    /// Most hashing jobs waiting at once; past it, 503 at once.
+    pub max_queued_hashes: usize,
+    /// Most hashing jobs waiting at once from one client address.
+    pub max_queued_hashes_per_address: usize,
+    /// A hashing thread idle this long frees its memory.
+    pub hash_memory_release_secs: u64,
     /// Unauthenticated `/ws/agent` and `/ws/client` sockets are closed after this long.
     pub deadline_secs: u64,
     /// A refresh token presented again this soon after it was spent gets the same next
@@ -230,6 +241,12 @@ pub struct LimitSettings {
     pub failed_joins_per_minute: u32,
     /// `join`s naming no live code, per network (IPv4 /24, IPv6 /48), per minute.
     pub failed_joins_per_network_per_minute: u32,
+    /// Machines one user may register.
+    pub max_machines_per_user: usize,
+    /// Wrong passwords per account per hour, from browsers without its device token.
+    pub login_failures_per_account_per_hour: u32,
+    /// Accounts tracked by the login throttle at once.
+    pub max_tracked_accounts: usize,
 }
 
 /// A setting that cannot be used, named by its key so the operator can find it.
@@ -267,7 +284,8 @@ impl Settings {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("server.trusted_proxies")
-            .with_list_parse_key("server.allowed_origins");
+            .with_list_parse_key("server.allowed_origins")
+            .with_list_parse_key("auth.accepted_public_keys");
         let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -325,6 +343,28 @@ impl Settings {
         if auth.max_concurrent_hashes == 0 {
             return invalid("auth.max_concurrent_hashes", "must be at least 1");
         }
+        if auth.device_token_ttl_secs == 0 {
+            return invalid("auth.device_token_ttl_secs", "must be at least 1");
+        }
+        if auth
+            .accepted_public_keys
+            .iter()
+            .any(|key| crate::auth::token::parse_public_key(key).is_none())
+        {
+            return invalid(
+                "auth.accepted_public_keys",
+                "entries must be public keys as check-config prints them (ed25519/<hex>)",
+            );
+        }
+        if auth.max_queued_hashes == 0 {
+            return invalid("auth.max_queued_hashes", "must be at least 1");
+        }
+        if auth.max_queued_hashes_per_address == 0 {
+            return invalid("auth.max_queued_hashes_per_address", "must be at least 1");
+        }
+        if auth.hash_memory_release_secs == 0 {
+            return invalid("auth.hash_memory_release_secs", "must be at least 1");
+        }
         if auth.deadline_secs == 0 {
             return invalid("auth.deadline_secs", "must be at least 1");
         }
@@ -357,6 +397,18 @@ impl Settings {
         }
         if self.server.body_timeout_secs == 0 {
             return invalid("server.body_timeout_secs", "must be at least 1");
+        }
+        if self.limits.login_failures_per_account_per_hour == 0 {
+            return invalid(
+                "limits.login_failures_per_account_per_hour",
+                "must be at least 1",
+            );
+        }
+        if self.limits.max_machines_per_user == 0 {
+            return invalid("limits.max_machines_per_user", "must be at least 1");
+        }
+        if self.limits.max_tracked_accounts == 0 {
+            return invalid("limits.max_tracked_accounts", "must be at least 1");
         }
         if self.limits.max_tracked_addresses == 0 {
             return invalid("limits.max_tracked_addresses", "must be at least 1");
@@ -492,6 +544,39 @@ impl ServerSettings {
     }
 }
 
+/// `Settings` derives `Debug` from its sections, so these two keep a `{:?}` of the whole
+/// settings (a log line, a panic message) free of the database password and metrics token.
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("run_migrations", &self.run_migrations)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MetricsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = if self.token.is_empty() { "" } else { "***" };
+        f.debug_struct("MetricsSettings")
+            .field("enabled", &self.enabled)
+            .field("token", &token)
+            .finish()
+    }
+}
+
+/// The URL with its password masked and any query string (where `?password=` may hide)
+/// replaced by `?***`.
+fn redact_url(url: &str) -> String {
+    let masked = mask_url_password(url);
+    match masked.split_once('?') {
+        Some((base, _)) => format!("{base}?***"),
+        None => masked,
+    }
+}
+
 impl DatabaseSettings {
     /// [`Self::connect_timeout_secs`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
@@ -516,6 +601,10 @@ impl AuthSettings {
     pub fn refresh_token_ttl(&self) -> Duration {
         Duration::from_secs(self.refresh_token_ttl_secs)
     }
+    /// [`Self::device_token_ttl_secs`] as a duration.
+    pub fn device_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.device_token_ttl_secs)
+    }
     /// [`Self::deadline_secs`] as a duration.
     pub fn deadline(&self) -> Duration {
         Duration::from_secs(self.deadline_secs)
@@ -531,6 +620,10 @@ impl AuthSettings {
     /// [`Self::refresh_retry_grace_secs`] as a duration.
     pub fn refresh_retry_grace(&self) -> Duration {
         Duration::from_secs(self.refresh_retry_grace_secs)
+    }
+    /// [`Self::hash_memory_release_secs`] as a duration.
+    pub fn hash_memory_release(&self) -> Duration {
+        Duration::from_secs(self.hash_memory_release_secs)
     }
 }
 
@@ -693,6 +786,25 @@ mod tests {
     }
 
     #[test]
+    fn the_debug_form_hides_the_database_password_and_metrics_token() {
+        let mut s = Settings::defaults();
+        s.database.url = "postgres://relay:s3cret@db:5432/hermit?password=hunter2".into();
+        s.metrics.token = "m3trics-t0ken".into();
+        let shown = format!("{s:?}");
+        for secret in ["s3cret", "hunter2", "m3trics-t0ken"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://relay:***@db:5432/hermit?***"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("biscuit-root.key"),
+            "the key path may show: {shown}"
+        );
+    }
+
+    #[test]
     fn an_unsupported_database_url_is_refused_naming_its_key() {
         let err = Settings::load_from(None, env(&[("HERMIT__DATABASE__URL", "mysql://x")]))
             .unwrap_err()
@@ -724,6 +836,27 @@ mod tests {
             s.server.allowed_origins,
             ["https://a.example", "https://b.example"]
         );
+    }
+
+    #[test]
+    fn accepted_public_keys_must_be_public_keys() {
+        let key = biscuit_auth::KeyPair::new().public().to_string();
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "HERMIT__AUTH__ACCEPTED_PUBLIC_KEYS",
+                &format!("{key},{key}"),
+            )]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.accepted_public_keys, [key.clone(), key]);
+        let err = Settings::load_from(
+            None,
+            env(&[("HERMIT__AUTH__ACCEPTED_PUBLIC_KEYS", "ed25519/beef")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("auth.accepted_public_keys"), "{err}");
     }
 
     #[test]

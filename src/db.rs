@@ -82,6 +82,32 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// A connection borrowed with [`Pool::get`]; derefs to the connection.
+pub struct Checkout(r2d2::PooledConnection<Manager>);
+
+impl std::ops::Deref for Checkout {
+    type Target = DbConnection;
+    fn deref(&self) -> &DbConnection {
+        &self.0.conn
+    }
+}
+
+impl std::ops::DerefMut for Checkout {
+    fn deref_mut(&mut self) -> &mut DbConnection {
+        &mut self.0.conn
+    }
+}
+
+/// A pool for `url` of `size` connections and a `timeout` deadline, every other setting at
+/// its default: for tools and tests that have no [`DatabaseSettings`] at hand.
+pub fn pool(url: &str, size: u32, timeout: Duration) -> Result<Pool, DbError> {
+    let mut settings = crate::config::Settings::defaults().database;
+    settings.url = url.to_owned();
+    settings.pool_size = size;
+    settings.connect_timeout_secs = timeout.as_secs().max(1);
+    Pool::new(&settings)
+}
+
 /// Why a [`Pool::call`] failed: the database, or the work's own answer (e.g. a 400).
 enum Failed {
     Fault(DbFault),
@@ -114,6 +140,12 @@ impl Pool {
             size: settings.pool_size,
             migrated: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// A pooled connection now, blocking, outside the turns and the deadline of [`run`]:
+    /// for tools and tests, never for a request.
+    pub fn get(&self) -> Result<Checkout, r2d2::PoolError> {
+        self.connections.get().map(Checkout)
     }
 
     /// `HOST:PORT` of a PostgreSQL database, or the SQLite file.

@@ -41,6 +41,10 @@ pub enum ApiError {
     /// 429: too many attempts from this client address.
     #[error("Too many requests; try again later")]
     RateLimited,
+    /// 429: too many wrong passwords for this account (from browsers without its device
+    /// token). Same text for every email, known or not.
+    #[error("Too many failed sign-ins for this account; try again later, or from a browser that signed in before")]
+    LoginThrottled,
     /// 503: a dependency (database, hashing capacity) is unavailable right now.
     #[error("{0}")]
     Unavailable(&'static str),
@@ -92,7 +96,7 @@ impl ResponseError for ApiError {
             Self::RegistrationClosed | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited | Self::LoginThrottled => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(fault) if !fault.is_bug() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,6 +13,17 @@ pub fn now() -> chrono::NaiveDateTime {
         .naive_utc()
 }
 
+/// Whether a query failed on a foreign key (a row for a user deleted meanwhile).
+pub fn is_foreign_key_violation(err: &diesel::result::Error) -> bool {
+    matches!(
+        err,
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            _
+        )
+    )
+}
+
 /// Whether a query failed on a unique constraint (a duplicate email or machine name).
 pub fn is_unique_violation(err: &diesel::result::Error) -> bool {
     matches!(

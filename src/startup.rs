@@ -259,10 +259,16 @@ fn accounts(settings: &Settings) -> Result<Accounts, StartError> {
         migrate(&pool)?;
     }
     let auth = &settings.auth;
-    let tokens = AccessTokens::load_or_create(&auth.private_key_file, auth.access_token_ttl())?;
+    let tokens = AccessTokens::load_or_create(&auth.private_key_file, auth.access_token_ttl())?
+        .with_accepted_keys(
+            auth.accepted_public_keys
+                .iter()
+                .filter_map(|key| crate::auth::token::parse_public_key(key)),
+        )
+        .with_device_ttl(auth.device_token_ttl());
     let successors = SuccessorKey::from_key_file(&auth.private_key_file)?;
     pool.watch();
-    Ok(Accounts::new(pool, Arc::new(tokens), successors, auth))
+    Ok(Accounts::new(pool, Arc::new(tokens), successors, settings))
 }
 
 /// Applies pending migrations now (also `hermit-relay migrate`); returns what was applied.

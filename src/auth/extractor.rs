@@ -1,14 +1,14 @@
-//! `AuthUser`: the caller of an `/api` route, from its `Authorization: Bearer` token.
-
-use std::future::{ready, Ready};
+//! `AuthUser`: the caller of an `/api` route, from its `Authorization: Bearer` token, whose
+//! account is still active.
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
 
 use crate::accounts::Accounts;
 use crate::error::ApiError;
 use crate::ids::UserId;
 
-/// A request whose bearer token is a valid access token.
+/// A request whose bearer token is a valid access token of an active account.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     /// The user the token was issued to.
@@ -17,17 +17,26 @@ pub struct AuthUser {
 
 impl FromRequest for AuthUser {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        let accounts = req.app_data::<web::Data<Accounts>>().cloned();
+        let verified = accounts
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("accounts state missing"))
+            .and_then(|accounts| verify(req, accounts));
+        Box::pin(async move {
+            let user_id = verified?;
+            if let Some(accounts) = accounts {
+                accounts.active_user(&user_id).await?;
+            }
+            Ok(AuthUser { user_id })
+        })
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
-    let accounts = req
-        .app_data::<web::Data<Accounts>>()
-        .ok_or_else(|| ApiError::internal("accounts state missing"))?;
+/// The user id of the request's valid bearer token (no database involved).
+fn verify(req: &HttpRequest, accounts: &Accounts) -> Result<UserId, ApiError> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -41,7 +50,5 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         tracing::debug!(%err, "access token refused");
         ApiError::Unauthorized("Invalid or expired token")
     })?;
-    Ok(AuthUser {
-        user_id: UserId::from(user_id),
-    })
+    Ok(UserId::from(user_id))
 }

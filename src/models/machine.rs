@@ -48,6 +48,14 @@ pub fn insert(conn: &mut DbConnection, machine: &NewMachine<'_>) -> QueryResult<
         .map(drop)
 }
 
+/// How many machines the user has.
+pub fn count_for_user(conn: &mut DbConnection, user_id: &str) -> QueryResult<i64> {
+    machines::table
+        .filter(machines::user_id.eq(user_id))
+        .count()
+        .get_result(conn)
+}
+
 /// The user's machines, by name.
 pub fn list_for_user(conn: &mut DbConnection, user_id: &str) -> QueryResult<Vec<Machine>> {
     machines::table

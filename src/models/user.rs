@@ -51,6 +51,16 @@ pub fn find_by_email(conn: &mut DbConnection, email: &str) -> QueryResult<Option
         .optional()
 }
 
+/// Locks the user's row until the transaction ends (PostgreSQL: a row lock; SQLite: the
+/// database write lock), so that transactions of one user that count then insert take
+/// turns. Returns whether the user exists.
+pub fn lock(conn: &mut DbConnection, id: &str) -> QueryResult<bool> {
+    diesel::update(users::table.find(id))
+        .set(users::id.eq(users::id))
+        .execute(conn)
+        .map(|rows| rows > 0)
+}
+
 /// The user with this id.
 pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<User>> {
     users::table

@@ -1,5 +1,6 @@
 //! `/auth/register`, `/auth/login`, `/auth/refresh`, `/auth/logout`.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -11,15 +12,17 @@ use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
 
-/// Refuses the request if its client address has used up its attempts this minute.
-fn limit(req: &HttpRequest) -> Result<(), ApiError> {
+/// Refuses the request if its client address has used up its attempts this minute;
+/// otherwise answers that address.
+fn limit(req: &HttpRequest) -> Result<IpAddr, ApiError> {
     let limiters = req.app_data::<web::Data<Limiters>>();
     let client_addr = req.app_data::<web::Data<ClientAddr>>();
     let (Some(limiters), Some(client_addr)) = (limiters, client_addr) else {
         return Err(ApiError::internal("rate limiter state missing"));
     };
-    if limiters.auth.check(client_addr.of(req)) {
-        Ok(())
+    let from = client_addr.of(req);
+    if limiters.auth.check(from) {
+        Ok(from)
     } else {
         Err(ApiError::RateLimited)
     }
@@ -44,11 +47,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/auth/logout", web::post().to(logout));
 }
 
-/// `{"email","password"}`. Deliberately no `Debug`: it holds a password.
+/// `{"email","password"}`, and for login an optional `"deviceToken"`. Deliberately no
+/// `Debug`: it holds a password.
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Credentials {
     email: String,
     password: String,
+    #[serde(default)]
+    device_token: Option<String>,
 }
 
 /// `{"refreshToken"}`.
@@ -63,9 +70,11 @@ async fn register(
     accounts: web::Data<Accounts>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    limit(&req)?;
-    let Credentials { email, password } = body.into_inner();
-    let signed_in = accounts.register(&email, password).await?;
+    let from = limit(&req)?;
+    let Credentials {
+        email, password, ..
+    } = body.into_inner();
+    let signed_in = accounts.register(from, &email, password).await?;
     Ok(HttpResponse::Ok().json(signed_in))
 }
 
@@ -74,9 +83,16 @@ async fn login(
     accounts: web::Data<Accounts>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    limit(&req)?;
-    let Credentials { email, password } = body.into_inner();
-    let signed_in = count_failure(accounts.login(&email, password).await)?;
+    let from = limit(&req)?;
+    let Credentials {
+        email,
+        password,
+        device_token,
+    } = body.into_inner();
+    let signed_in = accounts
+        .login(from, &email, password, device_token.as_deref())
+        .await;
+    let signed_in = count_failure(signed_in)?;
     Ok(HttpResponse::Ok().json(signed_in))
 }
 
@@ -90,10 +106,14 @@ async fn refresh(
     Ok(HttpResponse::Ok().json(refreshed))
 }
 
+/// Limited like the others: it is unauthenticated and costs a database write, so unlimited
+/// it would be a free way to load the database.
 async fn logout(
+    req: HttpRequest,
     accounts: web::Data<Accounts>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
+    limit(&req)?;
     accounts.logout(&body.refresh_token).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -7,6 +7,7 @@ use actix::Addr;
 
 use crate::accounts::Accounts;
 use crate::auth::extractor::AuthUser;
+use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ids::MachineId;
 use crate::relay::account::directory;
@@ -49,9 +50,12 @@ async fn list(
 async fn create(
     user: AuthUser,
     accounts: web::Data<Accounts>,
+    settings: web::Data<Settings>,
     body: web::Json<NewMachineBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let (machine, token) = directory::create(&accounts.pool, &user.user_id, &body.name).await?;
+    let most = settings.limits.max_machines_per_user;
+    let (machine, token) =
+        directory::create(&accounts.pool, &user.user_id, &body.name, most).await?;
     Ok(HttpResponse::Ok().json(Created { machine, token }))
 }
 

@@ -205,6 +205,9 @@ pub fn settings() -> Settings {
     s.limits.max_http_connections_per_ip = 100_000;
     s.limits.failed_joins_per_minute = 100_000;
     s.limits.failed_joins_per_network_per_minute = 100_000;
+    s.auth.max_queued_hashes = 100_000;
+    s.auth.max_queued_hashes_per_address = 100_000;
+    s.limits.login_failures_per_account_per_hour = 100_000;
     s
 }
 

@@ -21,12 +21,10 @@ use super::registry::{
 };
 use super::REGISTRY_TIMEOUT;
 use crate::accounts::Accounts;
-use crate::db;
 use crate::error::ApiError;
 use crate::ids::{Outcome, SessionId, UserId};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
-use crate::models::user;
 use crate::relay::delivery::{Delivery, Peer};
 use crate::relay::protocol::account::{self, AgentEvent, ClientEvent, ClientRequest};
 use crate::relay::protocol::{Common, ErrorCode, UserInfo};
@@ -264,17 +262,15 @@ impl Connection<ClientSocket> {
                 );
             }
         };
-        let pool = self.proto.accounts.pool.clone();
-        let lookup = async move {
-            db::run(&pool, move |conn| Ok(user::find(conn, user_id.as_str())?)).await
-        };
+        let accounts = self.proto.accounts.clone();
+        let lookup = async move { accounts.active_user(&user_id).await };
         self.wait_for(
             lookup,
             |client, found, ctx| match found {
-                Ok(None) => {
+                Err(ApiError::Unauthorized(_)) => {
                     client.error(ErrorCode::UserNotFound, "that user no longer exists", ctx)
                 }
-                Ok(Some(found)) => {
+                Ok(found) => {
                     let user = UserInfo {
                         id: found.id.into(),
                         email: found.email,
