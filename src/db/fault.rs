@@ -127,6 +127,9 @@ impl DbFault {
         } else if has(&["deadlock detected", "could not serialize access"]) {
             Self::Conflict(message)
         } else if has(&[
+            // SQLite rolled the transaction back by itself (a full disk, an I/O error, a
+            // lock), so the ROLLBACK after it fails; diesel then reports only that.
+            "no transaction is active",
             "database is locked",
             "database table is locked",
             "statement timeout",
@@ -199,6 +202,7 @@ mod tests {
             ("database or disk is full", "full"),
             ("attempt to write a readonly database", "read-only"),
             ("database is locked", "busy"),
+            ("cannot rollback - no transaction is active", "busy"),
             ("disk I/O error", "unreachable"),
             ("no such table: users", "schema"),
         ] {
