@@ -17,44 +17,33 @@
 //!   and [`Pool::watch`] re-checks it every `database.health_check_interval_ms` until it
 //!   is back. `/ready` is [`Pool::readiness`]: a committed write, cached for that interval.
 
+mod check;
 mod connection;
 pub mod fault;
 mod health;
 mod manager;
+mod migrations;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::r2d2;
-use diesel::{RunQueryDsl, SqliteConnection};
-use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tokio::sync::Semaphore;
 
 pub use connection::DbConnection;
 pub use fault::DbFault;
 pub use health::Health;
 pub use manager::{DbError, Manager, Pooled};
+pub use migrations::run_migrations;
 
 use crate::config::DatabaseSettings;
 use crate::error::ApiError;
-
-/// Migrations for each backend, compiled into the binary.
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
-
-/// Key of the PostgreSQL advisory lock held while migrating, so replicas starting together
-/// do not migrate at once.
-const MIGRATION_LOCK_KEY: i64 = 0x6865_726d_6974; // "hermit"
 
 /// How much longer than the deadline the caller waits for the work's own answer: r2d2 and
 /// libpq give up at the deadline with the reason (e.g. "Connection refused"), which is
 /// worth more to the operator than our "no answer" from the same instant.
 const REASON_MARGIN: Duration = Duration::from_millis(250);
-
-/// Pages a SQLite database must still be able to grow by to count as writable: a register
-/// inserts into two tables and five indexes, each of which may split a page.
-const SQLITE_MIN_FREE_PAGES: i64 = 16;
 
 /// The pool every request borrows from, with its turns and its health. Cheap to clone.
 #[derive(Clone)]
@@ -260,7 +249,7 @@ impl Pool {
             return answer;
         }
         let migrated = Arc::clone(&self.migrated);
-        match self.call(move |conn| check(conn, &migrated)).await {
+        match self.call(move |conn| check::check(conn, &migrated)).await {
             Ok(()) => {
                 self.health.check_passed();
                 Ok(())
@@ -365,83 +354,4 @@ pub fn transaction<T>(
             Err(err)
         }
     }
-}
-
-/// The readiness check on one connection: see [`Pool::readiness`].
-fn check(conn: &mut DbConnection, migrated: &AtomicBool) -> Result<(), ApiError> {
-    if !migrated.load(Relaxed) {
-        if has_pending_migrations(conn)? {
-            return Err(ApiError::Database(DbFault::SchemaOutdated(
-                "migrations are pending".into(),
-            )));
-        }
-        migrated.store(true, Relaxed);
-    }
-    // A committed write: a rolled-back one never reaches the disk, so it cannot tell a
-    // full disk (or a read-only file or standby) from a healthy one.
-    let rows =
-        diesel::sql_query("UPDATE relay_health SET checked_at = CURRENT_TIMESTAMP WHERE id = 1")
-            .execute(conn)?;
-    if rows == 0 {
-        diesel::sql_query(
-            "INSERT INTO relay_health (id, checked_at) VALUES (1, CURRENT_TIMESTAMP)",
-        )
-        .execute(conn)?;
-    }
-    if let DbConnection::Sqlite(conn) = conn {
-        sqlite_has_room(conn)?;
-    }
-    Ok(())
-}
-
-/// Whether SQLite can still grow by [`SQLITE_MIN_FREE_PAGES`]: the update above rewrites a
-/// page it already has, so it passes at `max_page_count` while every insert would fail.
-fn sqlite_has_room(conn: &mut SqliteConnection) -> Result<(), ApiError> {
-    let pages = manager::sqlite_pragma(conn, "page_count")?;
-    let free = manager::sqlite_pragma(conn, "freelist_count")?;
-    let max = manager::sqlite_pragma(conn, "max_page_count")?;
-    if max - (pages - free) < SQLITE_MIN_FREE_PAGES {
-        return Err(ApiError::Database(DbFault::Full(format!(
-            "{} of at most {max} pages in use",
-            pages - free
-        ))));
-    }
-    Ok(())
-}
-
-fn has_pending_migrations(conn: &mut DbConnection) -> Result<bool, ApiError> {
-    let pending = match conn {
-        DbConnection::Sqlite(conn) => conn.has_pending_migration(SQLITE_MIGRATIONS),
-        DbConnection::Postgresql(conn) => conn.has_pending_migration(POSTGRES_MIGRATIONS),
-    };
-    pending
-        .map_err(|err| ApiError::Database(DbFault::from_message(fault::one_line(&err.to_string()))))
-}
-
-/// Applies pending migrations of the connection's backend; returns the versions applied.
-pub fn run_migrations(
-    conn: &mut DbConnection,
-) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
-    use diesel::connection::SimpleConnection;
-    let applied = match conn {
-        DbConnection::Sqlite(conn) => conn
-            .run_pending_migrations(SQLITE_MIGRATIONS)?
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        DbConnection::Postgresql(conn) => {
-            // A migration may rightly take longer than a request's bounds, and may wait for
-            // another replica's lock.
-            conn.batch_execute(
-                "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0",
-            )?;
-            conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
-            let result = conn
-                .run_pending_migrations(POSTGRES_MIGRATIONS)
-                .map(|versions| versions.iter().map(ToString::to_string).collect());
-            conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))?;
-            result?
-        }
-    };
-    Ok(applied)
 }
