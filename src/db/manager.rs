@@ -128,9 +128,11 @@ impl Manager {
                 let mut conn = SqliteConnection::establish(path)
                     .map_err(|err| failed(fault::reason(&err.to_string())))?;
                 let busy_ms = millis * 4 / 5;
+                // The busy timeout first: the pragmas after it may wait for a lock too (a
+                // relay that is still stopping, or another process, writing).
                 conn.batch_execute(&format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms};"
+                    "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
                 ))
                 .map_err(|err| failed(fault::one_line(&err.to_string())))?;
                 if self.sqlite_max_bytes > 0 {
