@@ -2,14 +2,15 @@
 //!
 //! The HTTP handlers in `routes::auth` only parse and delegate here. Passwords are hashed
 //! under the bound of [`Passwords`]; every database step runs through [`db::run`], off the
-//! async threads.
+//! async threads. The refresh-token rules are in [`refresh`].
+
+pub mod refresh;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel::Connection;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -18,14 +19,15 @@ use crate::auth::password::{self, Passwords, MAX_PASSWORD_BYTES};
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::token::AccessTokens;
 use crate::config::{Registration, Settings};
-use crate::db::{self, DbConnection, Pool};
+use crate::db::{self, Pool};
 use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::metrics::METRICS;
-use crate::models::refresh_token::{self, NewRefreshToken};
+use crate::models::refresh_token;
 use crate::models::user::{self, NewUser, User};
 use crate::models::{is_unique_violation, now};
 use crate::relay::protocol::UserInfo;
+use refresh::{start_family, Rotation, SuccessorKey};
 
 /// Longest email accepted (RFC 5321 path limit).
 const MAX_EMAIL_BYTES: usize = 254;
@@ -70,11 +72,19 @@ pub struct Accounts {
     pub throttle: LoginThrottle,
     registration: Registration,
     refresh_ttl: Duration,
+    refresh_retry_grace: Duration,
+    successors: SuccessorKey,
 }
 
 impl Accounts {
-    /// The service over `pool` with the `[auth]` and `[limits]` settings.
-    pub fn new(pool: Pool, tokens: Arc<AccessTokens>, settings: &Settings) -> Self {
+    /// The service over `pool` with the `[auth]` and `[limits]` settings; `successors`
+    /// derives each refresh token's successor (see [`refresh`]).
+    pub fn new(
+        pool: Pool,
+        tokens: Arc<AccessTokens>,
+        successors: SuccessorKey,
+        settings: &Settings,
+    ) -> Self {
         let (auth, limits) = (&settings.auth, &settings.limits);
         Self {
             pool,
@@ -86,6 +96,8 @@ impl Accounts {
             ),
             registration: auth.registration,
             refresh_ttl: auth.refresh_token_ttl(),
+            refresh_retry_grace: auth.refresh_retry_grace(),
+            successors,
         }
     }
 
@@ -109,7 +121,7 @@ impl Accounts {
         let refresh_ttl = self.refresh_ttl;
         let (id, stored_email) = (user_id.clone(), email.clone());
         db::run(&self.pool, move |conn| {
-            conn.transaction(|conn| {
+            db::transaction(conn, |conn| {
                 let user = NewUser {
                     id: &id,
                     email: &stored_email,
@@ -214,14 +226,26 @@ impl Accounts {
             .ok_or(ApiError::Unauthorized(ACCOUNT_GONE))
     }
 
-    /// Exchanges a refresh token for a new pair. A token presented twice revokes its family.
+    /// Exchanges a refresh token for a new pair. A token presented again within the retry
+    /// grace, whose successor is still unused, gets that same successor (the first answer
+    /// was lost); otherwise a token presented twice revokes its family.
     pub async fn refresh(&self, presented: &str) -> Result<Refreshed, ApiError> {
         let hash = opaque::hash(presented);
-        let next = opaque::mint(REFRESH_PREFIX);
+        let next = self.successors.successor(presented);
         let next_hash = next.hash.clone();
-        let ttl = self.refresh_ttl;
+        let (ttl, grace) = (self.refresh_ttl, self.refresh_retry_grace);
         let outcome = db::run(&self.pool, move |conn| {
-            conn.transaction(|conn| rotate(conn, &hash, &next_hash, ttl))
+            let rotate = |conn: &mut _| {
+                db::transaction(conn, |conn| {
+                    refresh::rotate(conn, &hash, &next_hash, ttl, grace)
+                })
+            };
+            match rotate(conn) {
+                // Lost a deadlock against a simultaneous request about the same family
+                // (rolled back, nothing done): once more sees what that request did.
+                Err(ApiError::Database(fault)) if fault.is_conflict() => rotate(conn),
+                other => other,
+            }
         })
         .await?;
         match outcome {
@@ -229,6 +253,13 @@ impl Accounts {
                 access_token: self.tokens.issue(&user_id),
                 refresh_token: next.secret,
             }),
+            Rotation::Retried { user_id } => {
+                tracing::info!("a refresh was retried within the grace; same next token sent");
+                Ok(Refreshed {
+                    access_token: self.tokens.issue(&user_id),
+                    refresh_token: next.secret,
+                })
+            }
             Rotation::Reused => {
                 tracing::warn!("a spent refresh token was presented again; its family is revoked");
                 Err(ApiError::Unauthorized("Invalid refresh token"))
@@ -248,72 +279,6 @@ impl Accounts {
         })
         .await
     }
-}
-
-/// The result of presenting a refresh token.
-enum Rotation {
-    Rotated {
-        user_id: String,
-    },
-    /// A spent token came back: the family was revoked (and that revocation committed).
-    Reused,
-    Refused,
-}
-
-fn rotate(
-    conn: &mut DbConnection,
-    hash: &str,
-    next_hash: &str,
-    ttl: Duration,
-) -> Result<Rotation, ApiError> {
-    let Some(token) = refresh_token::find_by_hash(conn, hash)? else {
-        return Ok(Rotation::Refused);
-    };
-    let at = now();
-    if token.revoked_at.is_some() || token.expires_at <= at {
-        return Ok(Rotation::Refused);
-    }
-    if token.spent_at.is_some() || !refresh_token::spend(conn, &token.id, at)? {
-        refresh_token::revoke_family(conn, &token.family_id, at)?;
-        return Ok(Rotation::Reused);
-    }
-    insert_token(conn, &token.user_id, &token.family_id, next_hash, ttl)?;
-    Ok(Rotation::Rotated {
-        user_id: token.user_id,
-    })
-}
-
-/// Stores the first refresh token of a new family (a login).
-fn start_family(
-    conn: &mut DbConnection,
-    user_id: &str,
-    hash: &str,
-    ttl: Duration,
-) -> Result<(), ApiError> {
-    insert_token(conn, user_id, &Uuid::new_v4().to_string(), hash, ttl)
-}
-
-fn insert_token(
-    conn: &mut DbConnection,
-    user_id: &str,
-    family_id: &str,
-    hash: &str,
-    ttl: Duration,
-) -> Result<(), ApiError> {
-    let created_at = now();
-    let ttl = chrono::Duration::from_std(ttl).map_err(ApiError::internal)?;
-    refresh_token::insert(
-        conn,
-        &NewRefreshToken {
-            id: &Uuid::new_v4().to_string(),
-            user_id,
-            family_id,
-            token_hash: hash,
-            created_at,
-            expires_at: created_at + ttl,
-        },
-    )?;
-    Ok(())
 }
 
 /// Trimmed, lower-cased email if it looks like one: `local@domain.tld`, no spaces.

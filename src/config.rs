@@ -119,10 +119,18 @@ pub struct DatabaseSettings {
     pub url: String,
     /// Most open connections.
     pub pool_size: u32,
-    /// Wait for a connection at most this long.
+    /// The longest any one database round trip may take, connecting included; past it the
+    /// request is answered 503.
     pub connect_timeout_secs: u64,
     /// Apply pending migrations at start.
     pub run_migrations: bool,
+    /// `/ready` reuses its check this long; while the database is down it is re-checked
+    /// this often.
+    pub health_check_interval_ms: u64,
+    /// While the database stays down, one "still down" log line this often.
+    pub outage_log_interval_secs: u64,
+    /// Largest size of a SQLite database, in bytes; 0 = only the disk limits it.
+    pub sqlite_max_bytes: u64,
 }
 
 /// Whether anyone may create an account.
@@ -164,6 +172,9 @@ pub struct AuthSettings {
     pub hash_memory_release_secs: u64,
     /// Unauthenticated `/ws/agent` and `/ws/client` sockets are closed after this long.
     pub deadline_secs: u64,
+    /// A refresh token presented again this soon after it was spent gets the same next
+    /// token (its first answer was lost); 0 = any second use revokes the family.
+    pub refresh_retry_grace_secs: u64,
     /// How often expired and revoked refresh tokens are deleted.
     pub token_purge_interval_secs: u64,
 }
@@ -309,6 +320,18 @@ impl Settings {
         }
         if db.connect_timeout_secs == 0 {
             return invalid("database.connect_timeout_secs", "must be at least 1");
+        }
+        if db.health_check_interval_ms < 50 {
+            return invalid("database.health_check_interval_ms", "must be at least 50");
+        }
+        if db.outage_log_interval_secs == 0 {
+            return invalid("database.outage_log_interval_secs", "must be at least 1");
+        }
+        if db.sqlite_max_bytes != 0 && db.sqlite_max_bytes < 65_536 {
+            return invalid(
+                "database.sqlite_max_bytes",
+                "must be 0 (no limit) or at least 65536",
+            );
         }
         let auth = &self.auth;
         if auth.access_token_ttl_secs == 0 {
@@ -559,6 +582,14 @@ impl DatabaseSettings {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
     }
+    /// [`Self::health_check_interval_ms`] as a duration.
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms)
+    }
+    /// [`Self::outage_log_interval_secs`] as a duration.
+    pub fn outage_log_interval(&self) -> Duration {
+        Duration::from_secs(self.outage_log_interval_secs)
+    }
 }
 
 impl AuthSettings {
@@ -585,6 +616,10 @@ impl AuthSettings {
     /// [`Self::hash_queue_timeout_secs`] as a duration.
     pub fn hash_queue_timeout(&self) -> Duration {
         Duration::from_secs(self.hash_queue_timeout_secs)
+    }
+    /// [`Self::refresh_retry_grace_secs`] as a duration.
+    pub fn refresh_retry_grace(&self) -> Duration {
+        Duration::from_secs(self.refresh_retry_grace_secs)
     }
     /// [`Self::hash_memory_release_secs`] as a duration.
     pub fn hash_memory_release(&self) -> Duration {

@@ -4,10 +4,15 @@
 //! problem but never contain a token, password, hash or database detail; internal failures
 //! are logged with their cause and answered with a generic 500. Model code returns
 //! `diesel::QueryResult`; handlers return `Result<_, ApiError>`.
+//!
+//! Database failures are never a 500 unless they are bugs: an unreachable, full, read-only,
+//! locked or slow database answers 503 with a text that says which (see `db::DbFault`).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+
+use crate::db::fault::DbFault;
 
 /// Every way an API request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,10 @@ pub enum ApiError {
     /// 503: a dependency (database, hashing capacity) is unavailable right now.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// A database failure inside `db::run`'s work, classified; `db::run` turns it into
+    /// [`Self::Unavailable`] or [`Self::Internal`] and reports it, so callers never see it.
+    #[error("{}", .0.client_text())]
+    Database(DbFault),
     /// 500: a bug or an unexpected failure, logged where it was created.
     #[error("Internal server error")]
     Internal,
@@ -58,7 +67,17 @@ impl ApiError {
 
 impl From<diesel::result::Error> for ApiError {
     fn from(err: diesel::result::Error) -> Self {
-        Self::internal(format_args!("database: {err}"))
+        Self::Database(DbFault::classify(&err))
+    }
+}
+
+impl From<DbFault> for ApiError {
+    fn from(fault: DbFault) -> Self {
+        if fault.is_bug() {
+            Self::internal(fault)
+        } else {
+            Self::Unavailable(fault.client_text())
+        }
     }
 }
 
@@ -79,7 +98,8 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited | Self::LoginThrottled => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Database(fault) if !fault.is_bug() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -1,8 +1,9 @@
 //! The `hermit-relay` command: `serve` (default) and `check-config`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hermit_relay::auth::token::public_key_of;
 use hermit_relay::config::{LogFormat, LogSettings, Settings};
@@ -32,7 +33,7 @@ enum Command {
     Healthcheck,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -46,25 +47,46 @@ fn main() -> anyhow::Result<()> {
                     key_file.display()
                 ),
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Healthcheck => healthcheck(settings.server.bind),
+        Command::Healthcheck => healthcheck(settings.server.bind).map(|()| ExitCode::SUCCESS),
         Command::Migrate => {
             init_logging(&settings.log);
-            let db = &settings.database;
-            let pool = hermit_relay::db::pool(&db.url, 1, db.connect_timeout())?;
-            let applied = hermit_relay::startup::migrate(&pool)?;
-            println!("{} migration(s) applied", applied.len());
-            Ok(())
+            Ok(logged(migrate(&settings)))
         }
-        Command::Serve => serve(settings),
+        Command::Serve => {
+            init_logging(&settings.log);
+            Ok(logged(serve(settings)))
+        }
     }
+}
+
+/// Writes a fatal error once, as a log line in the configured format (JSON included), and
+/// turns it into the exit status. The error's own text leads: it names what failed.
+fn logged(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let pool = hermit_relay::db::Pool::new(&settings.database)?;
+    let applied = hermit_relay::startup::migrate(&pool)?;
+    println!("{} migration(s) applied", applied.len());
+    Ok(())
 }
 
 fn init_logging(log: &LogSettings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal, never in files, `docker logs` or journald.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -72,11 +94,10 @@ fn init_logging(log: &LogSettings) {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    init_logging(&settings.log);
     actix_rt::System::new().block_on(async move {
         let bind = settings.server.bind;
-        let app =
-            Application::build(settings).with_context(|| format!("cannot listen on {bind}"))?;
+        // Its errors name what failed: the listen address, the database, the key file.
+        let app = Application::build(settings)?;
         tracing::info!(%bind, port = app.port(), "hermit-relay listening");
         app.run_until_signalled().await?;
         Ok(())

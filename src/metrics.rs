@@ -42,6 +42,8 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Requests refused by a rate or connection limit.
     pub rate_limited: AtomicU64,
+    /// 1 while the database passes its checks, 0 while it is down (and before the first).
+    pub database_up: AtomicI64,
     /// Addresses a full rate limiter forgot to make room for a new one.
     pub rate_limiter_evictions: AtomicU64,
     /// Route pattern → status → (count, seconds spent; WebSocket upgrades excluded).
@@ -120,6 +122,12 @@ impl Metrics {
                 self.live(endpoint)
             );
         }
+        gauge(
+            &mut out,
+            "hermit_database_up",
+            "1 if the database passed its last check (reachable, migrated, writable), else 0.",
+        );
+        let _ = writeln!(out, "hermit_database_up {}", self.database_up.load(Relaxed));
         for (name, help, value) in [
             (
                 "hermit_pairings_total",

@@ -14,6 +14,7 @@ use actix_web::dev::{AppConfig, Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, App};
 use tokio::io::AsyncWriteExt;
 
+use crate::accounts::refresh::SuccessorKey;
 use crate::accounts::Accounts;
 use crate::auth::password::HashStats;
 use crate::auth::token::{AccessTokens, KeyFileError};
@@ -49,6 +50,14 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// The database could not be reached to apply migrations.
+    #[error("the database at {at} is unreachable ({reason})")]
+    DatabaseUnreachable {
+        /// `HOST:PORT`, or the SQLite file.
+        at: String,
+        /// Why, in the driver's words.
+        reason: String,
     },
     /// The database URL is unusable.
     #[error(transparent)]
@@ -242,14 +251,11 @@ impl Application {
     }
 }
 
-/// Opens the pool, applies migrations if configured, and loads the token key.
+/// Opens the pool, applies migrations if configured, loads the token key, and starts
+/// watching the database.
 fn accounts(settings: &Settings) -> Result<Accounts, StartError> {
     let database = &settings.database;
-    let pool = db::pool(
-        &database.url,
-        database.pool_size,
-        database.connect_timeout(),
-    )?;
+    let pool = db::Pool::new(database)?;
     if database.run_migrations {
         migrate(&pool)?;
     }
@@ -261,16 +267,21 @@ fn accounts(settings: &Settings) -> Result<Accounts, StartError> {
                 .filter_map(|key| crate::auth::token::parse_public_key(key)),
         )
         .with_device_ttl(auth.device_token_ttl());
-    Ok(Accounts::new(pool, Arc::new(tokens), settings))
+    let successors = SuccessorKey::from_key_file(&auth.private_key_file)?;
+    pool.watch();
+    Ok(Accounts::new(pool, Arc::new(tokens), successors, settings))
 }
 
 /// Applies pending migrations now (also `hermit-relay migrate`); returns what was applied.
+/// Uses a connection of its own, so an unreachable database is reported with its reason.
 pub fn migrate(pool: &db::Pool) -> Result<Vec<String>, StartError> {
-    let mut conn = pool
-        .get()
-        .map_err(|err| StartError::Migrations(format!("no database connection: {err}")))?;
-    let applied =
-        db::run_migrations(&mut conn).map_err(|err| StartError::Migrations(err.to_string()))?;
+    let mut conn = pool.open().map_err(|err| match err {
+        DbError::Connect { at, reason } => StartError::DatabaseUnreachable { at, reason },
+        other => StartError::Database(other),
+    })?;
+    let applied = db::run_migrations(&mut conn).map_err(|err| {
+        StartError::Migrations(err.to_string().lines().next().unwrap_or("").to_owned())
+    })?;
     for version in &applied {
         tracing::info!(%version, "applied migration");
     }

@@ -2,7 +2,8 @@
 //!
 //! Each login starts a family; every refresh spends one token and adds the next to the
 //! same family. Presenting a spent token again means it was stolen (or replayed), so the
-//! whole family is revoked and its holder must log in again.
+//! whole family is revoked and its holder must log in again — unless it is a retry within
+//! the grace (see `accounts::refresh`).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -67,20 +68,42 @@ pub fn find_by_hash(conn: &mut DbConnection, hash: &str) -> QueryResult<Option<R
         .optional()
 }
 
-/// Marks a token spent, only if it is not already: returns false when another request
-/// spent it first, so two concurrent refreshes cannot both succeed.
-pub fn spend(conn: &mut DbConnection, id: &str, at: NaiveDateTime) -> QueryResult<bool> {
+/// Spends the token with this hash if it can be spent now (not spent, revoked or expired),
+/// in one conditional write: of any number of concurrent calls, exactly one gets `true`.
+pub fn spend(conn: &mut DbConnection, hash: &str, at: NaiveDateTime) -> QueryResult<bool> {
     diesel::update(
         refresh_tokens::table.filter(
-            refresh_tokens::id
-                .eq(id)
+            refresh_tokens::token_hash
+                .eq(hash)
                 .and(refresh_tokens::spent_at.is_null())
-                .and(refresh_tokens::revoked_at.is_null()),
+                .and(refresh_tokens::revoked_at.is_null())
+                .and(refresh_tokens::expires_at.gt(at)),
         ),
     )
     .set(refresh_tokens::spent_at.eq(at))
     .execute(conn)
     .map(|rows| rows == 1)
+}
+
+/// Revokes the family of the token `first`, starting with that token: every request about
+/// a token locks that token before any other of its family (spending it does too), so on
+/// PostgreSQL concurrent requests about one token queue on it rather than each locking the
+/// rest of the family in its own order and deadlocking.
+pub fn revoke_family_of(
+    conn: &mut DbConnection,
+    first: &RefreshToken,
+    at: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::update(
+        refresh_tokens::table.filter(
+            refresh_tokens::id
+                .eq(&first.id)
+                .and(refresh_tokens::revoked_at.is_null()),
+        ),
+    )
+    .set(refresh_tokens::revoked_at.eq(at))
+    .execute(conn)?;
+    revoke_family(conn, &first.family_id, at)
 }
 
 /// Revokes every token of a family.
