@@ -4,7 +4,7 @@
 //! ```text
 //! hermit-relay-bench run --relay target/release/hermit-relay [--quick] [--out results.md]
 //!                        [--only latency|throughput|idle|pairing|slow|fanout]
-//! hermit-relay-bench baseline --port 9000      # the baseline server alone
+//! hermit-relay-bench baseline --port 9000 [--workers N]   # the baseline server alone
 //! ```
 
 mod baseline;
@@ -143,15 +143,8 @@ fn main() -> anyhow::Result<()> {
     match args.get(1).map(String::as_str) {
         Some("baseline") => {
             let port: u16 = arg(&args, "--port").context("--port")?.parse()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-                baseline::serve(listener).await;
-                Ok(())
-            })
+            let workers = arg(&args, "--workers").map_or(Ok(2), |w| w.parse())?;
+            baseline::run(port, workers)
         }
         Some("run") => {
             let relay = PathBuf::from(arg(&args, "--relay").context("--relay PATH")?);
@@ -169,6 +162,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        _ => bail!("usage: hermit-relay-bench run --relay PATH [--quick] [--out FILE] | baseline --port PORT"),
+        _ => bail!("usage: hermit-relay-bench run --relay PATH [--quick] [--out FILE] | baseline --port PORT [--workers N]"),
     }
 }
