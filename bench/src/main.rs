@@ -8,6 +8,7 @@
 //! ```
 
 mod baseline;
+mod cost;
 mod load;
 mod run;
 mod scenarios;

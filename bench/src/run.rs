@@ -5,6 +5,10 @@ use crate::scenarios::{self, Latency};
 use crate::table::{Cell, Table};
 use crate::target::Server;
 
+/// The cost row's label, beside a rate row.
+const COST: &str =
+    "↳ server CPU-µs per relayed message (server / load generator CPU s in the window)";
+
 /// Runs the scenarios (all, or `only` one) on `servers` and returns a Markdown table.
 pub async fn run_all(
     servers: &[Server],
@@ -41,6 +45,8 @@ pub async fn run_all(
                 if name == "p99" { "≤ 1.2" } else { "" },
             );
         }
+        let cells = lat.iter().map(|l| cost_cell(&l.cost));
+        table.row(COST, cells.collect(), "");
     }
 
     // 2. Throughput.
@@ -62,6 +68,7 @@ pub async fn run_all(
                 Some(Cell::with_text(r.per_second, text))
             });
             table.row(label, cells.collect(), "≥ 0.8");
+            table.row(COST, rates.iter().map(|r| cost_cell(&r.cost)).collect(), "");
         }
     }
 
@@ -127,4 +134,11 @@ pub async fn run_all(
     }
 
     Ok(table.to_markdown())
+}
+
+fn cost_cell(cost: &crate::cost::Cost) -> Option<Cell> {
+    Some(Cell::with_text(
+        cost.server_us_per_message(),
+        cost.describe(),
+    ))
 }

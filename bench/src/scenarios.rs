@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::cost::{Cost, CpuMark};
 use crate::load::{connect, data, echo, next_json, pair};
 use crate::target::Target;
 
-/// Latency percentiles in µs.
+/// Latency percentiles in µs, and what the window cost.
 pub struct Latency {
     /// Median.
     pub p50: u64,
@@ -27,6 +28,8 @@ pub struct Latency {
     pub max: u64,
     /// Round trips measured.
     pub samples: usize,
+    /// CPU time over the sending window (two relayed messages per sample).
+    pub cost: Cost,
 }
 
 /// Scenario 1: `pairs` pairs, 64-byte payloads at `rate` per second each, round trip
@@ -74,10 +77,13 @@ pub async fn latency(target: &Target, pairs: u32, rate: u32, secs: u64) -> anyho
             samples
         }));
     }
+    tokio::time::sleep_until(start.into()).await;
+    let mark = CpuMark::now(target.pid());
     let mut all = Vec::new();
     for task in tasks {
         all.extend(task.await?);
     }
+    let cost = mark.cost(all.len() as u64 * 2);
     all.sort_unstable();
     let at = |q: f64| {
         all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
@@ -91,13 +97,16 @@ pub async fn latency(target: &Target, pairs: u32, rate: u32, secs: u64) -> anyho
         p999: at(0.999),
         max: all.last().copied().unwrap_or(0),
         samples: all.len(),
+        cost,
     })
 }
 
-/// Relayed messages per second.
+/// Relayed messages per second, and what the window cost.
 pub struct Throughput {
     /// Messages relayed per second (each direction counts one).
     pub per_second: f64,
+    /// CPU time over the window.
+    pub cost: Cost,
 }
 
 /// Scenario 2: 1 KiB payloads echoed as fast as `window` in-flight messages per pair
@@ -117,6 +126,7 @@ pub async fn throughput(
         pairs_ready.push(pair(port, p * 2).await?);
     }
     let started = Instant::now();
+    let mark = CpuMark::now(target.pid());
     let deadline = started + Duration::from_secs(secs);
     for (mac, browser) in pairs_ready {
         let _echo = echo(browser);
@@ -154,6 +164,7 @@ pub async fn throughput(
     let messages = done.load(Relaxed) * 2;
     Ok(Throughput {
         per_second: messages as f64 / started.elapsed().as_secs_f64(),
+        cost: mark.cost(messages),
     })
 }
 
