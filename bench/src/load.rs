@@ -83,3 +83,16 @@ pub fn echo(browser: Ws) -> tokio::task::JoinHandle<()> {
         }
     })
 }
+
+/// Closes `ws` with a close frame and reads until the server's answering close frame (or
+/// the end), so the server has handled the close before the caller goes on. It does not
+/// wait for the server to end the TCP connection: the baseline keeps it open while anything
+/// still holds the connection's writer.
+pub async fn close(mut ws: Ws) {
+    let _ = ws.close(None).await;
+    while let Some(Ok(msg)) = ws.next().await {
+        if msg.is_close() {
+            break;
+        }
+    }
+}

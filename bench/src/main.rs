@@ -4,25 +4,33 @@
 //! ```text
 //! hermit-relay-bench run --relay PATH [--before PATH] [--quick] [--out FILE]
 //!                        [--only latency|throughput|idle|pairing|slow|fanout]
+//! hermit-relay-bench count --relay PATH [--before PATH] [--quick] [--out FILE]
+//!                        [--only messages|pairing|waiting|allocations] [--profiles DIR]
 //! hermit-relay-bench baseline --port 9000 [--workers N]   # the baseline server alone
 //! ```
+//!
+//! `run` measures rates (and their CPU cost); `count` counts instructions and allocations
+//! under valgrind, which does not depend on how busy the machine is.
 
 mod baseline;
 mod cost;
+mod count;
 mod load;
 mod run;
 mod scenarios;
 mod table;
 mod target;
+mod valgrind;
+mod workloads;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
 use crate::target::Server;
 
-const USAGE: &str = "usage: hermit-relay-bench run --relay PATH [--before PATH] [--quick] \
-                     [--out FILE] [--only NAME] | baseline --port PORT [--workers N]";
+const USAGE: &str = "usage: hermit-relay-bench run|count --relay PATH [--before PATH] [--quick] \
+                     [--out FILE] [--only NAME] [--profiles DIR] | baseline --port PORT [--workers N]";
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -39,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         let workers = arg(&args, "--workers").map_or(Ok(2), |w| w.parse())?;
         return baseline::run(port, workers);
     }
-    if mode != Some("run") {
+    if !matches!(mode, Some("run" | "count")) {
         bail!(USAGE);
     }
     let relay = PathBuf::from(arg(&args, "--relay").context("--relay PATH")?);
@@ -51,7 +59,17 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = runtime.block_on(run::run_all(&servers, quick, only.as_deref()))?;
+    let report = if mode == Some("run") {
+        runtime.block_on(run::run_all(&servers, quick, only.as_deref()))?
+    } else {
+        let profiles = arg(&args, "--profiles").unwrap_or_else(|| "target/bench-count".into());
+        runtime.block_on(count::count_all(
+            &servers,
+            quick,
+            only.as_deref(),
+            Path::new(&profiles),
+        ))?
+    };
     println!("{report}");
     if let Some(out) = arg(&args, "--out") {
         std::fs::write(out, &report)?;
