@@ -210,11 +210,13 @@ fn free_port() -> u16 {
 /// server (refused attempts cost it nothing), so counted runs stay comparable.
 fn wait_listening(port: u16, patience: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if started.elapsed() > patience {
-            bail!("server on port {port} did not start");
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            // The port is an ephemeral one, so a probe can be given it as its own source
+            // port and connect to itself (TCP simultaneous open): that is not the server.
+            Ok(probe) if probe.local_addr().ok() != probe.peer_addr().ok() => return Ok(()),
+            _ if started.elapsed() > patience => bail!("server on port {port} did not start"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
 }
