@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -58,8 +59,37 @@ struct State {
     waiting: Mutex<HashMap<String, (Tx, PartnerSlot)>>,
 }
 
-/// Serves until killed.
-pub async fn serve(listener: TcpListener) {
+/// Serves on 127.0.0.1:`port` until SIGTERM or SIGINT, then exits cleanly (so a profiler
+/// writes its output). `workers == 1`: one thread does everything (a current-thread
+/// runtime, the counted mode's floor); otherwise a multi-thread runtime with `workers`.
+pub fn run(port: u16, workers: usize) -> anyhow::Result<()> {
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = serve(listener) => {}
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    // Open connections' tasks are dropped with the runtime.
+    drop(runtime);
+    Ok(())
+}
+
+/// Accepts connections until the future is dropped.
+async fn serve(listener: TcpListener) {
     let state = Arc::new(State::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {

@@ -1,107 +1,41 @@
-//! The scenarios of issue 6, each run against the relay and the baseline in turn.
+//! The rate scenarios of issue 6, each measured on one running server; `run.rs` runs them
+//! on every server in turn and tabulates them.
 
-use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
-use crate::{start_baseline, start_relay, Target};
+use crate::cost::{Cost, CpuMark};
+use crate::load::{connect, data, echo, next_json, pair};
+use crate::target::Target;
 
-type Ws = WebSocketStream<TcpStream>;
-
-/// Source addresses the load is spread over (127.0.0.2 …), so no one address runs out of
-/// ephemeral ports.
-const SOURCES: u32 = 50;
-
-async fn connect(port: u16, path: &str, n: u32) -> anyhow::Result<Ws> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(std::net::SocketAddr::from((
-        [127, 0, 0, 2 + (n % SOURCES) as u8],
-        0,
-    )))?;
-    let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
-    stream.set_nodelay(true)?;
-    let url = format!("ws://127.0.0.1:{port}{path}");
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    Ok(ws)
-}
-
-/// The next JSON text message (control frames skipped).
-async fn next_json<S>(ws: &mut S) -> anyhow::Result<Value>
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text)?),
-            Some(Ok(_)) => continue,
-            Some(Err(err)) => return Err(err.into()),
-            None => anyhow::bail!("closed"),
-        }
-    }
-}
-
-/// A paired mac and browser.
-async fn pair(port: u16, n: u32) -> anyhow::Result<(Ws, Ws)> {
-    let mut mac = connect(port, "/mac", n).await?;
-    let registered = next_json(&mut mac).await?;
-    let code = registered["code"].as_str().unwrap_or_default().to_owned();
-    let mut browser = connect(port, "/browser", n + 1).await?;
-    browser
-        .send(Message::text(
-            json!({"type": "join", "code": code}).to_string(),
-        ))
-        .await?;
-    anyhow::ensure!(
-        next_json(&mut browser).await?["type"] == "joined",
-        "join failed"
-    );
-    anyhow::ensure!(
-        next_json(&mut mac).await?["type"] == "joined",
-        "mac not told"
-    );
-    Ok((mac, browser))
-}
-
-fn data(payload: &str) -> Message {
-    Message::text(json!({"type": "data", "payload": payload}).to_string())
-}
-
-/// The browser side of an echo: every `data` goes back to the mac.
-fn echo(browser: Ws) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let (mut tx, mut rx) = browser.split();
-        while let Ok(msg) = next_json(&mut rx).await {
-            if let Some(payload) = msg["payload"].as_str() {
-                if tx.send(data(payload)).await.is_err() {
-                    break;
-                }
-            }
-        }
-    })
-}
-
-/// Latency percentiles in µs.
+/// Latency percentiles in µs, and what the window cost.
 pub struct Latency {
-    p50: u64,
-    p90: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-    samples: usize,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Slowest round trip.
+    pub max: u64,
+    /// Round trips measured.
+    pub samples: usize,
+    /// CPU time over the sending window (two relayed messages per sample).
+    pub cost: Cost,
 }
 
 /// Scenario 1: `pairs` pairs, 64-byte payloads at `rate` per second each, round trip
 /// mac → relay → browser → relay → mac, measured from the *intended* send time.
-async fn latency(port: u16, pairs: u32, rate: u32, secs: u64) -> anyhow::Result<Latency> {
+pub async fn latency(target: &Target, pairs: u32, rate: u32, secs: u64) -> anyhow::Result<Latency> {
+    let port = target.port;
     let period = Duration::from_secs(1) / rate;
     let count = rate as u64 * secs;
     let mut tasks = Vec::new();
@@ -143,10 +77,13 @@ async fn latency(port: u16, pairs: u32, rate: u32, secs: u64) -> anyhow::Result<
             samples
         }));
     }
+    tokio::time::sleep_until(start.into()).await;
+    let mark = CpuMark::now(target.pid());
     let mut all = Vec::new();
     for task in tasks {
         all.extend(task.await?);
     }
+    let cost = mark.cost(all.len() as u64 * 2);
     all.sort_unstable();
     let at = |q: f64| {
         all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
@@ -160,12 +97,27 @@ async fn latency(port: u16, pairs: u32, rate: u32, secs: u64) -> anyhow::Result<
         p999: at(0.999),
         max: all.last().copied().unwrap_or(0),
         samples: all.len(),
+        cost,
     })
 }
 
+/// Relayed messages per second, and what the window cost.
+pub struct Throughput {
+    /// Messages relayed per second (each direction counts one).
+    pub per_second: f64,
+    /// CPU time over the window.
+    pub cost: Cost,
+}
+
 /// Scenario 2: 1 KiB payloads echoed as fast as `window` in-flight messages per pair
-/// allow. Returns relayed messages per second (two per round trip).
-async fn throughput(port: u16, pairs: u32, window: usize, secs: u64) -> anyhow::Result<f64> {
+/// allow, for `secs`; two relayed messages per round trip.
+pub async fn throughput(
+    target: &Target,
+    pairs: u32,
+    window: usize,
+    secs: u64,
+) -> anyhow::Result<Throughput> {
+    let port = target.port;
     let payload = "t".repeat(1024);
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -174,6 +126,7 @@ async fn throughput(port: u16, pairs: u32, window: usize, secs: u64) -> anyhow::
         pairs_ready.push(pair(port, p * 2).await?);
     }
     let started = Instant::now();
+    let mark = CpuMark::now(target.pid());
     let deadline = started + Duration::from_secs(secs);
     for (mac, browser) in pairs_ready {
         let _echo = echo(browser);
@@ -208,11 +161,15 @@ async fn throughput(port: u16, pairs: u32, window: usize, secs: u64) -> anyhow::
     for task in tasks {
         task.await?;
     }
-    Ok(done.load(Relaxed) as f64 * 2.0 / started.elapsed().as_secs_f64())
+    let messages = done.load(Relaxed) * 2;
+    Ok(Throughput {
+        per_second: messages as f64 / started.elapsed().as_secs_f64(),
+        cost: mark.cost(messages),
+    })
 }
 
 /// Scenario 3: server RSS per idle pair, and errors, with `pairs` pairs open.
-async fn idle_memory(target: &Target, pairs: u32) -> (f64, u32) {
+pub async fn idle_memory(target: &Target, pairs: u32) -> (f64, u32) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = target.rss();
     let held = Arc::new(tokio::sync::Mutex::new(Vec::new()));
@@ -255,7 +212,7 @@ async fn idle_memory(target: &Target, pairs: u32) -> (f64, u32) {
 }
 
 /// Scenario 4: `n` pairings, `concurrency` at a time; pairings per second.
-async fn pairing_rate(port: u16, n: u32, concurrency: u32) -> anyhow::Result<f64> {
+pub async fn pairing_rate(port: u16, n: u32, concurrency: u32) -> anyhow::Result<f64> {
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
@@ -281,7 +238,7 @@ async fn pairing_rate(port: u16, n: u32, concurrency: u32) -> anyhow::Result<f64
 
 /// Scenario 5: the browser never reads while its mac floods for `secs`. Returns the peak
 /// server RSS growth and when (if) the mac was told the browser was dropped.
-async fn slow_consumer(target: &Target, secs: u64) -> anyhow::Result<(u64, Option<Duration>)> {
+pub async fn slow_consumer(target: &Target, secs: u64) -> anyhow::Result<(u64, Option<Duration>)> {
     let (mac, _browser) = pair(target.port, 0).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = target.rss();
@@ -322,7 +279,7 @@ async fn slow_consumer(target: &Target, secs: u64) -> anyhow::Result<(u64, Optio
 }
 
 /// Scenario 6 (relay only): one agent session fanned out to `clients`; deliveries/s.
-async fn fan_out(target: &Target, clients: u32, messages: u32) -> anyhow::Result<f64> {
+pub async fn fan_out(target: &Target, clients: u32, messages: u32) -> anyhow::Result<f64> {
     let base = format!("http://127.0.0.1:{}", target.port);
     let http = reqwest::Client::new();
     let email = format!("bench{}@example.com", nanoid::nanoid!(8));
@@ -412,139 +369,4 @@ async fn fan_out(target: &Target, clients: u32, messages: u32) -> anyhow::Result
         delivered += task.await? as u64;
     }
     Ok(delivered as f64 / started.elapsed().as_secs_f64())
-}
-
-fn ratio(relay: f64, baseline: f64) -> String {
-    if baseline > 0.0 {
-        format!("{:.2}", relay / baseline)
-    } else {
-        "–".into()
-    }
-}
-
-/// Runs every scenario on both servers and returns a Markdown table.
-pub async fn run_all(
-    relay_bin: &PathBuf,
-    quick: bool,
-    only: Option<&str>,
-) -> anyhow::Result<String> {
-    let scale = |full: u64, small: u64| if quick { small } else { full };
-    let want = |name: &str| only.is_none_or(|o| o == name);
-    let mut out = String::new();
-    writeln!(
-        out,
-        "| scenario | relay | baseline | relay / baseline | target |"
-    )?;
-    writeln!(out, "|---|---|---|---|---|")?;
-
-    // 1. Latency.
-    if want("latency") {
-        let secs = scale(10, 3);
-        let mut lat = Vec::new();
-        for start in [
-            start_relay as fn(&PathBuf) -> anyhow::Result<Target>,
-            |_: &PathBuf| start_baseline(),
-        ] {
-            let target = start(relay_bin)?;
-            lat.push(latency(target.port, 100, 100, secs).await?);
-        }
-        for (name, pick) in [
-            ("p50", (|l: &Latency| l.p50) as fn(&Latency) -> u64),
-            ("p90", |l| l.p90),
-            ("p99", |l| l.p99),
-            ("p99.9", |l| l.p999),
-            ("max", |l| l.max),
-        ] {
-            let (r, b) = (pick(&lat[0]), pick(&lat[1]));
-            let target = if name == "p99" { "≤ 1.2" } else { "" };
-            writeln!(
-            out,
-            "| latency {name}, 100 pairs × 100 msg/s × {secs} s (µs; {} / {} samples) | {r} | {b} | {} | {target} |",
-            lat[0].samples, lat[1].samples,
-            ratio(r as f64, b as f64)
-        )?;
-        }
-    }
-
-    // 2. Throughput.
-    if want("throughput") {
-        for (pairs, window) in [(1u32, 64usize), (100, 8)] {
-            let secs = scale(5, 2);
-            let relay = throughput(start_relay(relay_bin)?.port, pairs, window, secs).await?;
-            let base = throughput(start_baseline()?.port, pairs, window, secs).await?;
-            writeln!(
-            out,
-            "| throughput, {pairs} pair(s), 1 KiB, window {window} (msg/s; MB/s) | {relay:.0} ({:.1} MB/s) | {base:.0} ({:.1} MB/s) | {} | ≥ 0.8 |",
-            relay * 1024.0 / 1e6,
-            base * 1024.0 / 1e6,
-            ratio(relay, base)
-        )?;
-        }
-    }
-
-    // 3. Idle memory.
-    if want("idle") {
-        for pairs in [scale(5000, 1000) as u32, scale(9000, 2000) as u32] {
-            let relay = start_relay(relay_bin)?;
-            let (r, r_err) = idle_memory(&relay, pairs).await;
-            drop(relay);
-            let baseline = start_baseline()?;
-            let (b, b_err) = idle_memory(&baseline, pairs).await;
-            drop(baseline);
-            writeln!(
-            out,
-            "| idle memory, {pairs} pairs (KiB per pair; errors) | {:.1} ({r_err}) | {:.1} ({b_err}) | {} | ≤ 16 KiB |",
-            r / 1024.0,
-            b / 1024.0,
-            ratio(r, b)
-        )?;
-        }
-    }
-
-    // 4. Pairing rate.
-    if want("pairing") {
-        let n = scale(2000, 500) as u32;
-        let relay = pairing_rate(start_relay(relay_bin)?.port, n, 50).await?;
-        let base = pairing_rate(start_baseline()?.port, n, 50).await?;
-        writeln!(
-        out,
-        "| pairing rate, {n} pairings, 50 at a time (pairings/s) | {relay:.0} | {base:.0} | {} | ≥ 0.9 |",
-        ratio(relay, base)
-    )?;
-    }
-
-    // 5. Slow consumer.
-    if want("slow") {
-        let secs = scale(8, 4);
-        let (r_peak, r_told) = slow_consumer(&start_relay(relay_bin)?, secs).await?;
-        let (b_peak, b_told) = slow_consumer(&start_baseline()?, secs).await?;
-        let told = |t: Option<Duration>| {
-            t.map_or("never told".into(), |t| {
-                format!("told after {:.1} s", t.as_secs_f64())
-            })
-        };
-        writeln!(
-        out,
-        "| slow consumer, {secs} s flood (peak RSS growth MiB; mac told) | {:.1} ({}) | {:.1} ({}) | {} | bounded by max_outbound_bytes |",
-        r_peak as f64 / 1048576.0,
-        told(r_told),
-        b_peak as f64 / 1048576.0,
-        told(b_told),
-        ratio(r_peak as f64, b_peak as f64)
-    )?;
-    }
-
-    // 6. Fan-out (account mode exists only in the relay).
-    if want("fanout") {
-        for clients in [1u32, 10, 100] {
-            let relay = start_relay(relay_bin)?;
-            let rate = fan_out(&relay, clients, scale(2000, 500) as u32).await?;
-            writeln!(
-            out,
-            "| fan-out, 1 session → {clients} client(s), 1 KiB (deliveries/s) | {rate:.0} | – | – | |"
-        )?;
-        }
-    }
-
-    Ok(out)
 }

@@ -1,0 +1,94 @@
+//! What a measured window cost: the server's and the load generator's CPU time, read from
+//! `/proc/PID/stat` (utime + stime) at the window's start and end.
+
+use std::sync::OnceLock;
+
+/// Clock ticks per second of the `/proc` CPU times (`sysconf(_SC_CLK_TCK)`, usually 100).
+fn ticks_per_second() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        // SAFETY: sysconf only reads a system constant.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks > 0 {
+            ticks as f64
+        } else {
+            100.0
+        }
+    })
+}
+
+/// CPU seconds (user + system, all threads) used so far by `pid`, or by this process.
+/// Zero if the process is gone.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or("/proc/self/stat".into(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces, so split after its ')'):
+    // state is field 3, utime field 14, stime field 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field(14) + field(15)) as f64 / ticks_per_second()
+}
+
+/// Both processes' CPU clocks read at one instant: the start of a measured window.
+pub struct CpuMark {
+    server_pid: u32,
+    server: f64,
+    load: f64,
+}
+
+impl CpuMark {
+    /// Reads the clocks of the server `server_pid` and of this load generator now.
+    pub fn now(server_pid: u32) -> Self {
+        Self {
+            server_pid,
+            server: cpu_seconds(Some(server_pid)),
+            load: cpu_seconds(None),
+        }
+    }
+
+    /// The cost of the window from this mark to now, in which `messages` were relayed.
+    pub fn cost(&self, messages: u64) -> Cost {
+        Cost {
+            server_s: cpu_seconds(Some(self.server_pid)) - self.server,
+            load_s: cpu_seconds(None) - self.load,
+            messages,
+        }
+    }
+}
+
+/// CPU time spent over a measured window, by the server and by the load generator.
+pub struct Cost {
+    /// Server CPU seconds in the window.
+    pub server_s: f64,
+    /// Load generator CPU seconds in the window.
+    pub load_s: f64,
+    /// Messages relayed in the window (each direction counts one).
+    pub messages: u64,
+}
+
+impl Cost {
+    /// Server CPU microseconds per relayed message.
+    pub fn server_us_per_message(&self) -> f64 {
+        if self.messages == 0 {
+            0.0
+        } else {
+            self.server_s * 1e6 / self.messages as f64
+        }
+    }
+
+    /// The table cell: "µs per message (server s / load generator s)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{:.1} ({:.2} s / {:.2} s)",
+            self.server_us_per_message(),
+            self.server_s,
+            self.load_s
+        )
+    }
+}

@@ -1,0 +1,287 @@
+//! The counted mode: instructions (callgrind) and allocations (dhat) per relayed message
+//! and per pairing. Every figure is a difference of two runs of different lengths, each in
+//! a fresh server process on one worker thread, so whatever both runs do alike cancels:
+//! per unit = (total_long − total_short) / (units_long − units_short). Under callgrind
+//! the totals are of the workload's measured phase only (see `valgrind.rs`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::table::{Cell, Table};
+use crate::target::Server;
+use crate::valgrind::{self, Marker, Sample, Tool};
+use crate::workloads;
+
+/// What a measure drives the server with; a run of length `n` does `n` of its units.
+#[derive(Clone, Copy)]
+enum Work {
+    /// One pair, `n` round trips of `payload`-byte messages, `in_flight` unanswered at most.
+    RoundTrips { payload: usize, in_flight: usize },
+    /// `n` complete pairings, one at a time, with `waiting` macs holding codes meanwhile.
+    Pairings { waiting: u32 },
+}
+
+impl Work {
+    /// What a run of length `n` is counted in: relayed messages (two per round trip), or
+    /// pairings.
+    fn units(self, n: u64) -> u64 {
+        match self {
+            Work::RoundTrips { .. } => 2 * n,
+            Work::Pairings { .. } => n,
+        }
+    }
+
+    /// Does `n` units of work; pairings then keep the waiting macs open `hold` longer.
+    async fn drive(
+        self,
+        port: u16,
+        marker: Marker,
+        n: u64,
+        hold: Duration,
+    ) -> anyhow::Result<Duration> {
+        match self {
+            Work::RoundTrips { payload, in_flight } => {
+                workloads::round_trips(port, marker, n, payload, in_flight).await
+            }
+            Work::Pairings { waiting } => {
+                workloads::pairings(port, marker, n as u32, waiting, hold).await
+            }
+        }
+    }
+}
+
+/// One counted figure: a workload at two lengths, under one tool.
+struct Measure {
+    /// The `--only` group it belongs to.
+    group: &'static str,
+    label: String,
+    tool: Tool,
+    work: Work,
+    /// Short and long run lengths (round trips or pairings).
+    lengths: [u64; 2],
+    /// Seconds of a third run: no pairings, the waiting macs idle this long (their timers).
+    hold: Option<u64>,
+}
+
+fn measures(quick: bool) -> Vec<Measure> {
+    let trips = if quick { [500, 3000] } else { [2000, 12000] };
+    let pairings = if quick { [50, 300] } else { [200, 1200] };
+    let hold = if quick { 15 } else { 60 };
+    let waiting = if quick { 2000 } else { 10000 };
+    let measure = |group, label: String, tool, work, lengths| Measure {
+        group,
+        label,
+        tool,
+        work,
+        lengths,
+        hold: None,
+    };
+    let mut list = Vec::new();
+    for (payload, name) in [(1024, "1 KiB"), (64, "64 B")] {
+        for in_flight in [1, 64] {
+            let label = format!("instructions per relayed message, {name}, {in_flight} in flight");
+            let work = Work::RoundTrips { payload, in_flight };
+            list.push(measure("messages", label, Tool::Callgrind, work, trips));
+        }
+    }
+    let label = "instructions per pairing".into();
+    let work = Work::Pairings { waiting: 0 };
+    list.push(measure("pairing", label, Tool::Callgrind, work, pairings));
+    let label = format!("instructions per pairing, {waiting} macs waiting");
+    let work = Work::Pairings { waiting };
+    list.push(Measure {
+        hold: Some(hold),
+        ..measure("waiting", label, Tool::Callgrind, work, pairings)
+    });
+    let label = "allocations per relayed message, 1 KiB, 1 in flight".into();
+    let work = Work::RoundTrips {
+        payload: 1024,
+        in_flight: 1,
+    };
+    list.push(measure("allocations", label, Tool::Dhat, work, trips));
+    list
+}
+
+/// A measure on one server: its short and long runs (and the held one, if any).
+struct Counted {
+    short: Sample,
+    long: Sample,
+    held: Option<Sample>,
+}
+
+impl Counted {
+    /// (long − short) of `pick`, per unit of work.
+    fn per_unit(&self, pick: impl Fn(&Sample) -> u64) -> f64 {
+        let extra = pick(&self.long) as f64 - pick(&self.short) as f64;
+        extra / (self.long.units - self.short.units) as f64
+    }
+
+    /// Instructions per second the server spends with the waiting macs open and nothing
+    /// else happening: the held run's measured phase, per second.
+    fn background_per_second(&self) -> Option<f64> {
+        let held = self.held.as_ref()?;
+        Some(held.total as f64 / held.phase.as_secs_f64())
+    }
+
+    /// Instructions per unit less the background work the long run did only because it
+    /// kept the waiting macs open longer (timers tick by the clock, not by the pairing).
+    fn per_unit_less_background(&self) -> Option<f64> {
+        let per_second = self.background_per_second()?;
+        let longer = self
+            .long
+            .phase
+            .saturating_sub(self.short.phase)
+            .as_secs_f64();
+        let extra = self.long.total as f64 - self.short.total as f64;
+        Some((extra - per_second * longer) / (self.long.units - self.short.units) as f64)
+    }
+}
+
+/// Runs the counted measures (all, or the `only` group) on `servers`, keeping the
+/// profiles in `profiles`, and returns the Markdown report.
+pub async fn count_all(
+    servers: &[Server],
+    quick: bool,
+    only: Option<&str>,
+    profiles: &Path,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(profiles)?;
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for measure in measures(quick)
+        .into_iter()
+        .filter(|m| only.is_none_or(|o| o == m.group))
+    {
+        let mut counted = Vec::new();
+        for server in servers {
+            let [short, long] = measure.lengths;
+            let short_run = count_one(server, &measure, short, 0, profiles).await?;
+            let long_run = count_one(server, &measure, long, 0, profiles).await?;
+            let held = match measure.hold {
+                Some(secs) => Some(count_one(server, &measure, 0, secs, profiles).await?),
+                None => None,
+            };
+            counted.push(Counted {
+                short: short_run,
+                long: long_run,
+                held,
+            });
+        }
+        results.push((measure, counted));
+    }
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    Ok(format!(
+        "{}\nRuns ({minutes:.1} min in all). Totals are `Ir`, or heap blocks for allocations; \
+         the phase is the measured part of a run (all of it for allocations):\n\n{}",
+        summary(servers, &results),
+        details(servers, &results)
+    ))
+}
+
+/// Starts `server` under the measure's tool and drives `n` units of work through it,
+/// then `hold` idle seconds.
+async fn count_one(
+    server: &Server,
+    measure: &Measure,
+    n: u64,
+    hold: u64,
+    profiles: &Path,
+) -> anyhow::Result<Sample> {
+    let slug: String = (measure.label.chars())
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let run = if hold > 0 {
+        format!("{n}-held-{hold}s")
+    } else {
+        n.to_string()
+    };
+    let file = profiles.join(format!("{}-{slug}-{run}", server.name));
+    let work = measure.work;
+    let hold = Duration::from_secs(hold);
+    let sample = valgrind::run(
+        server,
+        measure.tool,
+        &file,
+        work.units(n),
+        |port, marker| work.drive(port, marker, n, hold),
+    )
+    .await?;
+    eprintln!(
+        "{} · {} · {run}: {} in {:.0} s",
+        measure.label,
+        server.name,
+        sample.total,
+        sample.wall.as_secs_f64()
+    );
+    Ok(sample)
+}
+
+/// The per-unit table. A measure with a held run also shows its figure less the
+/// background work, and that background work per second.
+fn summary(servers: &[Server], results: &[(Measure, Vec<Counted>)]) -> String {
+    let mut table = Table::new("measure", servers.iter().map(|s| s.name).collect(), false);
+    for (measure, counted) in results {
+        // Allocations are a few per message: show them finely.
+        let decimals = if measure.tool == Tool::Dhat { 2 } else { 0 };
+        let cells = counted.iter().map(|c| c.per_unit(|s| s.total));
+        let cells = cells.map(|v| Some(Cell::number(v, decimals)));
+        table.row(measure.label.clone(), cells.collect(), "");
+        if measure.tool == Tool::Dhat {
+            let cells = counted.iter().map(|c| c.per_unit(|s| s.bytes));
+            let label = measure.label.replace("allocations", "bytes allocated");
+            table.row(label, cells.map(|v| Some(Cell::number(v, 0))).collect(), "");
+        }
+        if measure.hold.is_some() {
+            let cells = counted.iter().map(Counted::per_unit_less_background);
+            let label = format!("{}, less background work", measure.label);
+            table.row(
+                label,
+                cells.map(|v| v.map(|v| Cell::number(v, 0))).collect(),
+                "",
+            );
+            let cells = counted.iter().map(Counted::background_per_second);
+            let label = measure.label.replace(
+                "instructions per pairing",
+                "background instructions per second",
+            );
+            table.row(
+                label,
+                cells.map(|v| v.map(|v| Cell::number(v, 0))).collect(),
+                "",
+            );
+        }
+    }
+    table.to_markdown()
+}
+
+/// Every run's totals, so each figure can be checked by hand.
+fn details(servers: &[Server], results: &[(Measure, Vec<Counted>)]) -> String {
+    let mut out = String::from(
+        "| measure | server | length | units | phase total | whole run | phase s | wall s |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for (measure, counted) in results {
+        for (server, c) in servers.iter().zip(counted) {
+            let mut runs = vec![(measure.lengths[0].to_string(), &c.short)];
+            runs.push((measure.lengths[1].to_string(), &c.long));
+            if let (Some(secs), Some(held)) = (measure.hold, &c.held) {
+                runs.push((format!("0 + {secs} s idle"), held));
+            }
+            for (n, s) in runs {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {n} | {} | {} | {} | {:.1} | {:.0} |",
+                    measure.label,
+                    server.name,
+                    s.units,
+                    s.total,
+                    s.whole,
+                    s.phase.as_secs_f64(),
+                    s.wall.as_secs_f64()
+                );
+            }
+        }
+    }
+    out
+}
