@@ -48,9 +48,17 @@ impl ClientAddr {
     /// The client address of `req` (falls back to the unspecified address if actix does
     /// not know the peer, which only happens in unit tests).
     pub fn of(&self, req: &HttpRequest) -> IpAddr {
-        let peer = req
-            .peer_addr()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+        self.of_parts(req.peer_addr(), req.headers())
+    }
+
+    /// The client address of a request known by its socket peer and headers (an upgrade
+    /// request, which never becomes an `HttpRequest`).
+    pub fn of_parts(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> IpAddr {
+        let peer = peer.map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
         if !self.is_trusted(peer) {
             // The common, direct case reads no header at all.
             return canonical(peer);
@@ -59,8 +67,7 @@ impl ClientAddr {
             ForwardedHeader::XForwardedFor => "x-forwarded-for",
             ForwardedHeader::Forwarded => "forwarded",
         };
-        let values: Vec<&str> = req
-            .headers()
+        let values: Vec<&str> = headers
             .get_all(name)
             .map(|v| v.to_str().unwrap_or("unknown"))
             .collect();

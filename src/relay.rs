@@ -16,9 +16,14 @@ pub mod socket;
 use std::sync::Arc;
 
 use actix::Addr;
+use actix_codec::Framed;
+use actix_http::body::BodySize;
 use actix_http::ws::CloseCode;
-use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_http::{h1, HttpMessage, Request, Response};
+use actix_rt::net::TcpStream;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use futures_util::SinkExt;
 
 use crate::accounts::Accounts;
 use crate::config::Settings;
@@ -27,7 +32,9 @@ use crate::edge::HttpSlot;
 use crate::error::ApiError;
 use crate::ids::{Endpoint, Role};
 use crate::limits::Limiters;
+use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
+use crate::transport::Killable;
 use account::agent::AgentSocket;
 use account::client::ClientSocket;
 use account::registry::MachineRegistry;
@@ -53,13 +60,13 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Whether a page from `req`'s origin may open `endpoint` (no `Origin`: not a page).
-    fn origin_allowed(&self, req: &HttpRequest, endpoint: Endpoint) -> bool {
+    /// Whether a page from `origin` may open `endpoint` (no `Origin`: not a page).
+    fn origin_allowed(&self, origin: Option<&HeaderValue>, endpoint: Endpoint) -> bool {
         let allowed_origins = &self.settings.server.allowed_origins;
         if !endpoint.browser_facing() || allowed_origins.is_empty() {
             return true;
         }
-        let Some(origin) = req.headers().get(header::ORIGIN) else {
+        let Some(origin) = origin else {
             return true;
         };
         origin.to_str().is_ok_and(|origin| {
@@ -69,138 +76,140 @@ impl Relay {
         })
     }
 
-    /// Refuses a page from an origin not allowed. A 403 to the upgrade reaches a page only
-    /// as close 1006, exactly what a network drop looks like, so a page that reconnects on
-    /// 1006 would retry for ever; the upgrade is accepted instead and closed at once with
-    /// 1008 (policy) and the reason "origin not allowed", which the page can read.
-    fn refuse_origin(
-        &self,
-        req: &HttpRequest,
-        payload: web::Payload,
-    ) -> actix_web::Result<HttpResponse> {
-        let limits = &self.settings.limits;
-        let (response, link, _unread) = crate::transport::upgrade(
-            req,
-            payload,
-            limits.max_message_bytes,
-            limits.max_outbound_bytes,
-        )?;
-        tracing::info!(
-            client = %self.client_addr.of(req),
-            origin = ?req.headers().get(header::ORIGIN),
-            "origin not allowed; closing with 1008"
-        );
-        link.close(CloseCode::Policy, ORIGIN_NOT_ALLOWED);
-        Ok(response)
-    }
-
     /// Checks the per-address limit before a WebSocket upgrade.
-    fn admit(&self, req: &HttpRequest, endpoint: Endpoint) -> Result<Admission, ApiError> {
+    fn admit(&self, req: &Request, endpoint: Endpoint) -> Result<Admission, ApiError> {
+        let client = self.client_addr.of_parts(req.peer_addr(), req.headers());
         self.connections
-            .admit(self.client_addr.of(req), endpoint)
+            .admit(client, endpoint)
             .map_err(|refused| match refused {
                 Refused::TooMany => ApiError::RateLimited,
                 Refused::ShuttingDown => ApiError::Unavailable("the relay is shutting down"),
             })
     }
+}
 
-    /// Admits and upgrades a connection: the 101 response, and what its actor starts from
-    /// (`None` when the connection is refused with a close frame).
-    fn open(
-        &self,
-        req: &HttpRequest,
-        payload: web::Payload,
-        endpoint: Endpoint,
-    ) -> actix_web::Result<(HttpResponse, Option<Opened>)> {
-        if !self.origin_allowed(req, endpoint) {
-            return Ok((self.refuse_origin(req, payload)?, None));
-        }
-        let admission = self.admit(req, endpoint)?;
-        // A WebSocket counts against `max_connections_per_ip` now, not the HTTP cap.
-        if let Some(slot) = req.conn_data::<Arc<HttpSlot>>() {
-            slot.release();
-        }
-        let limits = &self.settings.limits;
-        let (response, link, inbound) = crate::transport::upgrade(
-            req,
-            payload,
-            limits.max_message_bytes,
-            limits.max_outbound_bytes,
-        )?;
-        let opened = Opened {
-            socket: Socket::new(admission, link),
-            inbound,
-            settings: Arc::clone(&self.settings),
-        };
-        Ok((response, Some(opened)))
+/// The connection an upgrade request arrived on, as the HTTP layer hands it over.
+pub type UpgradeConn = Framed<Killable<TcpStream>, h1::Codec>;
+
+/// Serves one upgrade request. Every request asking to upgrade its connection comes here
+/// rather than to the HTTP routes, so a WebSocket is taken out of the HTTP dispatcher from
+/// its first byte on (see [`crate::transport`]). The returned future ends when the
+/// connection is over.
+pub async fn upgrade(
+    relay: web::Data<Relay>,
+    accounts: web::Data<Accounts>,
+    req: Request,
+    mut conn: UpgradeConn,
+) -> Result<(), actix_web::Error> {
+    let Some(endpoint) = Endpoint::from_route(req.path()) else {
+        return answer(conn, "unmatched", ApiError::NotFound("Not found")).await;
+    };
+    let route = endpoint.as_str();
+    if let Err(err) = actix_http::ws::verify_handshake(req.head()) {
+        let refusal = ApiError::BadRequest(format!("WebSocket upgrade required: {err}"));
+        return answer(conn, route, refusal).await;
     }
+    let origin_allowed = relay.origin_allowed(req.headers().get(header::ORIGIN), endpoint);
+    let admission = match origin_allowed.then(|| relay.admit(&req, endpoint)) {
+        Some(Err(refused)) => return answer(conn, route, refused).await,
+        Some(Ok(admission)) => Some(admission),
+        None => None,
+    };
+    let switching = actix_http::ws::handshake_response(req.head()).finish();
+    conn.send(h1::Message::Item((switching.drop_body(), BodySize::None)))
+        .await?;
+    METRICS.http(route, 101, None);
+    // A WebSocket counts against `max_connections_per_ip` now, not the HTTP cap.
+    if let Some(slot) = req.conn_data::<Arc<HttpSlot>>() {
+        slot.release();
+    }
+    let parts = conn.into_parts();
+    let limits = &relay.settings.limits;
+    let Some(upgraded) = crate::transport::take(
+        parts.io,
+        &parts.read_buf,
+        limits.max_message_bytes,
+        limits.max_outbound_bytes,
+    ) else {
+        return Ok(());
+    };
+    let Some(admission) = admission else {
+        // A 403 to the upgrade reaches a page only as close 1006, exactly what a network
+        // drop looks like, so a page that reconnects on 1006 would retry for ever; the
+        // upgrade is accepted instead and closed at once with 1008 (policy) and the reason
+        // "origin not allowed", which the page can read.
+        tracing::info!(
+            client = %relay.client_addr.of_parts(req.peer_addr(), req.headers()),
+            origin = ?req.headers().get(header::ORIGIN),
+            "origin not allowed; closing with 1008"
+        );
+        upgraded.link.close(CloseCode::Policy, ORIGIN_NOT_ALLOWED);
+        drop(upgraded.inbound);
+        upgraded.writer.await;
+        return Ok(());
+    };
+    let opened = Opened {
+        socket: Socket::new(admission, upgraded.link),
+        inbound: upgraded.inbound,
+        settings: Arc::clone(&relay.settings),
+    };
+    let limiters = Arc::clone(&relay.limiters);
+    match endpoint {
+        Endpoint::Mac | Endpoint::Browser => {
+            let role = match endpoint {
+                Endpoint::Mac => Role::Mac,
+                _ => Role::Browser,
+            };
+            PairSocket::start(role, opened, relay.pairing.clone(), limiters);
+        }
+        Endpoint::Agent => {
+            AgentSocket::start(opened, relay.machines.clone(), accounts, limiters);
+        }
+        Endpoint::Client => {
+            ClientSocket::start(opened, relay.machines.clone(), accounts, limiters);
+        }
+    }
+    upgraded.writer.await;
+    Ok(())
+}
+
+/// Answers an upgrade request that is refused, as the HTTP API would, and closes.
+async fn answer(
+    mut conn: UpgradeConn,
+    route: &str,
+    refusal: ApiError,
+) -> Result<(), actix_web::Error> {
+    let response: Response<_> = refusal.error_response().into();
+    let status = response.status().as_u16();
+    let (head, body) = response.into_parts();
+    let body = actix_web::body::to_bytes(body).await.unwrap_or_default();
+    METRICS.http(route, status, None);
+    conn.send(h1::Message::Item((
+        head,
+        BodySize::Sized(body.len() as u64),
+    )))
+    .await?;
+    conn.send(h1::Message::Chunk(Some(body))).await?;
+    conn.send(h1::Message::Chunk(None)).await?;
+    Ok(())
 }
 
 /// The close reason a page from an origin not in `server.allowed_origins` reads (with 1008).
 pub const ORIGIN_NOT_ALLOWED: &str = "origin not allowed";
 
-/// Registers the four WebSocket endpoints.
+/// Registers the four WebSocket endpoints for requests that do not ask to upgrade (those
+/// that do never reach the routes: see [`upgrade`]): they are told what is missing.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/mac", web::get().to(mac))
-        .route("/browser", web::get().to(browser))
-        .route("/ws/agent", web::get().to(agent))
-        .route("/ws/client", web::get().to(client));
-}
-
-async fn mac(
-    req: HttpRequest,
-    payload: web::Payload,
-    relay: web::Data<Relay>,
-) -> actix_web::Result<HttpResponse> {
-    pair(Role::Mac, &req, payload, &relay)
-}
-
-async fn browser(
-    req: HttpRequest,
-    payload: web::Payload,
-    relay: web::Data<Relay>,
-) -> actix_web::Result<HttpResponse> {
-    pair(Role::Browser, &req, payload, &relay)
-}
-
-fn pair(
-    role: Role,
-    req: &HttpRequest,
-    payload: web::Payload,
-    relay: &Relay,
-) -> actix_web::Result<HttpResponse> {
-    let (response, opened) = relay.open(req, payload, role.endpoint())?;
-    if let Some(opened) = opened {
-        let limiters = Arc::clone(&relay.limiters);
-        PairSocket::start(role, opened, relay.pairing.clone(), limiters);
+    for endpoint in Endpoint::ALL {
+        cfg.route(endpoint.as_str(), web::get().to(not_upgraded));
     }
-    Ok(response)
 }
 
-async fn agent(
-    req: HttpRequest,
-    payload: web::Payload,
-    relay: web::Data<Relay>,
-    accounts: web::Data<Accounts>,
-) -> actix_web::Result<HttpResponse> {
-    let (response, opened) = relay.open(&req, payload, Endpoint::Agent)?;
-    if let Some(opened) = opened {
-        let limiters = Arc::clone(&relay.limiters);
-        AgentSocket::start(opened, relay.machines.clone(), accounts, limiters);
-    }
-    Ok(response)
-}
-
-async fn client(
-    req: HttpRequest,
-    payload: web::Payload,
-    relay: web::Data<Relay>,
-    accounts: web::Data<Accounts>,
-) -> actix_web::Result<HttpResponse> {
-    let (response, opened) = relay.open(&req, payload, Endpoint::Client)?;
-    if let Some(opened) = opened {
-        let limiters = Arc::clone(&relay.limiters);
-        ClientSocket::start(opened, relay.machines.clone(), accounts, limiters);
-    }
-    Ok(response)
+async fn not_upgraded(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let reason = actix_http::ws::verify_handshake(req.head())
+        .err()
+        .map_or_else(|| "no upgrade".to_owned(), |err| err.to_string());
+    Err(ApiError::BadRequest(format!(
+        "WebSocket upgrade required: {reason}"
+    )))
 }

@@ -168,6 +168,16 @@ impl Application {
                         )
                     },
                 );
+                // Requests asking to upgrade go here instead of to the App: a WebSocket
+                // leaves the HTTP dispatcher at once (see `relay::upgrade`).
+                let upgrade = {
+                    let (relay, accounts) = (relay.clone(), accounts.clone());
+                    fn_service(
+                        move |(req, conn): (actix_http::Request, relay::UpgradeConn)| {
+                            relay::upgrade(relay.clone(), accounts.clone(), req, conn)
+                        },
+                    )
+                };
                 let http = HttpService::<Killable<TcpStream>, _, _, _, _>::build()
                     .keep_alive(KEEP_ALIVE)
                     .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
@@ -177,6 +187,7 @@ impl Application {
                             data.insert(slot);
                         }
                     })
+                    .upgrade(upgrade)
                     .h1(map_config(app, |_| AppConfig::default()));
                 let linger = linger.clone();
                 let http_connections = Arc::clone(&http_connections);

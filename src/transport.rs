@@ -2,29 +2,31 @@
 //!
 //! Why not `actix-web-actors` or `actix-ws`: in both, what the actor writes goes through
 //! a queue that the HTTP response body drains, and nothing bounds it while a peer stops
-//! reading (actix-web #2441; in `actix-web-actors` the actor itself is frozen as well). Here
-//! the actor is an ordinary `actix::Actor` with its own timers; it writes to a byte-bounded
-//! [`Outbox`] that the body drains; and it can cut its TCP stream through a [`KillSwitch`]
-//! even when the dispatcher is stuck on a full socket. A slow peer therefore costs at most
-//! `limits.max_outbound_bytes` and is dropped, and its actor never stops ticking.
+//! reading (actix-web #2441; in `actix-web-actors` the actor itself is frozen as well).
+//! Here an upgraded socket is taken out of the HTTP dispatcher altogether ([`take`]): the
+//! actor is an ordinary `actix::Actor` with its own timers that polls the socket's reading
+//! half as a stream; it writes to a byte-bounded [`Outbox`] that a small writer task drains
+//! into the socket; and either can cut the socket through its [`KillSwitch`]. A slow peer
+//! therefore costs at most `limits.max_outbound_bytes` and is dropped, its actor never stops
+//! ticking, and an idle connection holds no read or write buffer.
 
+mod decode;
 mod frame;
-mod inbound;
 mod kill;
 mod outbox;
+mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_http::body::BodyStream;
 use actix_http::ws::{CloseCode, CloseReason};
-use actix_web::web::Payload;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_rt::net::TcpStream;
 
+pub use decode::Inbound;
 pub use frame::{header_len, ping_frame, pong_frame, text_frame, text_frame_of};
-pub use inbound::{Inbound, InboundStream};
 pub use kill::{KillSwitch, Killable, Linger};
-pub use outbox::{Outbox, OutboxBody, PushError};
+pub use outbox::{Outbox, PushError};
+pub use wire::{InboundStream, Writer};
 
 /// After a close frame is queued, how long the peer gets to read it before the socket is cut.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -75,37 +77,44 @@ impl Link {
     }
 }
 
-/// Completes a WebSocket handshake: the 101 response to return, the [`Link`] to write
-/// with, and the stream of what the peer sends.
-pub fn upgrade(
-    req: &HttpRequest,
-    payload: Payload,
+/// An upgraded WebSocket, out of the HTTP layer: the writing half for its actor, the stream
+/// of what the peer sends, and the writer task that drains the outbox into the socket.
+pub struct Upgraded {
+    /// The actor's writing half.
+    pub link: Link,
+    /// What the peer sends.
+    pub inbound: InboundStream,
+    /// Drains the outbox; ends when the connection is over.
+    pub writer: Writer,
+}
+
+/// Takes an upgraded connection's socket out of the HTTP layer (after its 101 was
+/// written). `early` holds what the peer sent right behind the upgrade request. `None` if
+/// the socket is already gone.
+pub fn take(
+    io: Killable<TcpStream>,
+    early: &[u8],
     max_message_bytes: usize,
     max_outbound_bytes: usize,
-) -> Result<(HttpResponse, Link, InboundStream), actix_web::Error> {
-    let mut response = actix_http::ws::handshake(req.head()).map_err(handshake_error)?;
+) -> Option<Upgraded> {
+    let (tcp, kill, linger) = io.into_parts()?;
     let outbox = Outbox::new(max_outbound_bytes);
-    let response = response
-        .message_body(BodyStream::new(OutboxBody(Arc::clone(&outbox))))?
-        .map_into_boxed_body();
-    let kill = req
-        .conn_data::<Arc<KillSwitch>>()
-        .cloned()
-        // Only absent if the server was built without `Killable` streams: still correct,
-        // merely unable to cut a stuck socket early.
-        .unwrap_or_default();
+    let (inbound, writer) = wire::open(
+        tcp,
+        early,
+        Arc::clone(&outbox),
+        Arc::clone(&kill),
+        linger,
+        max_message_bytes,
+    );
     let link = Link {
         outbox,
         kill,
         last_heard: Instant::now(),
     };
-    Ok((
-        HttpResponse::from(response),
+    Some(Upgraded {
         link,
-        InboundStream::new(payload, max_message_bytes),
-    ))
-}
-
-fn handshake_error(err: actix_http::ws::HandshakeError) -> actix_web::Error {
-    actix_web::error::ErrorBadRequest(format!("WebSocket upgrade required: {err}"))
+        inbound,
+        writer,
+    })
 }

@@ -146,7 +146,10 @@ fn relay_env(command: &mut Command, port: u16, dir: &Path, counted: bool) {
 const NEWER_LIMITS: [(&str, &str); 5] = [
     ("HERMIT__LIMITS__MAX_HTTP_CONNECTIONS_PER_IP", "1000000"),
     ("HERMIT__LIMITS__FAILED_JOINS_PER_MINUTE", "100000000"),
-    ("HERMIT__LIMITS__FAILED_JOINS_PER_NETWORK_PER_MINUTE", "100000000"),
+    (
+        "HERMIT__LIMITS__FAILED_JOINS_PER_NETWORK_PER_MINUTE",
+        "100000000",
+    ),
     ("HERMIT__AUTH__MAX_QUEUED_HASHES", "100000"),
     ("HERMIT__AUTH__MAX_QUEUED_HASHES_PER_ADDRESS", "100000"),
 ];

@@ -32,6 +32,9 @@ pub struct KillSwitch {
     killed: AtomicBool,
     /// The dispatcher task that last polled the stream: woken so it sees the kill at once.
     waker: AtomicWaker,
+    /// An upgraded WebSocket's reader (its actor) and writer, woken likewise.
+    reader: AtomicWaker,
+    writer: AtomicWaker,
 }
 
 impl KillSwitch {
@@ -39,6 +42,20 @@ impl KillSwitch {
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
         self.waker.wake();
+        self.reader.wake();
+        self.writer.wake();
+    }
+
+    /// Whether the socket was cut; wakes the polling reader when it is.
+    pub fn watch_reader(&self, cx: &Context<'_>) -> bool {
+        self.reader.register(cx.waker());
+        self.is_killed()
+    }
+
+    /// Whether the socket was cut; wakes the polling writer when it is.
+    pub fn watch_writer(&self, cx: &Context<'_>) -> bool {
+        self.writer.register(cx.waker());
+        self.is_killed()
     }
 
     /// Whether [`Self::kill`] was called.
@@ -96,6 +113,15 @@ impl Linger {
             return None;
         }
         Some(LingerPlace(Arc::clone(&self.active)))
+    }
+
+    /// Closes `io` lingering (if there is room among the lingering; else at once). Outside
+    /// a runtime (a test dropping it, the runtime going away) `io` closes at once.
+    pub fn close<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(&self, io: T) {
+        let Some(place) = self.admit() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.clone().drain(io, place));
+        }
     }
 
     /// Shuts down `io`'s writing side, then reads and discards until the peer closes,
@@ -170,6 +196,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Killable<T> {
         Arc::clone(&self.switch)
     }
 
+    /// Takes the stream out (an upgraded WebSocket, which does its own reading, writing and
+    /// lingering): the stream, its switch, and how it should linger. What it was counted in
+    /// as a plain HTTP connection is released.
+    pub fn into_parts(mut self) -> Option<(T, Arc<KillSwitch>, Option<Linger>)> {
+        self.guard = None;
+        let io = self.io.take()?;
+        Some((io, Arc::clone(&self.switch), self.linger.take()))
+    }
+
     fn io(&mut self) -> io::Result<Pin<&mut T>> {
         self.io
             .as_mut()
@@ -186,14 +221,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Killable<T> {
         if self.switch.is_killed() {
             return;
         }
-        let Some(linger) = self.linger.take() else {
-            return;
-        };
-        let Some(place) = linger.admit() else { return };
-        // Outside a runtime (a test dropping it, or the runtime itself going away) there is
-        // nothing to linger on: `io` closes here.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(linger.drain(io, place));
+        if let Some(linger) = self.linger.take() {
+            linger.close(io);
         }
     }
 }

@@ -1,18 +1,16 @@
 //! The bounded queue of encoded frames waiting to be written to one WebSocket.
 //!
 //! Anyone holding the `Arc<Outbox>` may push — the connection's own actor, and its paired
-//! partner, which forwards data straight here without a mailbox hop. The HTTP dispatcher
-//! drains it through [`OutboxBody`]. The byte bound is what makes a slow reader cost the
+//! partner, which forwards data straight here without a mailbox hop. The connection's
+//! writer drains it ([`Outbox::poll_take`]). The byte bound is what makes a slow reader cost the
 //! relay bounded memory: a push past it fails and the pusher drops the slow side.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use actix_http::ws::{CloseReason, Parser};
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,37 +131,47 @@ impl Outbox {
     }
 }
 
-/// The response body of a WebSocket upgrade: yields the outbox's frames in order.
-#[derive(Debug)]
-pub struct OutboxBody(pub Arc<Outbox>);
-
-impl Stream for OutboxBody {
-    type Item = Result<Bytes, std::io::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let mut state = self.0.lock();
-        if let Some(frame) = state.frames.pop_front() {
+impl Outbox {
+    /// Moves up to `max` frames (all of them, in order) into `batch` for the writer:
+    /// `Ready(true)` if it took some, `Ready(false)` once the outbox is closed and empty,
+    /// `Pending` (waking the writer on the next push or close) otherwise. Taken frames no
+    /// longer count against the bound: the writer holds them until the kernel has them.
+    pub fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut VecDeque<Bytes>,
+        max: usize,
+    ) -> Poll<bool> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state.frames.is_empty() {
+            if state.closed {
+                return Poll::Ready(false);
+            }
+            match &state.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                _ => state.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        let take = state.frames.len().min(max);
+        for frame in state.frames.drain(..take) {
             state.queued -= frame.len();
-            return Poll::Ready(Some(Ok(frame)));
+            batch.push_back(frame);
         }
-        if state.closed {
-            return Poll::Ready(None);
+        // An idle connection keeps no queue capacity.
+        if state.frames.is_empty() && state.frames.capacity() > 16 {
+            state.frames = VecDeque::new();
         }
-        match &state.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => state.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        Poll::Ready(true)
     }
-}
 
-impl Drop for OutboxBody {
-    fn drop(&mut self) {
-        // The dispatcher is gone: free what was queued and refuse later pushes, so a
-        // partner still forwarding here learns the socket is closed.
-        let mut state = self.0.lock();
+    /// The writer is gone: free what was queued and refuse later pushes, so a partner
+    /// still forwarding here learns the socket is closed.
+    pub fn abandon(&self) {
+        let mut state = self.lock();
         state.closed = true;
-        state.frames.clear();
+        state.frames = VecDeque::new();
         state.queued = 0;
         state.waker = None;
     }
@@ -205,10 +213,10 @@ mod tests {
     }
 
     #[test]
-    fn dropping_the_body_frees_the_queue_and_refuses_pushes() {
+    fn an_abandoned_outbox_frees_its_queue_and_refuses_pushes() {
         let outbox = Outbox::new(100);
         outbox.push(Bytes::from(vec![0; 60])).unwrap();
-        drop(OutboxBody(Arc::clone(&outbox)));
+        outbox.abandon();
         assert_eq!(outbox.queued_bytes(), 0);
         assert_eq!(
             outbox.push(Bytes::from_static(b"x")),
