@@ -2,24 +2,42 @@
 //!
 //! Layers, later beats earlier: the embedded `config/default.toml`, then the file given by
 //! `--config` (or `HERMIT_CONFIG`), then environment variables `HERMIT__<SECTION>__<KEY>`.
-//! Unknown keys are errors, so a typo never silently falls back to a default.
+//! Unknown keys are errors, so a typo never silently falls back to a default; every error
+//! names its key and where the value came from (see [`keys`]). Which keys a running relay
+//! takes on `SIGHUP` is listed once, in [`keys::LIVE`].
+
+pub mod check;
+pub mod keys;
+pub mod values;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use config::{Config, Environment, File, FileFormat};
+use arc_swap::{ArcSwap, Guard};
+use config::{Config, Environment, File, FileFormat, Source};
 use serde::{Deserialize, Serialize};
+
+pub use keys::Origin;
+pub use values::{AuditTarget, LogFormat, Registration};
 
 /// The defaults, compiled in so the binary runs with no files beside it.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Prefix of environment overrides: `HERMIT__SERVER__BIND`.
-const ENV_PREFIX: &str = "HERMIT";
+pub const ENV_PREFIX: &str = "HERMIT";
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 3] = [
+    "server.trusted_proxies",
+    "server.allowed_origins",
+    "auth.allowed_emails",
+];
 
 /// Every setting of the relay. Each field's default and meaning is documented in
 /// `config/default.toml`; tests shorten durations by changing fields here.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Listening socket and worker threads.
@@ -38,10 +56,14 @@ pub struct Settings {
     pub log: LogSettings,
     /// `/metrics`.
     pub metrics: MetricsSettings,
+    /// The audit log of security-relevant actions.
+    pub audit: AuditSettings,
+    /// How the running relay hears of changes made by the admin commands.
+    pub admin: AdminSettings,
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// Text or JSON lines.
@@ -50,18 +72,8 @@ pub struct LogSettings {
     pub level: String,
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// For people.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// `[metrics]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Serve `/metrics`.
@@ -70,11 +82,31 @@ pub struct MetricsSettings {
     pub token: String,
 }
 
+/// `[audit]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Into the log (a `tracing` event with target `audit`) or a file of its own.
+    pub target: AuditTarget,
+    /// With `target = "file"`: appended, one JSON object a line, reopened on `SIGHUP`.
+    pub file: PathBuf,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// How often the relay looks for changes made by `hermit-relay users …` and
+    /// `machines revoke` (one indexed read of one row).
+    pub poll_interval_ms: u64,
+}
+
 /// `[server]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Address to listen on; port 0 picks a free port (tests).
+    /// Address to listen on (`IP:PORT`); port 0 picks a free port (tests).
+    #[serde(deserialize_with = "values::socket_addr")]
     pub bind: SocketAddr,
     /// Worker threads; 0 means one per CPU core.
     pub workers: usize,
@@ -82,14 +114,16 @@ pub struct ServerSettings {
     pub max_connections_per_worker: usize,
     /// Grace given to open connections at shutdown.
     pub shutdown_timeout_secs: u64,
-    /// Proxies whose forwarding headers are believed.
+    /// Proxies whose forwarding headers are believed (a bare IP is a /32 or /128).
+    #[serde(deserialize_with = "values::networks")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Origins allowed on the browser-facing WebSocket endpoints; empty = any.
+    #[serde(deserialize_with = "values::list")]
     pub allowed_origins: Vec<String>,
 }
 
 /// `[database]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `sqlite://PATH` or `postgres://…`.
@@ -102,24 +136,17 @@ pub struct DatabaseSettings {
     pub run_migrations: bool,
 }
 
-/// Whether anyone may create an account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Registration {
-    /// `/auth/register` is open to anyone.
-    Open,
-    /// `/auth/register` answers 403.
-    Closed,
-}
-
 /// `[auth]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     /// File holding the biscuit root private key.
     pub private_key_file: PathBuf,
-    /// Open or closed registration.
+    /// Who may create an account through `/auth/register`.
     pub registration: Registration,
+    /// With `registration = "allowlist"`: exact addresses and `*@domain` patterns.
+    #[serde(deserialize_with = "values::list")]
+    pub allowed_emails: Vec<String>,
     /// Access token lifetime.
     pub access_token_ttl_secs: u64,
     /// Refresh token lifetime.
@@ -135,7 +162,7 @@ pub struct AuthSettings {
 }
 
 /// `[pairing]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PairingSettings {
     /// Lifetime of an unjoined code.
@@ -161,7 +188,7 @@ pub struct PairingSettings {
 }
 
 /// `[heartbeat]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatSettings {
     /// Seconds between the relay's WebSocket pings.
@@ -171,7 +198,7 @@ pub struct HeartbeatSettings {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     /// Largest reassembled WebSocket message accepted.
@@ -192,20 +219,32 @@ pub struct LimitSettings {
     pub max_tracked_addresses: usize,
 }
 
-/// A setting that cannot be used, named by its key so the operator can find it.
+/// A setting that cannot be used, named by its key and where its value came from, so the
+/// operator can find it. Printed once, as one line: it carries no separate `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file or environment could not be read or did not have the right shape.
+    /// The file could not be read or parsed as TOML.
     #[error("configuration error: {0}")]
-    Load(#[from] config::ConfigError),
-    /// A value has the right type but is outside what the relay accepts.
-    #[error("configuration error: `{key}` {problem}")]
+    Load(String),
+    /// A key's value is unusable: wrong type, unknown key, out of range, inconsistent.
+    #[error("configuration error: `{key}` {problem} ({origin})")]
     Invalid {
         /// The dotted key, e.g. `pairing.code_length`.
-        key: &'static str,
+        key: String,
         /// What is wrong with it.
         problem: String,
+        /// Where the value came from.
+        origin: Origin,
     },
+}
+
+/// A value [`check`] refuses, before its origin is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The dotted key.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
 }
 
 impl Settings {
@@ -216,20 +255,28 @@ impl Settings {
 
     /// Loads with an explicit environment source (tests pass a fixed map).
     pub fn load_from(file: Option<&Path>, env: Environment) -> Result<Self, ConfigError> {
+        let mut env = env
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
+        let origins = keys::Origins::new(file, env.collect().unwrap_or_default().keys());
         let mut builder =
             Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
-        let env = env
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("server.trusted_proxies")
-            .with_list_parse_key("server.allowed_origins");
-        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
-        settings.validate()?;
+        let settings: Settings = builder
+            .add_source(env)
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(|err| origins.explain(err))?;
+        settings
+            .validate()
+            .map_err(|refusal| origins.invalid(refusal))?;
         Ok(settings)
     }
 
@@ -240,148 +287,8 @@ impl Settings {
     }
 
     /// Refuses values that would make the relay misbehave, naming the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, problem: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                problem: problem.to_owned(),
-            })
-        };
-        let db = &self.database;
-        if !(db.url.starts_with("sqlite://")
-            || db.url.starts_with("postgres://")
-            || db.url.starts_with("postgresql://"))
-        {
-            return invalid(
-                "database.url",
-                "must start with sqlite:// or postgres:// (or postgresql://)",
-            );
-        }
-        if db.pool_size == 0 {
-            return invalid("database.pool_size", "must be at least 1");
-        }
-        if db.connect_timeout_secs == 0 {
-            return invalid("database.connect_timeout_secs", "must be at least 1");
-        }
-        let auth = &self.auth;
-        if auth.access_token_ttl_secs == 0 {
-            return invalid("auth.access_token_ttl_secs", "must be at least 1");
-        }
-        if auth.refresh_token_ttl_secs == 0 {
-            return invalid("auth.refresh_token_ttl_secs", "must be at least 1");
-        }
-        if auth.max_concurrent_hashes == 0 {
-            return invalid("auth.max_concurrent_hashes", "must be at least 1");
-        }
-        if auth.deadline_secs == 0 {
-            return invalid("auth.deadline_secs", "must be at least 1");
-        }
-        if auth.token_purge_interval_secs == 0 {
-            return invalid("auth.token_purge_interval_secs", "must be at least 1");
-        }
-        if self.limits.max_body_bytes < 256 {
-            return invalid("limits.max_body_bytes", "must be at least 256");
-        }
-        if self.limits.max_connections_per_ip == 0 {
-            return invalid("limits.max_connections_per_ip", "must be at least 1");
-        }
-        if self.limits.join_attempts_per_minute == 0 {
-            return invalid("limits.join_attempts_per_minute", "must be at least 1");
-        }
-        if self.limits.auth_attempts_per_minute == 0 {
-            return invalid("limits.auth_attempts_per_minute", "must be at least 1");
-        }
-        if self.limits.max_tracked_addresses == 0 {
-            return invalid("limits.max_tracked_addresses", "must be at least 1");
-        }
-        for origin in &self.server.allowed_origins {
-            if !(origin.starts_with("http://") || origin.starts_with("https://"))
-                || origin.ends_with('/')
-            {
-                return invalid(
-                    "server.allowed_origins",
-                    "entries must look like https://app.example.com (scheme and host, no path)",
-                );
-            }
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return invalid(
-                "log.level",
-                "is not a valid filter such as info or hermit_relay=debug",
-            );
-        }
-        let p = &self.pairing;
-        if !(4..=32).contains(&p.code_length) {
-            return invalid("pairing.code_length", "must be between 4 and 32");
-        }
-        let alphabet: Vec<char> = p.code_alphabet.chars().collect();
-        if alphabet.len() < 16 || !alphabet.iter().all(|c| c.is_ascii_alphanumeric()) {
-            return invalid(
-                "pairing.code_alphabet",
-                "must have at least 16 ASCII letters or digits",
-            );
-        }
-        let mut unique = alphabet.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        if unique.len() != alphabet.len() || alphabet.iter().any(|c| c.is_ascii_lowercase()) {
-            return invalid(
-                "pairing.code_alphabet",
-                "must not repeat characters or use lower case (input is upper-cased)",
-            );
-        }
-        if p.code_ttl_secs == 0 {
-            return invalid("pairing.code_ttl_secs", "must be at least 1");
-        }
-        if p.idle_unpaired_timeout_secs == 0 {
-            return invalid("pairing.idle_unpaired_timeout_secs", "must be at least 1");
-        }
-        if self.heartbeat.interval_secs == 0 {
-            return invalid("heartbeat.interval_secs", "must be at least 1");
-        }
-        let l = &self.limits;
-        if l.max_message_bytes < 1024 {
-            return invalid("limits.max_message_bytes", "must be at least 1024");
-        }
-        if l.max_outbound_bytes < l.max_message_bytes {
-            return invalid(
-                "limits.max_outbound_bytes",
-                "must be at least limits.max_message_bytes, or one message could never be sent",
-            );
-        }
-        if self.pairing.replay_window_bytes > l.max_outbound_bytes {
-            return invalid(
-                "pairing.replay_window_bytes",
-                "must not exceed limits.max_outbound_bytes: what a side has not acknowledged \
-                 must fit in its outbox when it resumes",
-            );
-        }
-        if self.pairing.replay_window_bytes < l.max_message_bytes {
-            return invalid(
-                "pairing.replay_window_bytes",
-                "must be at least limits.max_message_bytes, or one message could never be sent",
-            );
-        }
-        if p.ack_interval_ms == 0 || p.ack_interval_ms > 60_000 {
-            return invalid("pairing.ack_interval_ms", "must be between 1 and 60000");
-        }
-        if p.ack_ping_interval_secs == 0 {
-            return invalid("pairing.ack_ping_interval_secs", "must be at least 1");
-        }
-        if self.pairing.resume_buffer_bytes > l.max_outbound_bytes {
-            return invalid(
-                "pairing.resume_buffer_bytes",
-                "must not exceed limits.max_outbound_bytes: what is held for an away side \
-                 must fit in its outbox when it comes back",
-            );
-        }
-        if l.max_pending_codes == 0 {
-            return invalid("limits.max_pending_codes", "must be at least 1");
-        }
-        if self.server.max_connections_per_worker == 0 {
-            return invalid("server.max_connections_per_worker", "must be at least 1");
-        }
-        Ok(())
+    pub fn validate(&self) -> Result<(), Refusal> {
+        check::settings(self)
     }
 
     /// The effective settings as TOML, for `check-config`, with secrets masked.
@@ -391,8 +298,37 @@ impl Settings {
         if !shown.metrics.token.is_empty() {
             shown.metrics.token = "***".into();
         }
-        // unwrap: every field is a plain scalar inside a table, which TOML can always express.
+        // unwrap: every field is a plain scalar or list inside a table, which TOML can
+        // always express.
         toml::to_string(&shown).unwrap()
+    }
+}
+
+/// The settings a running relay uses now: a cheap handle every part of the relay clones,
+/// swapped whole when a reload succeeds. Reading costs one atomic load, without a lock;
+/// a reader holds the snapshot it loaded, so one request or connection sees one version.
+#[derive(Debug, Clone)]
+pub struct Live(Arc<ArcSwap<Settings>>);
+
+impl Live {
+    /// A handle starting at `settings`.
+    pub fn new(settings: Settings) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(settings)))
+    }
+
+    /// The current settings, for a short look (no reference count is taken).
+    pub fn get(&self) -> Guard<Arc<Settings>> {
+        self.0.load()
+    }
+
+    /// The current settings, to keep (a new connection keeps the version it started with).
+    pub fn snapshot(&self) -> Arc<Settings> {
+        self.0.load_full()
+    }
+
+    /// Makes `settings` current for everything that reads from now on.
+    pub fn store(&self, settings: Settings) {
+        self.0.store(Arc::new(settings));
     }
 }
 
@@ -418,6 +354,13 @@ impl DatabaseSettings {
     }
 }
 
+impl AdminSettings {
+    /// [`Self::poll_interval_ms`] as a duration.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
 impl AuthSettings {
     /// [`Self::access_token_ttl_secs`] as a duration.
     pub fn access_token_ttl(&self) -> Duration {
@@ -438,6 +381,22 @@ impl AuthSettings {
     /// [`Self::hash_queue_timeout_secs`] as a duration.
     pub fn hash_queue_timeout(&self) -> Duration {
         Duration::from_secs(self.hash_queue_timeout_secs)
+    }
+    /// Whether `email` (normalised: trimmed, lower case) may register under the current
+    /// mode: anyone when open, no one when closed, a listed address or `*@domain` match
+    /// when on the allowlist.
+    pub fn may_register(&self, email: &str) -> bool {
+        match self.registration {
+            Registration::Open => true,
+            Registration::Closed => false,
+            Registration::Allowlist => self.allowed_emails.iter().any(|allowed| {
+                let allowed = allowed.to_lowercase();
+                match allowed.strip_prefix("*@") {
+                    Some(domain) => email.rsplit_once('@').is_some_and(|(_, d)| d == domain),
+                    None => allowed == email,
+                }
+            }),
+        }
     }
 }
 
@@ -480,181 +439,4 @@ impl HeartbeatSettings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn env(vars: &[(&str, &str)]) -> Environment {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Environment::with_prefix(ENV_PREFIX).source(Some(map))
-    }
-
-    #[test]
-    fn the_embedded_defaults_load_and_validate() {
-        let s = Settings::defaults();
-        assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.pairing.code_ttl_secs, 300);
-        assert_eq!(s.pairing.code_length, 6);
-        assert_eq!(s.pairing.code_alphabet, "346789ABCDEFGHJKLMNPQRTUVWXY");
-        assert_eq!(s.heartbeat.interval_secs, 30);
-        assert_eq!(s.heartbeat.timeout_secs, 10);
-        assert!(s.limits.max_message_bytes >= 1024 * 1024);
-    }
-
-    #[test]
-    fn environment_variables_override_nested_keys() {
-        let s = Settings::load_from(
-            None,
-            env(&[
-                ("HERMIT__SERVER__BIND", "0.0.0.0:9000"),
-                ("HERMIT__PAIRING__CODE_TTL_SECS", "2"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(s.server.bind.to_string(), "0.0.0.0:9000");
-        assert_eq!(s.pairing.code_ttl_secs, 2);
-    }
-
-    #[test]
-    fn a_file_overrides_defaults_and_the_environment_overrides_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("relay.toml");
-        std::fs::write(
-            &path,
-            "[pairing]\ncode_ttl_secs = 60\nresume_grace_secs = 5\n",
-        )
-        .unwrap();
-        let s = Settings::load_from(
-            Some(&path),
-            env(&[("HERMIT__PAIRING__RESUME_GRACE_SECS", "7")]),
-        )
-        .unwrap();
-        assert_eq!(s.pairing.code_ttl_secs, 60);
-        assert_eq!(s.pairing.resume_grace_secs, 7);
-        assert_eq!(s.heartbeat.interval_secs, 30);
-    }
-
-    #[test]
-    fn an_invalid_value_is_refused_naming_its_key() {
-        let err = Settings::load_from(None, env(&[("HERMIT__PAIRING__CODE_LENGTH", "2")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("pairing.code_length"), "{err}");
-
-        let err = Settings::load_from(None, env(&[("HERMIT__LIMITS__MAX_OUTBOUND_BYTES", "2000")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("limits.max_outbound_bytes"), "{err}");
-
-        let err = Settings::load_from(
-            None,
-            env(&[("HERMIT__PAIRING__RESUME_BUFFER_BYTES", "8388608")]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("pairing.resume_buffer_bytes"), "{err}");
-    }
-
-    #[test]
-    fn a_value_of_the_wrong_type_is_refused_naming_its_key() {
-        let err = Settings::load_from(None, env(&[("HERMIT__PAIRING__CODE_TTL_SECS", "soon")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("code_ttl_secs"), "{err}");
-    }
-
-    #[test]
-    fn an_unknown_key_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("relay.toml");
-        std::fs::write(&path, "[pairing]\ncode_tll_secs = 60\n").unwrap();
-        let err = Settings::load_from(Some(&path), env(&[]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("code_tll_secs"), "{err}");
-    }
-
-    #[test]
-    fn database_passwords_are_masked_in_the_printed_settings() {
-        let s = Settings::load_from(
-            None,
-            env(&[(
-                "HERMIT__DATABASE__URL",
-                "postgres://relay:s3cret@db:5432/hermit",
-            )]),
-        )
-        .unwrap();
-        let printed = s.to_toml();
-        assert!(!printed.contains("s3cret"), "{printed}");
-        assert!(
-            printed.contains("postgres://relay:***@db:5432/hermit"),
-            "{printed}"
-        );
-        assert_eq!(
-            mask_url_password("sqlite://data/x.db"),
-            "sqlite://data/x.db"
-        );
-    }
-
-    #[test]
-    fn an_unsupported_database_url_is_refused_naming_its_key() {
-        let err = Settings::load_from(None, env(&[("HERMIT__DATABASE__URL", "mysql://x")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("database.url"), "{err}");
-    }
-
-    #[test]
-    fn list_keys_take_comma_separated_environment_values() {
-        let s = Settings::load_from(
-            None,
-            env(&[
-                ("HERMIT__SERVER__TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1/32"),
-                (
-                    "HERMIT__SERVER__ALLOWED_ORIGINS",
-                    "https://a.example,https://b.example",
-                ),
-            ]),
-        )
-        .unwrap();
-        let proxies: Vec<String> = s
-            .server
-            .trusted_proxies
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
-        assert_eq!(proxies, ["10.0.0.0/8", "127.0.0.1/32"]);
-        assert_eq!(
-            s.server.allowed_origins,
-            ["https://a.example", "https://b.example"]
-        );
-    }
-
-    #[test]
-    fn a_bad_proxy_cidr_is_refused() {
-        let err = Settings::load_from(
-            None,
-            env(&[("HERMIT__SERVER__TRUSTED_PROXIES", "10.0.0.0/99")]),
-        );
-        assert!(err.unwrap_err().to_string().contains("trusted_proxies"));
-    }
-
-    #[test]
-    fn a_missing_config_file_is_an_error() {
-        let err = Settings::load_from(Some(Path::new("/nonexistent/relay.toml")), env(&[]));
-        assert!(err.is_err());
-    }
-
-    #[test]
-    fn the_effective_settings_print_as_toml_that_loads_again() {
-        let s = Settings::defaults();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("printed.toml");
-        std::fs::write(&path, s.to_toml()).unwrap();
-        let again = Settings::load_from(Some(&path), env(&[])).unwrap();
-        assert_eq!(again.to_toml(), s.to_toml());
-    }
-}
+mod tests;
