@@ -165,11 +165,14 @@ where
 {
     let pool = pool.clone();
     actix_web::web::block(move || {
+        let started = std::time::Instant::now();
         let mut conn = pool.get().map_err(|err| {
             tracing::warn!(%err, "no database connection");
             ApiError::Unavailable("the database is unavailable")
         })?;
-        work(&mut conn)
+        let result = work(&mut conn);
+        crate::metrics::METRICS.db_time(started.elapsed());
+        result
     })
     .await
     .map_err(|_| ApiError::internal("database task was cancelled"))?

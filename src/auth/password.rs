@@ -103,7 +103,9 @@ impl Passwords {
         let result = actix_web::web::block(move || {
             let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             stats.peak.fetch_max(now, Ordering::SeqCst);
+            let started = std::time::Instant::now();
             let result = work();
+            crate::metrics::METRICS.hash_time(started.elapsed());
             stats.in_flight.fetch_sub(1, Ordering::SeqCst);
             stats.total.fetch_add(1, Ordering::Relaxed);
             result
@@ -115,7 +117,9 @@ impl Passwords {
     }
 }
 
-fn hash_now(password: &str) -> Result<String, argon2::password_hash::Error> {
+/// An argon2id PHC string for `password`, on this thread (the admin commands; the relay
+/// goes through [`Passwords::hash`]).
+pub fn hash_now(password: &str) -> Result<String, argon2::password_hash::Error> {
     Ok(Argon2::default()
         .hash_password(password.as_bytes())?
         .to_string())
