@@ -3,7 +3,13 @@
 //! The HTTP handlers in `routes::auth` only parse and delegate here. Passwords are hashed
 //! under the bound of [`Passwords`]; every database step runs through [`db::run`], off the
 //! async threads.
+//!
+//! Who may register is read from the live settings on each attempt (`auth.registration`,
+//! `auth.allowed_emails`), so a reload changes it at once. A disabled or deleted user is
+//! out everywhere through one check, [`active_user`]: an indexed primary-key read, done
+//! at login, refresh, each API request and each WebSocket `auth`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,15 +17,16 @@ use diesel::Connection;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::audit;
 use crate::auth::opaque::{self, REFRESH_PREFIX};
 use crate::auth::password::{Passwords, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
 use crate::auth::token::AccessTokens;
-use crate::config::{AuthSettings, Registration};
+use crate::config::{Live, Registration};
 use crate::db::{self, DbConnection, Pool};
 use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::models::refresh_token::{self, NewRefreshToken};
-use crate::models::user::{self, NewUser};
+use crate::models::user::{self, NewUser, User};
 use crate::models::{is_unique_violation, now};
 use crate::relay::protocol::UserInfo;
 
@@ -56,42 +63,38 @@ pub struct Accounts {
     pub tokens: Arc<AccessTokens>,
     /// Bounded password hashing.
     pub passwords: Passwords,
-    registration: Registration,
+    /// The running settings: registration mode and allowlist are read from here each time.
+    settings: Live,
     refresh_ttl: Duration,
 }
 
 impl Accounts {
-    /// The service over `pool` with the `[auth]` settings.
-    pub fn new(pool: Pool, tokens: Arc<AccessTokens>, settings: &AuthSettings) -> Self {
+    /// The service over `pool`, with the `[auth]` settings of `settings`.
+    pub fn new(pool: Pool, tokens: Arc<AccessTokens>, settings: Live) -> Self {
+        let auth = settings.snapshot().auth.clone();
         Self {
             pool,
             tokens,
-            passwords: Passwords::new(
-                settings.max_concurrent_hashes,
-                settings.hash_queue_timeout(),
-            ),
-            registration: settings.registration,
-            refresh_ttl: settings.refresh_token_ttl(),
+            passwords: Passwords::new(auth.max_concurrent_hashes, auth.hash_queue_timeout()),
+            settings,
+            refresh_ttl: auth.refresh_token_ttl(),
         }
     }
 
-    /// Creates an account and signs it in.
+    /// Creates an account and signs it in, if the registration mode lets this email in.
     pub async fn register(&self, email: &str, password: String) -> Result<SignedIn, ApiError> {
-        if self.registration == Registration::Closed {
+        let auth = &self.settings.get().auth;
+        if auth.registration == Registration::Closed {
             return Err(ApiError::RegistrationClosed);
         }
         let email = normalise_email(email)
             .ok_or_else(|| ApiError::BadRequest("Invalid email address".into()))?;
-        if password.chars().count() < MIN_PASSWORD_CHARS {
-            return Err(ApiError::BadRequest(format!(
-                "Password must be at least {MIN_PASSWORD_CHARS} characters"
-            )));
+        if !auth.may_register(&email) {
+            return Err(ApiError::Forbidden(
+                "Registration on this relay is limited to invited addresses",
+            ));
         }
-        if password.len() > MAX_PASSWORD_BYTES {
-            return Err(ApiError::BadRequest(format!(
-                "Password must be at most {MAX_PASSWORD_BYTES} bytes"
-            )));
-        }
+        check_password(&password).map_err(ApiError::BadRequest)?;
         let password_hash = self.passwords.hash(password).await?;
         let user_id = Uuid::new_v4().to_string();
         let refresh = opaque::mint(REFRESH_PREFIX);
@@ -100,13 +103,7 @@ impl Accounts {
         let (id, stored_email) = (user_id.clone(), email.clone());
         db::run(&self.pool, move |conn| {
             conn.transaction(|conn| {
-                let user = NewUser {
-                    id: &id,
-                    email: &stored_email,
-                    password_hash: &password_hash,
-                    created_at: now(),
-                };
-                match user::insert(conn, &user) {
+                match insert_user(conn, &id, &stored_email, &password_hash) {
                     Err(err) if is_unique_violation(&err) => {
                         return Err(ApiError::BadRequest("Email is already registered".into()))
                     }
@@ -146,6 +143,10 @@ impl Accounts {
             return Err(ApiError::InvalidCredentials);
         }
         let user = user.ok_or(ApiError::InvalidCredentials)?;
+        // Told only to whoever knows the password: the account exists but is switched off.
+        if user.disabled_at.is_some() {
+            return Err(ApiError::Forbidden("This account is disabled"));
+        }
         let refresh = opaque::mint(REFRESH_PREFIX);
         let (user_id, hash, ttl) = (user.id.clone(), refresh.hash.clone(), self.refresh_ttl);
         db::run(&self.pool, move |conn| {
@@ -162,8 +163,9 @@ impl Accounts {
         })
     }
 
-    /// Exchanges a refresh token for a new pair. A token presented twice revokes its family.
-    pub async fn refresh(&self, presented: &str) -> Result<Refreshed, ApiError> {
+    /// Exchanges a refresh token for a new pair. A token presented twice revokes its family
+    /// (an audit event, with `client`, the address that presented it).
+    pub async fn refresh(&self, presented: &str, client: IpAddr) -> Result<Refreshed, ApiError> {
         let hash = opaque::hash(presented);
         let next = opaque::mint(REFRESH_PREFIX);
         let next_hash = next.hash.clone();
@@ -177,8 +179,13 @@ impl Accounts {
                 access_token: self.tokens.issue(&user_id),
                 refresh_token: next.secret,
             }),
-            Rotation::Reused => {
+            Rotation::Reused { user_id } => {
                 tracing::warn!("a spent refresh token was presented again; its family is revoked");
+                audit::event("refresh_reuse")
+                    .user(&user_id)
+                    .client(client)
+                    .reason("family_revoked")
+                    .record();
                 Err(ApiError::Unauthorized("Invalid refresh token"))
             }
             Rotation::Refused => Err(ApiError::Unauthorized("Invalid refresh token")),
@@ -204,7 +211,9 @@ enum Rotation {
         user_id: String,
     },
     /// A spent token came back: the family was revoked (and that revocation committed).
-    Reused,
+    Reused {
+        user_id: String,
+    },
     Refused,
 }
 
@@ -223,7 +232,12 @@ fn rotate(
     }
     if token.spent_at.is_some() || !refresh_token::spend(conn, &token.id, at)? {
         refresh_token::revoke_family(conn, &token.family_id, at)?;
-        return Ok(Rotation::Reused);
+        return Ok(Rotation::Reused {
+            user_id: token.user_id,
+        });
+    }
+    if active_user(conn, &token.user_id)?.is_none() {
+        return Ok(Rotation::Refused);
     }
     insert_token(conn, &token.user_id, &token.family_id, next_hash, ttl)?;
     Ok(Rotation::Rotated {
@@ -262,6 +276,54 @@ fn insert_token(
         },
     )?;
     Ok(())
+}
+
+/// The user with this id if it exists and is not disabled: the one check that keeps a
+/// disabled or deleted user out (one primary-key read).
+pub fn active_user(conn: &mut DbConnection, user_id: &str) -> diesel::QueryResult<Option<User>> {
+    Ok(user::find(conn, user_id)?.filter(|user| user.disabled_at.is_none()))
+}
+
+impl Accounts {
+    /// [`active_user`] off the async threads.
+    pub async fn active_user(&self, user_id: &str) -> Result<Option<User>, ApiError> {
+        let id = user_id.to_owned();
+        db::run(&self.pool, move |conn| Ok(active_user(conn, &id)?)).await
+    }
+}
+
+/// Why `password` may not be used, if it may not (shared by `/auth/register` and
+/// `hermit-relay users add` / `set-password`).
+pub fn check_password(password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(format!(
+            "Password must be at least {MIN_PASSWORD_CHARS} characters"
+        ));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "Password must be at most {MAX_PASSWORD_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Inserts a user with a new id (`id`), its normalised email and password hash.
+pub fn insert_user(
+    conn: &mut DbConnection,
+    id: &str,
+    email: &str,
+    password_hash: &str,
+) -> diesel::QueryResult<()> {
+    user::insert(
+        conn,
+        &NewUser {
+            id,
+            email,
+            password_hash,
+            created_at: now(),
+        },
+    )
 }
 
 /// Trimmed, lower-cased email if it looks like one: `local@domain.tld`, no spaces.

@@ -7,9 +7,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::audit;
 use crate::metrics::METRICS;
 
 /// The unit an address limit applies to: an IPv4 address or an IPv6 /64.
@@ -48,20 +50,36 @@ impl Limiters {
             join: RateLimiter::new(
                 limits.join_attempts_per_minute,
                 limits.max_tracked_addresses,
-            ),
+            )
+            .named("join"),
             auth: RateLimiter::new(
                 limits.auth_attempts_per_minute,
                 limits.max_tracked_addresses,
-            ),
+            )
+            .named("auth"),
         }
+    }
+
+    /// Applies reloaded `[limits]`: buckets keep their tokens, new attempts see the new rate.
+    pub fn reconfigure(&self, limits: &crate::config::LimitSettings) {
+        self.join.set(
+            limits.join_attempts_per_minute,
+            limits.max_tracked_addresses,
+        );
+        self.auth.set(
+            limits.auth_attempts_per_minute,
+            limits.max_tracked_addresses,
+        );
     }
 }
 
 /// A token bucket per address: `per_minute` attempts, refilled evenly over a minute.
 #[derive(Debug)]
 pub struct RateLimiter {
-    per_minute: u32,
-    max_tracked: usize,
+    per_minute: AtomicU32,
+    max_tracked: AtomicUsize,
+    /// Names the limiter in the audit log.
+    name: &'static str,
     buckets: Mutex<HashMap<AddressKey, Bucket>>,
 }
 
@@ -69,20 +87,35 @@ pub struct RateLimiter {
 struct Bucket {
     tokens: f64,
     updated: Instant,
+    /// Refused since its last allowed attempt: audited once per streak, not per attempt.
+    tripped: bool,
 }
 
 impl RateLimiter {
     /// Allows `per_minute` attempts per address, tracking at most `max_tracked` addresses.
     pub fn new(per_minute: u32, max_tracked: usize) -> Self {
         Self {
-            per_minute,
-            max_tracked,
+            per_minute: AtomicU32::new(per_minute),
+            max_tracked: AtomicUsize::new(max_tracked),
+            name: "rate",
             buckets: Mutex::default(),
         }
     }
 
+    /// The limiter, named `name` in the audit log.
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// New limits for attempts from now on.
+    pub fn set(&self, per_minute: u32, max_tracked: usize) {
+        self.per_minute.store(per_minute, Relaxed);
+        self.max_tracked.store(max_tracked, Relaxed);
+    }
+
     fn refill(&self, bucket: &mut Bucket, now: Instant) {
-        let capacity = f64::from(self.per_minute);
+        let capacity = f64::from(self.per_minute.load(Relaxed));
         let elapsed = now.duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * capacity / 60.0).min(capacity);
         bucket.updated = now;
@@ -92,15 +125,16 @@ impl RateLimiter {
     pub fn check(&self, ip: IpAddr) -> bool {
         let key = AddressKey::from(ip);
         let now = Instant::now();
-        let capacity = f64::from(self.per_minute);
+        let capacity = f64::from(self.per_minute.load(Relaxed));
+        let max_tracked = self.max_tracked.load(Relaxed);
         let mut buckets = lock(&self.buckets);
-        if !buckets.contains_key(&key) && buckets.len() >= self.max_tracked {
+        if !buckets.contains_key(&key) && buckets.len() >= max_tracked {
             // Forget addresses whose bucket has refilled: they are no different from new.
             buckets.retain(|_, bucket| {
                 let elapsed = now.duration_since(bucket.updated).as_secs_f64();
                 bucket.tokens + elapsed * capacity / 60.0 < capacity
             });
-            if buckets.len() >= self.max_tracked {
+            if buckets.len() >= max_tracked {
                 tracing::warn!("rate limiter is tracking its maximum of addresses; refusing");
                 METRICS
                     .rate_limited
@@ -111,15 +145,23 @@ impl RateLimiter {
         let bucket = buckets.entry(key).or_insert(Bucket {
             tokens: capacity,
             updated: now,
+            tripped: false,
         });
         self.refill(bucket, now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
+            bucket.tripped = false;
             true
         } else {
             METRICS
                 .rate_limited
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !std::mem::replace(&mut bucket.tripped, true) {
+                audit::event("rate_limited")
+                    .client(ip)
+                    .reason(self.name)
+                    .record();
+            }
             false
         }
     }

@@ -1,6 +1,11 @@
 //! `AuthUser`: the caller of an `/api` route, from its `Authorization: Bearer` token.
+//!
+//! A valid token is not enough: its user must still exist and not be disabled
+//! ([`crate::accounts::active_user`], one primary-key read per request), so an operator's
+//! `hermit-relay users disable` or `delete` shuts out access tokens that have not expired.
 
-use std::future::{ready, Ready};
+use std::future::Future;
+use std::pin::Pin;
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
@@ -8,7 +13,7 @@ use crate::accounts::Accounts;
 use crate::error::ApiError;
 use crate::ids::UserId;
 
-/// A request whose bearer token is a valid access token.
+/// A request whose bearer token is a valid access token of an active user.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     /// The user the token was issued to.
@@ -17,14 +22,26 @@ pub struct AuthUser {
 
 impl FromRequest for AuthUser {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        let verified = verify(req);
+        Box::pin(async move {
+            let (accounts, user_id) = verified?;
+            match accounts.active_user(&user_id).await? {
+                Some(_) => Ok(AuthUser {
+                    user_id: UserId::from(user_id),
+                }),
+                None => Err(ApiError::Unauthorized(
+                    "This account is disabled or no longer exists",
+                )),
+            }
+        })
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
+/// The token's user id, if the token is valid.
+fn verify(req: &HttpRequest) -> Result<(web::Data<Accounts>, String), ApiError> {
     let accounts = req
         .app_data::<web::Data<Accounts>>()
         .ok_or_else(|| ApiError::internal("accounts state missing"))?;
@@ -41,7 +58,5 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         tracing::debug!(%err, "access token refused");
         ApiError::Unauthorized("Invalid or expired token")
     })?;
-    Ok(AuthUser {
-        user_id: UserId::from(user_id),
-    })
+    Ok((accounts.clone(), user_id))
 }

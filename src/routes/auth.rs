@@ -5,21 +5,24 @@ use std::sync::atomic::Ordering::Relaxed;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use crate::accounts::Accounts;
+use crate::accounts::{normalise_email, Accounts};
+use crate::audit;
 use crate::error::ApiError;
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
 
-/// Refuses the request if its client address has used up its attempts this minute.
-fn limit(req: &HttpRequest) -> Result<(), ApiError> {
+/// Refuses the request if its client address has used up its attempts this minute;
+/// answers the client address otherwise.
+fn limit(req: &HttpRequest) -> Result<std::net::IpAddr, ApiError> {
     let limiters = req.app_data::<web::Data<Limiters>>();
     let client_addr = req.app_data::<web::Data<ClientAddr>>();
     let (Some(limiters), Some(client_addr)) = (limiters, client_addr) else {
         return Err(ApiError::internal("rate limiter state missing"));
     };
-    if limiters.auth.check(client_addr.of(req)) {
-        Ok(())
+    let client = client_addr.of(req);
+    if limiters.auth.check(client) {
+        Ok(client)
     } else {
         Err(ApiError::RateLimited)
     }
@@ -63,9 +66,14 @@ async fn register(
     accounts: web::Data<Accounts>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    limit(&req)?;
+    let client = limit(&req)?;
     let Credentials { email, password } = body.into_inner();
     let signed_in = accounts.register(&email, password).await?;
+    audit::event("register")
+        .user(signed_in.user.id.as_str())
+        .email(&signed_in.user.email)
+        .client(client)
+        .record();
     Ok(HttpResponse::Ok().json(signed_in))
 }
 
@@ -74,9 +82,30 @@ async fn login(
     accounts: web::Data<Accounts>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    limit(&req)?;
+    let client = limit(&req)?;
     let Credentials { email, password } = body.into_inner();
-    let signed_in = count_failure(accounts.login(&email, password).await)?;
+    let signed_in = match count_failure(accounts.login(&email, password).await) {
+        Ok(signed_in) => signed_in,
+        Err(err) => {
+            let reason = match err {
+                ApiError::InvalidCredentials => "invalid_credentials",
+                ApiError::Forbidden(_) => "disabled",
+                _ => return Err(err),
+            };
+            let tried = normalise_email(&email).unwrap_or_default();
+            audit::event("login_refused")
+                .email(&tried)
+                .client(client)
+                .reason(reason)
+                .record();
+            return Err(err);
+        }
+    };
+    audit::event("login")
+        .user(signed_in.user.id.as_str())
+        .email(&signed_in.user.email)
+        .client(client)
+        .record();
     Ok(HttpResponse::Ok().json(signed_in))
 }
 
@@ -85,8 +114,8 @@ async fn refresh(
     accounts: web::Data<Accounts>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
-    limit(&req)?;
-    let refreshed = count_failure(accounts.refresh(&body.refresh_token).await)?;
+    let client = limit(&req)?;
+    let refreshed = count_failure(accounts.refresh(&body.refresh_token, client).await)?;
     Ok(HttpResponse::Ok().json(refreshed))
 }
 

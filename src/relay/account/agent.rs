@@ -14,7 +14,8 @@ use bytes::Bytes;
 
 use super::registry::{AgentOffline, AgentOnline, AgentReport, MachineRegistry, ToAgent, ToClient};
 use super::REGISTRY_TIMEOUT;
-use crate::accounts::Accounts;
+use crate::accounts::{self, Accounts};
+use crate::audit;
 use crate::auth::opaque;
 use crate::db;
 use crate::error::ApiError;
@@ -35,7 +36,7 @@ enum State {
     /// The token is being checked (nothing else is read meanwhile).
     Verifying,
     /// Registered for a machine.
-    Online { machine: MachineId },
+    Online { machine: MachineId, user: UserId },
 }
 
 /// The state of one `/ws/agent` connection.
@@ -90,9 +91,21 @@ impl Protocol for AgentSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
-        let State::Online { machine } = &conn.proto.state else {
+        let State::Online { machine, user } = &conn.proto.state else {
             return;
         };
+        let outcome = conn.socket.outcome();
+        let name = match outcome {
+            Outcome::Replaced => "agent_replaced",
+            _ => "agent_offline",
+        };
+        audit::event(name)
+            .user(user.as_str())
+            .machine(machine.as_str())
+            .client(conn.socket.client_ip())
+            .conn(conn.socket.conn)
+            .reason(outcome.as_str())
+            .record();
         conn.proto.registry.do_send(AgentOffline {
             conn: conn.socket.conn,
         });
@@ -195,6 +208,11 @@ impl Connection<AgentSocket> {
             db::run(&pool, move |conn| {
                 let found = machine::find_by_token_hash(conn, &hash)?
                     .filter(|m| opaque::hashes_match(&m.token_hash, &hash));
+                // A disabled or deleted owner's machines are out too.
+                let found = match found {
+                    Some(m) if accounts::active_user(conn, &m.user_id)?.is_some() => Some(m),
+                    _ => None,
+                };
                 if let Some(m) = &found {
                     machine::touch(conn, &m.id, now())?;
                 }
@@ -223,7 +241,7 @@ impl Connection<AgentSocket> {
     fn come_online(&mut self, machine: MachineId, user: UserId, ctx: &mut Ctx<AgentSocket>) {
         let online = AgentOnline {
             machine: machine.clone(),
-            user,
+            user: user.clone(),
             peer: self.peer(ctx),
         };
         let answer = self.proto.registry.send(online).timeout(REGISTRY_TIMEOUT);
@@ -241,7 +259,13 @@ impl Connection<AgentSocket> {
                     );
                     agent.send(&AgentEvent::ListSessions, ctx);
                     tracing::info!(conn = %agent.socket.conn, %machine, "agent registered");
-                    agent.proto.state = State::Online { machine };
+                    audit::event("agent_online")
+                        .user(user.as_str())
+                        .machine(machine.as_str())
+                        .client(agent.socket.client_ip())
+                        .conn(agent.socket.conn)
+                        .record();
+                    agent.proto.state = State::Online { machine, user };
                 }
                 // Deleted since its token was checked: the token is void now.
                 Ok(Err(_)) => agent.refuse_token(Outcome::Refused, "invalid machine token", ctx),

@@ -20,13 +20,13 @@ use super::registry::{
     ToClient,
 };
 use super::REGISTRY_TIMEOUT;
-use crate::accounts::Accounts;
+use crate::accounts::{self, Accounts};
+use crate::audit;
 use crate::db;
 use crate::error::ApiError;
-use crate::ids::{Outcome, SessionId, UserId};
+use crate::ids::{MachineId, Outcome, SessionId, UserId};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
-use crate::models::user;
 use crate::relay::delivery::{Delivery, Peer};
 use crate::relay::protocol::account::{self, AgentEvent, ClientEvent, ClientRequest};
 use crate::relay::protocol::{Common, ErrorCode, UserInfo};
@@ -165,7 +165,9 @@ impl Connection<ClientSocket> {
             },
             ClientRequest::Detach { session_id } => {
                 // Input sent after `detach` is refused at once, whatever the agent does.
-                self.proto.attached.remove(&session_id);
+                if self.proto.attached.remove(&session_id).is_some() {
+                    self.audit("client_detach", None, &session_id);
+                }
                 ClientCommand::Detach {
                     session: session_id,
                 }
@@ -206,7 +208,7 @@ impl Connection<ClientSocket> {
     /// reading on.
     fn ask(&mut self, command: ClientCommand, ctx: &mut Ctx<ClientSocket>) {
         let attaching = match &command {
-            ClientCommand::Attach { session, .. } => Some(session.clone()),
+            ClientCommand::Attach { machine, session } => Some((machine.clone(), session.clone())),
             _ => None,
         };
         let ask = ClientAsk {
@@ -218,12 +220,13 @@ impl Connection<ClientSocket> {
             answer,
             move |client, answer, ctx| match (answer, attaching) {
                 (Ok(ClientReply::Done), _) => {}
-                (Ok(ClientReply::Linking(link)), Some(session)) => {
+                (Ok(ClientReply::Linking(link)), Some((machine, session))) => {
                     let link = tokio::time::timeout(REGISTRY_TIMEOUT, link);
                     client.wait_for(
                         link,
                         move |client, agent, ctx| match agent {
                             Ok(Ok(agent)) => {
+                                client.audit("client_attach", Some(&machine), &session);
                                 client.proto.attached.insert(session, agent);
                             }
                             _ => client.error(
@@ -266,14 +269,19 @@ impl Connection<ClientSocket> {
         };
         let pool = self.proto.accounts.pool.clone();
         let lookup = async move {
-            db::run(&pool, move |conn| Ok(user::find(conn, user_id.as_str())?)).await
+            db::run(&pool, move |conn| {
+                Ok(accounts::active_user(conn, user_id.as_str())?)
+            })
+            .await
         };
         self.wait_for(
             lookup,
             |client, found, ctx| match found {
-                Ok(None) => {
-                    client.error(ErrorCode::UserNotFound, "that user no longer exists", ctx)
-                }
+                Ok(None) => client.error(
+                    ErrorCode::UserNotFound,
+                    "that account no longer exists or is disabled",
+                    ctx,
+                ),
                 Ok(Some(found)) => {
                     let user = UserInfo {
                         id: found.id.into(),
@@ -315,6 +323,21 @@ impl Connection<ClientSocket> {
             },
             ctx,
         );
+    }
+
+    /// Records an attachment change in the audit log.
+    fn audit(&self, name: &'static str, machine: Option<&MachineId>, session: &SessionId) {
+        let mut event = audit::event(name)
+            .session(session.as_str())
+            .client(self.socket.client_ip())
+            .conn(self.socket.conn);
+        if let Some(user) = &self.proto.user {
+            event = event.user(user.id.as_str());
+        }
+        if let Some(machine) = machine {
+            event = event.machine(machine.as_str());
+        }
+        event.record();
     }
 
     fn unavailable(&mut self, err: ApiError, ctx: &mut Ctx<ClientSocket>) {

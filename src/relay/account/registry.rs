@@ -17,7 +17,7 @@ use super::table::{Effect, Live, MachineDeleted, MachineTable};
 use crate::ids::{ConnId, MachineId, Outcome, SessionId, UserId};
 use crate::relay::delivery::{Command, Peer};
 use crate::relay::protocol::account::ClientEvent;
-use crate::relay::protocol::{Common, SessionInfo};
+use crate::relay::protocol::{Common, ErrorCode, SessionInfo};
 
 /// Registry (or a client) → agent actor.
 #[derive(Message)]
@@ -214,6 +214,29 @@ pub struct MachineStatus {
 pub struct DropMachine {
     /// The deleted machine.
     pub machine: MachineId,
+}
+
+/// Admin watcher → registry: which users and machines are online now.
+#[derive(Message)]
+#[rtype(result = "Online")]
+pub struct WhoIsOnline;
+
+/// What [`WhoIsOnline`] answers.
+#[derive(Debug, Default, MessageResponse)]
+pub struct Online {
+    /// Users with a client or an agent online.
+    pub users: Vec<UserId>,
+    /// Machines with an agent online.
+    pub machines: Vec<MachineId>,
+}
+
+/// Admin watcher → registry: a user was disabled or deleted; close its clients (told
+/// `USER_NOT_FOUND` first) and drop its agents.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DropUser {
+    /// The user.
+    pub user: UserId,
 }
 
 /// The account-mode registry actor.
@@ -418,6 +441,33 @@ impl Handler<DropMachine> for MachineRegistry {
 
     fn handle(&mut self, msg: DropMachine, _: &mut Context<Self>) {
         let effects = self.table.machine_deleted(&msg.machine, Instant::now());
+        self.apply(effects, None);
+    }
+}
+
+impl Handler<WhoIsOnline> for MachineRegistry {
+    type Result = Online;
+
+    fn handle(&mut self, _: WhoIsOnline, _: &mut Context<Self>) -> Online {
+        let (users, machines) = self.table.online();
+        Online { users, machines }
+    }
+}
+
+impl Handler<DropUser> for MachineRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: DropUser, _: &mut Context<Self>) {
+        let (clients, effects) = self.table.user_removed(&msg.user);
+        for conn in clients {
+            if let Some(client) = self.clients.get(&conn) {
+                client.send(&Common::error(
+                    ErrorCode::UserNotFound,
+                    "this account was disabled or deleted",
+                ));
+                client.close(Outcome::Refused);
+            }
+        }
         self.apply(effects, None);
     }
 }

@@ -23,6 +23,7 @@ use actix::prelude::*;
 pub use super::command::ToConn;
 use super::pipes::{lock as lock_pipes, Pipes, SharedPipes, StreamLimits};
 use super::table::{Effect, PairingRules, PairingTable};
+use crate::audit;
 use crate::ids::{ConnId, MacClientId, Outcome, PairingId, Role};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{Delivery, Peer};
@@ -232,6 +233,10 @@ impl SessionRegistry {
                 }
                 Effect::Ended { session } => {
                     self.pipes.remove(&session);
+                    METRICS.pairings_ended.fetch_add(1, Relaxed);
+                    audit::event("pairing_ended")
+                        .pairing(session.fingerprint())
+                        .record();
                 }
                 Effect::PartnerGone { to, code } => {
                     // A pairing handed over but not yet taken is void now.

@@ -16,6 +16,7 @@ use super::registry::{
     self, Connect, Disconnect, Join, Lossless, Pairing, PairingSlot, Register, Reply, Resume,
     SessionRegistry, ToConn, Unpair,
 };
+use crate::audit;
 use crate::ids::{DropReason, Outcome, Role};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
@@ -231,13 +232,21 @@ impl Connection<PairSocket> {
         M: Message<Result = Reply> + Send + 'static,
         SessionRegistry: Handler<M>,
     {
+        let (asked, join) = (
+            Instant::now(),
+            std::any::TypeId::of::<M>() == std::any::TypeId::of::<Join>(),
+        );
         let answer = self.proto.registry.send(request).timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             answer,
-            |conn, answer, ctx| match answer {
+            move |conn, answer, ctx| match answer {
                 Ok(Reply(commands)) => {
+                    let paired = commands.iter().any(|c| matches!(c, ToConn::Paired));
                     for command in commands {
                         conn.on_command(command, ctx);
+                    }
+                    if paired {
+                        conn.audit_paired(join, asked);
                     }
                 }
                 Err(err) => {
@@ -330,6 +339,32 @@ impl Connection<PairSocket> {
             role: self.proto.role,
         };
         self.ask(unpair, ctx);
+    }
+
+    /// This side's own request paired it: a `join` makes a pairing, a `resume` or a mac's
+    /// `register` resumes one (the partner hears of it through its mailbox, unrecorded, so
+    /// each pairing event is recorded once).
+    fn audit_paired(&self, join: bool, asked: Instant) {
+        if join {
+            METRICS.pairing_time(asked.elapsed());
+        }
+        let Some(pairing) = &self.proto.pairing else {
+            return;
+        };
+        let role = match self.proto.role {
+            Role::Mac => "mac",
+            Role::Browser => "browser",
+        };
+        audit::event(if join {
+            "pairing_made"
+        } else {
+            "pairing_resumed"
+        })
+        .pairing(pairing.session.fingerprint())
+        .client(self.socket.client_ip())
+        .conn(self.socket.conn)
+        .reason(role)
+        .record();
     }
 
     /// Takes a pairing the registry handed over, if any. Called on `Paired` and before
