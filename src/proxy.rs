@@ -10,21 +10,29 @@ use std::net::IpAddr;
 use actix_web::HttpRequest;
 use ipnet::IpNet;
 
-/// Resolves client addresses for one set of trusted proxies.
+/// Resolves client addresses for one set of trusted proxies. Clones share the set, which
+/// a configuration reload replaces ([`Self::set`]).
 #[derive(Debug, Clone, Default)]
 pub struct ClientAddr {
-    trusted: Vec<IpNet>,
+    trusted: std::sync::Arc<arc_swap::ArcSwap<Vec<IpNet>>>,
 }
 
 impl ClientAddr {
     /// Believes forwarding headers only from peers inside `trusted`.
     pub fn new(trusted: Vec<IpNet>) -> Self {
-        Self { trusted }
+        Self {
+            trusted: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(trusted)),
+        }
+    }
+
+    /// Believes `trusted` from now on (a reload changed `server.trusted_proxies`).
+    pub fn set(&self, trusted: Vec<IpNet>) {
+        self.trusted.store(std::sync::Arc::new(trusted));
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.trusted.iter().any(|net| net.contains(&ip))
+        self.trusted.load().iter().any(|net| net.contains(&ip))
     }
 
     /// The client address of `req` (falls back to the unspecified address if actix does

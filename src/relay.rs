@@ -20,7 +20,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::accounts::Accounts;
-use crate::config::Settings;
+use crate::config::Live;
 use crate::connections::{Admission, Connections, Refused};
 use crate::error::ApiError;
 use crate::ids::{Endpoint, Role};
@@ -36,8 +36,8 @@ use socket::{Opened, Socket};
 /// What the WebSocket upgrade handlers need, shared by every worker.
 #[derive(Clone)]
 pub struct Relay {
-    /// The effective settings.
-    pub settings: Arc<Settings>,
+    /// The running settings: a new connection keeps the version it was opened under.
+    pub settings: Live,
     /// The quick-pairing registry.
     pub pairing: Addr<SessionRegistry>,
     /// The account-mode registry.
@@ -53,7 +53,8 @@ pub struct Relay {
 impl Relay {
     /// Checks the origin and the per-address limit before a WebSocket upgrade.
     fn admit(&self, req: &HttpRequest, endpoint: Endpoint) -> Result<Admission, ApiError> {
-        let allowed_origins = &self.settings.server.allowed_origins;
+        let settings = self.settings.get();
+        let allowed_origins = &settings.server.allowed_origins;
         if endpoint.browser_facing() && !allowed_origins.is_empty() {
             if let Some(origin) = req.headers().get(header::ORIGIN) {
                 let allowed = origin.to_str().is_ok_and(|origin| {
@@ -82,7 +83,8 @@ impl Relay {
         endpoint: Endpoint,
     ) -> actix_web::Result<(HttpResponse, Opened)> {
         let admission = self.admit(req, endpoint)?;
-        let limits = &self.settings.limits;
+        let settings = self.settings.snapshot();
+        let limits = &settings.limits;
         let (response, link, inbound) = crate::transport::upgrade(
             req,
             payload,
@@ -92,7 +94,7 @@ impl Relay {
         let opened = Opened {
             socket: Socket::new(admission, link),
             inbound,
-            settings: Arc::clone(&self.settings),
+            settings: Arc::clone(&settings),
         };
         Ok((response, opened))
     }
