@@ -308,7 +308,9 @@ impl Metrics {
             status,
         };
         self.http_requests.get_or_create(&labels).inc();
-        if let Some(elapsed) = elapsed {
+        // WebSocket endpoints are never timed, refused upgrades included: their series
+        // would mix microsecond refusals with nothing.
+        if let Some(elapsed) = elapsed.filter(|_| Endpoint::from_route(route).is_none()) {
             let route = RouteLabel {
                 route: labels.route,
             };

@@ -3,7 +3,8 @@
 //! `heartbeat.timeout_secs = 0` drops every live connection after one interval, and
 //! `log.level = "warning"` (a target name, not a level) silences every log line.
 
-use super::{Refusal, Registration, Settings};
+use super::settings::{Refusal, Settings};
+use super::values::Registration;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;

@@ -3,10 +3,9 @@
 //! are not.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::{ConfigError, Refusal, Settings, ENV_PREFIX};
+use super::settings::{ConfigError, Origin, Refusal, Settings, ENV_PREFIX};
 
 /// Keys a running relay takes on `SIGHUP`, for new work: new connections, requests and
 /// attempts use the new value at once; open connections keep the value they started with.
@@ -68,27 +67,6 @@ pub fn changed(old: &Settings, new: &Settings) -> Vec<String> {
         .filter(|(key, value)| old.get(key) != Some(value))
         .map(|(key, _)| key)
         .collect()
-}
-
-/// Where a value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    /// `config/default.toml`, compiled in.
-    Default,
-    /// The configuration file.
-    File(PathBuf),
-    /// An environment variable, by name.
-    Env(String),
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Default => f.write_str("the built-in default"),
-            Self::File(path) => write!(f, "set in {}", path.display()),
-            Self::Env(var) => write!(f, "set by the environment variable {var}"),
-        }
-    }
 }
 
 /// The environment variable that sets `key`: `server.bind` → `HERMIT__SERVER__BIND`.
