@@ -210,3 +210,35 @@ fn a_look_alike_environment_variable_is_warned_about() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_image_binds_through_its_config_file_so_a_mounted_file_wins() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
+    let env: std::collections::HashMap<String, String> = dockerfile
+        .lines()
+        .filter_map(|line| line.strip_prefix("ENV "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| k.starts_with("HERMIT__"))
+        .collect();
+    assert!(!env.contains_key("HERMIT__SERVER__BIND"), "{env:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = dir.path().join("config.toml");
+    std::fs::write(&mounted, "[server]\nbind = \"0.0.0.0:9000\"\n").unwrap();
+    let settings = hermit_relay::config::Settings::load_from(
+        Some(&mounted),
+        config::Environment::with_prefix("HERMIT").source(Some(env.clone())),
+    )
+    .unwrap();
+    assert_eq!(settings.server.bind.to_string(), "0.0.0.0:9000");
+
+    // The shipped file has no metrics token, and says so at start.
+    let shipped = hermit_relay::config::Settings::load_from(
+        Some(std::path::Path::new(&format!("{root}/config/production.toml"))),
+        config::Environment::with_prefix("HERMIT").source(Some(env)),
+    )
+    .unwrap();
+    let warnings = hermit_relay::config::check::warnings(&shipped);
+    assert!(warnings[0].contains("/metrics has no token"), "{warnings:?}");
+}
