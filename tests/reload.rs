@@ -235,10 +235,15 @@ fn the_image_binds_through_its_config_file_so_a_mounted_file_wins() {
 
     // The shipped file has no metrics token, and says so at start.
     let shipped = hermit_relay::config::Settings::load_from(
-        Some(std::path::Path::new(&format!("{root}/config/production.toml"))),
+        Some(std::path::Path::new(&format!(
+            "{root}/config/production.toml"
+        ))),
         config::Environment::with_prefix("HERMIT").source(Some(env)),
     )
     .unwrap();
     let warnings = hermit_relay::config::check::warnings(&shipped);
-    assert!(warnings[0].contains("/metrics has no token"), "{warnings:?}");
+    assert!(
+        warnings[0].contains("/metrics has no token"),
+        "{warnings:?}"
+    );
 }

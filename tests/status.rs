@@ -17,15 +17,15 @@ async fn the_front_door_shows_health_and_counts_without_secrets() {
     let (_mac, _browser, _) = pair(&server).await;
 
     let client = reqwest::Client::new();
-    let status = |accept: &'static str| {
-        client
-            .get(server.url("/"))
-            .header(ACCEPT, accept)
-            .send()
-    };
+    let status = |accept: &'static str| client.get(server.url("/")).header(ACCEPT, accept).send();
     let mut json = Value::Null;
     for _ in 0..100 {
-        json = status("application/json").await.unwrap().json().await.unwrap();
+        json = status("application/json")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if json["database"]["state"] == "reachable" {
             break;
         }
@@ -37,7 +37,10 @@ async fn the_front_door_shows_health_and_counts_without_secrets() {
     assert_eq!(json["database"]["backend"], "sqlite");
     assert_eq!(json["database"]["state"], "reachable", "{json}");
     assert!(json["connections"]["mac"].as_i64().unwrap() >= 1, "{json}");
-    assert!(json["connections"]["browser"].as_i64().unwrap() >= 1, "{json}");
+    assert!(
+        json["connections"]["browser"].as_i64().unwrap() >= 1,
+        "{json}"
+    );
     assert!(json["pairings"].as_i64().unwrap() >= 1, "{json}");
     assert_eq!(json["links"]["health"], "/health");
     assert_eq!(json["links"]["ready"], "/ready");
@@ -49,7 +52,12 @@ async fn the_front_door_shows_health_and_counts_without_secrets() {
         .unwrap()
         .starts_with("text/html"));
     let html = page.text().await.unwrap();
-    for needle in ["hermit-relay", "<a href=\"/health\">", "<a href=\"/ready\">", "reachable"] {
+    for needle in [
+        "hermit-relay",
+        "<a href=\"/health\">",
+        "<a href=\"/ready\">",
+        "reachable",
+    ] {
         assert!(html.contains(needle), "{needle} missing:\n{html}");
     }
     for text in [json.to_string(), html] {
