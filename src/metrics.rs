@@ -146,20 +146,20 @@ impl Metrics {
             registry.register(name, help, count.0.clone());
             count
         };
-        let pairings = counter("pairings", "Pairings made by join.");
-        let pairings_ended = counter("pairings_ended", "Pairings that ended.");
-        let codes_issued = counter("codes_issued", "Pairing codes issued.");
-        let codes_expired = counter("codes_expired", "Pairing codes that expired unjoined.");
-        let codes_joined = counter("codes_joined", "Pairing codes joined.");
-        let resumes = counter("resumes", "Pairings resumed after a lost connection.");
-        let messages_relayed = counter("messages_relayed", "Data messages relayed.");
-        let bytes_relayed = counter("bytes_relayed", "Payload bytes relayed.");
-        let auth_failures = counter("auth_failures", "Refused logins and tokens.");
+        let pairings = counter("pairings", "Pairings made by join");
+        let pairings_ended = counter("pairings_ended", "Pairings that ended");
+        let codes_issued = counter("codes_issued", "Pairing codes issued");
+        let codes_expired = counter("codes_expired", "Pairing codes that expired unjoined");
+        let codes_joined = counter("codes_joined", "Pairing codes joined");
+        let resumes = counter("resumes", "Pairings resumed after a lost connection");
+        let messages_relayed = counter("messages_relayed", "Data messages relayed");
+        let bytes_relayed = counter("bytes_relayed", "Payload bytes relayed");
+        let auth_failures = counter("auth_failures", "Refused logins and tokens");
         let rate_limited = counter(
             "rate_limited",
             "Requests refused by a rate or connection limit",
         );
-        let reloads = counter("config_reloads", "Configuration reloads that took effect.");
+        let reloads = counter("config_reloads", "Configuration reloads that took effect");
         let reload_failures = counter(
             "config_reload_failures",
             "Configuration reloads refused; nothing changed",
@@ -391,5 +391,7 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         assert!(m.render_openmetrics().ends_with("# EOF\n"));
+        // The encoder ends each help text with a period of its own.
+        assert!(!text.contains(".."), "{text}");
     }
 }
