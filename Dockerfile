@@ -18,7 +18,8 @@ USER hermit
 WORKDIR /var/lib/hermit-relay
 VOLUME /var/lib/hermit-relay
 ENV HERMIT_CONFIG=/etc/hermit-relay/config.toml
-ENV HERMIT__SERVER__BIND=0.0.0.0:8080
+# The config file binds 0.0.0.0:8080: no HERMIT__SERVER__BIND here, since an environment
+# variable would silently beat the bind of a config file mounted over it.
 EXPOSE 8080
 # Docker's stop timeout is 10 s; server.shutdown_timeout_secs (8) stays below it.
 STOPSIGNAL SIGTERM

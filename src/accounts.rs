@@ -3,6 +3,11 @@
 //! The HTTP handlers in `routes::auth` only parse and delegate here. Passwords are hashed
 //! under the bound of [`Passwords`]; every database step runs through [`db::run`], off the
 //! async threads. The refresh-token rules are in [`refresh`].
+//!
+//! Who may register is read from the live settings on each attempt (`auth.registration`,
+//! `auth.allowed_emails`), so a reload changes it at once. A disabled or deleted user is
+//! out everywhere through one check, [`active_user`]: an indexed primary-key read, done
+//! at login, refresh, each API request and each WebSocket `auth`.
 
 pub mod refresh;
 
@@ -14,12 +19,13 @@ use std::time::Duration;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::audit;
 use crate::auth::opaque::{self, REFRESH_PREFIX};
 use crate::auth::password::{self, Passwords, MAX_PASSWORD_BYTES};
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::token::AccessTokens;
-use crate::config::{Registration, Settings};
-use crate::db::{self, Pool};
+use crate::config::{Live, Registration};
+use crate::db::{self, DbConnection, Pool};
 use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::metrics::METRICS;
@@ -32,8 +38,8 @@ use refresh::{start_family, Rotation, SuccessorKey};
 /// Longest email accepted (RFC 5321 path limit).
 const MAX_EMAIL_BYTES: usize = 254;
 
-/// The answer for a valid token whose account is gone.
-pub const ACCOUNT_GONE: &str = "This account no longer exists";
+/// The answer for a valid token whose account is gone or disabled.
+pub const ACCOUNT_GONE: &str = "This account is disabled or no longer exists";
 
 /// A signed-in session: what register and login answer.
 #[derive(Debug, Serialize)]
@@ -70,7 +76,8 @@ pub struct Accounts {
     pub passwords: Passwords,
     /// Wrong passwords per account.
     pub throttle: LoginThrottle,
-    registration: Registration,
+    /// The running settings: registration mode and allowlist are read from here each time.
+    settings: Live,
     refresh_ttl: Duration,
     refresh_retry_grace: Duration,
     successors: SuccessorKey,
@@ -83,9 +90,10 @@ impl Accounts {
         pool: Pool,
         tokens: Arc<AccessTokens>,
         successors: SuccessorKey,
-        settings: &Settings,
+        settings: Live,
     ) -> Self {
-        let (auth, limits) = (&settings.auth, &settings.limits);
+        let snapshot = settings.snapshot();
+        let (auth, limits) = (&snapshot.auth, &snapshot.limits);
         Self {
             pool,
             tokens,
@@ -94,25 +102,33 @@ impl Accounts {
                 limits.login_failures_per_account_per_hour,
                 limits.max_tracked_accounts,
             ),
-            registration: auth.registration,
             refresh_ttl: auth.refresh_token_ttl(),
             refresh_retry_grace: auth.refresh_retry_grace(),
             successors,
+            settings,
         }
     }
 
-    /// Creates an account and signs it in; `from` is the client address (its turn to hash).
+    /// Creates an account and signs it in, if the registration mode lets this email in;
+    /// `from` is the client address (its turn to hash).
     pub async fn register(
         &self,
         from: IpAddr,
         email: &str,
         password: String,
     ) -> Result<SignedIn, ApiError> {
-        if self.registration == Registration::Closed {
+        let settings = self.settings.snapshot();
+        let auth = &settings.auth;
+        if auth.registration == Registration::Closed {
             return Err(ApiError::RegistrationClosed);
         }
         let email = normalise_email(email)
             .ok_or_else(|| ApiError::BadRequest("Invalid email address".into()))?;
+        if !auth.may_register(&email) {
+            return Err(ApiError::Forbidden(
+                "Registration on this relay is limited to invited addresses",
+            ));
+        }
         password::check_new(&password).map_err(ApiError::BadRequest)?;
         let password_hash = self.passwords.hash(from, password).await?;
         let user_id = Uuid::new_v4().to_string();
@@ -122,13 +138,7 @@ impl Accounts {
         let (id, stored_email) = (user_id.clone(), email.clone());
         db::run(&self.pool, move |conn| {
             db::transaction(conn, |conn| {
-                let user = NewUser {
-                    id: &id,
-                    email: &stored_email,
-                    password_hash: &password_hash,
-                    created_at: now(),
-                };
-                match user::insert(conn, &user) {
+                match insert_user(conn, &id, &stored_email, &password_hash) {
                     Err(err) if is_unique_violation(&err) => {
                         return Err(ApiError::BadRequest("Email is already registered".into()))
                     }
@@ -192,6 +202,10 @@ impl Accounts {
             return Err(ApiError::InvalidCredentials);
         }
         let user = user.ok_or(ApiError::InvalidCredentials)?;
+        // Told only to whoever knows the password: the account exists but is switched off.
+        if user.disabled_at.is_some() {
+            return Err(ApiError::Forbidden("This account is disabled"));
+        }
         let refresh = opaque::mint(REFRESH_PREFIX);
         let (user_id, hash, ttl) = (user.id.clone(), refresh.hash.clone(), self.refresh_ttl);
         db::run(&self.pool, move |conn| {
@@ -209,11 +223,11 @@ impl Accounts {
         })
     }
 
-    /// The account a valid access token names, if it is still active: it exists (and,
-    /// once accounts can be disabled, is not disabled: that check belongs here too). Every
-    /// `/api` request and `/ws/client` `auth` asks this, so a deleted account is refused
-    /// at once everywhere with 401 (`USER_NOT_FOUND` on a socket). It is one primary-key
-    /// lookup and deliberately not cached, so a deletion takes effect on the next request.
+    /// The account a valid access token names, if it is still active: it exists and is not
+    /// disabled. Every `/api` request and `/ws/client` `auth` asks this, so a deleted or
+    /// disabled account is refused at once everywhere with 401 (`USER_NOT_FOUND` on a
+    /// socket). It is one primary-key lookup and deliberately not cached, so a change
+    /// takes effect on the next request.
     pub async fn active_user(&self, user_id: &UserId) -> Result<User, ApiError> {
         // Ids are UUIDs; anything else (from a token of a future key, say) names nobody,
         // and never reaches the database.
@@ -221,15 +235,16 @@ impl Accounts {
             return Err(ApiError::Unauthorized(ACCOUNT_GONE));
         }
         let id = user_id.clone();
-        db::run(&self.pool, move |conn| Ok(user::find(conn, id.as_str())?))
+        db::run(&self.pool, move |conn| Ok(active_user(conn, id.as_str())?))
             .await?
             .ok_or(ApiError::Unauthorized(ACCOUNT_GONE))
     }
 
     /// Exchanges a refresh token for a new pair. A token presented again within the retry
     /// grace, whose successor is still unused, gets that same successor (the first answer
-    /// was lost); otherwise a token presented twice revokes its family.
-    pub async fn refresh(&self, presented: &str) -> Result<Refreshed, ApiError> {
+    /// was lost); otherwise a token presented twice revokes its family (an audit event,
+    /// with `client`, the address that presented it).
+    pub async fn refresh(&self, presented: &str, client: IpAddr) -> Result<Refreshed, ApiError> {
         let hash = opaque::hash(presented);
         let next = self.successors.successor(presented);
         let next_hash = next.hash.clone();
@@ -260,8 +275,13 @@ impl Accounts {
                     refresh_token: next.secret,
                 })
             }
-            Rotation::Reused => {
+            Rotation::Reused { user_id } => {
                 tracing::warn!("a spent refresh token was presented again; its family is revoked");
+                audit::event("refresh_reuse")
+                    .user(&user_id)
+                    .client(client)
+                    .reason("family_revoked")
+                    .record();
                 Err(ApiError::Unauthorized("Invalid refresh token"))
             }
             Rotation::Refused => Err(ApiError::Unauthorized("Invalid refresh token")),
@@ -279,6 +299,27 @@ impl Accounts {
         })
         .await
     }
+}
+
+/// The one check that keeps a disabled or deleted user out.
+pub use crate::models::user::find_active as active_user;
+
+/// Inserts a user with a new id (`id`), its normalised email and password hash.
+pub fn insert_user(
+    conn: &mut DbConnection,
+    id: &str,
+    email: &str,
+    password_hash: &str,
+) -> diesel::QueryResult<()> {
+    user::insert(
+        conn,
+        &NewUser {
+            id,
+            email,
+            password_hash,
+            created_at: now(),
+        },
+    )
 }
 
 /// Trimmed, lower-cased email if it looks like one: `local@domain.tld`, no spaces.

@@ -1,12 +1,14 @@
 //! Every open WebSocket: counted per client address (the per-address limit), per endpoint
 //! (metrics), and reachable all at once for a graceful shutdown (close 1001 to each).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_http::ws::CloseCode;
 
+use crate::audit;
 use crate::ids::{ConnId, Endpoint};
 use crate::limits::AddressKey;
 use crate::metrics::METRICS;
@@ -26,7 +28,8 @@ pub enum Refused {
 /// The open connections of this process.
 #[derive(Debug)]
 pub struct Connections {
-    max_per_address: usize,
+    /// `limits.max_connections_per_ip`; a reload changes it for new connections.
+    max_per_address: AtomicUsize,
     state: Mutex<State>,
 }
 
@@ -34,6 +37,9 @@ pub struct Connections {
 struct State {
     /// Open connections per address; entries exist only while non-zero.
     per_address: HashMap<AddressKey, usize>,
+    /// Addresses refused since they last fell below the limit: audited once per streak.
+    /// A subset of `per_address`'s keys, so bounded by it.
+    tripped: HashSet<AddressKey>,
     /// How to close each one at shutdown.
     open: HashMap<ConnId, (Arc<Outbox>, Arc<KillSwitch>)>,
     shutting_down: bool,
@@ -56,9 +62,14 @@ impl Connections {
     /// Admits at most `max_per_address` connections per address.
     pub fn new(max_per_address: usize) -> Arc<Self> {
         Arc::new(Self {
-            max_per_address,
+            max_per_address: AtomicUsize::new(max_per_address),
             state: Mutex::default(),
         })
+    }
+
+    /// Admits at most `max_per_address` per address from now on (open ones stay open).
+    pub fn set_max_per_address(&self, max_per_address: usize) {
+        self.max_per_address.store(max_per_address, Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -75,9 +86,14 @@ impl Connections {
             return Err(Refused::ShuttingDown);
         }
         let count = state.per_address.entry(key).or_default();
-        if *count >= self.max_per_address {
+        if *count >= self.max_per_address.load(Relaxed) {
             if *count == 0 {
                 state.per_address.remove(&key);
+            } else if state.tripped.insert(key) {
+                audit::event("rate_limited")
+                    .client(ip)
+                    .reason("connections")
+                    .record();
             }
             METRICS
                 .rate_limited
@@ -137,6 +153,7 @@ impl Drop for Admission {
             if *count == 0 {
                 state.per_address.remove(&self.key);
             }
+            state.tripped.remove(&self.key);
         }
         drop(state);
         METRICS.connection(self.endpoint, -1);

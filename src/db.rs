@@ -212,7 +212,9 @@ impl Pool {
             if given_up.load(Relaxed) {
                 return Err(ApiError::Database(DbFault::NoAnswer(timeout)));
             }
+            let started = Instant::now();
             let result = work(&mut pooled.conn);
+            crate::metrics::METRICS.db_time(started.elapsed());
             if let Err(ApiError::Database(fault)) = &result {
                 // After the deadline the link may be anywhere in a round trip: start afresh.
                 pooled.broken = fault.breaks_connection() || Instant::now() >= deadline;

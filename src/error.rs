@@ -29,6 +29,9 @@ pub enum ApiError {
     /// 403: registration is closed by config.
     #[error("Registration is closed")]
     RegistrationClosed,
+    /// 403: refused by policy: an address the allowlist does not hold, a disabled account.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// 403: a web page from an origin not in `server.allowed_origins`.
     #[error("Origin not allowed")]
     OriginNotAllowed,
@@ -93,7 +96,9 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidCredentials | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::RegistrationClosed | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::RegistrationClosed | Self::OriginNotAllowed | Self::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited | Self::LoginThrottled => StatusCode::TOO_MANY_REQUESTS,

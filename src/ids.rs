@@ -60,6 +60,14 @@ impl PairingId {
     pub fn parse(text: &str) -> Option<Self> {
         Uuid::parse_str(text).ok().map(Self)
     }
+
+    /// A short, non-reversible tag for logs and the audit log: the id itself resumes the
+    /// pairing, so it is never written down.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.0.as_bytes());
+        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 impl fmt::Display for PairingId {

@@ -17,10 +17,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::audit;
 use crate::metrics::METRICS;
 
 /// The unit a limit applies to: an address or a network, IPv6 cut to a prefix.
@@ -79,14 +80,32 @@ impl Limiters {
     pub fn new(limits: &crate::config::LimitSettings) -> Self {
         let tracked = limits.max_tracked_addresses;
         Self {
-            join: RateLimiter::new(limits.join_attempts_per_minute, tracked),
-            auth: RateLimiter::new(limits.auth_attempts_per_minute, tracked),
+            join: RateLimiter::new(limits.join_attempts_per_minute, tracked).named("join"),
+            auth: RateLimiter::new(limits.auth_attempts_per_minute, tracked).named("auth"),
             failed_joins: FailedJoins::new(
                 limits.failed_joins_per_minute,
                 limits.failed_joins_per_network_per_minute,
                 tracked,
             ),
         }
+    }
+
+    /// Reserves one failed join for a `join` from `ip` (see [`FailedJoins`]); `None` when
+    /// its network's or the relay's budget is spent. The reservation is given back when
+    /// dropped, unless [`FailedJoin::spend`] says the join did fail.
+    pub fn reserve_failed_join(self: &Arc<Self>, ip: IpAddr) -> Option<FailedJoin> {
+        self.failed_joins.reserve(ip).then(|| FailedJoin {
+            limiters: Arc::clone(self),
+            ip,
+            spent: false,
+        })
+    }
+
+    /// Applies reloaded `[limits]`: buckets keep their tokens, new attempts see the new rate.
+    pub fn reconfigure(&self, limits: &crate::config::LimitSettings) {
+        let tracked = limits.max_tracked_addresses;
+        self.join.set(limits.join_attempts_per_minute, tracked);
+        self.auth.set(limits.auth_attempts_per_minute, tracked);
     }
 }
 
@@ -95,6 +114,8 @@ impl Limiters {
 struct Bucket {
     tokens: f64,
     updated: Instant,
+    /// Refused since its last allowed attempt: audited once per streak, not per attempt.
+    tripped: bool,
 }
 
 impl Bucket {
@@ -102,6 +123,7 @@ impl Bucket {
         Self {
             tokens: f64::from(per_minute),
             updated: now,
+            tripped: false,
         }
     }
 
@@ -133,8 +155,11 @@ impl Bucket {
 /// minute, for at most `max_tracked` addresses at once.
 #[derive(Debug)]
 pub struct RateLimiter {
-    per_minute: u32,
-    max_tracked: usize,
+    /// A reload may change both, for attempts from then on.
+    per_minute: AtomicU32,
+    max_tracked: AtomicUsize,
+    /// Names the limiter in the audit log.
+    name: &'static str,
     key: fn(IpAddr) -> AddressKey,
     table: Mutex<Table>,
 }
@@ -151,8 +176,8 @@ struct Table {
 }
 
 impl Table {
-    /// Forgets the least recently used address.
-    fn evict_oldest(&mut self) {
+    /// Forgets the least recently used address; false if there was none.
+    fn evict_oldest(&mut self) -> bool {
         while let Some((key, stamp)) = self.recency.pop_front() {
             if self
                 .buckets
@@ -161,9 +186,10 @@ impl Table {
             {
                 self.buckets.remove(&key);
                 METRICS.rate_limiter_evictions.fetch_add(1, Relaxed);
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// Records a use of `key`; the caller has made sure it has a bucket.
@@ -191,47 +217,92 @@ impl RateLimiter {
     /// As [`Self::new`], with addresses grouped by `key`.
     fn keyed(per_minute: u32, max_tracked: usize, key: fn(IpAddr) -> AddressKey) -> Self {
         Self {
-            per_minute,
-            max_tracked: max_tracked.max(1),
+            per_minute: AtomicU32::new(per_minute),
+            max_tracked: AtomicUsize::new(max_tracked.max(1)),
+            name: "rate",
             key,
             table: Mutex::default(),
         }
+    }
+
+    /// The limiter, named `name` in the audit log.
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// New limits for attempts from now on (a full table shrinks as addresses are used).
+    pub fn set(&self, per_minute: u32, max_tracked: usize) {
+        self.per_minute.store(per_minute, Relaxed);
+        self.max_tracked.store(max_tracked.max(1), Relaxed);
     }
 
     /// Takes one attempt for `ip`; false when its budget is spent.
     pub fn check(&self, ip: IpAddr) -> bool {
         let key = (self.key)(ip);
         let now = Instant::now();
+        let per_minute = self.per_minute.load(Relaxed);
+        let max_tracked = self.max_tracked.load(Relaxed);
         let mut table = lock(&self.table);
         if !table.buckets.contains_key(&key) {
-            if table.buckets.len() >= self.max_tracked {
-                table.evict_oldest();
-            }
-            let full = Bucket::full(self.per_minute, now);
+            // A reload may have lowered the bound: forget as many as it takes.
+            while table.buckets.len() >= max_tracked && table.evict_oldest() {}
+            let full = Bucket::full(per_minute, now);
             table.buckets.insert(key, (full, 0));
         }
         table.touch(key);
-        let allowed = table
-            .buckets
-            .get_mut(&key)
-            .is_some_and(|(bucket, _)| bucket.take(self.per_minute, now));
-        if !allowed {
-            METRICS.rate_limited.fetch_add(1, Relaxed);
+        let Some((bucket, _)) = table.buckets.get_mut(&key) else {
+            return true;
+        };
+        if bucket.take(per_minute, now) {
+            bucket.tripped = false;
+            return true;
         }
-        allowed
+        METRICS.rate_limited.fetch_add(1, Relaxed);
+        if !std::mem::replace(&mut bucket.tripped, true) {
+            audit::event("rate_limited")
+                .client(ip)
+                .reason(self.name)
+                .record();
+        }
+        false
     }
 
     /// Gives back an attempt [`Self::check`] took for `ip` that did not count after all.
     pub fn refund(&self, ip: IpAddr) {
         let key = (self.key)(ip);
         if let Some((bucket, _)) = lock(&self.table).buckets.get_mut(&key) {
-            bucket.give_back(self.per_minute);
+            bucket.give_back(self.per_minute.load(Relaxed));
         }
     }
 
     /// Addresses tracked now.
     pub fn tracked(&self) -> usize {
         lock(&self.table).buckets.len()
+    }
+}
+
+/// One failed join reserved for a `join` in flight: given back when dropped — the join
+/// succeeded, or its connection went away before it was answered — unless spent.
+#[derive(Debug)]
+pub struct FailedJoin {
+    limiters: Arc<Limiters>,
+    ip: IpAddr,
+    spent: bool,
+}
+
+impl FailedJoin {
+    /// The join named no live code: the failure stays counted.
+    pub fn spend(mut self) {
+        self.spent = true;
+    }
+}
+
+impl Drop for FailedJoin {
+    fn drop(&mut self) {
+        if !self.spent {
+            self.limiters.failed_joins.refund(self.ip);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! One model file per table: the row types and the queries on them, taking `&mut DbConnection`.
 
+pub mod admin_generation;
 pub mod machine;
 pub mod refresh_token;
 pub mod user;

@@ -19,10 +19,11 @@ use ipnet::IpNet;
 
 use crate::config::ForwardedHeader;
 
-/// Resolves client addresses for one set of trusted proxies.
+/// Resolves client addresses for one set of trusted proxies. Clones share the set, which
+/// a configuration reload replaces ([`Self::set`]).
 #[derive(Debug, Clone)]
 pub struct ClientAddr {
-    trusted: Vec<IpNet>,
+    trusted: std::sync::Arc<arc_swap::ArcSwap<Vec<IpNet>>>,
     header: ForwardedHeader,
 }
 
@@ -36,13 +37,21 @@ impl Default for ClientAddr {
 impl ClientAddr {
     /// Believes `header` only from peers inside `trusted`.
     pub fn new(trusted: Vec<IpNet>, header: ForwardedHeader) -> Self {
-        Self { trusted, header }
+        Self {
+            trusted: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(trusted)),
+            header,
+        }
+    }
+
+    /// Believes `trusted` from now on (a reload changed `server.trusted_proxies`).
+    pub fn set(&self, trusted: Vec<IpNet>) {
+        self.trusted.store(std::sync::Arc::new(trusted));
     }
 
     /// Whether `ip` is one of the trusted proxies.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.trusted.iter().any(|net| net.contains(&ip))
+        self.trusted.load().iter().any(|net| net.contains(&ip))
     }
 
     /// The client address of `req` (falls back to the unspecified address if actix does

@@ -26,7 +26,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::SinkExt;
 
 use crate::accounts::Accounts;
-use crate::config::Settings;
+use crate::config::Live;
 use crate::connections::{Admission, Connections, Refused};
 use crate::edge::HttpSlot;
 use crate::error::ApiError;
@@ -45,8 +45,8 @@ use socket::{Opened, Socket};
 /// What the WebSocket upgrade handlers need, shared by every worker.
 #[derive(Clone)]
 pub struct Relay {
-    /// The effective settings.
-    pub settings: Arc<Settings>,
+    /// The running settings: a new connection keeps the version it was opened under.
+    pub settings: Live,
     /// The quick-pairing registry.
     pub pairing: Addr<SessionRegistry>,
     /// The account-mode registry.
@@ -62,7 +62,8 @@ pub struct Relay {
 impl Relay {
     /// Whether a page from `origin` may open `endpoint` (no `Origin`: not a page).
     fn origin_allowed(&self, origin: Option<&HeaderValue>, endpoint: Endpoint) -> bool {
-        let allowed_origins = &self.settings.server.allowed_origins;
+        let settings = self.settings.get();
+        let allowed_origins = &settings.server.allowed_origins;
         if !endpoint.browser_facing() || allowed_origins.is_empty() {
             return true;
         }
@@ -124,7 +125,8 @@ pub async fn upgrade(
         slot.release();
     }
     let parts = conn.into_parts();
-    let limits = &relay.settings.limits;
+    let settings = relay.settings.snapshot();
+    let limits = &settings.limits;
     let Some(upgraded) = crate::transport::take(
         parts.io,
         &parts.read_buf,
@@ -151,7 +153,7 @@ pub async fn upgrade(
     let opened = Opened {
         socket: Socket::new(admission, upgraded.link),
         inbound: upgraded.inbound,
-        settings: Arc::clone(&relay.settings),
+        settings: Arc::clone(&settings),
     };
     let limiters = Arc::clone(&relay.limiters);
     match endpoint {

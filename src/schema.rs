@@ -1,6 +1,14 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    admin_generation (id) {
+        id -> Text,
+        generation -> Text,
+        changed_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     machines (id) {
         id -> Text,
         user_id -> Text,
@@ -30,10 +38,11 @@ diesel::table! {
         email -> Text,
         password_hash -> Text,
         created_at -> Timestamp,
+        disabled_at -> Nullable<Timestamp>,
     }
 }
 
 diesel::joinable!(machines -> users (user_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(machines, refresh_tokens, users,);
+diesel::allow_tables_to_appear_in_same_query!(admin_generation, machines, refresh_tokens, users,);

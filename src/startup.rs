@@ -18,7 +18,7 @@ use crate::accounts::refresh::SuccessorKey;
 use crate::accounts::Accounts;
 use crate::auth::password::HashStats;
 use crate::auth::token::{AccessTokens, KeyFileError};
-use crate::config::Settings;
+use crate::config::{Live, Settings};
 use crate::connections::Connections;
 use crate::db::{self, DbError};
 use crate::edge::{self, HttpConnections, HttpSlot};
@@ -32,8 +32,11 @@ use crate::relay::pairing::code::CodeFormat;
 use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::table::PairingRules;
 use crate::relay::{self, Relay};
+use crate::reload::Reloader;
 use crate::routes;
+use crate::routes::status::Started;
 use crate::transport::{Killable, Linger};
+use crate::watch::{self, DatabaseHealth};
 
 /// How long a client has to send its request head after connecting.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +71,14 @@ pub enum StartError {
     /// The biscuit key file could not be read or made.
     #[error(transparent)]
     Key(#[from] KeyFileError),
+    /// The audit file could not be opened.
+    #[error("cannot open audit.file {path}: {reason}")]
+    Audit {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: std::io::Error,
+    },
 }
 
 /// A built relay: bound to its port, not yet serving until awaited.
@@ -76,18 +87,27 @@ pub struct Application {
     server: Server,
     hash_stats: Arc<HashStats>,
     connections: Arc<Connections>,
+    reloader: Reloader,
 }
 
 impl Application {
     /// Binds the listener and starts the registry. Must run inside an actix `System`.
     pub fn build(settings: Settings) -> Result<Self, StartError> {
-        let settings = Arc::new(settings);
+        let live = Live::new(settings);
+        let settings = live.snapshot();
         let addr = settings.server.bind;
         let bind_error = |source| StartError::Bind { addr, source };
         let listener = TcpListener::bind(addr).map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
+        crate::audit::configure(&settings.audit).map_err(|reason| StartError::Audit {
+            path: settings.audit.file.display().to_string(),
+            reason,
+        })?;
 
-        let accounts = web::Data::new(accounts(&settings)?);
+        let accounts = web::Data::new(accounts(&settings, live.clone())?);
+        for warning in crate::config::check::warnings(&settings) {
+            tracing::warn!("{warning}");
+        }
         let hash_stats = accounts.passwords.stats();
 
         let rules = pairing_rules(&settings);
@@ -109,8 +129,21 @@ impl Application {
             settings.server.trusted_proxies.clone(),
             settings.server.forwarded_header,
         );
+        let reloader = Reloader::new(
+            live.clone(),
+            Arc::clone(&limiters),
+            Arc::clone(&connections),
+            client_addr.clone(),
+        );
+        let health = Arc::new(DatabaseHealth::default());
+        watch::spawn(
+            accounts.pool.clone(),
+            machines.clone(),
+            live.clone(),
+            Arc::clone(&health),
+        );
         let relay = web::Data::new(Relay {
-            settings: Arc::clone(&settings),
+            settings: live.clone(),
             pairing,
             machines: machines.clone(),
             connections: Arc::clone(&connections),
@@ -120,10 +153,10 @@ impl Application {
         let machines = web::Data::new(machines);
         let limiters = web::Data::from(limiters);
         let client_addr = web::Data::new(client_addr);
-        let settings_data = web::Data::from(Arc::clone(&settings));
+        let live_data = web::Data::new(live);
+        let health = web::Data::new(health);
+        let started = web::Data::new(Started(Instant::now()));
         spawn_token_purge(&accounts, settings.auth.token_purge_interval());
-        let max_body_bytes = settings.limits.max_body_bytes;
-        let metrics = settings.metrics.enabled;
 
         let server = &settings.server;
         let linger = Linger::new(server.linger(), server.linger_bytes, server.max_lingering);
@@ -145,6 +178,7 @@ impl Application {
             .disable_signals()
             .listen("hermit-relay", listener, move || {
                 let app = App::new()
+                    .wrap_fn(routes::limit_body)
                     .wrap_fn(move |mut req, service| {
                         edge::limit_body(&mut req, body_timeout);
                         service.call(req)
@@ -157,8 +191,10 @@ impl Application {
                     .app_data(machines.clone())
                     .app_data(limiters.clone())
                     .app_data(client_addr.clone())
-                    .app_data(settings_data.clone())
-                    .configure(routes::routes(max_body_bytes, metrics))
+                    .app_data(live_data.clone())
+                    .app_data(health.clone())
+                    .app_data(started.clone())
+                    .configure(routes::routes)
                     .configure(relay::routes)
                     .default_service(web::to(routes::not_found));
                 let app = actix_service::IntoServiceFactory::into_factory(app).map_err(
@@ -223,12 +259,21 @@ impl Application {
             server,
             hash_stats,
             connections,
+            reloader,
         })
+    }
+
+    /// The reloader of this relay: `SIGHUP` calls it; tests may too. Set the file it
+    /// re-reads (the one `--config` named) and the logger it adjusts here.
+    pub fn reloader(&mut self) -> &mut Reloader {
+        &mut self.reloader
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully: no new connections,
     /// every WebSocket gets a close frame (1001, going away), in-flight HTTP requests get up
     /// to `server.shutdown_timeout_secs` to finish.
+    ///
+    /// `SIGHUP` reloads the configuration (see [`crate::reload`]).
     pub async fn run_until_signalled(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let connections = Arc::clone(&self.connections);
@@ -238,7 +283,22 @@ impl Application {
             connections.close_all();
             handle.stop(true).await;
         });
-        self.server.await
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let reloader = self.reloader.clone();
+            if let Ok(mut hangups) = signal(SignalKind::hangup()) {
+                actix_rt::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                        reloader.reload_and_log();
+                    }
+                });
+            }
+        }
+        let served = self.server.await;
+        crate::audit::flush();
+        served
     }
 
     /// Password hashing counters (tests check the concurrency bound with them).
@@ -264,7 +324,7 @@ impl Application {
 
 /// Opens the pool, applies migrations if configured, loads the token key, and starts
 /// watching the database.
-fn accounts(settings: &Settings) -> Result<Accounts, StartError> {
+fn accounts(settings: &Settings, live: Live) -> Result<Accounts, StartError> {
     let database = &settings.database;
     let pool = db::Pool::new(database)?;
     if database.run_migrations {
@@ -280,7 +340,7 @@ fn accounts(settings: &Settings) -> Result<Accounts, StartError> {
         .with_device_ttl(auth.device_token_ttl());
     let successors = SuccessorKey::from_key_file(&auth.private_key_file)?;
     pool.watch();
-    Ok(Accounts::new(pool, Arc::new(tokens), successors, settings))
+    Ok(Accounts::new(pool, Arc::new(tokens), successors, live))
 }
 
 /// Applies pending migrations now (also `hermit-relay migrate`); returns what was applied.

@@ -113,6 +113,30 @@ async fn good_joins_do_not_spend_the_failed_join_budget_and_resumes_ignore_it() 
 }
 
 #[tokio::test]
+async fn a_good_join_whose_browser_leaves_at_once_spends_no_failed_join() {
+    let _shared = MEMORY.read().await;
+    let mut s = settings();
+    s.limits.failed_joins_per_minute = 1;
+    s.limits.failed_joins_per_network_per_minute = 1;
+    let server = TestServer::start(s);
+    let mut macs = Vec::new();
+    for _ in 0..10 {
+        let mut mac = server.connect("/mac").await;
+        let code = recv(&mut mac).await["code"].as_str().unwrap().to_owned();
+        // The browser sends a good code and is gone before the answer can reach it.
+        let mut browser = server.connect("/browser").await;
+        send(&mut browser, json!({"type": "join", "code": code})).await;
+        drop(browser);
+        assert_eq!(recv(&mut mac).await["type"], "joined");
+        macs.push(mac);
+    }
+    // The budget is whole: a wrong code is told so, not refused.
+    let mut guesser = server.connect("/browser").await;
+    send(&mut guesser, json!({"type": "join", "code": "AAAAAA"})).await;
+    expect_error(&mut guesser, "INVALID_CODE").await;
+}
+
+#[tokio::test]
 async fn one_network_cannot_spend_the_whole_failed_join_budget() {
     let _shared = MEMORY.read().await;
     let mut s = settings();

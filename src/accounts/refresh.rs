@@ -101,7 +101,10 @@ pub enum Rotation {
     },
     /// A spent token came back after the grace, or after its successor was used: the
     /// family was revoked (and that revocation commits).
-    Reused,
+    Reused {
+        /// Whose family it was (for the audit trail).
+        user_id: String,
+    },
     /// Unknown, expired or revoked.
     Refused,
 }
@@ -124,6 +127,10 @@ pub fn rotate(
                 "a refresh token vanished as it was spent",
             ));
         };
+        // A disabled or deleted account gets nothing more (the spent token stays spent).
+        if crate::models::user::find_active(conn, &token.user_id)?.is_none() {
+            return Ok(Rotation::Refused);
+        }
         insert_token(conn, &token.user_id, &token.family_id, successor, ttl)?;
         return Ok(Rotation::Rotated {
             user_id: token.user_id,
@@ -149,14 +156,16 @@ pub fn rotate(
                 && next.spent_at.is_none()
                 && next.revoked_at.is_none()
         });
-        if unused {
+        if unused && crate::models::user::find_active(conn, &token.user_id)?.is_some() {
             return Ok(Rotation::Retried {
                 user_id: token.user_id,
             });
         }
     }
     refresh_token::revoke_family_of(conn, &token, at)?;
-    Ok(Rotation::Reused)
+    Ok(Rotation::Reused {
+        user_id: token.user_id,
+    })
 }
 
 /// Stores the first refresh token of a new family (a login).

@@ -1,5 +1,9 @@
 //! `AuthUser`: the caller of an `/api` route, from its `Authorization: Bearer` token, whose
 //! account is still active.
+//!
+//! A valid token is not enough: its user must still exist and not be disabled
+//! ([`Accounts::active_user`], one primary-key read per request), so an operator's
+//! `hermit-relay users disable` or `delete` shuts out access tokens that have not expired.
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;

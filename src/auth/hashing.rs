@@ -283,7 +283,9 @@ fn work(shared: &Shared) {
             job.refuse();
             continue;
         }
+        let started = Instant::now();
         job.run(&mut memory, &shared.stats);
+        crate::metrics::METRICS.hash_time(started.elapsed());
     }
 }
 

@@ -189,6 +189,12 @@ pub fn verify_with(memory: &mut Memory, password: &[u8], stored: &str) -> Result
     Ok(Output::new(&out).map_err(malformed)? == *expected)
 }
 
+/// An argon2id PHC string for `password`, on this thread (the admin commands; the relay
+/// goes through [`Passwords::hash`]).
+pub fn hash_now(password: &str) -> Result<String, HashError> {
+    hash_with(&mut Memory::default(), password.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

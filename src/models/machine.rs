@@ -104,3 +104,39 @@ pub fn touch(conn: &mut DbConnection, id: &str, at: NaiveDateTime) -> QueryResul
         .execute(conn)
         .map(drop)
 }
+
+/// Every machine, or one user's, by owner and name.
+pub fn list(conn: &mut DbConnection, user_id: Option<&str>) -> QueryResult<Vec<Machine>> {
+    let mut query = machines::table
+        .order((machines::user_id.asc(), machines::name.asc()))
+        .select(Machine::as_select())
+        .into_boxed();
+    if let Some(user_id) = user_id {
+        query = query.filter(machines::user_id.eq(user_id.to_owned()));
+    }
+    query.load(conn)
+}
+
+/// One machine by id.
+pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<Machine>> {
+    machines::table
+        .find(id)
+        .select(Machine::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Deletes a machine whoever owns it (the operator's revoke); returns whether it existed.
+pub fn delete(conn: &mut DbConnection, id: &str) -> QueryResult<bool> {
+    diesel::delete(machines::table.find(id))
+        .execute(conn)
+        .map(|rows| rows > 0)
+}
+
+/// Of `ids`, those that still exist.
+pub fn existing_among(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<String>> {
+    machines::table
+        .filter(machines::id.eq_any(ids))
+        .select(machines::id)
+        .load(conn)
+}

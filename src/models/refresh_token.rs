@@ -136,3 +136,23 @@ pub fn delete_dead(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult<u
     )
     .execute(conn)
 }
+
+/// Revokes every live refresh token of a user (signs it out everywhere once its access
+/// tokens expire); returns how many were live.
+pub fn revoke_user(
+    conn: &mut DbConnection,
+    user_id: &str,
+    at: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        refresh_tokens::table.filter(
+            refresh_tokens::user_id
+                .eq(user_id)
+                .and(refresh_tokens::revoked_at.is_null())
+                .and(refresh_tokens::spent_at.is_null())
+                .and(refresh_tokens::expires_at.gt(at)),
+        ),
+    )
+    .set(refresh_tokens::revoked_at.eq(at))
+    .execute(conn)
+}

@@ -18,6 +18,8 @@ pub struct User {
     pub password_hash: String,
     /// When the account was made.
     pub created_at: NaiveDateTime,
+    /// When an operator disabled it (`hermit-relay users disable`); `None`: active.
+    pub disabled_at: Option<NaiveDateTime>,
 }
 
 /// A user to insert.
@@ -68,4 +70,53 @@ pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<User>> {
         .select(User::as_select())
         .first(conn)
         .optional()
+}
+
+/// The user with this id if it exists and is not disabled: the one check that keeps a
+/// disabled or deleted user out (one primary-key read).
+pub fn find_active(conn: &mut DbConnection, id: &str) -> QueryResult<Option<User>> {
+    Ok(find(conn, id)?.filter(|user| user.disabled_at.is_none()))
+}
+
+/// Every user, by email.
+pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<User>> {
+    users::table
+        .order(users::email.asc())
+        .select(User::as_select())
+        .load(conn)
+}
+
+/// Sets or clears `disabled_at`; returns whether the user exists.
+pub fn set_disabled(
+    conn: &mut DbConnection,
+    id: &str,
+    at: Option<NaiveDateTime>,
+) -> QueryResult<bool> {
+    diesel::update(users::table.find(id))
+        .set(users::disabled_at.eq(at))
+        .execute(conn)
+        .map(|rows| rows > 0)
+}
+
+/// Replaces the password hash; returns whether the user exists.
+pub fn set_password_hash(conn: &mut DbConnection, id: &str, hash: &str) -> QueryResult<bool> {
+    diesel::update(users::table.find(id))
+        .set(users::password_hash.eq(hash))
+        .execute(conn)
+        .map(|rows| rows > 0)
+}
+
+/// Deletes a user; its machines and refresh tokens go with it (`ON DELETE CASCADE`).
+pub fn delete(conn: &mut DbConnection, id: &str) -> QueryResult<bool> {
+    diesel::delete(users::table.find(id))
+        .execute(conn)
+        .map(|rows| rows > 0)
+}
+
+/// Of `ids`, those that exist and are not disabled.
+pub fn active_among(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<String>> {
+    users::table
+        .filter(users::id.eq_any(ids).and(users::disabled_at.is_null()))
+        .select(users::id)
+        .load(conn)
 }

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use crate::accounts::Accounts;
+use crate::accounts::{normalise_email, Accounts};
+use crate::audit;
 use crate::error::ApiError;
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
@@ -75,6 +76,11 @@ async fn register(
         email, password, ..
     } = body.into_inner();
     let signed_in = accounts.register(from, &email, password).await?;
+    audit::event("register")
+        .user(signed_in.user.id.as_str())
+        .email(&signed_in.user.email)
+        .client(from)
+        .record();
     Ok(HttpResponse::Ok().json(signed_in))
 }
 
@@ -92,7 +98,29 @@ async fn login(
     let signed_in = accounts
         .login(from, &email, password, device_token.as_deref())
         .await;
-    let signed_in = count_failure(signed_in)?;
+    let signed_in = match count_failure(signed_in) {
+        Ok(signed_in) => signed_in,
+        Err(err) => {
+            let reason = match err {
+                ApiError::InvalidCredentials => "invalid_credentials",
+                ApiError::Forbidden(_) => "disabled",
+                ApiError::LoginThrottled => "throttled",
+                _ => return Err(err),
+            };
+            let tried = normalise_email(&email).unwrap_or_default();
+            audit::event("login_refused")
+                .email(&tried)
+                .client(from)
+                .reason(reason)
+                .record();
+            return Err(err);
+        }
+    };
+    audit::event("login")
+        .user(signed_in.user.id.as_str())
+        .email(&signed_in.user.email)
+        .client(from)
+        .record();
     Ok(HttpResponse::Ok().json(signed_in))
 }
 
@@ -101,8 +129,8 @@ async fn refresh(
     accounts: web::Data<Accounts>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
-    limit(&req)?;
-    let refreshed = count_failure(accounts.refresh(&body.refresh_token).await)?;
+    let client = limit(&req)?;
+    let refreshed = count_failure(accounts.refresh(&body.refresh_token, client).await)?;
     Ok(HttpResponse::Ok().json(refreshed))
 }
 

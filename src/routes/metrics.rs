@@ -1,21 +1,24 @@
-//! `GET /metrics`: Prometheus text, optionally behind a bearer token.
+//! `GET /metrics`: Prometheus text (OpenMetrics if asked for), optionally behind a bearer
+//! token. Both `metrics.enabled` and `metrics.token` are read per request, so a reload
+//! changes them at once.
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use subtle::ConstantTimeEq;
 
-use crate::config::Settings;
+use crate::config::Live;
 use crate::error::ApiError;
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 
 /// Registers `/metrics`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics));
 }
 
-async fn metrics(
-    req: HttpRequest,
-    settings: web::Data<Settings>,
-) -> Result<HttpResponse, ApiError> {
+async fn metrics(req: HttpRequest, settings: web::Data<Live>) -> Result<HttpResponse, ApiError> {
+    let settings = settings.get();
+    if !settings.metrics.enabled {
+        return Err(ApiError::NotFound("Not found"));
+    }
     let token = &settings.metrics.token;
     if !token.is_empty() {
         let presented = req
@@ -30,7 +33,17 @@ async fn metrics(
             return Err(ApiError::Unauthorized("A metrics token is required"));
         }
     }
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(METRICS.render()))
+    let openmetrics = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    Ok(match openmetrics {
+        true => HttpResponse::Ok()
+            .content_type(OPENMETRICS_CONTENT_TYPE)
+            .body(METRICS.render_openmetrics()),
+        false => HttpResponse::Ok()
+            .content_type(TEXT_CONTENT_TYPE)
+            .body(METRICS.render()),
+    })
 }

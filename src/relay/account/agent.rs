@@ -16,7 +16,8 @@ use bytes::Bytes;
 use super::registry::{AgentOffline, AgentOnline, AgentReport, MachineRegistry, ToAgent};
 use super::streams::{SharedAttachment, SharedMachinePipes};
 use super::REGISTRY_TIMEOUT;
-use crate::accounts::Accounts;
+use crate::accounts::{self, Accounts};
+use crate::audit;
 use crate::auth::opaque;
 use crate::db;
 use crate::error::ApiError;
@@ -36,9 +37,10 @@ enum State {
     Waiting,
     /// The token is being checked (nothing else is read meanwhile).
     Verifying,
-    /// Registered for a machine, whose sessions' data paths it shares.
+    /// Registered for a machine of `user`, whose sessions' data paths it shares.
     Online {
         machine: MachineId,
+        user: UserId,
         pipes: SharedMachinePipes,
     },
 }
@@ -101,9 +103,21 @@ impl Protocol for AgentSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
-        let State::Online { machine, .. } = &conn.proto.state else {
+        let State::Online { machine, user, .. } = &conn.proto.state else {
             return;
         };
+        let outcome = conn.socket.outcome();
+        let name = match outcome {
+            Outcome::Replaced => "agent_replaced",
+            _ => "agent_offline",
+        };
+        audit::event(name)
+            .user(user.as_str())
+            .machine(machine.as_str())
+            .client(conn.socket.client_ip())
+            .conn(conn.socket.conn)
+            .reason(outcome.as_str())
+            .record();
         conn.proto.registry.do_send(AgentOffline {
             conn: conn.socket.conn,
             clean: conn.socket.outcome().clean(),
@@ -260,6 +274,11 @@ impl Connection<AgentSocket> {
             db::run(&pool, move |conn| {
                 let found = machine::find_by_token_hash(conn, &hash)?
                     .filter(|m| opaque::hashes_match(&m.token_hash, &hash));
+                // A disabled or deleted owner's machines are out too.
+                let found = match found {
+                    Some(m) if accounts::active_user(conn, &m.user_id)?.is_some() => Some(m),
+                    _ => None,
+                };
                 if let Some(m) = &found {
                     machine::touch(conn, &m.id, now())?;
                 }
@@ -288,7 +307,7 @@ impl Connection<AgentSocket> {
     fn come_online(&mut self, machine: MachineId, user: UserId, ctx: &mut Ctx<AgentSocket>) {
         let online = AgentOnline {
             machine: machine.clone(),
-            user,
+            user: user.clone(),
             peer: self.peer(ctx),
             lossless: self.proto.lossless,
         };
@@ -307,7 +326,17 @@ impl Connection<AgentSocket> {
                     );
                     agent.send(&AgentEvent::ListSessions, ctx);
                     tracing::info!(conn = %agent.socket.conn, %machine, "agent registered");
-                    agent.proto.state = State::Online { machine, pipes };
+                    audit::event("agent_online")
+                        .user(user.as_str())
+                        .machine(machine.as_str())
+                        .client(agent.socket.client_ip())
+                        .conn(agent.socket.conn)
+                        .record();
+                    agent.proto.state = State::Online {
+                        machine,
+                        user,
+                        pipes,
+                    };
                     if agent.proto.lossless {
                         let every = agent.settings.pairing.ack_interval();
                         ctx.run_interval(every, |agent, ctx| agent.acknowledge(ctx));

@@ -23,8 +23,9 @@ use super::registry::{
 use super::streams::{SharedAttachment, SharedMachinePipes};
 use super::REGISTRY_TIMEOUT;
 use crate::accounts::Accounts;
+use crate::audit;
 use crate::error::ApiError;
-use crate::ids::{ClientKey, ConnId, DropReason, Outcome, SessionId, UserId};
+use crate::ids::{ClientKey, ConnId, DropReason, MachineId, Outcome, SessionId, UserId};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::relay::delivery::{accept, lock, Accepted, Delivery};
@@ -200,7 +201,9 @@ impl Connection<ClientSocket> {
             ),
             ClientRequest::Detach { session_id } => {
                 // Input sent after `detach` is refused at once, whatever the agent does.
-                self.proto.attached.remove(&session_id);
+                if self.proto.attached.remove(&session_id).is_some() {
+                    self.audit("client_detach", None, &session_id);
+                }
                 let detach = ClientCommand::Detach {
                     session: session_id,
                 };
@@ -290,6 +293,10 @@ impl Connection<ClientSocket> {
         last_seq: Option<u64>,
         ctx: &mut Ctx<ClientSocket>,
     ) {
+        let attaching = match &command {
+            ClientCommand::Attach { machine, .. } => Some(machine.clone()),
+            _ => None,
+        };
         let ask = ClientAsk {
             client,
             command,
@@ -298,7 +305,7 @@ impl Connection<ClientSocket> {
         let answer = self.proto.registry.send(ask).timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             answer,
-            |client, answer, ctx| match answer {
+            move |client, answer, ctx| match answer {
                 Ok(ClientReply::Done) => {}
                 Ok(ClientReply::Resumed {
                     session,
@@ -319,6 +326,7 @@ impl Connection<ClientSocket> {
                         linked,
                         move |client, linked, ctx| match linked {
                             Ok(Ok(())) => {
+                                client.audit("client_attach", attaching.as_ref(), &session);
                                 let attached = Attached { attachment, pipes };
                                 client.proto.attached.insert(session, attached);
                             }
@@ -387,9 +395,11 @@ impl Connection<ClientSocket> {
         self.wait_for(
             lookup,
             |client, found, ctx| match found {
-                Err(ApiError::Unauthorized(_)) => {
-                    client.error(ErrorCode::UserNotFound, "that user no longer exists", ctx)
-                }
+                Err(ApiError::Unauthorized(_)) => client.error(
+                    ErrorCode::UserNotFound,
+                    "that account no longer exists or is disabled",
+                    ctx,
+                ),
                 Ok(found) => {
                     let user = UserInfo {
                         id: found.id.into(),
@@ -465,6 +475,21 @@ impl Connection<ClientSocket> {
             },
             ctx,
         );
+    }
+
+    /// Records an attachment change in the audit log.
+    fn audit(&self, name: &'static str, machine: Option<&MachineId>, session: &SessionId) {
+        let mut event = audit::event(name)
+            .session(session.as_str())
+            .client(self.socket.client_ip())
+            .conn(self.socket.conn);
+        if let Some(user) = &self.proto.user {
+            event = event.user(user.id.as_str());
+        }
+        if let Some(machine) = machine {
+            event = event.machine(machine.as_str());
+        }
+        event.record();
     }
 
     fn unavailable(&mut self, err: ApiError, ctx: &mut Ctx<ClientSocket>) {

@@ -29,7 +29,7 @@ use crate::ids::{ClientKey, ConnId, MachineId, Outcome, SessionId, UserId};
 use crate::relay::deadlines::Deadlines;
 use crate::relay::delivery::{lock, Peer, StreamLimits};
 use crate::relay::protocol::account::ClientEvent;
-use crate::relay::protocol::{Common, SessionInfo};
+use crate::relay::protocol::{Common, ErrorCode, SessionInfo};
 
 /// Agent actor → registry: its token checked out for a machine. Answered with the
 /// machine's pipes, or refused if the machine was deleted meanwhile.
@@ -207,6 +207,29 @@ pub struct MachineStatus {
 pub struct DropMachine {
     /// The deleted machine.
     pub machine: MachineId,
+}
+
+/// Admin watcher → registry: which users and machines are online now.
+#[derive(Message)]
+#[rtype(result = "Online")]
+pub struct WhoIsOnline;
+
+/// What [`WhoIsOnline`] answers.
+#[derive(Debug, Default, MessageResponse)]
+pub struct Online {
+    /// Users with a client or an agent online.
+    pub users: Vec<UserId>,
+    /// Machines with an agent online.
+    pub machines: Vec<MachineId>,
+}
+
+/// Admin watcher → registry: a user was disabled or deleted; close its clients (told
+/// `USER_NOT_FOUND` first) and drop its agents.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DropUser {
+    /// The user.
+    pub user: UserId,
 }
 
 /// An agent connection the registry knows.
@@ -706,5 +729,32 @@ impl Handler<DropMachine> for MachineRegistry {
         let effects = self.table.machine_deleted(&msg.machine, Instant::now());
         self.apply(effects, None);
         self.machines.remove(&msg.machine);
+    }
+}
+
+impl Handler<WhoIsOnline> for MachineRegistry {
+    type Result = Online;
+
+    fn handle(&mut self, _: WhoIsOnline, _: &mut Context<Self>) -> Online {
+        let (users, machines) = self.table.online();
+        Online { users, machines }
+    }
+}
+
+impl Handler<DropUser> for MachineRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: DropUser, _: &mut Context<Self>) {
+        let (clients, effects) = self.table.user_removed(&msg.user);
+        for conn in clients {
+            if let Some(client) = self.clients.get(&conn) {
+                client.peer.send(&Common::error(
+                    ErrorCode::UserNotFound,
+                    "this account was disabled or deleted",
+                ));
+                client.peer.close(Outcome::Refused);
+            }
+        }
+        self.apply(effects, None);
     }
 }

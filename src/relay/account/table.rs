@@ -592,6 +592,44 @@ impl MachineTable {
     }
 }
 
+/// What the operator's commands need (issue 14): who is online, and removing a user.
+impl MachineTable {
+    /// Users with a client or an agent online, and the machines online.
+    pub fn online(&self) -> (Vec<UserId>, Vec<MachineId>) {
+        let mut users: BTreeSet<UserId> = self.users.keys().cloned().collect();
+        users.extend(self.agents.values().map(|agent| agent.user.clone()));
+        (
+            users.into_iter().collect(),
+            self.agents.keys().cloned().collect(),
+        )
+    }
+
+    /// A user was disabled or deleted: its clients, for the registry to close (their
+    /// departure cleans up after them), and the effects of dropping its agents.
+    pub fn user_removed(&mut self, user: &UserId) -> (Vec<ConnId>, Vec<Effect>) {
+        let clients = self
+            .users
+            .get(user)
+            .map(|conns| conns.iter().copied().collect())
+            .unwrap_or_default();
+        let agents: Vec<ConnId> = self
+            .agents
+            .values()
+            .filter(|agent| &agent.user == user)
+            .map(|agent| agent.conn)
+            .collect();
+        let mut effects = Vec::new();
+        for conn in agents {
+            effects.extend(self.agent_offline(conn));
+            effects.push(Effect::DropAgent {
+                conn,
+                outcome: Outcome::Refused,
+            });
+        }
+        (clients, effects)
+    }
+}
+
 fn not_found(conn: ConnId) -> Vec<Effect> {
     vec![Effect::ClientError {
         conn,

@@ -23,7 +23,9 @@ use actix::prelude::*;
 pub use super::command::ToConn;
 use super::pipes::{Pipes, SharedPipes};
 use super::table::{Effect, PairingRules, PairingTable};
+use crate::audit;
 use crate::ids::{ClientKey, ConnId, Outcome, PairingId, Role};
+use crate::limits::FailedJoin;
 use crate::metrics::METRICS;
 use crate::relay::delivery::{lock as lock_pipes, StreamLimits};
 use crate::relay::delivery::{Delivery, Peer};
@@ -105,6 +107,9 @@ pub struct Join {
     pub code: String,
     /// Lossless mode.
     pub lossless: Lossless,
+    /// The failed join reserved for it: spent if the code is not live, else given back
+    /// here, before anyone hears `joined` (so the next join cannot find it still taken).
+    pub failure: Option<FailedJoin>,
 }
 
 /// Browser → registry: `resume`.
@@ -233,6 +238,10 @@ impl SessionRegistry {
                 }
                 Effect::Ended { session } => {
                     self.pipes.remove(&session);
+                    METRICS.pairings_ended.fetch_add(1, Relaxed);
+                    audit::event("pairing_ended")
+                        .pairing(session.fingerprint())
+                        .record();
                 }
                 Effect::PartnerGone { to, code } => {
                     // A pairing handed over but not yet taken is void now.
@@ -433,6 +442,19 @@ impl Handler<Join> for SessionRegistry {
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Reply {
         self.opt_in(msg.conn, msg.lossless);
         let effects = self.table.browser_join(msg.conn, &msg.code, Instant::now());
+        let invalid = effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Error {
+                    code: ErrorCode::InvalidCode,
+                    ..
+                }
+            )
+        });
+        match msg.failure {
+            Some(failure) if invalid => failure.spend(),
+            other => drop(other),
+        }
         if effects.iter().any(|e| matches!(e, Effect::Pair { .. })) {
             METRICS.codes_joined.fetch_add(1, Relaxed);
             METRICS.pairings.fetch_add(1, Relaxed);

@@ -79,6 +79,7 @@ async fn polls_per_message(waiting: u64, messages: u64) -> f64 {
             conn: browser,
             code: "AAAAAA".into(),
             lossless: Lossless::default(),
+            failure: None,
         };
         registry.send(join).await.unwrap();
     }
@@ -133,6 +134,7 @@ async fn a_mac_whose_outbox_cannot_take_joined_is_dropped_not_left_uninformed() 
         conn: browser_conn,
         code,
         lossless: Lossless::default(),
+        failure: None,
     };
     registry.send(join).await.unwrap();
     let mut closed = false;

@@ -15,6 +15,7 @@ use super::registry::{
     self, Connect, Disconnect, Join, Lossless, Pairing, PairingSlot, Register, Reply, Resume,
     SessionRegistry, ToConn, Unpair,
 };
+use crate::audit;
 use crate::ids::{DropReason, Outcome, Role};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
@@ -159,6 +160,7 @@ impl Connection<PairSocket> {
                             conn,
                             code,
                             lossless,
+                            failure: None,
                         };
                         self.join(join, ctx)
                     }
@@ -222,62 +224,44 @@ impl Connection<PairSocket> {
         }
     }
 
+    /// `join` also spends the relay-wide budget for failed joins (guesses of live codes):
+    /// one failure is reserved before asking; the registry keeps it only if the code was
+    /// not live.
+    fn join(&mut self, mut join: Join, ctx: &mut Ctx<PairSocket>) {
+        let Some(failure) = self
+            .proto
+            .limiters
+            .reserve_failed_join(self.socket.client_ip())
+        else {
+            let message = "too many wrong codes were tried on this relay; wait a minute";
+            return self.error(ErrorCode::RateLimited, message, ctx);
+        };
+        join.failure = Some(failure);
+        self.ask(join, ctx);
+    }
+
     /// Sends a request to the registry and handles its [`Reply`] before reading on.
     fn ask<M>(&mut self, request: M, ctx: &mut Ctx<PairSocket>)
     where
         M: Message<Result = Reply> + Send + 'static,
         SessionRegistry: Handler<M>,
     {
-        self.ask_then(request, |_| {}, ctx);
-    }
-
-    /// `join` also spends the relay-wide budget for failed joins (guesses of live codes):
-    /// one failure is reserved before asking, and given back unless the code was invalid.
-    fn join(&mut self, join: Join, ctx: &mut Ctx<PairSocket>) {
-        let ip = self.socket.client_ip();
-        let limiters = Arc::clone(&self.proto.limiters);
-        if !limiters.failed_joins.reserve(ip) {
-            let message = "too many wrong codes were tried on this relay; wait a minute";
-            return self.error(ErrorCode::RateLimited, message, ctx);
-        }
-        let settle = move |reply: &Result<Reply, MailboxError>| {
-            let invalid = reply.as_ref().is_ok_and(|Reply(commands)| {
-                commands.iter().any(|command| {
-                    matches!(
-                        command,
-                        ToConn::Error {
-                            code: ErrorCode::InvalidCode,
-                            ..
-                        }
-                    )
-                })
-            });
-            if !invalid {
-                limiters.failed_joins.refund(ip);
-            }
-        };
-        self.ask_then(join, settle, ctx);
-    }
-
-    /// [`Self::ask`], letting `inspect` see the answer first.
-    fn ask_then<M>(
-        &mut self,
-        request: M,
-        inspect: impl FnOnce(&Result<Reply, MailboxError>) + 'static,
-        ctx: &mut Ctx<PairSocket>,
-    ) where
-        M: Message<Result = Reply> + Send + 'static,
-        SessionRegistry: Handler<M>,
-    {
+        let (asked, join) = (
+            Instant::now(),
+            std::any::TypeId::of::<M>() == std::any::TypeId::of::<Join>(),
+        );
         let answer = self.proto.registry.send(request).timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             answer,
-            |conn, answer, ctx| {
-                inspect(&answer);
+            move |conn, answer, ctx| {
                 match answer {
                     Ok(Reply(commands)) => {
+                        let paired = commands.iter().any(|c| matches!(c, ToConn::Paired));
                         for command in commands {
                             conn.on_command(command, ctx);
+                        }
+                        if paired {
+                            conn.audit_paired(join, asked);
                         }
                     }
                     Err(err) => {
@@ -371,6 +355,32 @@ impl Connection<PairSocket> {
             role: self.proto.role,
         };
         self.ask(unpair, ctx);
+    }
+
+    /// This side's own request paired it: a `join` makes a pairing, a `resume` or a mac's
+    /// `register` resumes one (the partner hears of it through its mailbox, unrecorded, so
+    /// each pairing event is recorded once).
+    fn audit_paired(&self, join: bool, asked: Instant) {
+        if join {
+            METRICS.pairing_time(asked.elapsed());
+        }
+        let Some(pairing) = &self.proto.pairing else {
+            return;
+        };
+        let role = match self.proto.role {
+            Role::Mac => "mac",
+            Role::Browser => "browser",
+        };
+        audit::event(if join {
+            "pairing_made"
+        } else {
+            "pairing_resumed"
+        })
+        .pairing(pairing.session.fingerprint())
+        .client(self.socket.client_ip())
+        .conn(self.socket.conn)
+        .reason(role)
+        .record();
     }
 
     /// Takes a pairing the registry handed over, if any. Called on `Paired` and before

@@ -1,7 +1,7 @@
 //! Quick pairing on `/mac` and `/browser` (PROTOCOL.md §1): what macs and browsers send,
 //! what the relay sends them.
 //!
-//! The lossless extension (README, "Lossless mode") adds optional fields — `ack` and
+//! The lossless extension (PROTOCOL.md §1.5) adds optional fields — `ack` and
 //! `lastSeq` on `register`, `join` and `resume`, `seq` on `data` — and the `ack` message.
 //! A side that never sends them sees exactly the messages of PROTOCOL.md.
 

@@ -1,0 +1,2 @@
+DROP TABLE admin_generation;
+ALTER TABLE users DROP COLUMN disabled_at;
