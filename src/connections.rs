@@ -1,7 +1,7 @@
 //! Every open WebSocket: counted per client address (the per-address limit), per endpoint
 //! (metrics), and reachable all at once for a graceful shutdown (close 1001 to each).
 
-use std::collections::{HashMap, HashSet};
+use crate::ids::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -5,7 +5,9 @@
 //! per message. Here the deadlines sit in a sorted set and the registry arms a single timer
 //! for the earliest one: the work per message is O(log N), and O(1) timers are polled.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use crate::ids::HashMap;
 use std::hash::Hash;
 use std::time::Instant;
 
@@ -22,7 +24,7 @@ impl<K> Default for Deadlines<K> {
     fn default() -> Self {
         Self {
             queue: BTreeSet::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
         }
     }
 }

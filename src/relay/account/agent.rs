@@ -4,8 +4,8 @@
 //! and fans each session's output straight into the outboxes of the clients attached to it:
 //! the registry decides who is attached, but never carries the data.
 
+use crate::ids::HashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -75,8 +75,8 @@ impl AgentSocket {
                 limiters,
                 state: State::Waiting,
                 lossless: false,
-                watchers: HashMap::new(),
-                acked: HashMap::new(),
+                watchers: HashMap::default(),
+                acked: HashMap::default(),
             },
         )
     }

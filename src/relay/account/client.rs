@@ -6,8 +6,8 @@
 //! straight into the session's pipe to its agent. Every request is answered before the
 //! next frame is read, so a client may send `auth`, `attach` and `data` back to back.
 
+use crate::ids::HashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -78,8 +78,8 @@ impl ClientSocket {
                 user: None,
                 known_as: None,
                 lossless: None,
-                attached: HashMap::new(),
-                acked: HashMap::new(),
+                attached: HashMap::default(),
+                acked: HashMap::default(),
             },
         )
     }

@@ -14,8 +14,8 @@
 //! sent to it, and a new connection of the same client (same `clientId`) or agent (same
 //! machine) takes its place.
 
+use crate::ids::HashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -279,10 +279,10 @@ impl MachineRegistry {
             table: MachineTable::default(),
             limits,
             grace,
-            agents: HashMap::new(),
-            machines: HashMap::new(),
-            clients: HashMap::new(),
-            keys: HashMap::new(),
+            agents: HashMap::default(),
+            machines: HashMap::default(),
+            clients: HashMap::default(),
+            keys: HashMap::default(),
             away: Deadlines::default(),
             armed: None,
         }
@@ -660,7 +660,7 @@ impl Handler<ClientOnline> for MachineRegistry {
             peer: msg.peer,
             user: msg.user,
             key: msg.lossless,
-            attachments: HashMap::new(),
+            attachments: HashMap::default(),
         };
         self.clients.insert(conn, entry);
         ClientWelcome {

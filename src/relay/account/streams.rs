@@ -15,7 +15,7 @@
 //! next, so the agent's output path (machine, then each attachment) and a client's input
 //! path (attachment, then machine) cannot deadlock.
 
-use std::collections::HashMap;
+use crate::ids::HashMap;
 use std::sync::{Arc, Mutex};
 
 use actix::Message;
@@ -152,7 +152,7 @@ impl MachinePipes {
             agent: None,
             lossless: false,
             limits,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
         }))
     }
 

@@ -7,7 +7,9 @@
 //! is someone else's, offline or unknown.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::ids::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::ids::{ConnId, MachineId, Outcome, SessionId, UserId};
@@ -325,7 +327,7 @@ impl MachineTable {
             conn,
             Client {
                 user: user.clone(),
-                attached: HashMap::new(),
+                attached: HashMap::default(),
             },
         );
         self.users.entry(user.clone()).or_default().insert(conn);

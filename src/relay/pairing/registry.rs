@@ -8,8 +8,8 @@
 //! must do, which it handles before reading its next frame; everything for *other*
 //! connections goes to their mailboxes.
 
+use crate::ids::HashMap;
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -182,8 +182,8 @@ impl SessionRegistry {
         Self {
             table: PairingTable::new(rules),
             limits,
-            conns: HashMap::new(),
-            pipes: HashMap::new(),
+            conns: HashMap::default(),
+            pipes: HashMap::default(),
             armed: None,
             timer_polls: Rc::default(),
             messages: 0,

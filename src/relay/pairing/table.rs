@@ -7,7 +7,9 @@
 //! it rings. That keeps every rule unit-testable, and the actor a thin layer that maps
 //! connection ids to addresses.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::ids::HashMap;
 use std::time::{Duration, Instant};
 
 use super::code::CodeFormat;
@@ -170,14 +172,14 @@ impl PairingTable {
     pub fn new(rules: PairingRules) -> Self {
         Self {
             rules,
-            codes: HashMap::new(),
+            codes: HashMap::default(),
             pending: 0,
             retired: VecDeque::new(),
             deadlines: Deadlines::default(),
-            macs: HashMap::new(),
-            browsers: HashMap::new(),
-            pairings: HashMap::new(),
-            by_client_id: HashMap::new(),
+            macs: HashMap::default(),
+            browsers: HashMap::default(),
+            pairings: HashMap::default(),
+            by_client_id: HashMap::default(),
         }
     }
 
