@@ -2,7 +2,7 @@
 //! [`Protocol`] that holds only its endpoint's state and decisions.
 //!
 //! Why a generic actor rather than a macro or three copies: the skeleton (register in
-//! `started`, heartbeat on an interval, frames in through a stream, commands in through
+//! `started`, heartbeat by deadline, frames in through a stream, commands in through
 //! the mailbox, unregister in `stopping`, close with the right code in `stopped`) is written
 //! and type-checked once, and a protocol cannot forget a step. Each protocol is a plain
 //! struct; the trait says exactly what it decides.
@@ -27,8 +27,10 @@ use crate::ids::{ConnId, DropReason, Endpoint, Outcome};
 use crate::metrics::METRICS;
 use crate::transport::{ping_frame, pong_frame, text_frame, Inbound, InboundStream, Link};
 
-/// How early a heartbeat ping may go out, so tick jitter never skips one.
+/// How early a heartbeat ping may go out, so timer jitter never skips one.
 const PING_SLACK: Duration = Duration::from_millis(250);
+/// The shortest wait between two heartbeat checks (a deadline just passed never spins).
+const MIN_WAKE: Duration = Duration::from_millis(50);
 
 /// What a connection actor starts from: its admitted, upgraded socket and the settings.
 pub struct Opened {
@@ -53,8 +55,9 @@ pub trait Protocol: Sized + Unpin + 'static {
     fn on_text(conn: &mut Connection<Self>, text: Bytes, ctx: &mut Ctx<Self>);
     /// One command from a registry or a partner.
     fn on_command(conn: &mut Connection<Self>, command: Self::Command, ctx: &mut Ctx<Self>);
-    /// Each heartbeat tick: a reason to end the connection, if any (e.g. idle unpaired).
-    fn on_tick(_conn: &mut Connection<Self>) -> Option<Outcome> {
+    /// A deadline of the protocol's own (e.g. idle unpaired): when it passes, the connection
+    /// ends for the outcome. A protocol that moves it earlier calls [`Connection::rearm`].
+    fn deadline(_conn: &Connection<Self>) -> Option<(Instant, Outcome)> {
         None
     }
     /// The actor is stopping: unregister.
@@ -72,6 +75,8 @@ pub struct Connection<P> {
     pub settings: Arc<Settings>,
     /// The protocol's own state.
     pub proto: P,
+    /// When the next heartbeat check is due, and its timer.
+    wake: Option<(Instant, SpawnHandle)>,
 }
 
 impl<P: Protocol> Connection<P> {
@@ -88,6 +93,7 @@ impl<P: Protocol> Connection<P> {
                 socket,
                 settings,
                 proto,
+                wake: None,
             }
         })
     }
@@ -142,14 +148,48 @@ impl<P: Protocol> Connection<P> {
         );
     }
 
+    /// The heartbeat check, when a deadline is due: the protocol's own, silence past the
+    /// heartbeat deadline, or a ping to send. Then the next wake-up is armed.
     fn tick(&mut self, ctx: &mut Ctx<P>) {
-        let outcome = P::on_tick(self).or_else(|| {
+        self.wake = None;
+        let proto = P::deadline(self)
+            .filter(|(at, _)| *at <= Instant::now())
+            .map(|(_, outcome)| outcome);
+        let outcome = proto.or_else(|| {
             self.socket
                 .heartbeat(&self.settings.heartbeat, P::JSON_PING)
         });
-        if let Some(outcome) = outcome {
-            self.finish(outcome, ctx);
+        match outcome {
+            Some(outcome) => self.finish(outcome, ctx),
+            None => self.rearm(ctx),
         }
+    }
+
+    /// Arms the heartbeat check for the earliest deadline, unless one is armed already for
+    /// no later. An idle connection wakes once per heartbeat interval (to ping), not on a
+    /// fixed tick: with 10,000 idle sockets, a 5 s tick cost 4.4 million instructions a
+    /// second doing nothing.
+    pub fn rearm(&mut self, ctx: &mut Ctx<P>) {
+        let now = Instant::now();
+        let heartbeat = &self.settings.heartbeat;
+        let ping = self.socket.last_ping + heartbeat.interval();
+        let silent = now
+            + heartbeat
+                .deadline()
+                .saturating_sub(self.socket.link.silence());
+        let mut due = ping.min(silent);
+        if let Some((at, _)) = P::deadline(self) {
+            due = due.min(at);
+        }
+        let due = due.max(now + MIN_WAKE);
+        if let Some((armed, handle)) = self.wake {
+            if armed <= due {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.run_later(due - now, Self::tick);
+        self.wake = Some((due, handle));
     }
 }
 
@@ -157,7 +197,7 @@ impl<P: Protocol> Actor for Connection<P> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(tick(&self.settings.heartbeat), Self::tick);
+        self.rearm(ctx);
         P::started(self, ctx);
     }
 
@@ -358,15 +398,4 @@ impl Socket {
             "connection closed"
         );
     }
-}
-
-/// How often connection actors run their heartbeat check: often enough to notice silence
-/// within a second or so of the deadline, rarely enough to cost nothing when idle.
-pub fn tick(settings: &HeartbeatSettings) -> Duration {
-    Duration::from_secs(
-        settings
-            .interval_secs
-            .min(settings.timeout_secs)
-            .clamp(1, 5),
-    )
 }

@@ -94,10 +94,10 @@ impl Protocol for PairSocket {
         conn.on_command(command, ctx);
     }
 
-    fn on_tick(conn: &mut Connection<Self>) -> Option<Outcome> {
+    fn deadline(conn: &Connection<Self>) -> Option<(Instant, Outcome)> {
         let idle = conn.settings.pairing.idle_unpaired_timeout();
         let since = conn.proto.unpaired_since?;
-        (since.elapsed() >= idle).then_some(Outcome::Idle)
+        Some((since + idle, Outcome::Idle))
     }
 
     fn stopping(conn: &mut Connection<Self>) {
@@ -292,6 +292,7 @@ impl Connection<PairSocket> {
             ToConn::PartnerGone { code } => {
                 self.proto.pairing = None;
                 self.proto.unpaired_since = Some(Instant::now());
+                self.rearm(ctx);
                 self.proto.acked = 0;
                 let message = match code {
                     ErrorCode::MacDisconnected => "the mac disconnected",
