@@ -141,3 +141,58 @@ async fn a_cut_of_the_agent_longer_than_the_heartbeat_timeout_loses_nothing() {
     let (agent_resumes, _) = exchange_through(&server, 200, cut, &agent_proxy, &client_proxy).await;
     assert!(agent_resumes >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_acknowledges_is_told_and_dropped_with_memory_bounded() {
+    let mut s = lossless_settings();
+    s.limits.max_message_bytes = 64 * 1024;
+    s.limits.max_outbound_bytes = 4 * 1024 * 1024;
+    s.pairing.replay_window_bytes = 2 * 1024 * 1024;
+    let server = TestServer::start(s);
+    let ada = owner(&server, "ada@example.com").await;
+    let mut agent = common::account::agent(&server, &ada, &["s1"]).await;
+    let mut client = server.connect("/ws/client").await;
+    send(
+        &mut client,
+        serde_json::json!({"type": "auth", "token": ada.access, "ack": true,
+                           "clientId": uuid::Uuid::new_v4().to_string()}),
+    )
+    .await;
+    assert_eq!(
+        common::account::recv_type(&mut client, "authenticated").await["type"],
+        "authenticated"
+    );
+    let attach =
+        serde_json::json!({"type": "attach", "machineId": ada.machine_id, "sessionId": "s1"});
+    send(&mut client, attach).await;
+    let attached = common::account::recv_type(&mut client, "attached").await;
+    assert_eq!(attached["resumed"], false, "{attached}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = rss_bytes();
+    // The client reads everything but never acknowledges: its window fills.
+    let reader = tokio::spawn(async move {
+        let mut told = None;
+        while let Some(msg) = next_raw(&mut client).await {
+            if msg.contains("REPLAY_WINDOW_FULL") {
+                told = Some(msg);
+            }
+        }
+        told
+    });
+    let chunk = "o".repeat(32 * 1024);
+    // 12 MiB of output: six times the window; the client must be gone well before.
+    for _ in 0..400 {
+        let output = serde_json::json!({"type": "data", "sessionId": "s1", "data": chunk});
+        send(&mut agent, output).await;
+    }
+    let told = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("the client's socket is closed")
+        .unwrap();
+    let told = told.expect("the client was told REPLAY_WINDOW_FULL before the close");
+    assert!(told.contains("\"error\""), "{told}");
+    let growth = rss_bytes().saturating_sub(rss_before);
+    assert!(growth < 48 * 1024 * 1024, "RSS grew {} MiB", growth >> 20);
+    // The agent is unaffected: it still answers and its machine is still online.
+    eventually_machine(&server, &ada, |m| m["online"] == true).await;
+}

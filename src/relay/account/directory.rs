@@ -3,7 +3,6 @@
 
 use actix::Addr;
 use chrono::{NaiveDateTime, SecondsFormat};
-use diesel::Connection;
 use uuid::Uuid;
 
 use super::registry::{DropMachine, MachineRegistry, MachineStatus};
@@ -113,7 +112,9 @@ pub async fn create(
     };
     let stored = row.clone();
     db::run(pool, move |conn| {
-        conn.transaction(|conn| {
+        // db::transaction, not diesel's: on a full SQLite disk the failed ROLLBACK must not
+        // turn the 503 into a 500.
+        db::transaction(conn, |conn| {
             // Taking the owner's row first makes this user's creations take turns, so
             // the count cannot go stale before the insert (on both backends).
             if !user::lock(conn, &stored.user_id)? {
