@@ -15,6 +15,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub mod account;
 pub mod lossless;
 pub mod lossless_account;
+pub mod nginx;
 pub mod proxy;
 
 /// Runs each named `async fn(TestDb)` once per backend: `sqlite::name` and `postgres::name`.

@@ -1,4 +1,4 @@
-//! The real `hermit-relay` binary as a child process: for signals (SIGHUP), its own log
+//! The real `hermit-relay` binary as a child process: for signals (SIGHUP, SIGTERM), its own log
 //! on standard output, and admin commands run beside it with the same configuration.
 #![allow(dead_code)]
 
@@ -86,6 +86,15 @@ impl Relay {
     pub fn hup(&self) {
         let status = Command::new("kill")
             .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Sends SIGTERM (the graceful stop an orchestrator asks for).
+    pub fn term(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
