@@ -124,12 +124,17 @@ impl Linger {
         }
     }
 
-    /// Shuts down `io`'s writing side, then reads and discards until the peer closes,
-    /// an error, `bytes` or `time`, whichever comes first; then `io` is closed.
+    /// Reads and discards until the peer closes, an error, `bytes` or `time`, whichever
+    /// comes first, shutting down `io`'s writing side once the peer is quiet; then `io`
+    /// is closed.
     async fn drain<T: AsyncRead + AsyncWrite + Unpin>(self, mut io: T, _place: LingerPlace) {
         let mut left = self.bytes;
         let drain = async {
-            let _ = io.shutdown().await;
+            // The FIN waits until the peer has been quiet for LINGER_QUIET (or closed): a
+            // proxy such as nginx that sees the relay's FIN while the client is still
+            // sending closes the client's connection with those bytes unread, and the
+            // client's reset destroys the close frame or 413 it was about to read.
+            let mut shut = false;
             // Most peers answer the close and go: a small buffer sees that. Only a peer
             // that keeps sending gets a large one (zeroing 16 KiB for every closed
             // connection was a tenth of what a pairing cost).
@@ -140,7 +145,18 @@ impl Linger {
                     true => &mut small[..],
                     false => &mut large[..],
                 };
-                match io.read(buf).await {
+                let read = match shut {
+                    true => io.read(buf).await,
+                    false => match tokio::time::timeout(LINGER_QUIET, io.read(buf)).await {
+                        Ok(read) => read,
+                        Err(_quiet) => {
+                            let _ = io.shutdown().await;
+                            shut = true;
+                            continue;
+                        }
+                    },
+                };
+                match read {
                     Ok(0) | Err(_) => break,
                     Ok(n) => left = left.saturating_sub(n),
                 }
@@ -152,6 +168,11 @@ impl Linger {
         let _ = tokio::time::timeout(self.time, drain).await;
     }
 }
+
+/// How long a lingering peer must send nothing before the relay sends its FIN: long enough
+/// for a client's last bytes in flight (the rest of an oversized message, its close frame)
+/// to arrive, short enough that an ordinary close is not held up noticeably.
+const LINGER_QUIET: Duration = Duration::from_millis(100);
 
 /// One connection's place among the lingering; given back when its task ends or is
 /// dropped (at shutdown).

@@ -71,13 +71,11 @@ async fn a_message_over_the_limit_closes_the_page_directly_with_1009_not_1006() 
     a_message_over_the_limit_closes_the_page_with_1009_not_1006(Route::Direct).await;
 }
 
-/// Fails in about 2 runs of 5 (the page reads 1006). What seems to happen: the relay sends
-/// its close frame and at once shuts down its side (FIN) while the rest of the oversized
-/// message is still coming; nginx, seeing the upstream end, closes the page's connection
-/// with the page's bytes unread, so the page gets a reset that destroys the close frame.
-/// Waiting for the peer's close frame before the FIN should fix it. Run with `--ignored`.
+/// Through nginx the page read 1006 in about 2 runs of 5 while the relay sent its FIN at
+/// once: nginx, seeing the upstream end while the page was still sending, closed the page's
+/// connection with bytes unread, and the reset destroyed the close frame. The lingering
+/// close now holds the FIN until the page is quiet (`transport::kill`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: through nginx the page reads 1006 in about 2 runs of 5 (see its doc)"]
 async fn a_message_over_the_limit_closes_the_page_through_nginx_with_1009_not_1006() {
     a_message_over_the_limit_closes_the_page_with_1009_not_1006(Route::Nginx).await;
 }
