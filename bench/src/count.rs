@@ -172,7 +172,7 @@ impl Counted {
     }
 }
 
-/// Runs the counted measures (all, or the `only` group) on `servers`, keeping the
+/// Runs the counted measures (all, or the `only` group or measure, by its label) on `servers`, keeping the
 /// profiles in `profiles`, and returns the Markdown report.
 pub async fn count_all(
     servers: &[Server],
@@ -185,7 +185,7 @@ pub async fn count_all(
     let mut results = Vec::new();
     for measure in measures(quick)
         .into_iter()
-        .filter(|m| only.is_none_or(|o| o == m.group))
+        .filter(|m| only.is_none_or(|o| o == m.group || o == m.label))
     {
         let mut counted = Vec::new();
         for server in servers {
