@@ -59,7 +59,9 @@ impl Side {
         self.received += 1;
         let seq = msg["seq"].as_u64();
         anyhow::ensure!(seq == Some(self.received), "out of order: {msg}");
-        Ok((self.received % ACK_EVERY == 0)
+        Ok(self
+            .received
+            .is_multiple_of(ACK_EVERY)
             .then(|| Message::text(json!({"type": "ack", "seq": self.received}).to_string())))
     }
 }
