@@ -4,25 +4,34 @@
 //! per unit = (total_long − total_short) / (units_long − units_short). Under callgrind
 //! the totals are of the workload's measured phase only (see `valgrind.rs`).
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::table::{Cell, Table};
+use crate::count_report as report;
 use crate::target::Server;
 use crate::valgrind::{self, Marker, Sample, Tool};
 use crate::workloads;
 
 /// What a measure drives the server with; a run of length `n` does `n` of its units.
 #[derive(Clone, Copy)]
-enum Work {
-    /// One pair, `n` round trips of `payload`-byte messages, `in_flight` unanswered at most.
-    RoundTrips { payload: usize, in_flight: usize },
+pub(crate) enum Work {
+    /// One pair, `n` round trips of `payload`-byte messages, `in_flight` unanswered at most;
+    /// `lossless`: both sides in lossless mode (hermit-relay builds only).
+    RoundTrips {
+        payload: usize,
+        in_flight: usize,
+        lossless: bool,
+    },
     /// `n` complete pairings, one at a time, with `waiting` macs holding codes meanwhile.
     Pairings { waiting: u32 },
 }
 
 impl Work {
+    /// Whether the work is in lossless mode, which only hermit-relay builds speak.
+    fn lossless(self) -> bool {
+        matches!(self, Work::RoundTrips { lossless: true, .. })
+    }
+
     /// What a run of length `n` is counted in: relayed messages (two per round trip), or
     /// pairings.
     fn units(self, n: u64) -> u64 {
@@ -41,9 +50,11 @@ impl Work {
         hold: Duration,
     ) -> anyhow::Result<Duration> {
         match self {
-            Work::RoundTrips { payload, in_flight } => {
-                workloads::round_trips(port, marker, n, payload, in_flight).await
-            }
+            Work::RoundTrips {
+                payload,
+                in_flight,
+                lossless,
+            } => workloads::round_trips(port, marker, n, payload, in_flight, lossless).await,
             Work::Pairings { waiting } => {
                 workloads::pairings(port, marker, n as u32, waiting, hold).await
             }
@@ -52,16 +63,16 @@ impl Work {
 }
 
 /// One counted figure: a workload at two lengths, under one tool.
-struct Measure {
+pub(crate) struct Measure {
     /// The `--only` group it belongs to.
-    group: &'static str,
-    label: String,
-    tool: Tool,
-    work: Work,
+    pub(crate) group: &'static str,
+    pub(crate) label: String,
+    pub(crate) tool: Tool,
+    pub(crate) work: Work,
     /// Short and long run lengths (round trips or pairings).
-    lengths: [u64; 2],
+    pub(crate) lengths: [u64; 2],
     /// Seconds of a third run: no pairings, the waiting macs idle this long (their timers).
-    hold: Option<u64>,
+    pub(crate) hold: Option<u64>,
 }
 
 fn measures(quick: bool) -> Vec<Measure> {
@@ -81,9 +92,31 @@ fn measures(quick: bool) -> Vec<Measure> {
     for (payload, name) in [(1024, "1 KiB"), (64, "64 B")] {
         for in_flight in [1, 64] {
             let label = format!("instructions per relayed message, {name}, {in_flight} in flight");
-            let work = Work::RoundTrips { payload, in_flight };
+            let work = Work::RoundTrips {
+                payload,
+                in_flight,
+                lossless: false,
+            };
             list.push(measure("messages", label, Tool::Callgrind, work, trips));
         }
+    }
+    // Lossless mode beside the plain rows: the baseline has none (its cells stay empty).
+    for (tool, what, in_flight) in [
+        (Tool::Callgrind, "instructions", 1),
+        (Tool::Callgrind, "instructions", 64),
+        (Tool::Dhat, "allocations", 1),
+    ] {
+        let label = format!(
+            "{what} per relayed message, 1 KiB, {in_flight} in flight, lossless \
+             (both sides ack every {} messages)",
+            crate::lossless::ACK_EVERY
+        );
+        let work = Work::RoundTrips {
+            payload: 1024,
+            in_flight,
+            lossless: true,
+        };
+        list.push(measure("lossless", label, tool, work, trips));
     }
     let label = "instructions per pairing".into();
     let work = Work::Pairings { waiting: 0 };
@@ -98,35 +131,36 @@ fn measures(quick: bool) -> Vec<Measure> {
     let work = Work::RoundTrips {
         payload: 1024,
         in_flight: 1,
+        lossless: false,
     };
     list.push(measure("allocations", label, Tool::Dhat, work, trips));
     list
 }
 
 /// A measure on one server: its short and long runs (and the held one, if any).
-struct Counted {
-    short: Sample,
-    long: Sample,
-    held: Option<Sample>,
+pub(crate) struct Counted {
+    pub(crate) short: Sample,
+    pub(crate) long: Sample,
+    pub(crate) held: Option<Sample>,
 }
 
 impl Counted {
     /// (long − short) of `pick`, per unit of work.
-    fn per_unit(&self, pick: impl Fn(&Sample) -> u64) -> f64 {
+    pub(crate) fn per_unit(&self, pick: impl Fn(&Sample) -> u64) -> f64 {
         let extra = pick(&self.long) as f64 - pick(&self.short) as f64;
         extra / (self.long.units - self.short.units) as f64
     }
 
     /// Instructions per second the server spends with the waiting macs open and nothing
     /// else happening: the held run's measured phase, per second.
-    fn background_per_second(&self) -> Option<f64> {
+    pub(crate) fn background_per_second(&self) -> Option<f64> {
         let held = self.held.as_ref()?;
         Some(held.total as f64 / held.phase.as_secs_f64())
     }
 
     /// Instructions per unit less the background work the long run did only because it
     /// kept the waiting macs open longer (timers tick by the clock, not by the pairing).
-    fn per_unit_less_background(&self) -> Option<f64> {
+    pub(crate) fn per_unit_less_background(&self) -> Option<f64> {
         let per_second = self.background_per_second()?;
         let longer = self
             .long
@@ -138,7 +172,7 @@ impl Counted {
     }
 }
 
-/// Runs the counted measures (all, or the `only` group) on `servers`, keeping the
+/// Runs the counted measures (all, or the `only` group or measure, by its label) on `servers`, keeping the
 /// profiles in `profiles`, and returns the Markdown report.
 pub async fn count_all(
     servers: &[Server],
@@ -151,10 +185,14 @@ pub async fn count_all(
     let mut results = Vec::new();
     for measure in measures(quick)
         .into_iter()
-        .filter(|m| only.is_none_or(|o| o == m.group))
+        .filter(|m| only.is_none_or(|o| o == m.group || o == m.label))
     {
         let mut counted = Vec::new();
         for server in servers {
+            if measure.work.lossless() && !server.is_relay() {
+                counted.push(None);
+                continue;
+            }
             let [short, long] = measure.lengths;
             let short_run = count_one(server, &measure, short, 0, profiles).await?;
             let long_run = count_one(server, &measure, long, 0, profiles).await?;
@@ -162,11 +200,11 @@ pub async fn count_all(
                 Some(secs) => Some(count_one(server, &measure, 0, secs, profiles).await?),
                 None => None,
             };
-            counted.push(Counted {
+            counted.push(Some(Counted {
                 short: short_run,
                 long: long_run,
                 held,
-            });
+            }));
         }
         results.push((measure, counted));
     }
@@ -174,8 +212,8 @@ pub async fn count_all(
     Ok(format!(
         "{}\nRuns ({minutes:.1} min in all). Totals are `Ir`, or heap blocks for allocations; \
          the phase is the measured part of a run (all of it for allocations):\n\n{}",
-        summary(servers, &results),
-        details(servers, &results)
+        report::summary(servers, &results),
+        report::details(servers, &results)
     ))
 }
 
@@ -215,73 +253,4 @@ async fn count_one(
         sample.wall.as_secs_f64()
     );
     Ok(sample)
-}
-
-/// The per-unit table. A measure with a held run also shows its figure less the
-/// background work, and that background work per second.
-fn summary(servers: &[Server], results: &[(Measure, Vec<Counted>)]) -> String {
-    let mut table = Table::new("measure", servers.iter().map(|s| s.name).collect(), false);
-    for (measure, counted) in results {
-        // Allocations are a few per message: show them finely.
-        let decimals = if measure.tool == Tool::Dhat { 2 } else { 0 };
-        let cells = counted.iter().map(|c| c.per_unit(|s| s.total));
-        let cells = cells.map(|v| Some(Cell::number(v, decimals)));
-        table.row(measure.label.clone(), cells.collect(), "");
-        if measure.tool == Tool::Dhat {
-            let cells = counted.iter().map(|c| c.per_unit(|s| s.bytes));
-            let label = measure.label.replace("allocations", "bytes allocated");
-            table.row(label, cells.map(|v| Some(Cell::number(v, 0))).collect(), "");
-        }
-        if measure.hold.is_some() {
-            let cells = counted.iter().map(Counted::per_unit_less_background);
-            let label = format!("{}, less background work", measure.label);
-            table.row(
-                label,
-                cells.map(|v| v.map(|v| Cell::number(v, 0))).collect(),
-                "",
-            );
-            let cells = counted.iter().map(Counted::background_per_second);
-            let label = measure.label.replace(
-                "instructions per pairing",
-                "background instructions per second",
-            );
-            table.row(
-                label,
-                cells.map(|v| v.map(|v| Cell::number(v, 0))).collect(),
-                "",
-            );
-        }
-    }
-    table.to_markdown()
-}
-
-/// Every run's totals, so each figure can be checked by hand.
-fn details(servers: &[Server], results: &[(Measure, Vec<Counted>)]) -> String {
-    let mut out = String::from(
-        "| measure | server | length | units | phase total | whole run | phase s | wall s |\n\
-         |---|---|---|---|---|---|---|---|\n",
-    );
-    for (measure, counted) in results {
-        for (server, c) in servers.iter().zip(counted) {
-            let mut runs = vec![(measure.lengths[0].to_string(), &c.short)];
-            runs.push((measure.lengths[1].to_string(), &c.long));
-            if let (Some(secs), Some(held)) = (measure.hold, &c.held) {
-                runs.push((format!("0 + {secs} s idle"), held));
-            }
-            for (n, s) in runs {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {n} | {} | {} | {} | {:.1} | {:.0} |",
-                    measure.label,
-                    server.name,
-                    s.units,
-                    s.total,
-                    s.whole,
-                    s.phase.as_secs_f64(),
-                    s.wall.as_secs_f64()
-                );
-            }
-        }
-    }
-    out
 }

@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! hermit-relay-bench run --relay PATH [--before PATH] [--quick] [--out FILE]
-//!                        [--only latency|throughput|idle|pairing|slow|fanout]
+//!                        [--only latency|throughput|lossless|idle|pairing|slow|fanout]
 //! hermit-relay-bench count --relay PATH [--before PATH] [--quick] [--out FILE]
-//!                        [--only messages|pairing|waiting|allocations] [--profiles DIR]
+//!                        [--only messages|lossless|pairing|waiting|allocations] [--profiles DIR]
 //! hermit-relay-bench baseline --port 9000 [--workers N]   # the baseline server alone
 //! ```
 //!
@@ -15,7 +15,9 @@
 mod baseline;
 mod cost;
 mod count;
+mod count_report;
 mod load;
+mod lossless;
 mod run;
 mod scenarios;
 mod table;

@@ -1,7 +1,8 @@
 //! The `run` mode: every rate scenario on every server in turn (relay, before, baseline),
 //! each server fresh per scenario, tabulated with the relay's ratios to the others.
 
-use crate::scenarios::{self, Latency};
+use crate::lossless;
+use crate::scenarios::{self, Latency, Throughput};
 use crate::table::{Cell, Table};
 use crate::target::Server;
 
@@ -59,16 +60,40 @@ pub async fn run_all(
             }
             let label =
                 format!("throughput, {pairs} pair(s), 1 KiB, window {window} (msg/s; MB/s)");
-            let cells = rates.iter().map(|r| {
-                let text = format!(
-                    "{:.0} ({:.1} MB/s)",
-                    r.per_second,
-                    r.per_second * 1024.0 / 1e6
-                );
-                Some(Cell::with_text(r.per_second, text))
-            });
+            let cells = rates.iter().map(|r| rate_cell(Some(r)));
             table.row(label, cells.collect(), "≥ 0.8");
             table.row(COST, rates.iter().map(|r| cost_cell(&r.cost)).collect(), "");
+        }
+    }
+
+    // 2b. Throughput in lossless mode, both sides opted in (hermit-relay builds only: the
+    // baseline's cells stay empty); the plain rows above are the same run's comparison.
+    if want("lossless") {
+        for (pairs, window) in [(1u32, 64usize), (100, 8)] {
+            let secs = scale(5, 2);
+            let mut rates = Vec::new();
+            for server in servers {
+                rates.push(if server.is_relay() {
+                    let target = server.start()?;
+                    Some(lossless::throughput(&target, pairs, window, secs).await?)
+                } else {
+                    None
+                });
+            }
+            let label = format!(
+                "throughput, {pairs} pair(s), 1 KiB, window {window}, lossless (both sides \
+                 ack every {} messages; baseline: no such mode) (msg/s; MB/s)",
+                lossless::ACK_EVERY
+            );
+            table.row(
+                label,
+                rates.iter().map(|r| rate_cell(r.as_ref())).collect(),
+                "",
+            );
+            let costs = rates
+                .iter()
+                .map(|r| r.as_ref().and_then(|r| cost_cell(&r.cost)));
+            table.row(COST, costs.collect(), "");
         }
     }
 
@@ -134,6 +159,17 @@ pub async fn run_all(
     }
 
     Ok(table.to_markdown())
+}
+
+/// A throughput cell: messages per second, and MB/s of payload beside them.
+fn rate_cell(rate: Option<&Throughput>) -> Option<Cell> {
+    let r = rate?;
+    let text = format!(
+        "{:.0} ({:.1} MB/s)",
+        r.per_second,
+        r.per_second * 1024.0 / 1e6
+    );
+    Some(Cell::with_text(r.per_second, text))
 }
 
 fn cost_cell(cost: &crate::cost::Cost) -> Option<Cell> {

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 
-use crate::load::{close, connect, data, next_json, pair, Ws};
+use crate::load::{close, connect, next_json, pair, Ws};
+use crate::lossless::{self, next_data, Side};
 use crate::valgrind::Marker;
 
 /// How long any one step may take under valgrind before the run is abandoned.
@@ -27,43 +29,66 @@ async fn within<T>(what: &str, step: impl std::future::Future<Output = T>) -> an
 
 /// One pair relays `round_trips` messages of `payload` bytes from mac to browser and back,
 /// at most `in_flight` unanswered at a time; then both sides close. Every round trip is
-/// two relayed messages. The measured phase is the messages; returns how long it took.
+/// two relayed messages. `lossless`: both sides in lossless mode, numbering their `data`
+/// and acknowledging in batches (`lossless.rs`). The measured phase is the messages;
+/// returns how long it took.
 pub async fn round_trips(
     port: u16,
     marker: Marker,
     round_trips: u64,
     payload: usize,
     in_flight: usize,
+    lossless: bool,
 ) -> anyhow::Result<Duration> {
-    let (mac, browser) = within("pairing", pair(port, 0)).await??;
+    let pairing = async {
+        if lossless {
+            lossless::pair(port, 0).await
+        } else {
+            pair(port, 0).await
+        }
+    };
+    let (mac, browser) = within("pairing", pairing).await??;
     marker.mark().await?;
     let started = Instant::now();
     // The browser echoes exactly `round_trips` messages, then hands its socket back.
     let echo = tokio::spawn(async move {
         let (mut tx, mut rx) = browser.split();
+        let mut side = Side::new(lossless);
         for _ in 0..round_trips {
-            let msg = within("echo", next_json(&mut rx)).await??;
-            let payload = msg["payload"].as_str().unwrap_or_default();
-            tx.send(data(payload)).await?;
+            let msg = within("echo", next_data(&mut rx)).await??;
+            if let Some(ack) = side.received(&msg)? {
+                tx.send(ack).await?;
+            }
+            tx.send(side.data(msg["payload"].as_str().unwrap_or_default()))
+                .await?;
         }
         anyhow::Ok(rx.reunite(tx)?)
     });
-    let (mut tx, mut rx) = mac.split();
+    let (tx, mut rx) = mac.split();
+    // The sending task sends the data, the receiving loop the acks.
+    let tx = Arc::new(Mutex::new(tx));
     let permits = Arc::new(Semaphore::new(in_flight));
-    let sender_permits = Arc::clone(&permits);
+    let (sender_tx, sender_permits) = (Arc::clone(&tx), Arc::clone(&permits));
     let sender = tokio::spawn(async move {
-        let message = data(&"t".repeat(payload));
+        let text = "t".repeat(payload);
+        let mut side = Side::new(lossless);
         for _ in 0..round_trips {
             sender_permits.acquire().await?.forget();
-            tx.send(message.clone()).await?;
+            sender_tx.lock().await.send(side.data(&text)).await?;
         }
-        anyhow::Ok(tx)
+        anyhow::Ok(())
     });
+    let mut side = Side::new(lossless);
     for _ in 0..round_trips {
-        within("round trip", next_json(&mut rx)).await??;
+        let msg = within("round trip", next_data(&mut rx)).await??;
         permits.add_permits(1);
+        if let Some(ack) = side.received(&msg)? {
+            tx.lock().await.send(ack).await?;
+        }
     }
-    let mac = rx.reunite(sender.await??)?;
+    sender.await??;
+    let tx = Arc::into_inner(tx).context("the sender still holds the socket")?;
+    let mac = rx.reunite(tx.into_inner())?;
     let browser = echo.await??;
     marker.mark().await?;
     let took = started.elapsed();
