@@ -53,6 +53,8 @@ enum Job {
 /// One audit event, built field by field and recorded with [`Event::record`].
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
+    /// Set when the event is written to the file; the log has its own timestamp, so a
+    /// pairing's events do not format one they never show.
     time: String,
     event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,7 +80,7 @@ pub struct Event {
 /// Starts an event named `name` (a fixed word such as `login_refused`).
 pub fn event(name: &'static str) -> Event {
     Event {
-        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        time: String::new(),
         event: name,
         user: None,
         email: None,
@@ -140,7 +142,7 @@ impl Event {
     }
 
     /// Writes the event to the configured sink.
-    pub fn record(self) {
+    pub fn record(mut self) {
         match &**SINK.load() {
             Sink::Log => tracing::info!(
                 target: "audit",
@@ -157,6 +159,7 @@ impl Event {
                 "audit"
             ),
             Sink::File { queue, .. } => {
+                self.time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 // unwrap: the event is strings, numbers and an address.
                 let line = serde_json::to_string(&self).unwrap();
                 if let Err(TrySendError::Full(_)) = queue.try_send(Job::Line(line)) {

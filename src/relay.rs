@@ -135,6 +135,9 @@ pub async fn upgrade(
     ) else {
         return Ok(());
     };
+    // This future lives as long as the connection: what the HTTP layer handed over (its
+    // read and write buffers, its codec) and the request are let go now, not at the end.
+    drop((parts.read_buf, parts.write_buf, parts.codec));
     let Some(admission) = admission else {
         // A 403 to the upgrade reaches a page only as close 1006, exactly what a network
         // drop looks like, so a page that reconnects on 1006 would retry for ever; the
@@ -171,6 +174,7 @@ pub async fn upgrade(
             ClientSocket::start(opened, relay.machines.clone(), accounts, limiters);
         }
     }
+    drop(req);
     upgraded.writer.await;
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Pipes {
     /// The last of each side's own `data` messages the relay accepted (counted from 1,
     /// whether or not the side numbers them).
     received: [u64; 2],
+    /// The pairing's id as the audit log names it, hashed once for the pairing's events.
+    fingerprint: String,
 }
 
 /// One pairing's pipes, shared.
@@ -34,12 +36,21 @@ fn index(role: Role) -> usize {
 }
 
 impl Pipes {
-    /// A new pairing's pipes, holding at most `hold_limit` bytes for an away side.
-    pub fn shared(hold_limit: usize) -> SharedPipes {
+    /// A new pairing's pipes, holding at most `hold_limit` bytes for an away side;
+    /// `fingerprint` names the pairing in the audit log ([`PairingId::fingerprint`]).
+    ///
+    /// [`PairingId::fingerprint`]: crate::ids::PairingId::fingerprint
+    pub fn shared(hold_limit: usize, fingerprint: String) -> SharedPipes {
         Arc::new(Mutex::new(Self {
             to: [Stream::new(hold_limit), Stream::new(hold_limit)],
             received: [0, 0],
+            fingerprint,
         }))
+    }
+
+    /// The pairing's fingerprint, for the audit log.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The direction towards `role`.
@@ -64,7 +75,7 @@ mod tests {
 
     #[test]
     fn messages_are_counted_and_re_sends_recognised() {
-        let pipes = Pipes::shared(1024);
+        let pipes = Pipes::shared(1024, "0badf00d".into());
         let mut pipes = delivery::lock(&pipes);
         assert_eq!(pipes.accept(Role::Browser, None), Accepted::New);
         assert_eq!(pipes.accept(Role::Browser, Some(2)), Accepted::New);

@@ -237,11 +237,15 @@ impl SessionRegistry {
                     }
                 }
                 Effect::Ended { session } => {
-                    self.pipes.remove(&session);
+                    let fingerprint = match self.pipes.remove(&session) {
+                        Some(pipes) => {
+                            let fingerprint = lock_pipes(&pipes).fingerprint().to_owned();
+                            fingerprint
+                        }
+                        None => session.fingerprint(),
+                    };
                     METRICS.pairings_ended.fetch_add(1, Relaxed);
-                    audit::event("pairing_ended")
-                        .pairing(session.fingerprint())
-                        .record();
+                    audit::event("pairing_ended").pairing(fingerprint).record();
                 }
                 Effect::PartnerGone { to, code } => {
                     // A pairing handed over but not yet taken is void now.
@@ -274,7 +278,7 @@ impl SessionRegistry {
         let pipes = Arc::clone(
             self.pipes
                 .entry(session)
-                .or_insert_with(|| Pipes::shared(limits.hold)),
+                .or_insert_with(|| Pipes::shared(limits.hold, session.fingerprint())),
         );
         let present: Vec<(Role, &Conn)> = [Role::Mac, Role::Browser]
             .into_iter()

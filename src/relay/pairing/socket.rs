@@ -374,12 +374,14 @@ impl Connection<PairSocket> {
             Role::Mac => "mac",
             Role::Browser => "browser",
         };
+        // Copied out first: the partner's data waits on this lock, not on the log line.
+        let fingerprint = lock_pipes(&pairing.pipes).fingerprint().to_owned();
         audit::event(if join {
             "pairing_made"
         } else {
             "pairing_resumed"
         })
-        .pairing(pairing.session.fingerprint())
+        .pairing(fingerprint)
         .client(self.socket.client_ip())
         .conn(self.socket.conn)
         .reason(role)
