@@ -232,13 +232,14 @@ fn check_ownership(
 ) -> Result<(), TestCaseError> {
     for effect in effects {
         let (client, machine) = match effect {
-            Effect::ToClient { conn, event } => match event {
-                ClientEvent::MachineStatus { machine_id, .. }
-                | ClientEvent::SessionStarted { machine_id, .. }
-                | ClientEvent::SessionEnded { machine_id, .. }
-                | ClientEvent::Sessions { machine_id, .. } => (*conn, &**machine_id),
-                _ => continue,
-            },
+            Effect::ToClient {
+                conn,
+                event:
+                    ClientEvent::MachineStatus { machine_id, .. }
+                    | ClientEvent::SessionStarted { machine_id, .. }
+                    | ClientEvent::SessionEnded { machine_id, .. }
+                    | ClientEvent::Sessions { machine_id, .. },
+            } => (*conn, &**machine_id),
             Effect::Link {
                 client, machine, ..
             } => (*client, machine),

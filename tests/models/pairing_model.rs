@@ -58,6 +58,9 @@ pub struct Model {
     seen: HashSet<PairingId>,
 }
 
+/// A deadline due: when, 0 for a code and 1 for a grace period, the code, the pairing.
+type Due = (Instant, u8, String, Option<(PairingId, Role)>);
+
 fn error(to: ConnId, code: ErrorCode, message: &'static str) -> Effect {
     Effect::Error { to, code, message }
 }
@@ -298,7 +301,8 @@ impl Model {
     /// Time passes to `now`: every deadline due fires, earliest first (ties: codes before
     /// grace periods, then by key — the table's order).
     pub fn fire(&mut self, now: Instant) -> Vec<Effect> {
-        let mut due: Vec<(Instant, u8, String, Option<(PairingId, Role)>)> = Vec::new();
+        // (when, codes before grace periods, the code, the grace period)
+        let mut due: Vec<Due> = Vec::new();
         for (code, state) in &self.codes {
             if let Code::Pending { expires, .. } = state {
                 if *expires <= now {
