@@ -129,8 +129,8 @@ fn relay_env(command: &mut Command, port: u16, dir: &Path, counted: bool) {
         )
         .env("HERMIT__AUTH__PRIVATE_KEY_FILE", dir.join("root.key"))
         .env("HERMIT__LIMITS__MAX_CONNECTIONS_PER_IP", "1000000")
-        .env("HERMIT__LIMITS__JOIN_ATTEMPTS_PER_MINUTE", "100000000")
-        .env("HERMIT__LIMITS__AUTH_ATTEMPTS_PER_MINUTE", "100000000")
+        .env("HERMIT__LIMITS__JOIN_ATTEMPTS_PER_MINUTE", "1000000")
+        .env("HERMIT__LIMITS__AUTH_ATTEMPTS_PER_MINUTE", "1000000")
         .env("HERMIT__LOG__LEVEL", "error");
     if counted {
         command
