@@ -5,8 +5,19 @@
 # PostgreSQL client are compiled in, so the runtime image needs no database libraries.
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
+# Dependencies first, in a layer of their own: the manifests and the lock file with stub
+# sources, so a change to the code reuses this layer and rebuilds only the relay itself.
+COPY Cargo.toml Cargo.lock ./
+COPY bench/Cargo.toml bench/Cargo.toml
+RUN mkdir -p src bench/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > bench/src/main.rs \
+    && cargo build --release --locked \
+    && rm -rf src bench/src target/release/.fingerprint/hermit-relay-* \
+        target/release/deps/*hermit_relay* target/release/hermit-relay*
 COPY . .
-RUN cargo build --release --locked
+# The copied sources may be older than the stub build: touch them so cargo rebuilds.
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/hermit-relay hermit \

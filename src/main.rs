@@ -199,32 +199,43 @@ impl std::error::Error for Logged {}
 fn migrate(settings: &Settings) -> Result {
     let pool = hermit_relay::db::Pool::new(&settings.database)?;
     let applied = hermit_relay::startup::migrate(&pool)?;
-    println!("{} migration(s) applied", applied.len());
-    Ok(())
+    emit(&format!("{} migration(s) applied\n", applied.len()))
 }
 
 fn check_config(settings: &Settings) -> Result {
-    print!("{}", settings.to_toml());
+    let mut text = settings.to_toml();
     let (live, restart): (Vec<String>, Vec<String>) = keys::flatten(settings)
         .into_keys()
         .partition(|key| keys::is_live(key));
-    println!("\n# Reloaded live on SIGHUP (for new connections and requests):");
+    text.push_str("\n# Reloaded live on SIGHUP (for new connections and requests):\n");
     for key in live {
-        println!("#   {key}");
+        text.push_str(&format!("#   {key}\n"));
     }
-    println!("# Need a restart:");
+    text.push_str("# Need a restart:\n");
     for key in restart {
-        println!("#   {key}");
+        text.push_str(&format!("#   {key}\n"));
     }
     let key_file = &settings.auth.private_key_file;
-    match public_key_of(key_file)? {
-        Some(key) => println!("# access-token public key: {key}"),
-        None => println!(
-            "# access-token key {} does not exist yet; it is generated on first start",
+    text.push_str(&match public_key_of(key_file)? {
+        Some(key) => format!("# access-token public key: {key}\n"),
+        None => format!(
+            "# access-token key {} does not exist yet; it is generated on first start\n",
             key_file.display()
         ),
+    });
+    emit(&text)
+}
+
+/// Writes a command's answer to standard output. A reader that went away (`| head -1`)
+/// ends the command quietly: it wanted no more, which is no failure of ours (`print!`
+/// would panic on the broken pipe).
+fn emit(text: &str) -> Result {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Runs an admin command: its logs and audit events (`audit.target = "log"`) go to
@@ -246,8 +257,7 @@ fn admin(
     })?;
     let answer = Admin::connect(settings).and_then(|admin| command(&admin));
     hermit_relay::audit::flush();
-    print!("{}", answer?);
-    Ok(())
+    emit(&answer?)
 }
 
 fn users(

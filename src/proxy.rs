@@ -121,15 +121,21 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
 }
 
 /// Parses one hop: `1.2.3.4`, `1.2.3.4:5678`, `"[2001:db8::1]:443"`, `2001:db8::1`.
+/// Anything else — `[::1`, `1.2.3.4:x`, `[::1]:99999` — is not an address, and ends the
+/// walk like `unknown` (found by the property tests: these used to be read leniently).
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     let hop = hop.trim().trim_matches('"');
     if let Ok(ip) = hop.parse() {
         return Some(ip);
     }
+    let port = |port: &str| port.parse::<u16>().is_ok();
     if let Some(rest) = hop.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok();
+        let (ip, after) = rest.split_once(']')?;
+        let ends_well = after.is_empty() || after.strip_prefix(':').is_some_and(port);
+        return ends_well.then(|| ip.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))?;
     }
-    hop.rsplit_once(':')?.0.parse().ok()
+    let (ip, rest) = hop.rsplit_once(':')?;
+    port(rest).then(|| ip.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4))?
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) compare as the IPv4 address they are.
@@ -255,6 +261,27 @@ mod tests {
             p.resolve(ip("10.0.0.5"), "for=1.2.3.4, proto=https"),
             ip("10.0.0.5")
         );
+    }
+
+    #[test]
+    fn a_malformed_hop_is_not_an_address() {
+        for hop in [
+            "1.2.3.4:x",
+            "[::1",
+            "[::1]x",
+            "[::1]:99999",
+            "10.0.0.1:",
+            "::ffff:1.2.3.4:x",
+        ] {
+            assert_eq!(parse_hop(hop), None, "{hop}");
+        }
+        for (hop, ip) in [
+            ("1.2.3.4:80", "1.2.3.4"),
+            ("[::1]:443", "::1"),
+            ("\"[::1]\"", "::1"),
+        ] {
+            assert_eq!(parse_hop(hop), Some(ip.parse().unwrap()), "{hop}");
+        }
     }
 
     #[test]

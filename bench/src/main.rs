@@ -7,6 +7,7 @@
 //! hermit-relay-bench count --relay PATH [--before PATH] [--quick] [--out FILE]
 //!                        [--only messages|lossless|pairing|waiting|allocations] [--profiles DIR]
 //! hermit-relay-bench baseline --port 9000 [--workers N]   # the baseline server alone
+//! hermit-relay-bench soak --relay PATH [--secs 600] [--out FILE]   # see soak.rs
 //! ```
 //!
 //! `run` measures rates (and their CPU cost); `count` counts instructions and allocations
@@ -20,6 +21,7 @@ mod load;
 mod lossless;
 mod run;
 mod scenarios;
+mod soak;
 mod table;
 mod target;
 mod valgrind;
@@ -48,6 +50,20 @@ fn main() -> anyhow::Result<()> {
         let port: u16 = arg(&args, "--port").context("--port")?.parse()?;
         let workers = arg(&args, "--workers").map_or(Ok(2), |w| w.parse())?;
         return baseline::run(port, workers);
+    }
+    if mode == Some("soak") {
+        let relay = PathBuf::from(arg(&args, "--relay").context("--relay PATH")?);
+        let secs = arg(&args, "--secs").map_or(Ok(600), |s| s.parse())?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let report = runtime.block_on(soak::soak(&relay, secs))?;
+        println!("{report}");
+        if let Some(out) = arg(&args, "--out") {
+            std::fs::write(out, &report)?;
+        }
+        return Ok(());
     }
     if !matches!(mode, Some("run" | "count")) {
         bail!(USAGE);

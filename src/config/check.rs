@@ -21,6 +21,31 @@ fn refuse(key: &'static str, problem: impl Into<String>) -> Result<(), Refusal> 
     })
 }
 
+/// A setting whose number TOML cannot hold (above `i64::MAX`, possible from the
+/// environment): `check-config` and reloads, which write the settings out as TOML, would
+/// panic on it (found by the property tests in `tests/properties/settings.rs`). The key is
+/// leaked to be `'static` like every other refusal's: this happens at most once, on a
+/// refused configuration.
+fn too_large_for_toml(s: &Settings) -> Option<&'static str> {
+    let serde_json::Value::Object(sections) = serde_json::to_value(s).ok()? else {
+        return None;
+    };
+    for (section, keys) in sections {
+        for (key, value) in keys.as_object().into_iter().flatten() {
+            let values = value
+                .as_array()
+                .map_or(vec![value], |list| list.iter().collect());
+            if values
+                .iter()
+                .any(|v| v.as_u64().is_some_and(|n| n > i64::MAX as u64))
+            {
+                return Some(Box::leak(format!("{section}.{key}").into_boxed_str()));
+            }
+        }
+    }
+    None
+}
+
 /// Every numeric setting with its inclusive range.
 fn ranges(s: &Settings) -> Vec<(&'static str, u64, u64, u64)> {
     let n = |v: usize| v as u64;
@@ -294,6 +319,12 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Checks every setting; the first problem found is returned.
 pub fn settings(s: &Settings) -> Result<(), Refusal> {
+    if let Some(key) = too_large_for_toml(s) {
+        return refuse(
+            key,
+            format!("is above {}, the largest a setting may be", i64::MAX),
+        );
+    }
     for (key, value, min, max) in ranges(s) {
         if !(min..=max).contains(&value) {
             let what = match key {

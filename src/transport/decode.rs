@@ -101,6 +101,16 @@ impl Decoder {
         if control && (!header.fin || header.length > 125) {
             return protocol(ProtocolError::InvalidLength(header.length as usize));
         }
+        // A frame that can only be refused — an unknown opcode, a new message while one is
+        // being reassembled — is refused at its header, so its payload is never held beside
+        // the fragments so far (which let a peer hold about twice the limit; found by the
+        // property tests in `decode_props.rs`).
+        if !matches!(header.opcode, 0x0..=0x2 | 0x8..=0xA) {
+            return protocol(ProtocolError::InvalidOpcode(header.opcode));
+        }
+        if matches!(header.opcode, 0x1 | 0x2) && self.partial.is_some() {
+            return protocol(ProtocolError::ContinuationStarted);
+        }
         // Only a continuation adds to a message in progress; control frames stand alone.
         let so_far = match (header.opcode, &self.partial) {
             (0x0, Some((so_far, _))) => so_far.len() as u64,
@@ -141,6 +151,80 @@ impl Decoder {
             0x9 => Ok(Some(Inbound::Ping(Bytes::from(payload)))),
             0xA => Ok(Some(Inbound::Pong)),
             other => protocol(ProtocolError::InvalidOpcode(other)),
+        }
+    }
+}
+
+/// The reading half's state between reads: the decoder, and the start of a frame whose
+/// end has not arrived. Plain state with no socket, so what a peer can make it hold is
+/// tested directly (`decode_props.rs`).
+#[derive(Debug)]
+pub struct Reader {
+    decoder: Decoder,
+    /// The start of a frame whose end has not arrived (empty, holding nothing, when idle).
+    pending: Vec<u8>,
+    /// A close frame or a fatal event was decoded: nothing after it is read.
+    done: bool,
+}
+
+impl Reader {
+    /// A reader refusing messages over `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self {
+            decoder: Decoder::new(max_message_bytes),
+            pending: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Whether the last event was decoded (a close, or a fatal one).
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Bytes held between reads: the cut frame, and the fragments of a message so far.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
+            + self
+                .decoder
+                .partial
+                .as_ref()
+                .map_or(0, |(so_far, _)| so_far.len())
+    }
+
+    /// Decodes `bytes` (after what is pending), queuing every event they complete on
+    /// `ready`. Frames are decoded straight from `bytes`; only a frame cut by the end of a
+    /// read is copied aside until the rest arrives.
+    pub fn absorb(&mut self, bytes: &[u8], ready: &mut std::collections::VecDeque<Inbound>) {
+        let joined;
+        let input: &[u8] = if self.pending.is_empty() {
+            bytes
+        } else {
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.extend_from_slice(bytes);
+            joined = pending;
+            &joined
+        };
+        let mut at = 0;
+        while !self.done {
+            match self.decoder.next(&input[at..]) {
+                Step::Incomplete => break,
+                Step::Frame { consumed, event } => {
+                    at += consumed;
+                    if let Some(event) = event {
+                        self.done = matches!(event, Inbound::Close(_));
+                        ready.push_back(event);
+                    }
+                }
+                Step::Fail(event) => {
+                    self.done = true;
+                    ready.push_back(event);
+                }
+            }
+        }
+        if !self.done && at < input.len() {
+            self.pending = input[at..].to_vec();
         }
     }
 }
@@ -232,3 +316,7 @@ fn unmask(masked: &[u8], mask: [u8; 4]) -> Vec<u8> {
 #[cfg(test)]
 #[path = "decode_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "decode_props.rs"]
+mod props;

@@ -27,7 +27,7 @@ use futures_util::Stream;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::decode::{Decoder, Inbound, Step};
+use super::decode::{Inbound, Reader};
 use super::kill::{KillSwitch, Linger};
 use super::outbox::Outbox;
 
@@ -45,51 +45,13 @@ thread_local! {
 pub struct InboundStream {
     tcp: Arc<TcpStream>,
     kill: Arc<KillSwitch>,
-    decoder: Decoder,
+    /// The decoder and the start of a frame cut by the end of a read.
+    reader: Reader,
     /// Events decoded from the last read, not yet taken (at most one read's worth).
     ready: VecDeque<Inbound>,
-    /// The start of a frame whose end has not arrived (empty, holding nothing, when idle).
-    pending: Vec<u8>,
     done: bool,
     /// Dropped with the stream: tells the writer the reader is done with the socket.
     _gone: oneshot::Sender<()>,
-}
-
-impl InboundStream {
-    /// Decodes `bytes` (after what is pending), queuing every event they complete. Frames
-    /// are decoded straight from `bytes`; only a frame cut by the end of a read is copied
-    /// aside until the rest arrives.
-    fn absorb(&mut self, bytes: &[u8]) {
-        let joined;
-        let input: &[u8] = if self.pending.is_empty() {
-            bytes
-        } else {
-            let mut pending = std::mem::take(&mut self.pending);
-            pending.extend_from_slice(bytes);
-            joined = pending;
-            &joined
-        };
-        let mut at = 0;
-        while !self.done {
-            match self.decoder.next(&input[at..]) {
-                Step::Incomplete => break,
-                Step::Frame { consumed, event } => {
-                    at += consumed;
-                    if let Some(event) = event {
-                        self.done = matches!(event, Inbound::Close(_));
-                        self.ready.push_back(event);
-                    }
-                }
-                Step::Fail(event) => {
-                    self.done = true;
-                    self.ready.push_back(event);
-                }
-            }
-        }
-        if !self.done && at < input.len() {
-            self.pending = input[at..].to_vec();
-        }
-    }
 }
 
 impl Stream for InboundStream {
@@ -101,7 +63,7 @@ impl Stream for InboundStream {
             if let Some(event) = this.ready.pop_front() {
                 return Poll::Ready(Some(event));
             }
-            if this.done || this.kill.watch_reader(cx) {
+            if this.done || this.reader.done() || this.kill.watch_reader(cx) {
                 this.done = true;
                 return Poll::Ready(None);
             }
@@ -118,7 +80,7 @@ impl Stream for InboundStream {
                 match this.tcp.try_read(&mut scratch) {
                     Ok(0) => Err(None),
                     Ok(n) => {
-                        this.absorb(&scratch[..n]);
+                        this.reader.absorb(&scratch[..n], &mut this.ready);
                         Ok(())
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -248,17 +210,16 @@ pub fn open(
 ) -> (InboundStream, Writer) {
     let tcp = Arc::new(tcp);
     let (gone_tx, gone_rx) = oneshot::channel();
-    let mut reader = InboundStream {
+    let mut stream = InboundStream {
         tcp: Arc::clone(&tcp),
         kill: Arc::clone(&kill),
-        decoder: Decoder::new(max_message_bytes),
+        reader: Reader::new(max_message_bytes),
         ready: VecDeque::new(),
-        pending: Vec::new(),
         done: false,
         _gone: gone_tx,
     };
     if !early.is_empty() {
-        reader.absorb(early);
+        stream.reader.absorb(early, &mut stream.ready);
     }
     let writer = Writer {
         tcp: Some(tcp),
@@ -268,5 +229,5 @@ pub fn open(
         batch: VecDeque::new(),
         reader_gone: Some(gone_rx),
     };
-    (reader, writer)
+    (stream, writer)
 }

@@ -124,6 +124,10 @@ struct Agent {
     /// False from the moment this agent replaced another until it reports its sessions:
     /// until then `sessions` are the old agent's, kept so their clients stay attached.
     confirmed: bool,
+    /// Attachments made to this agent before it confirmed: linked already, so its first
+    /// list must not link them again (the agent would hear `attach` twice; found by the
+    /// model-based tests).
+    linked_early: HashSet<(SessionId, ConnId)>,
 }
 
 #[derive(Debug)]
@@ -183,6 +187,8 @@ impl MachineTable {
         if let Some(agent) = self.agents.get_mut(machine) {
             let old = std::mem::replace(&mut agent.conn, conn);
             agent.confirmed = false;
+            // What was linked to the agent replaced now is inherited: relinked on confirm.
+            agent.linked_early.clear();
             self.agent_machines.remove(&old);
             effects.push(Effect::DropAgent {
                 conn: old,
@@ -197,6 +203,7 @@ impl MachineTable {
                 user: user.clone(),
                 sessions: BTreeMap::new(),
                 confirmed: true,
+                linked_early: HashSet::default(),
             },
         );
         self.tell_user(user, &mut effects, || ClientEvent::MachineStatus {
@@ -269,9 +276,13 @@ impl MachineTable {
         }
         if let Some(agent) = self.agents.get_mut(&machine) {
             if !std::mem::replace(&mut agent.confirmed, true) {
+                let linked_early = std::mem::take(&mut agent.linked_early);
                 for session in kept {
                     let key = (machine.clone(), session);
                     for &client in self.watchers.get(&key).into_iter().flatten() {
+                        if linked_early.contains(&(key.1.clone(), client)) {
+                            continue;
+                        }
                         effects.push(Effect::Link {
                             agent: conn,
                             client,
@@ -423,6 +434,13 @@ impl MachineTable {
             .entry((machine.clone(), session.clone()))
             .or_default()
             .insert(conn);
+        if let Some(agent) = self
+            .agents
+            .get_mut(machine)
+            .filter(|agent| !agent.confirmed)
+        {
+            agent.linked_early.insert((session.clone(), conn));
+        }
         vec![Effect::Link {
             agent: agent_conn,
             client: conn,
