@@ -141,8 +141,15 @@ impl Event {
         self
     }
 
+    /// The event as one line of the audit file: stamped with the time now.
+    fn line(mut self) -> String {
+        self.time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        // unwrap: the event is strings, numbers and an address.
+        serde_json::to_string(&self).unwrap()
+    }
+
     /// Writes the event to the configured sink.
-    pub fn record(mut self) {
+    pub fn record(self) {
         match &**SINK.load() {
             Sink::Log => tracing::info!(
                 target: "audit",
@@ -159,9 +166,7 @@ impl Event {
                 "audit"
             ),
             Sink::File { queue, .. } => {
-                self.time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-                // unwrap: the event is strings, numbers and an address.
-                let line = serde_json::to_string(&self).unwrap();
+                let line = self.line();
                 if let Err(TrySendError::Full(_)) = queue.try_send(Job::Line(line)) {
                     METRICS.audit_dropped.fetch_add(1, Relaxed);
                 }
@@ -257,13 +262,11 @@ mod tests {
 
     #[test]
     fn an_event_serialises_only_what_it_was_given() {
-        let line = serde_json::to_string(
-            &event("login_refused")
-                .email("ada@example.com")
-                .client("192.0.2.1".parse().unwrap())
-                .reason("invalid_credentials"),
-        )
-        .unwrap();
+        let line = event("login_refused")
+            .email("ada@example.com")
+            .client("192.0.2.1".parse().unwrap())
+            .reason("invalid_credentials")
+            .line();
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["event"], "login_refused");
         assert_eq!(value["client"], "192.0.2.1");
