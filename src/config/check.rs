@@ -294,7 +294,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Checks every setting; the first problem found is returned.
 pub fn settings(s: &Settings) -> Result<(), Refusal> {
-    for (key, value, min, max) in ranges(s) {
+    let mut numbers = ranges(s);
+    numbers.extend(super::cluster::ranges(s));
+    for (key, value, min, max) in numbers {
         if !(min..=max).contains(&value) {
             let what = match key {
                 "pairing.code_alphabet" => "has {value} characters; use between {min} and {max}",
@@ -312,6 +314,7 @@ pub fn settings(s: &Settings) -> Result<(), Refusal> {
     lists(s)?;
     log_level(&s.log.level)?;
     alphabet(&s.pairing.code_alphabet)?;
+    super::cluster::check(s)?;
     Ok(())
 }
 

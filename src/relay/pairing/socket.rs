@@ -17,7 +17,7 @@ use super::registry::{
 };
 use crate::audit;
 use crate::ids::{DropReason, Outcome, Role};
-use crate::limits::Limiters;
+use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{lock as lock_pipes, Accepted, Delivery};
 use crate::relay::protocol::json::Text;
@@ -123,7 +123,6 @@ impl Connection<PairSocket> {
             );
             return self.error(ErrorCode::InvalidMessage, &message, ctx);
         }
-        let conn = self.socket.conn;
         match request {
             PairingRequest::Data { payload, seq } => self.forward(&payload, seq, ctx),
             PairingRequest::Ack { seq } => self.acknowledged(seq),
@@ -136,50 +135,74 @@ impl Connection<PairSocket> {
                 ctx,
             ),
             request => {
-                if let Err(refusal) = request.check() {
-                    return self.refuse(refusal, ctx);
-                }
-                match request {
-                    PairingRequest::Register {
-                        client_id,
-                        ack,
-                        last_seq,
-                    } => {
-                        tracing::debug!(%conn, client = %client_id.fingerprint(), "register");
-                        let lossless = self.opt_in(ack, last_seq, ctx);
-                        let register = Register {
-                            conn,
-                            client_id,
-                            lossless,
-                        };
-                        self.ask(register, ctx);
-                    }
-                    PairingRequest::Join { code, ack } => {
-                        let lossless = self.opt_in(ack, None, ctx);
-                        let join = Join {
-                            conn,
-                            code,
-                            lossless,
-                            failure: None,
-                        };
-                        self.join(join, ctx)
-                    }
-                    PairingRequest::Resume {
-                        session_id,
-                        ack,
-                        last_seq,
-                    } => {
-                        let lossless = self.opt_in(ack, last_seq, ctx);
-                        let resume = Resume {
-                            conn,
-                            session_id,
-                            lossless,
-                        };
-                        self.ask(resume, ctx)
-                    }
-                    _ => {}
+                let Some(request) = owned(request) else {
+                    return;
+                };
+                let ip = self.socket.client_ip();
+                match self.proto.limiters.cluster_check(Attempt::Join, ip) {
+                    None => self.attempt(request, ctx),
+                    Some(check) => self.wait_for(
+                        check,
+                        move |conn, allowed, ctx| match allowed {
+                            true => conn.attempt(request, ctx),
+                            false => conn.error(
+                                ErrorCode::RateLimited,
+                                "too many attempts; wait a minute",
+                                ctx,
+                            ),
+                        },
+                        ctx,
+                    ),
                 }
             }
+        }
+    }
+
+    /// A `register`, `join` or `resume` that passed the attempt limits.
+    fn attempt(&mut self, request: PairingRequest<'static>, ctx: &mut Ctx<PairSocket>) {
+        if let Err(refusal) = request.check() {
+            return self.refuse(refusal, ctx);
+        }
+        let conn = self.socket.conn;
+        match request {
+            PairingRequest::Register {
+                client_id,
+                ack,
+                last_seq,
+            } => {
+                tracing::debug!(%conn, client = %client_id.fingerprint(), "register");
+                let lossless = self.opt_in(ack, last_seq, ctx);
+                let register = Register {
+                    conn,
+                    client_id,
+                    lossless,
+                };
+                self.ask(register, ctx);
+            }
+            PairingRequest::Join { code, ack } => {
+                let lossless = self.opt_in(ack, None, ctx);
+                let join = Join {
+                    conn,
+                    code,
+                    lossless,
+                    failure: None,
+                };
+                self.join(join, ctx)
+            }
+            PairingRequest::Resume {
+                session_id,
+                ack,
+                last_seq,
+            } => {
+                let lossless = self.opt_in(ack, last_seq, ctx);
+                let resume = Resume {
+                    conn,
+                    session_id,
+                    lossless,
+                };
+                self.ask(resume, ctx)
+            }
+            _ => {}
         }
     }
 
@@ -395,4 +418,31 @@ impl Connection<PairSocket> {
             self.proto.unpaired_since = None;
         }
     }
+}
+
+/// The attempts (`register`, `join`, `resume`) as requests that borrow nothing, so they can
+/// wait for the cluster-wide limit; `None` for any other request.
+fn owned(request: PairingRequest<'_>) -> Option<PairingRequest<'static>> {
+    Some(match request {
+        PairingRequest::Register {
+            client_id,
+            ack,
+            last_seq,
+        } => PairingRequest::Register {
+            client_id,
+            ack,
+            last_seq,
+        },
+        PairingRequest::Join { code, ack } => PairingRequest::Join { code, ack },
+        PairingRequest::Resume {
+            session_id,
+            ack,
+            last_seq,
+        } => PairingRequest::Resume {
+            session_id,
+            ack,
+            last_seq,
+        },
+        _ => return None,
+    })
 }
