@@ -31,6 +31,7 @@ use crate::relay::account::registry::MachineRegistry;
 use crate::relay::delivery::StreamLimits;
 use crate::relay::pairing::code::CodeFormat;
 use crate::relay::pairing::registry::SessionRegistry;
+use crate::relay::pairing::remote::{Home, Remote};
 use crate::relay::pairing::table::PairingRules;
 use crate::relay::{self, Relay};
 use crate::reload::Reloader;
@@ -151,6 +152,15 @@ impl Application {
             live.clone(),
             Arc::clone(&health),
         );
+        let remote = cluster.as_ref().and_then(|cluster| {
+            let home = Home {
+                settings: live.clone(),
+                connections: Arc::clone(&connections),
+                registry: pairing.clone(),
+                limiters: Arc::clone(&limiters),
+            };
+            Remote::start(Arc::clone(cluster), home)
+        });
         let relay = web::Data::new(Relay {
             settings: live.clone(),
             pairing,
@@ -158,6 +168,7 @@ impl Application {
             connections: Arc::clone(&connections),
             limiters: Arc::clone(&limiters),
             client_addr: client_addr.clone(),
+            remote,
         });
         let machines = web::Data::new(machines);
         let limiters = web::Data::from(limiters);

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 
+use super::command::RemoteEvent;
 use super::registry::{
-    self, Connect, Disconnect, Join, Lossless, Pairing, PairingSlot, Register, Reply, Resume,
-    SessionRegistry, ToConn, Unpair,
+    self, Connect, Disconnect, Join, Lossless, Pairing, PairingSlot, Register, Reissue, Reply,
+    Resume, SessionRegistry, ToConn, Unpair,
 };
+use super::remote::{self, Remote};
 use crate::audit;
-use crate::ids::{DropReason, Outcome, Role};
+use crate::ids::{DropReason, NodeId, Outcome, Role};
 use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{lock as lock_pipes, Accepted, Delivery};
@@ -46,6 +48,21 @@ pub struct PairSocket {
     acked: u64,
     /// Lossless mode: when the relay last sent the side a JSON `ping`.
     last_ping: Instant,
+    /// In a cluster: codes and pairings homed on other nodes.
+    remote: Option<Remote>,
+    /// A virtual connection for a browser on another node, whose node already applied
+    /// the attempt limits.
+    relayed: bool,
+    /// A browser tunnelled to the node of its code: everything it sends goes there.
+    gateway: Option<Gateway>,
+}
+
+/// A browser's tunnel to the home of its pairing (see [`remote`]).
+struct Gateway {
+    home: NodeId,
+    route: String,
+    /// The home answered `joined`: the tunnel lasts as long as the pairing.
+    joined: bool,
 }
 
 impl PairSocket {
@@ -55,21 +72,42 @@ impl PairSocket {
         opened: Opened,
         registry: Addr<SessionRegistry>,
         limiters: Arc<Limiters>,
+        remote: Option<Remote>,
     ) -> Addr<Connection<Self>> {
-        Connection::start(
-            opened,
-            Self {
-                role,
-                registry,
-                limiters,
-                pairing: None,
-                slot: PairingSlot::default(),
-                unpaired_since: Some(Instant::now()),
-                lossless: false,
-                acked: 0,
-                last_ping: Instant::now(),
-            },
-        )
+        Connection::start(opened, Self::new(role, registry, limiters, remote, false))
+    }
+
+    /// Starts a virtual connection for a browser on another node (see [`remote`]).
+    pub fn start_relayed(
+        role: Role,
+        opened: Opened,
+        registry: Addr<SessionRegistry>,
+        limiters: Arc<Limiters>,
+    ) -> Addr<Connection<Self>> {
+        Connection::start(opened, Self::new(role, registry, limiters, None, true))
+    }
+
+    fn new(
+        role: Role,
+        registry: Addr<SessionRegistry>,
+        limiters: Arc<Limiters>,
+        remote: Option<Remote>,
+        relayed: bool,
+    ) -> Self {
+        Self {
+            role,
+            registry,
+            limiters,
+            pairing: None,
+            slot: PairingSlot::default(),
+            unpaired_since: Some(Instant::now()),
+            lossless: false,
+            acked: 0,
+            last_ping: Instant::now(),
+            remote,
+            relayed,
+            gateway: None,
+        }
     }
 }
 
@@ -87,7 +125,10 @@ impl Protocol for PairSocket {
     }
 
     fn on_text(conn: &mut Connection<Self>, text: Bytes, ctx: &mut Ctx<Self>) {
-        conn.on_request(&text, ctx);
+        match &conn.proto.gateway {
+            Some(gateway) => conn.tunnel_up(gateway.home.clone(), text, ctx),
+            None => conn.on_request(&text, ctx),
+        }
     }
 
     fn on_command(conn: &mut Connection<Self>, command: ToConn, ctx: &mut Ctx<Self>) {
@@ -101,6 +142,10 @@ impl Protocol for PairSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
+        if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.remote) {
+            let clean = conn.socket.outcome().clean();
+            remote.close(&gateway.home, &gateway.route, clean);
+        }
         conn.proto.registry.do_send(Disconnect {
             conn: conn.socket.conn,
             role: conn.proto.role,
@@ -128,18 +173,27 @@ impl Connection<PairSocket> {
             PairingRequest::Ack { seq } => self.acknowledged(seq),
             PairingRequest::Ping { ts } => self.send(&Common::Pong { ts: &ts }, ctx),
             PairingRequest::Pong { .. } => {}
-            // Codes and resumes are guesses an attacker could make: each costs an attempt.
-            _ if !self.proto.limiters.join.check(self.socket.client_ip()) => self.error(
-                ErrorCode::RateLimited,
-                "too many attempts; wait a minute",
-                ctx,
-            ),
+            // Codes and resumes are guesses an attacker could make: each costs an attempt
+            // (a relayed browser's node counted it already).
+            _ if !self.proto.relayed
+                && !self.proto.limiters.join.check(self.socket.client_ip()) =>
+            {
+                self.error(
+                    ErrorCode::RateLimited,
+                    "too many attempts; wait a minute",
+                    ctx,
+                )
+            }
             request => {
                 let Some(request) = owned(request) else {
                     return;
                 };
                 let ip = self.socket.client_ip();
-                match self.proto.limiters.cluster_check(Attempt::Join, ip) {
+                let check = match self.proto.relayed {
+                    true => None,
+                    false => self.proto.limiters.cluster_check(Attempt::Join, ip),
+                };
+                match check {
                     None => self.attempt(request, ctx),
                     Some(check) => self.wait_for(
                         check,
@@ -179,16 +233,22 @@ impl Connection<PairSocket> {
                 };
                 self.ask(register, ctx);
             }
-            PairingRequest::Join { code, ack } => {
-                let lossless = self.opt_in(ack, None, ctx);
-                let join = Join {
-                    conn,
-                    code,
-                    lossless,
-                    failure: None,
-                };
-                self.join(join, ctx)
-            }
+            PairingRequest::Join { code, ack } => match self.proto.remote.clone() {
+                // In a cluster, a browser not yet paired looks up where the code lives.
+                Some(remote) if self.proto.pairing.is_none() && !self.proto.relayed => {
+                    let typed = code.clone();
+                    let lookup = async move { remote.home_of(&typed).await };
+                    self.wait_for(
+                        lookup,
+                        move |conn, home, ctx| match home {
+                            Some(home) => conn.tunnel(home, &code, ack, ctx),
+                            None => conn.join_here(code, ack, ctx),
+                        },
+                        ctx,
+                    );
+                }
+                _ => self.join_here(code, ack, ctx),
+            },
             PairingRequest::Resume {
                 session_id,
                 ack,
@@ -204,6 +264,136 @@ impl Connection<PairSocket> {
             }
             _ => {}
         }
+    }
+
+    /// `join` a code of this node.
+    fn join_here(&mut self, code: String, ack: bool, ctx: &mut Ctx<PairSocket>) {
+        let lossless = self.opt_in(ack, None, ctx);
+        let join = Join {
+            conn: self.socket.conn,
+            code,
+            lossless,
+            failure: None,
+        };
+        self.join(join, ctx)
+    }
+
+    /// `join` a code of another node: from now on this browser is tunnelled there.
+    fn tunnel(&mut self, home: NodeId, code: &str, ack: bool, ctx: &mut Ctx<PairSocket>) {
+        let Some(remote) = self.proto.remote.clone() else {
+            return;
+        };
+        let first = remote::join_text(code, ack);
+        match remote.open(&home, self.peer(ctx), self.socket.client_ip(), &first) {
+            Ok(route) => {
+                self.proto.gateway = Some(Gateway {
+                    home,
+                    route,
+                    joined: false,
+                })
+            }
+            Err(err) => {
+                tracing::debug!(conn = %self.socket.conn, %err, "could not reach the code's node");
+                let message = "the relay cannot reach the node of that code; try again";
+                self.error(ErrorCode::Unavailable, message, ctx);
+            }
+        }
+    }
+
+    /// A tunnelled browser's message goes to its home as is.
+    fn tunnel_up(&mut self, home: NodeId, text: Bytes, ctx: &mut Ctx<PairSocket>) {
+        let (Some(remote), Some(gateway)) = (&self.proto.remote, &self.proto.gateway) else {
+            return;
+        };
+        if remote.up(&home, &gateway.route, text).is_err() {
+            self.finish(Outcome::Unavailable, ctx);
+        }
+    }
+
+    /// What the home of a tunnelled browser sends it. The gateway watches the answers
+    /// that end the tunnel: an `error` before `joined` (the join failed there), and the
+    /// end of the pairing; after either the browser is this node's again.
+    fn on_remote(&mut self, event: RemoteEvent, ctx: &mut Ctx<PairSocket>) {
+        let Some(gateway) = &mut self.proto.gateway else {
+            return;
+        };
+        match event {
+            RemoteEvent::Text(text) => {
+                if text.starts_with(br#"{"type":"joined""#) {
+                    gateway.joined = true;
+                    self.proto.unpaired_since = None;
+                } else if text.starts_with(br#"{"type":"error""#)
+                    && (!gateway.joined || remote::ends_pairing(&text))
+                {
+                    if let (Some(gateway), Some(remote)) =
+                        (self.proto.gateway.take(), &self.proto.remote)
+                    {
+                        remote.close(&gateway.home, &gateway.route, true);
+                    }
+                    self.proto.unpaired_since = Some(Instant::now());
+                    self.rearm(ctx);
+                }
+                let frame =
+                    crate::transport::text_frame_of(text.len(), |buf| buf.extend_from_slice(&text));
+                if let Err(outcome) = self.socket.push(frame) {
+                    self.finish(outcome, ctx);
+                }
+            }
+            RemoteEvent::Closed(close) => {
+                self.proto.gateway = None;
+                let outcome = match close {
+                    Some((code, reason)) => {
+                        self.socket.link.close(code.into(), &reason);
+                        Outcome::ALL
+                            .into_iter()
+                            .find(|outcome| outcome.as_str() == reason)
+                            .unwrap_or(Outcome::PeerClosed)
+                    }
+                    None => Outcome::Lost,
+                };
+                self.finish(outcome, ctx);
+            }
+        }
+    }
+
+    /// In a cluster, a mac's new code is recorded cluster-wide before the mac hears it; a
+    /// code another node holds is replaced by a fresh one.
+    fn registered(&mut self, code: String, expires_at: u64, ctx: &mut Ctx<PairSocket>) {
+        let Some(remote) = self.proto.remote.clone() else {
+            return self.send(
+                &PairingEvent::Registered {
+                    code: &code,
+                    expires_at,
+                },
+                ctx,
+            );
+        };
+        let typed = code.clone();
+        let claim = async move { remote.claim(&typed).await };
+        self.wait_for(
+            claim,
+            move |conn, claimed, ctx| match claimed {
+                Ok(true) => conn.send(
+                    &PairingEvent::Registered {
+                        code: &code,
+                        expires_at,
+                    },
+                    ctx,
+                ),
+                Ok(false) => {
+                    let reissue = Reissue {
+                        conn: conn.socket.conn,
+                    };
+                    conn.ask(reissue, ctx);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "could not record a code in the cluster");
+                    let message = "the relay cannot reach its cluster; send register to try again";
+                    conn.error(ErrorCode::Unavailable, message, ctx);
+                }
+            },
+            ctx,
+        );
     }
 
     /// Lossless mode, if the side asks for it: from now on it gets `ack`s and, so that a
@@ -303,13 +493,8 @@ impl Connection<PairSocket> {
 
     fn on_command(&mut self, command: ToConn, ctx: &mut Ctx<PairSocket>) {
         match command {
-            ToConn::Registered { code, expires_at } => self.send(
-                &PairingEvent::Registered {
-                    code: &code,
-                    expires_at,
-                },
-                ctx,
-            ),
+            ToConn::Registered { code, expires_at } => self.registered(code, expires_at, ctx),
+            ToConn::Remote(event) => self.on_remote(event, ctx),
             ToConn::Error { code, message } => self.error(code, message, ctx),
             ToConn::Paired => self.adopt(),
             ToConn::PartnerGone { code } => {
