@@ -93,14 +93,14 @@ async fn survey(cluster: &Cluster) -> Result<(), ClusterError> {
             match state.as_deref() {
                 Some(UP) => known
                     .insert(node.clone())
-                    .then(|| ClusterEvent::NodeUp(node)),
+                    .then_some(ClusterEvent::NodeUp(node)),
                 Some(_) => {
                     gone.push(node.clone());
-                    known.remove(&node).then(|| ClusterEvent::NodeLeft(node))
+                    known.remove(&node).then_some(ClusterEvent::NodeLeft(node))
                 }
                 None => {
                     gone.push(node.clone());
-                    known.remove(&node).then(|| ClusterEvent::NodeDown(node))
+                    known.remove(&node).then_some(ClusterEvent::NodeDown(node))
                 }
             }
         };
