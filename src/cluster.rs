@@ -20,6 +20,7 @@ mod bucket;
 mod channels;
 mod membership;
 mod outbox;
+mod topics;
 
 use std::collections::BTreeSet;
 use std::future::Future;

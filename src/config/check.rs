@@ -295,7 +295,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Checks every setting; the first problem found is returned.
 pub fn settings(s: &Settings) -> Result<(), Refusal> {
     let mut numbers = ranges(s);
-    numbers.extend(super::cluster::ranges(s));
+    numbers.extend(super::cluster::ranges(&s.cluster));
     for (key, value, min, max) in numbers {
         if !(min..=max).contains(&value) {
             let what = match key {
@@ -314,7 +314,8 @@ pub fn settings(s: &Settings) -> Result<(), Refusal> {
     lists(s)?;
     log_level(&s.log.level)?;
     alphabet(&s.pairing.code_alphabet)?;
-    super::cluster::check(s)?;
+    super::cluster::check(&s.cluster, &s.database.url)
+        .map_err(|(key, problem)| Refusal { key, problem })?;
     Ok(())
 }
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::{Refusal, Settings};
 use super::values;
 
 /// `[cluster]`. Its `Debug` hides the password in the Redis URL.
@@ -67,8 +66,7 @@ impl fmt::Debug for ClusterSettings {
 }
 
 /// `[cluster]` numbers with their inclusive ranges, checked with the others.
-pub(super) fn ranges(s: &Settings) -> Vec<(&'static str, u64, u64, u64)> {
-    let c = &s.cluster;
+pub(super) fn ranges(c: &ClusterSettings) -> Vec<(&'static str, u64, u64, u64)> {
     vec![
         ("cluster.node_timeout_secs", c.node_timeout_secs, 1, 3600),
         ("cluster.heartbeat_ms", c.heartbeat_ms, 10, 60_000),
@@ -88,16 +86,16 @@ pub(super) fn ranges(s: &Settings) -> Vec<(&'static str, u64, u64, u64)> {
     ]
 }
 
-fn refuse(key: &'static str, problem: impl Into<String>) -> Result<(), Refusal> {
-    Err(Refusal {
-        key,
-        problem: problem.into(),
-    })
+/// A refused key and what is wrong with it (`check.rs` makes it a `Refusal`).
+type Refused = (&'static str, String);
+
+fn refuse(key: &'static str, problem: impl Into<String>) -> Result<(), Refused> {
+    Err((key, problem.into()))
 }
 
-/// What a cluster cannot work with.
-pub(super) fn check(s: &Settings) -> Result<(), Refusal> {
-    let c = &s.cluster;
+/// What a cluster cannot work with; `database_url` is `database.url` (a cluster needs
+/// a shared database).
+pub(super) fn check(c: &ClusterSettings, database_url: &str) -> Result<(), Refused> {
     if !c.node_id.is_empty() && crate::ids::NodeId::parse(&c.node_id).is_none() {
         return refuse(
             "cluster.node_id",
@@ -134,7 +132,7 @@ pub(super) fn check(s: &Settings) -> Result<(), Refusal> {
     if !c.redis_url.starts_with("redis://") {
         return refuse("cluster.redis_url", "must start with redis://");
     }
-    if s.database.url.starts_with("sqlite://") {
+    if database_url.starts_with("sqlite://") {
         return refuse(
             "cluster.redis_url",
             "is set while database.url is a sqlite:// file, which only one node can use: \
@@ -142,77 +140,4 @@ pub(super) fn check(s: &Settings) -> Result<(), Refusal> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use config::Environment;
-
-    use crate::config::{mask_url_password, Settings, ENV_PREFIX};
-
-    fn load(vars: &[(&str, &str)]) -> Result<Settings, String> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::load_from(None, Environment::with_prefix(ENV_PREFIX).source(Some(map)))
-            .map_err(|err| err.to_string())
-    }
-
-    const PG: (&str, &str) = ("HERMIT__DATABASE__URL", "postgres://relay:pw@db/hermit");
-
-    #[test]
-    fn by_default_there_is_no_cluster() {
-        let s = Settings::defaults();
-        assert!(!s.cluster.enabled());
-        assert_eq!(s.cluster.key_prefix, "hermit");
-        assert!(s.cluster.node_timeout_secs <= 10);
-    }
-
-    #[test]
-    fn a_redis_url_with_a_sqlite_database_is_refused_with_a_clear_message() {
-        let err = load(&[("HERMIT__CLUSTER__REDIS_URL", "redis://127.0.0.1:6379")]).unwrap_err();
-        assert!(err.contains("`cluster.redis_url`"), "{err}");
-        assert!(err.contains("sqlite://"), "{err}");
-        assert!(err.contains("PostgreSQL"), "{err}");
-        let ok = load(&[("HERMIT__CLUSTER__REDIS_URL", "redis://127.0.0.1:6379"), PG]).unwrap();
-        assert!(ok.cluster.enabled());
-    }
-
-    #[test]
-    fn tls_and_other_schemes_are_refused() {
-        for url in ["rediss://cache:6380", "http://cache"] {
-            let err = load(&[("HERMIT__CLUSTER__REDIS_URL", url), PG]).unwrap_err();
-            assert!(err.contains("`cluster.redis_url`"), "{err}");
-        }
-    }
-
-    #[test]
-    fn node_ids_and_timing_are_checked() {
-        let err = load(&[("HERMIT__CLUSTER__NODE_ID", "a b")]).unwrap_err();
-        assert!(err.contains("`cluster.node_id`"), "{err}");
-        let err = load(&[("HERMIT__CLUSTER__HEARTBEAT_MS", "10000")]).unwrap_err();
-        assert!(err.contains("`cluster.heartbeat_ms`"), "{err}");
-        let err = load(&[("HERMIT__CLUSTER__NODE_TIMEOUT_SECS", "0")]).unwrap_err();
-        assert!(err.contains("`cluster.node_timeout_secs`"), "{err}");
-    }
-
-    #[test]
-    fn the_redis_password_is_masked_when_printed() {
-        let s = load(&[
-            ("HERMIT__CLUSTER__REDIS_URL", "redis://:s3cret@cache:6379/0"),
-            PG,
-        ])
-        .unwrap();
-        let printed = s.to_toml();
-        assert!(!printed.contains("s3cret"), "{printed}");
-        assert!(printed.contains("redis://:***@cache:6379/0"), "{printed}");
-        assert!(!format!("{s:?}").contains("s3cret"));
-        assert_eq!(
-            mask_url_password("redis://cache:6379"),
-            "redis://cache:6379"
-        );
-    }
 }

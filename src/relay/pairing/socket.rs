@@ -17,7 +17,7 @@ use super::registry::{
 };
 use super::remote::Remote;
 use crate::audit;
-use crate::ids::{DropReason, Outcome, Role};
+use crate::ids::{DropReason, NodeId, Outcome, Role};
 use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{lock as lock_pipes, Accepted, Delivery};
@@ -28,7 +28,14 @@ use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
 
 mod gateway;
 
-use gateway::Gateway;
+/// A browser's tunnel to the home of its pairing (its methods are in `gateway.rs`, which
+/// imports this module and not the other way round).
+struct Gateway {
+    home: NodeId,
+    route: String,
+    /// The home answered `joined`: the tunnel lasts as long as the pairing.
+    joined: bool,
+}
 
 /// How long a connection waits for the registry to answer one of its requests. The
 /// registry answers in microseconds; this only bounds a wedged one.

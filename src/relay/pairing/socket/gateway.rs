@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::PairSocket;
+use super::{Gateway, PairSocket};
 use crate::ids::{NodeId, Outcome};
 use crate::relay::pairing::command::RemoteEvent;
 use crate::relay::pairing::registry::Reissue;
@@ -13,14 +13,6 @@ use crate::relay::pairing::remote;
 use crate::relay::protocol::pairing::PairingEvent;
 use crate::relay::protocol::ErrorCode;
 use crate::relay::socket::{Connection, Ctx};
-
-/// A browser's tunnel to the home of its pairing.
-pub(super) struct Gateway {
-    pub(super) home: NodeId,
-    pub(super) route: String,
-    /// The home answered `joined`: the tunnel lasts as long as the pairing.
-    pub(super) joined: bool,
-}
 
 impl Connection<PairSocket> {
     /// `join` a code of another node: from now on this browser is tunnelled there.
