@@ -7,6 +7,7 @@
 //! takes on `SIGHUP` is listed once, in [`keys::LIVE`].
 
 pub mod check;
+pub mod cluster;
 pub mod keys;
 pub mod settings;
 pub mod values;
@@ -15,6 +16,7 @@ use std::path::Path;
 
 use config::{Config, Environment, File, FileFormat, Source};
 
+pub use cluster::ClusterSettings;
 pub use settings::*;
 pub use values::{
     mask_url_password, redact_url, AuditTarget, ForwardedHeader, LogFormat, Registration,
@@ -79,6 +81,7 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = mask_url_password(&shown.database.url);
+        shown.cluster.redis_url = mask_url_password(&shown.cluster.redis_url);
         if !shown.metrics.token.is_empty() {
             shown.metrics.token = "***".into();
         }

@@ -69,6 +69,38 @@ fn fingerprint(bytes: &[u8]) -> String {
     out
 }
 
+/// One relay node of a cluster: `cluster.node_id`, or random when not set. It names the
+/// node's heartbeat key and its channel in Redis, so it is 1 to 64 of `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// A fresh random id (`n-` and 16 hex digits).
+    pub fn random() -> Self {
+        Self(format!("n-{}", &Uuid::new_v4().simple().to_string()[..16]))
+    }
+
+    /// `text` if it is a valid node id.
+    pub fn parse(text: &str) -> Option<Self> {
+        let valid = (1..=64).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        valid.then(|| Self(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// One quick pairing: the `sessionId` both sides are given in `joined`. A 122-bit secret —
 /// whoever presents it in `resume` is that browser — so it is random (UUID v4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -17,6 +17,8 @@
 //! - [`proxy`], [`limits`], [`connections`]: client addresses behind trusted proxies,
 //!   per-address rate and connection limits, and the set of open sockets (shutdown).
 //! - [`edge`]: what every plain HTTP connection is held to: a cap per peer, a body deadline.
+//! - [`cluster`]: the Redis backplane of several nodes (off unless `cluster.redis_url` is
+//!   set): node heartbeats, envelopes between nodes, cluster-wide attempt limits.
 //! - [`metrics`]: counters, gauges and histograms for `/metrics` (`prometheus-client`).
 //! - Operating: [`admin`] (the admin commands: users, machines, sessions), [`watch`] (how
 //!   a running relay hears of them), [`reload`] (`SIGHUP`), [`audit`] (the audit log),
@@ -39,6 +41,7 @@ pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod db;

@@ -10,6 +10,11 @@
 //! gets a fresh budget — where refusing would fail closed for every new user: an attacker
 //! with enough addresses (IPv6 /64s are cheap) could otherwise lock everyone new out.
 //!
+//! In a cluster, `join` and `auth` attempts are also taken from a bucket per address in
+//! Redis ([`Limiters::cluster_check`]), so N nodes do not give one address N times the
+//! attempts. The local bucket still applies first, and is what stands while Redis is
+//! unreachable: a node cut off from the cluster limits as a single relay does.
+//!
 //! Why not the `governor` crate: its keyed limiter stores keys in an unbounded map and can
 //! only be trimmed of *refilled* keys (`retain_recent`), so the bounded, least-recently-used
 //! table — the part that matters here — would still be ours; the bucket arithmetic it would
@@ -22,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::audit;
+use crate::cluster::Cluster;
 use crate::metrics::METRICS;
 
 /// The unit a limit applies to: an address or a network, IPv6 cut to a prefix.
@@ -73,6 +79,17 @@ pub struct Limiters {
     pub auth: RateLimiter,
     /// `join`s that named no live code, per network and relay-wide.
     pub failed_joins: FailedJoins,
+    /// The cluster whose buckets count attempts cluster-wide, if this node is in one.
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// An attempt limited cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// `join`, `resume`, `register` on the pairing endpoints ([`Limiters::join`]).
+    Join,
+    /// Logins and WebSocket authentication ([`Limiters::auth`]).
+    Auth,
 }
 
 impl Limiters {
@@ -87,7 +104,46 @@ impl Limiters {
                 limits.failed_joins_per_network_per_minute,
                 tracked,
             ),
+            cluster: None,
         }
+    }
+
+    /// The limiters, counting attempts cluster-wide too when `cluster` is given.
+    pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// In a cluster, the second half of an `attempt` the local limiter allowed: a future
+    /// answering whether the cluster's bucket for `ip` had a token too. `None` without a
+    /// cluster: the local answer is the whole answer. When Redis does not answer (within
+    /// `cluster.redis_timeout_ms`), the local answer stands.
+    pub fn cluster_check(
+        &self,
+        attempt: Attempt,
+        ip: IpAddr,
+    ) -> Option<impl std::future::Future<Output = bool> + 'static> {
+        let cluster = Arc::clone(self.cluster.as_ref()?);
+        let limiter = match attempt {
+            Attempt::Join => &self.join,
+            Attempt::Auth => &self.auth,
+        };
+        let per_minute = limiter.per_minute.load(Relaxed);
+        let address = AddressKey::address(ip).0.to_string();
+        let key = cluster.key(&["rate", limiter.name, &address]);
+        Some(async move {
+            match cluster.take(&key, per_minute).await {
+                Ok(true) => true,
+                Ok(false) => {
+                    METRICS.rate_limited.fetch_add(1, Relaxed);
+                    false
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "cluster rate limit unavailable; the local one stands");
+                    true
+                }
+            }
+        })
     }
 
     /// Reserves one failed join for a `join` from `ip` (see [`FailedJoins`]); `None` when

@@ -8,6 +8,8 @@
 //! (endpoints, reasons, route *patterns*, statuses), so the number of series is bounded
 //! whatever clients request. A scrape encodes into one string under a read lock per family.
 
+pub mod cluster;
+
 use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -150,6 +152,8 @@ pub struct Metrics {
     pub reload_failures: Count,
     /// Audit events lost because the audit file's writer fell behind.
     pub audit_dropped: Count,
+    /// Envelopes between nodes, Redis round trips (`hermit_cluster_*`).
+    pub cluster: cluster::ClusterMetrics,
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: Histograms<RouteLabel>,
     message_bytes: Histogram,
@@ -193,6 +197,7 @@ impl Metrics {
             "Audit events lost because the audit file could not keep up",
         );
 
+        let cluster = cluster::ClusterMetrics::register(&mut registry);
         let connections_family = Family::<Label, Gauge>::default();
         let connections = Endpoint::ALL.map(|e| {
             connections_family
@@ -298,6 +303,7 @@ impl Metrics {
             reloads,
             reload_failures,
             audit_dropped,
+            cluster,
             http_requests,
             http_seconds,
             message_bytes,

@@ -57,6 +57,8 @@ pub struct Relay {
     pub limiters: Arc<Limiters>,
     /// Client addresses through trusted proxies.
     pub client_addr: ClientAddr,
+    /// In a cluster: quick pairing across nodes.
+    pub remote: Option<crate::relay::pairing::remote::Remote>,
 }
 
 impl Relay {
@@ -165,7 +167,8 @@ pub async fn upgrade(
                 Endpoint::Mac => Role::Mac,
                 _ => Role::Browser,
             };
-            PairSocket::start(role, opened, relay.pairing.clone(), limiters);
+            let remote = relay.remote.clone();
+            PairSocket::start(role, opened, relay.pairing.clone(), limiters, remote);
         }
         Endpoint::Agent => {
             AgentSocket::start(opened, relay.machines.clone(), accounts, limiters);

@@ -18,6 +18,7 @@ use crate::accounts::refresh::SuccessorKey;
 use crate::accounts::Accounts;
 use crate::auth::password::HashStats;
 use crate::auth::token::{AccessTokens, KeyFileError};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Live, Settings};
 use crate::connections::Connections;
 use crate::db::{self, DbError};
@@ -30,6 +31,7 @@ use crate::relay::account::registry::MachineRegistry;
 use crate::relay::delivery::StreamLimits;
 use crate::relay::pairing::code::CodeFormat;
 use crate::relay::pairing::registry::SessionRegistry;
+use crate::relay::pairing::remote::{Home, Remote};
 use crate::relay::pairing::table::PairingRules;
 use crate::relay::{self, Relay};
 use crate::reload::Reloader;
@@ -71,6 +73,9 @@ pub enum StartError {
     /// The biscuit key file could not be read or made.
     #[error(transparent)]
     Key(#[from] KeyFileError),
+    /// The cluster settings could not be used.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The audit file could not be opened.
     #[error("cannot open audit.file {path}: {reason}")]
     Audit {
@@ -88,6 +93,7 @@ pub struct Application {
     hash_stats: Arc<HashStats>,
     connections: Arc<Connections>,
     reloader: Reloader,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Application {
@@ -124,7 +130,11 @@ impl Application {
             MachineRegistry::new(streams, grace)
         });
         let connections = Connections::new(settings.limits.max_connections_per_ip);
-        let limiters = Arc::new(Limiters::new(&settings.limits));
+        let cluster = match settings.cluster.enabled() {
+            true => Some(Cluster::start(&settings.cluster)?),
+            false => None,
+        };
+        let limiters = Arc::new(Limiters::new(&settings.limits).with_cluster(cluster.clone()));
         let client_addr = ClientAddr::new(
             settings.server.trusted_proxies.clone(),
             settings.server.forwarded_header,
@@ -142,6 +152,15 @@ impl Application {
             live.clone(),
             Arc::clone(&health),
         );
+        let remote = cluster.as_ref().and_then(|cluster| {
+            let home = Home {
+                settings: live.clone(),
+                connections: Arc::clone(&connections),
+                registry: pairing.clone(),
+                limiters: Arc::clone(&limiters),
+            };
+            Remote::start(Arc::clone(cluster), home)
+        });
         let relay = web::Data::new(Relay {
             settings: live.clone(),
             pairing,
@@ -149,6 +168,7 @@ impl Application {
             connections: Arc::clone(&connections),
             limiters: Arc::clone(&limiters),
             client_addr: client_addr.clone(),
+            remote,
         });
         let machines = web::Data::new(machines);
         let limiters = web::Data::from(limiters);
@@ -156,6 +176,8 @@ impl Application {
         let live_data = web::Data::new(live);
         let health = web::Data::new(health);
         let started = web::Data::new(Started(Instant::now()));
+        // Registered only in a cluster: `/ready` asks for it as an `Option`.
+        let cluster_data = cluster.clone().map(web::Data::from);
         spawn_token_purge(&accounts, settings.auth.token_purge_interval());
 
         let server = &settings.server;
@@ -194,6 +216,11 @@ impl Application {
                     .app_data(live_data.clone())
                     .app_data(health.clone())
                     .app_data(started.clone())
+                    .configure(|cfg| {
+                        if let Some(cluster) = &cluster_data {
+                            cfg.app_data(cluster.clone());
+                        }
+                    })
                     .configure(routes::routes)
                     .configure(relay::routes)
                     .default_service(web::to(routes::not_found));
@@ -260,6 +287,7 @@ impl Application {
             hash_stats,
             connections,
             reloader,
+            cluster,
         })
     }
 
@@ -271,18 +299,10 @@ impl Application {
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully: no new connections,
     /// every WebSocket gets a close frame (1001, going away), in-flight HTTP requests get up
-    /// to `server.shutdown_timeout_secs` to finish.
+    /// to `server.shutdown_timeout_secs` to finish; then a cluster node leaves its cluster.
     ///
     /// `SIGHUP` reloads the configuration (see [`crate::reload`]).
     pub async fn run_until_signalled(self) -> std::io::Result<()> {
-        let handle = self.server.handle();
-        let connections = Arc::clone(&self.connections);
-        actix_rt::spawn(async move {
-            let signal = shutdown_signal().await;
-            tracing::info!(signal, "shutting down");
-            connections.close_all();
-            handle.stop(true).await;
-        });
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -296,7 +316,27 @@ impl Application {
                 });
             }
         }
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` resolves (to the name of what stopped it), then shuts down
+    /// gracefully as [`Self::run_until_signalled`] does. Tests stop a node this way.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = &'static str> + 'static,
+    ) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let connections = Arc::clone(&self.connections);
+        actix_rt::spawn(async move {
+            let signal = stop.await;
+            tracing::info!(signal, "shutting down");
+            connections.close_all();
+            handle.stop(true).await;
+        });
         let served = self.server.await;
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
         crate::audit::flush();
         served
     }
@@ -316,9 +356,19 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until the server is stopped (by a signal or a handle).
+    /// This node's cluster, when `cluster.redis_url` is set.
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.clone()
+    }
+
+    /// Serves until the server is stopped (by a handle). A cluster node then stops at once,
+    /// telling no one, as if it had crashed: the others see its heartbeat expire.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        if let Some(cluster) = &self.cluster {
+            cluster.halt();
+        }
+        served
     }
 }
 

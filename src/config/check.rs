@@ -325,7 +325,9 @@ pub fn settings(s: &Settings) -> Result<(), Refusal> {
             format!("is above {}, the largest a setting may be", i64::MAX),
         );
     }
-    for (key, value, min, max) in ranges(s) {
+    let mut numbers = ranges(s);
+    numbers.extend(super::cluster::ranges(&s.cluster));
+    for (key, value, min, max) in numbers {
         if !(min..=max).contains(&value) {
             let what = match key {
                 "pairing.code_alphabet" => "has {value} characters; use between {min} and {max}",
@@ -343,6 +345,8 @@ pub fn settings(s: &Settings) -> Result<(), Refusal> {
     lists(s)?;
     log_level(&s.log.level)?;
     alphabet(&s.pairing.code_alphabet)?;
+    super::cluster::check(&s.cluster, &s.database.url)
+        .map_err(|(key, problem)| Refusal { key, problem })?;
     Ok(())
 }
 

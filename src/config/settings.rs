@@ -40,6 +40,8 @@ pub struct Settings {
     pub audit: AuditSettings,
     /// How the running relay hears of changes made by the admin commands.
     pub admin: AdminSettings,
+    /// Several nodes sharing one Redis; off when `redis_url` is empty.
+    pub cluster: super::cluster::ClusterSettings,
 }
 
 /// `[log]`

@@ -383,3 +383,76 @@ fn accepted_public_keys_must_be_public_keys() {
     .to_string();
     assert!(err.contains("auth.accepted_public_keys"), "{err}");
 }
+
+/// `[cluster]` settings (`config/cluster.rs`).
+mod cluster {
+    use std::collections::HashMap;
+
+    use config::Environment;
+
+    use crate::config::{mask_url_password, Settings, ENV_PREFIX};
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(None, Environment::with_prefix(ENV_PREFIX).source(Some(map)))
+            .map_err(|err| err.to_string())
+    }
+
+    const PG: (&str, &str) = ("HERMIT__DATABASE__URL", "postgres://relay:pw@db/hermit");
+
+    #[test]
+    fn by_default_there_is_no_cluster() {
+        let s = Settings::defaults();
+        assert!(!s.cluster.enabled());
+        assert_eq!(s.cluster.key_prefix, "hermit");
+        assert!(s.cluster.node_timeout_secs <= 10);
+    }
+
+    #[test]
+    fn a_redis_url_with_a_sqlite_database_is_refused_with_a_clear_message() {
+        let err = load(&[("HERMIT__CLUSTER__REDIS_URL", "redis://127.0.0.1:6379")]).unwrap_err();
+        assert!(err.contains("`cluster.redis_url`"), "{err}");
+        assert!(err.contains("sqlite://"), "{err}");
+        assert!(err.contains("PostgreSQL"), "{err}");
+        let ok = load(&[("HERMIT__CLUSTER__REDIS_URL", "redis://127.0.0.1:6379"), PG]).unwrap();
+        assert!(ok.cluster.enabled());
+    }
+
+    #[test]
+    fn tls_and_other_schemes_are_refused() {
+        for url in ["rediss://cache:6380", "http://cache"] {
+            let err = load(&[("HERMIT__CLUSTER__REDIS_URL", url), PG]).unwrap_err();
+            assert!(err.contains("`cluster.redis_url`"), "{err}");
+        }
+    }
+
+    #[test]
+    fn node_ids_and_timing_are_checked() {
+        let err = load(&[("HERMIT__CLUSTER__NODE_ID", "a b")]).unwrap_err();
+        assert!(err.contains("`cluster.node_id`"), "{err}");
+        let err = load(&[("HERMIT__CLUSTER__HEARTBEAT_MS", "10000")]).unwrap_err();
+        assert!(err.contains("`cluster.heartbeat_ms`"), "{err}");
+        let err = load(&[("HERMIT__CLUSTER__NODE_TIMEOUT_SECS", "0")]).unwrap_err();
+        assert!(err.contains("`cluster.node_timeout_secs`"), "{err}");
+    }
+
+    #[test]
+    fn the_redis_password_is_masked_when_printed() {
+        let s = load(&[
+            ("HERMIT__CLUSTER__REDIS_URL", "redis://:s3cret@cache:6379/0"),
+            PG,
+        ])
+        .unwrap();
+        let printed = s.to_toml();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("redis://:***@cache:6379/0"), "{printed}");
+        assert!(!format!("{s:?}").contains("s3cret"));
+        assert_eq!(
+            mask_url_password("redis://cache:6379"),
+            "redis://cache:6379"
+        );
+    }
+}

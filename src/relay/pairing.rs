@@ -5,5 +5,6 @@ pub mod code;
 pub mod command;
 pub mod pipes;
 pub mod registry;
+pub mod remote;
 pub mod socket;
 pub mod table;

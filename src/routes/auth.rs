@@ -9,24 +9,28 @@ use serde::Deserialize;
 use crate::accounts::{normalise_email, Accounts};
 use crate::audit;
 use crate::error::ApiError;
-use crate::limits::Limiters;
+use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
 
-/// Refuses the request if its client address has used up its attempts this minute;
-/// otherwise answers that address.
-fn limit(req: &HttpRequest) -> Result<IpAddr, ApiError> {
+/// Refuses the request if its client address has used up its attempts this minute (in a
+/// cluster: on any node); otherwise answers that address.
+async fn limit(req: &HttpRequest) -> Result<IpAddr, ApiError> {
     let limiters = req.app_data::<web::Data<Limiters>>();
     let client_addr = req.app_data::<web::Data<ClientAddr>>();
     let (Some(limiters), Some(client_addr)) = (limiters, client_addr) else {
         return Err(ApiError::internal("rate limiter state missing"));
     };
     let from = client_addr.of(req);
-    if limiters.auth.check(from) {
-        Ok(from)
-    } else {
-        Err(ApiError::RateLimited)
+    if !limiters.auth.check(from) {
+        return Err(ApiError::RateLimited);
     }
+    if let Some(check) = limiters.cluster_check(Attempt::Auth, from) {
+        if !check.await {
+            return Err(ApiError::RateLimited);
+        }
+    }
+    Ok(from)
 }
 
 /// Counts a refused login or token for `/metrics`.
@@ -71,7 +75,7 @@ async fn register(
     accounts: web::Data<Accounts>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    let from = limit(&req)?;
+    let from = limit(&req).await?;
     let Credentials {
         email, password, ..
     } = body.into_inner();
@@ -89,7 +93,7 @@ async fn login(
     accounts: web::Data<Accounts>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    let from = limit(&req)?;
+    let from = limit(&req).await?;
     let Credentials {
         email,
         password,
@@ -129,7 +133,7 @@ async fn refresh(
     accounts: web::Data<Accounts>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = limit(&req)?;
+    let client = limit(&req).await?;
     let refreshed = count_failure(accounts.refresh(&body.refresh_token, client).await)?;
     Ok(HttpResponse::Ok().json(refreshed))
 }
@@ -141,7 +145,7 @@ async fn logout(
     accounts: web::Data<Accounts>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
-    limit(&req)?;
+    limit(&req).await?;
     accounts.logout(&body.refresh_token).await?;
     Ok(HttpResponse::NoContent().finish())
 }

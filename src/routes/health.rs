@@ -1,9 +1,11 @@
-//! `/health` (the process answers) and `/ready` (and its database can do the relay's work).
+//! `/health` (the process answers) and `/ready` (and its database — and, in a cluster,
+//! Redis — can do the relay's work).
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
 use crate::accounts::Accounts;
+use crate::cluster::Cluster;
 use crate::error::ApiError;
 
 #[derive(Serialize)]
@@ -24,7 +26,15 @@ async fn health() -> HttpResponse {
 /// 200 while the database is reachable, migrated and takes a committed write; otherwise
 /// 503 saying which of those failed. Answered from a check at most
 /// `database.health_check_interval_ms` old, so load balancers polling it cost little.
-async fn ready(accounts: web::Data<Accounts>) -> Result<HttpResponse, ApiError> {
+/// A node of a cluster is also unready while it does not reach Redis (as of its last
+/// heartbeat): a load balancer then sends new clients to the nodes that can pair them.
+async fn ready(
+    accounts: web::Data<Accounts>,
+    cluster: Option<web::Data<Cluster>>,
+) -> Result<HttpResponse, ApiError> {
+    if cluster.is_some_and(|cluster| !cluster.healthy()) {
+        return Err(ApiError::Unavailable("the cluster's Redis is unreachable"));
+    }
     accounts
         .pool
         .readiness()

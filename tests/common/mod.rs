@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod account;
+pub mod cluster;
 pub mod lossless;
 pub mod lossless_account;
 pub mod nginx;

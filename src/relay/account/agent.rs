@@ -22,7 +22,7 @@ use crate::auth::opaque;
 use crate::db;
 use crate::error::ApiError;
 use crate::ids::{ConnId, DropReason, MachineId, Outcome, SessionId, UserId};
-use crate::limits::Limiters;
+use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::models::{machine, now};
 use crate::relay::delivery::{accept, lock, Accepted, Delivery};
@@ -153,12 +153,27 @@ impl Connection<AgentSocket> {
             (AgentRequest::Register { token, ack, .. }, None)
                 if matches!(self.proto.state, State::Waiting) =>
             {
-                if !self.proto.limiters.auth.check(self.socket.client_ip()) {
+                let ip = self.socket.client_ip();
+                if !self.proto.limiters.auth.check(ip) {
                     let message = "too many attempts; wait a minute";
                     return self.error(ErrorCode::RateLimited, message, ctx);
                 }
                 self.proto.lossless = ack;
-                self.verify(token, ctx);
+                match self.proto.limiters.cluster_check(Attempt::Auth, ip) {
+                    None => self.verify(token, ctx),
+                    Some(check) => self.wait_for(
+                        check,
+                        move |agent, allowed, ctx| match allowed {
+                            true => agent.verify(token, ctx),
+                            false => agent.error(
+                                ErrorCode::RateLimited,
+                                "too many attempts; wait a minute",
+                                ctx,
+                            ),
+                        },
+                        ctx,
+                    ),
+                }
             }
             (AgentRequest::Register { .. }, Some(_)) => {
                 self.error(ErrorCode::InvalidMessage, "already registered", ctx)

@@ -26,7 +26,7 @@ use crate::accounts::Accounts;
 use crate::audit;
 use crate::error::ApiError;
 use crate::ids::{ClientKey, ConnId, DropReason, MachineId, Outcome, SessionId, UserId};
-use crate::limits::Limiters;
+use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{accept, lock, Accepted, Delivery};
 use crate::relay::protocol::account::{self, AgentEvent, ClientEvent, ClientRequest};
@@ -371,13 +371,39 @@ impl Connection<ClientSocket> {
         lossless: Option<ClientKey>,
         ctx: &mut Ctx<ClientSocket>,
     ) {
-        if !self.proto.limiters.auth.check(self.socket.client_ip()) {
+        let ip = self.socket.client_ip();
+        if !self.proto.limiters.auth.check(ip) {
             return self.error(
                 ErrorCode::RateLimited,
                 "too many attempts; wait a minute",
                 ctx,
             );
         }
+        if let Some(check) = self.proto.limiters.cluster_check(Attempt::Auth, ip) {
+            let token = token.to_owned();
+            return self.wait_for(
+                check,
+                move |client, allowed, ctx| match allowed {
+                    true => client.verify_token(&token, lossless, ctx),
+                    false => client.error(
+                        ErrorCode::RateLimited,
+                        "too many attempts; wait a minute",
+                        ctx,
+                    ),
+                },
+                ctx,
+            );
+        }
+        self.verify_token(token, lossless, ctx);
+    }
+
+    /// Authentication past the attempt limits: the token, then the account.
+    fn verify_token(
+        &mut self,
+        token: &str,
+        lossless: Option<ClientKey>,
+        ctx: &mut Ctx<ClientSocket>,
+    ) {
         let user_id = match self.proto.accounts.tokens.verify(token) {
             Ok(user_id) => UserId::from(user_id),
             Err(err) => {

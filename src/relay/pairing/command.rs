@@ -3,6 +3,7 @@
 //! importing each other.
 
 use actix::Message;
+use bytes::Bytes;
 
 use crate::ids::Outcome;
 use crate::relay::delivery::Command;
@@ -38,6 +39,17 @@ pub enum ToConn {
     },
     /// Close this connection.
     Close(Outcome),
+    /// For a browser tunnelled to another node: what its home sent.
+    Remote(RemoteEvent),
+}
+
+/// What the home node of a tunnelled browser sent (see `super::remote`).
+#[derive(Debug)]
+pub enum RemoteEvent {
+    /// A text message for the browser, as is.
+    Text(Bytes),
+    /// The home closed the connection: with this close code and reason, or (`None`) cut.
+    Closed(Option<(u16, String)>),
 }
 
 impl Command for ToConn {

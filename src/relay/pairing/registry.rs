@@ -124,6 +124,15 @@ pub struct Resume {
     pub lossless: Lossless,
 }
 
+/// Mac → registry: the code I was given is held by another node of the cluster; give me
+/// another (the reply holds it).
+#[derive(Message)]
+#[rtype(result = "Reply")]
+pub struct Reissue {
+    /// The mac.
+    pub conn: ConnId,
+}
+
 /// Connection actor → registry: end my pairing now (my partner was too slow, or the
 /// messages held for it overflowed). The reply tells me `PartnerGone`.
 #[derive(Message)]
@@ -478,6 +487,16 @@ impl Handler<Resume> for SessionRegistry {
             METRICS.resumes.fetch_add(1, Relaxed);
         }
         let reply = self.apply(effects, Some(msg.conn), msg.lossless.last_seq);
+        self.done(reply, ctx)
+    }
+}
+
+impl Handler<Reissue> for SessionRegistry {
+    type Result = Reply;
+
+    fn handle(&mut self, msg: Reissue, ctx: &mut Context<Self>) -> Reply {
+        let effects = self.table.reissue(msg.conn, Instant::now());
+        let reply = self.apply(effects, Some(msg.conn), None);
         self.done(reply, ctx)
     }
 }

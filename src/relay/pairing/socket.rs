@@ -15,15 +15,27 @@ use super::registry::{
     self, Connect, Disconnect, Join, Lossless, Pairing, PairingSlot, Register, Reply, Resume,
     SessionRegistry, ToConn, Unpair,
 };
+use super::remote::Remote;
 use crate::audit;
-use crate::ids::{DropReason, Outcome, Role};
-use crate::limits::Limiters;
+use crate::ids::{DropReason, NodeId, Outcome, Role};
+use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{lock as lock_pipes, Accepted, Delivery};
 use crate::relay::protocol::json::Text;
 use crate::relay::protocol::pairing::{self, PairingEvent, PairingRequest};
 use crate::relay::protocol::{Common, ErrorCode};
 use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
+
+mod gateway;
+
+/// A browser's tunnel to the home of its pairing (its methods are in `gateway.rs`, which
+/// imports this module and not the other way round).
+struct Gateway {
+    home: NodeId,
+    route: String,
+    /// The home answered `joined`: the tunnel lasts as long as the pairing.
+    joined: bool,
+}
 
 /// How long a connection waits for the registry to answer one of its requests. The
 /// registry answers in microseconds; this only bounds a wedged one.
@@ -46,6 +58,13 @@ pub struct PairSocket {
     acked: u64,
     /// Lossless mode: when the relay last sent the side a JSON `ping`.
     last_ping: Instant,
+    /// In a cluster: codes and pairings homed on other nodes (see `super::remote`).
+    remote: Option<Remote>,
+    /// A virtual connection for a browser on another node, whose node already applied
+    /// the attempt limits.
+    relayed: bool,
+    /// A browser tunnelled to the node of its code: everything it sends goes there.
+    gateway: Option<Gateway>,
 }
 
 impl PairSocket {
@@ -55,21 +74,42 @@ impl PairSocket {
         opened: Opened,
         registry: Addr<SessionRegistry>,
         limiters: Arc<Limiters>,
+        remote: Option<Remote>,
     ) -> Addr<Connection<Self>> {
-        Connection::start(
-            opened,
-            Self {
-                role,
-                registry,
-                limiters,
-                pairing: None,
-                slot: PairingSlot::default(),
-                unpaired_since: Some(Instant::now()),
-                lossless: false,
-                acked: 0,
-                last_ping: Instant::now(),
-            },
-        )
+        Connection::start(opened, Self::new(role, registry, limiters, remote, false))
+    }
+
+    /// Starts a virtual connection for a browser on another node (see `super::remote`).
+    pub fn start_relayed(
+        role: Role,
+        opened: Opened,
+        registry: Addr<SessionRegistry>,
+        limiters: Arc<Limiters>,
+    ) -> Addr<Connection<Self>> {
+        Connection::start(opened, Self::new(role, registry, limiters, None, true))
+    }
+
+    fn new(
+        role: Role,
+        registry: Addr<SessionRegistry>,
+        limiters: Arc<Limiters>,
+        remote: Option<Remote>,
+        relayed: bool,
+    ) -> Self {
+        Self {
+            role,
+            registry,
+            limiters,
+            pairing: None,
+            slot: PairingSlot::default(),
+            unpaired_since: Some(Instant::now()),
+            lossless: false,
+            acked: 0,
+            last_ping: Instant::now(),
+            remote,
+            relayed,
+            gateway: None,
+        }
     }
 }
 
@@ -87,7 +127,10 @@ impl Protocol for PairSocket {
     }
 
     fn on_text(conn: &mut Connection<Self>, text: Bytes, ctx: &mut Ctx<Self>) {
-        conn.on_request(&text, ctx);
+        match &conn.proto.gateway {
+            Some(gateway) => conn.tunnel_up(gateway.home.clone(), text, ctx),
+            None => conn.on_request(&text, ctx),
+        }
     }
 
     fn on_command(conn: &mut Connection<Self>, command: ToConn, ctx: &mut Ctx<Self>) {
@@ -101,6 +144,10 @@ impl Protocol for PairSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
+        if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.remote) {
+            let clean = conn.socket.outcome().clean();
+            remote.close(&gateway.home, &gateway.route, clean);
+        }
         conn.proto.registry.do_send(Disconnect {
             conn: conn.socket.conn,
             role: conn.proto.role,
@@ -123,64 +170,114 @@ impl Connection<PairSocket> {
             );
             return self.error(ErrorCode::InvalidMessage, &message, ctx);
         }
-        let conn = self.socket.conn;
         match request {
             PairingRequest::Data { payload, seq } => self.forward(&payload, seq, ctx),
             PairingRequest::Ack { seq } => self.acknowledged(seq),
             PairingRequest::Ping { ts } => self.send(&Common::Pong { ts: &ts }, ctx),
             PairingRequest::Pong { .. } => {}
-            // Codes and resumes are guesses an attacker could make: each costs an attempt.
-            _ if !self.proto.limiters.join.check(self.socket.client_ip()) => self.error(
-                ErrorCode::RateLimited,
-                "too many attempts; wait a minute",
-                ctx,
-            ),
+            // Codes and resumes are guesses an attacker could make: each costs an attempt
+            // (a relayed browser's node counted it already).
+            _ if !self.proto.relayed
+                && !self.proto.limiters.join.check(self.socket.client_ip()) =>
+            {
+                self.error(
+                    ErrorCode::RateLimited,
+                    "too many attempts; wait a minute",
+                    ctx,
+                )
+            }
             request => {
-                if let Err(refusal) = request.check() {
-                    return self.refuse(refusal, ctx);
-                }
-                match request {
-                    PairingRequest::Register {
-                        client_id,
-                        ack,
-                        last_seq,
-                    } => {
-                        tracing::debug!(%conn, client = %client_id.fingerprint(), "register");
-                        let lossless = self.opt_in(ack, last_seq, ctx);
-                        let register = Register {
-                            conn,
-                            client_id,
-                            lossless,
-                        };
-                        self.ask(register, ctx);
-                    }
-                    PairingRequest::Join { code, ack } => {
-                        let lossless = self.opt_in(ack, None, ctx);
-                        let join = Join {
-                            conn,
-                            code,
-                            lossless,
-                            failure: None,
-                        };
-                        self.join(join, ctx)
-                    }
-                    PairingRequest::Resume {
-                        session_id,
-                        ack,
-                        last_seq,
-                    } => {
-                        let lossless = self.opt_in(ack, last_seq, ctx);
-                        let resume = Resume {
-                            conn,
-                            session_id,
-                            lossless,
-                        };
-                        self.ask(resume, ctx)
-                    }
-                    _ => {}
+                let Some(request) = owned(request) else {
+                    return;
+                };
+                let ip = self.socket.client_ip();
+                let check = match self.proto.relayed {
+                    true => None,
+                    false => self.proto.limiters.cluster_check(Attempt::Join, ip),
+                };
+                match check {
+                    None => self.attempt(request, ctx),
+                    Some(check) => self.wait_for(
+                        check,
+                        move |conn, allowed, ctx| match allowed {
+                            true => conn.attempt(request, ctx),
+                            false => conn.error(
+                                ErrorCode::RateLimited,
+                                "too many attempts; wait a minute",
+                                ctx,
+                            ),
+                        },
+                        ctx,
+                    ),
                 }
             }
         }
+    }
+
+    /// A `register`, `join` or `resume` that passed the attempt limits.
+    fn attempt(&mut self, request: PairingRequest<'static>, ctx: &mut Ctx<PairSocket>) {
+        if let Err(refusal) = request.check() {
+            return self.refuse(refusal, ctx);
+        }
+        let conn = self.socket.conn;
+        match request {
+            PairingRequest::Register {
+                client_id,
+                ack,
+                last_seq,
+            } => {
+                tracing::debug!(%conn, client = %client_id.fingerprint(), "register");
+                let lossless = self.opt_in(ack, last_seq, ctx);
+                let register = Register {
+                    conn,
+                    client_id,
+                    lossless,
+                };
+                self.ask(register, ctx);
+            }
+            PairingRequest::Join { code, ack } => match self.proto.remote.clone() {
+                // In a cluster, a browser not yet paired looks up where the code lives.
+                Some(remote) if self.proto.pairing.is_none() && !self.proto.relayed => {
+                    let typed = code.clone();
+                    let lookup = async move { remote.home_of(&typed).await };
+                    self.wait_for(
+                        lookup,
+                        move |conn, home, ctx| match home {
+                            Some(home) => conn.tunnel(home, &code, ack, ctx),
+                            None => conn.join_here(code, ack, ctx),
+                        },
+                        ctx,
+                    );
+                }
+                _ => self.join_here(code, ack, ctx),
+            },
+            PairingRequest::Resume {
+                session_id,
+                ack,
+                last_seq,
+            } => {
+                let lossless = self.opt_in(ack, last_seq, ctx);
+                let resume = Resume {
+                    conn,
+                    session_id,
+                    lossless,
+                };
+                self.ask(resume, ctx)
+            }
+            _ => {}
+        }
+    }
+
+    /// `join` a code of this node.
+    fn join_here(&mut self, code: String, ack: bool, ctx: &mut Ctx<PairSocket>) {
+        let lossless = self.opt_in(ack, None, ctx);
+        let join = Join {
+            conn: self.socket.conn,
+            code,
+            lossless,
+            failure: None,
+        };
+        self.join(join, ctx)
     }
 
     /// Lossless mode, if the side asks for it: from now on it gets `ack`s and, so that a
@@ -280,13 +377,8 @@ impl Connection<PairSocket> {
 
     fn on_command(&mut self, command: ToConn, ctx: &mut Ctx<PairSocket>) {
         match command {
-            ToConn::Registered { code, expires_at } => self.send(
-                &PairingEvent::Registered {
-                    code: &code,
-                    expires_at,
-                },
-                ctx,
-            ),
+            ToConn::Registered { code, expires_at } => self.registered(code, expires_at, ctx),
+            ToConn::Remote(event) => self.on_remote(event, ctx),
             ToConn::Error { code, message } => self.error(code, message, ctx),
             ToConn::Paired => self.adopt(),
             ToConn::PartnerGone { code } => {
@@ -397,4 +489,31 @@ impl Connection<PairSocket> {
             self.proto.unpaired_since = None;
         }
     }
+}
+
+/// The attempts (`register`, `join`, `resume`) as requests that borrow nothing, so they can
+/// wait for the cluster-wide limit; `None` for any other request.
+fn owned(request: PairingRequest<'_>) -> Option<PairingRequest<'static>> {
+    Some(match request {
+        PairingRequest::Register {
+            client_id,
+            ack,
+            last_seq,
+        } => PairingRequest::Register {
+            client_id,
+            ack,
+            last_seq,
+        },
+        PairingRequest::Join { code, ack } => PairingRequest::Join { code, ack },
+        PairingRequest::Resume {
+            session_id,
+            ack,
+            last_seq,
+        } => PairingRequest::Resume {
+            session_id,
+            ack,
+            last_seq,
+        },
+        _ => return None,
+    })
 }

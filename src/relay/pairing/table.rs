@@ -229,6 +229,17 @@ impl PairingTable {
         effects
     }
 
+    /// A mac's code turned out to be held by another node: it gets a fresh one (the old one
+    /// is remembered as withdrawn, so this node never issues it again while it lives).
+    pub fn reissue(&mut self, conn: ConnId, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.macs.get(&conn).is_some_and(|mac| mac.code.is_some()) {
+            self.withdraw_code(conn, now);
+            self.issue_code(conn, now, &mut effects);
+        }
+        effects
+    }
+
     /// A mac sent `register`: resume its lost pairing, or swap its code for a fresh one.
     pub fn mac_register(
         &mut self,

@@ -1,0 +1,367 @@
+//! The Redis backplane of a cluster of relays: which nodes are alive, envelopes from one
+//! node to another, and limits counted cluster-wide. Only started when `cluster.redis_url`
+//! is set; without it the relay never touches this module.
+//!
+//! What lives in Redis (every key and channel starts with `cluster.key_prefix`):
+//! - `<p>:node:<id>` — a node's heartbeat (`up`, or `left` after a graceful shutdown),
+//!   expiring after `cluster.node_timeout_secs` unless refreshed; `<p>:nodes` — the set of
+//!   node ids, to find them (see [`membership`]).
+//! - `<p>:ch:node:<id>` — each node's channel; `<p>:ch:all` — every node's. Pub/sub: what a
+//!   node misses while cut off is lost, which it learns as [`ClusterEvent::Lost`].
+//! - `<p>:rate:<limit>:<address>` — the attempt limits' buckets (see [`bucket`]).
+//!
+//! Everything else — sockets, queues, pairings — stays in each node. Every Redis call is
+//! bounded by `cluster.redis_timeout_ms`. The tasks run on an arbiter (thread) of their own.
+
+pub mod envelope;
+pub mod inbox;
+
+mod bucket;
+mod channels;
+mod membership;
+mod outbox;
+mod topics;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use actix::Arbiter;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+
+pub use envelope::Envelope;
+pub use inbox::{ClusterEvent, Inbound, Inbox};
+
+use crate::config::ClusterSettings;
+use crate::ids::NodeId;
+use crate::metrics::METRICS;
+use outbox::{Outbox, Outgoing};
+
+/// Envelopes published at once by the publishing task (in order).
+const PUBLISH_BATCH: usize = 256;
+/// Messages fred may hold for the reading task; past it they are lost (and reported).
+const SUBSCRIBER_BUFFER: usize = 8192;
+/// The envelope kind of the heartbeat a node sends itself, to know its channel works.
+const PROBE: &str = "cluster.probe";
+
+/// Why a cluster call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// `cluster.redis_url` could not be read.
+    #[error("cluster.redis_url is not a usable Redis URL: {0}")]
+    Url(String),
+    /// Redis did not answer within `cluster.redis_timeout_ms`.
+    #[error("Redis did not answer in time")]
+    Timeout,
+    /// Redis answered with an error, or the connection failed.
+    #[error("Redis: {0}")]
+    Redis(String),
+}
+
+/// Why an envelope was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// This node does not reach Redis now.
+    #[error("the cluster is unreachable")]
+    Unavailable,
+    /// `cluster.max_queued_bytes` are already waiting.
+    #[error("the cluster's send queue is full")]
+    Full,
+}
+
+/// This node's handle on the cluster; shared by everything that needs it.
+pub struct Cluster {
+    node: NodeId,
+    settings: ClusterSettings,
+    client: Client,
+    subscriber: SubscriberClient,
+    /// The last heartbeat reached Redis and this node's channel delivered to it.
+    healthy: AtomicBool,
+    /// Healthy at least once: a later recovery is a rejoin, the first one a join.
+    ever_healthy: AtomicBool,
+    /// Set when the subscriber (re)connects: its channels must be subscribed again.
+    resubscribe: AtomicBool,
+    /// When this node last heard its own probe, and when it last subscribed.
+    probe: Mutex<(Option<Instant>, Option<Instant>)>,
+    /// The other nodes seen alive, as of the last heartbeat.
+    known: Mutex<BTreeSet<NodeId>>,
+    outbox: Outbox,
+    /// One inbox per topic (the part of an envelope's kind before its first `.`), each
+    /// with one reader; envelopes of a topic no one reads are dropped.
+    inboxes: Mutex<Vec<(String, Arc<Inbox>)>>,
+    stopped: AtomicBool,
+    arbiter: Mutex<Option<Arbiter>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("healthy", &self.healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Joins the cluster of `settings` on a thread of its own. Returns at once: the node is
+    /// [`Self::healthy`] once Redis answers (it retries for as long as it runs).
+    pub fn start(settings: &ClusterSettings) -> Result<Arc<Self>, ClusterError> {
+        let node = NodeId::parse(&settings.node_id).unwrap_or_else(NodeId::random);
+        let config = Config::from_url(&settings.redis_url)
+            .map_err(|err| ClusterError::Url(err.details().to_owned()))?;
+        let timeout = settings.redis_timeout();
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_performance_config(|perf| {
+                perf.default_command_timeout = timeout;
+                perf.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
+            })
+            .with_connection_config(|conn| {
+                conn.connection_timeout = timeout;
+                conn.internal_command_timeout = timeout;
+                // A command is never sent twice: a publish retried after a reconnect
+                // could be delivered twice.
+                conn.max_command_attempts = 1;
+                // A link that dies silently is noticed and replaced.
+                conn.unresponsive.max_timeout = Some(timeout);
+                conn.unresponsive.interval = (timeout / 4).max(Duration::from_millis(10));
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, 200));
+        let client = builder
+            .build()
+            .map_err(|err| ClusterError::Url(err.details().to_owned()))?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|err| ClusterError::Url(err.details().to_owned()))?;
+        let arbiter = Arbiter::new();
+        let cluster = Arc::new(Self {
+            node,
+            settings: settings.clone(),
+            client,
+            subscriber,
+            healthy: AtomicBool::new(false),
+            ever_healthy: AtomicBool::new(false),
+            resubscribe: AtomicBool::new(true),
+            probe: Mutex::new((None, None)),
+            known: Mutex::default(),
+            outbox: Outbox::new(settings.max_queued_bytes),
+            inboxes: Mutex::default(),
+            stopped: AtomicBool::new(false),
+            arbiter: Mutex::new(None),
+        });
+        let running = Arc::clone(&cluster);
+        arbiter.spawn(async move { running.run().await });
+        *lock(&cluster.arbiter) = Some(arbiter);
+        tracing::info!(node = %cluster.node, prefix = %settings.key_prefix, "joining the cluster");
+        Ok(cluster)
+    }
+
+    /// Connects and starts the tasks: heartbeat, reading, publishing.
+    async fn run(self: Arc<Self>) {
+        let mut client = self.client.connect();
+        let mut subscriber = self.subscriber.connect();
+        let this = Arc::clone(&self);
+        let mut reconnects = self.subscriber.reconnect_rx();
+        actix_rt::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                this.resubscribe.store(true, Relaxed);
+            }
+        });
+        actix_rt::spawn(Arc::clone(&self).read());
+        actix_rt::spawn(Arc::clone(&self).publish());
+        let mut ticks = actix_rt::time::interval(self.settings.heartbeat());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.stopped.load(Relaxed) {
+            ticks.tick().await;
+            if self.stopped.load(Relaxed) {
+                break;
+            }
+            // A connection task that gave up (fred ends it when a first connection
+            // fails) is started again: the node keeps trying for as long as it runs.
+            if client.is_finished() {
+                client = self.client.connect();
+            }
+            if subscriber.is_finished() {
+                self.resubscribe.store(true, Relaxed);
+                subscriber = self.subscriber.connect();
+            }
+            membership::beat(&self).await;
+            self.probe_self();
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// `parts` joined by `:` under the cluster's key prefix: every key this node uses.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.settings.key_prefix.clone();
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
+    fn node_key(&self, node: &NodeId) -> String {
+        self.key(&["node", node.as_str()])
+    }
+
+    fn channel(&self, node: &NodeId) -> String {
+        self.key(&["ch", "node", node.as_str()])
+    }
+
+    fn broadcast_channel(&self) -> String {
+        self.key(&["ch", "all"])
+    }
+
+    /// Whether this node reaches Redis and hears its own channel now.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    /// The other nodes alive as of the last heartbeat.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.lock_known().iter().cloned().collect()
+    }
+
+    fn lock_known(&self) -> MutexGuard<'_, BTreeSet<NodeId>> {
+        lock(&self.known)
+    }
+
+    /// Queues `envelope` for `node`. Envelopes to one node arrive in the order sent; one
+    /// that is lost on the way is reported by its route in this node's inbox.
+    pub fn send(&self, node: &NodeId, envelope: Envelope) -> Result<(), SendError> {
+        self.queue(self.channel(node), envelope)
+    }
+
+    /// Queues `envelope` for every other node, in order as [`Self::send`].
+    pub fn broadcast(&self, envelope: Envelope) -> Result<(), SendError> {
+        self.queue(self.broadcast_channel(), envelope)
+    }
+
+    fn queue(&self, channel: String, envelope: Envelope) -> Result<(), SendError> {
+        if !self.healthy() {
+            return Err(SendError::Unavailable);
+        }
+        self.enqueue(channel, envelope)
+    }
+
+    /// Queues without asking whether Redis is reachable (the probe that finds out).
+    fn enqueue(&self, channel: String, mut envelope: Envelope) -> Result<(), SendError> {
+        envelope.from = self.node.clone();
+        let item = Outgoing {
+            channel,
+            bytes: envelope.encode(),
+            kind: envelope.kind,
+            route: envelope.route,
+        };
+        if self.outbox.push(item) {
+            Ok(())
+        } else {
+            METRICS.cluster.dropped("queue_full");
+            Err(SendError::Full)
+        }
+    }
+
+    /// Takes one attempt from the cluster-wide bucket `key` (`per_minute` tokens, refilled
+    /// evenly): true if there was one.
+    pub async fn take(&self, key: &str, per_minute: u32) -> Result<bool, ClusterError> {
+        let taken: i64 = self
+            .timed(
+                self.client
+                    .eval(bucket::TAKE, key.to_owned(), per_minute.to_string()),
+            )
+            .await?;
+        Ok(taken == 1)
+    }
+
+    /// Sets `key` to `value` for `ttl` unless it exists: true if it was set.
+    pub async fn set_nx(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, ClusterError> {
+        let expire = Expiration::PX(ttl.as_millis().max(1) as i64);
+        let set: Option<String> = self
+            .timed(self.client.set(
+                key.to_owned(),
+                value.to_owned(),
+                Some(expire),
+                Some(SetOptions::NX),
+                false,
+            ))
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// The value of `key`, if it exists.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, ClusterError> {
+        self.timed(self.client.get(key.to_owned())).await
+    }
+
+    /// Leaves the cluster gracefully: what is queued is published, the heartbeat says
+    /// `left` (the others report `NodeLeft`), and the tasks stop.
+    pub async fn leave(&self) {
+        if self.stopped.load(Relaxed) {
+            return;
+        }
+        self.outbox.close();
+        let deadline = Instant::now() + self.settings.redis_timeout();
+        while self.outbox.queued_bytes() > 0 && Instant::now() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Err(err) = membership::leave(self).await {
+            tracing::warn!(%err, "could not tell the cluster this node leaves");
+        }
+        self.halt();
+        tracing::info!(node = %self.node, "left the cluster");
+    }
+
+    /// Stops every task at once, telling no one, as a crash would (the heartbeat expires).
+    pub fn halt(&self) {
+        self.stopped.store(true, Relaxed);
+        self.outbox.close();
+        self.healthy.store(false, Relaxed);
+        let (client, subscriber) = (self.client.clone(), self.subscriber.clone());
+        if let Some(arbiter) = lock(&self.arbiter).take() {
+            arbiter.spawn(async move {
+                let _ = client.quit().await;
+                let _ = subscriber.quit().await;
+                actix_rt::Arbiter::current().stop();
+            });
+        }
+    }
+
+    /// Runs one Redis call within `cluster.redis_timeout_ms`, timing and counting it.
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, ClusterError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.settings.redis_timeout(), call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(ClusterError::Redis(err.details().to_owned())),
+            Err(_) => Err(ClusterError::Timeout),
+        };
+        match &result {
+            Ok(_) => METRICS
+                .cluster
+                .redis_round_trip(started.elapsed().as_secs_f64()),
+            Err(_) => {
+                METRICS.cluster.errors.fetch_add(1, Relaxed);
+            }
+        }
+        result
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}

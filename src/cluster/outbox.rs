@@ -1,0 +1,137 @@
+//! Envelopes waiting to be published, in the order they were sent, bounded in bytes
+//! (`cluster.max_queued_bytes`). One task publishes them; Redis delivers a publisher's
+//! messages in order, so envelopes reach each destination in the order they were sent.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// One envelope on its way out.
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    /// The Redis channel: a node's own, or the broadcast channel.
+    pub channel: String,
+    /// The envelope's kind and route, reported lost if publishing fails.
+    pub kind: String,
+    /// See `kind`.
+    pub route: String,
+    /// The envelope's wire form.
+    pub bytes: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    /// Bytes queued or being published: released only once published (or lost).
+    bytes: usize,
+    closed: bool,
+}
+
+/// The queue shared by senders (any thread) and the publishing task.
+#[derive(Debug)]
+pub(super) struct Outbox {
+    queue: Mutex<Queue>,
+    ready: Notify,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// An empty queue of at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            queue: Mutex::default(),
+            ready: Notify::new(),
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Queues `item`; false (and nothing queued) when it does not fit or the queue closed.
+    pub fn push(&self, item: Outgoing) -> bool {
+        let mut queue = self.lock();
+        let size = item.bytes.len();
+        if queue.closed || queue.bytes + size > self.max_bytes {
+            return false;
+        }
+        queue.bytes += size;
+        queue.items.push_back(item);
+        drop(queue);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Waits for envelopes and takes up to `max` of them, oldest first; empty once closed
+    /// and drained.
+    pub async fn next_batch(&self, max: usize) -> Vec<Outgoing> {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut queue = self.lock();
+                if !queue.items.is_empty() {
+                    let n = queue.items.len().min(max);
+                    return queue.items.drain(..n).collect();
+                }
+                if queue.closed {
+                    return Vec::new();
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Releases `bytes` of envelopes that were published or lost.
+    pub fn release(&self, bytes: usize) {
+        let mut queue = self.lock();
+        queue.bytes = queue.bytes.saturating_sub(bytes);
+    }
+
+    /// Takes no more envelopes; the publisher drains what is queued and stops.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Bytes queued or in flight now.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: u8) -> Outgoing {
+        Outgoing {
+            channel: "c".into(),
+            kind: "k".into(),
+            route: format!("r{n}"),
+            bytes: Bytes::from(vec![n; 10]),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_until_published() {
+        let outbox = Outbox::new(25);
+        assert!(outbox.push(item(1)));
+        assert!(outbox.push(item(2)));
+        assert!(!outbox.push(item(3)), "30 bytes do not fit in 25");
+        let batch = outbox.next_batch(10).await;
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[0].route, "r1");
+        assert!(!outbox.push(item(4)), "still in flight");
+        outbox.release(20);
+        assert!(outbox.push(item(5)));
+        outbox.close();
+        assert!(!outbox.push(item(6)));
+        assert_eq!(outbox.next_batch(10).await.len(), 1);
+        assert!(outbox.next_batch(10).await.is_empty());
+    }
+}

@@ -1,0 +1,154 @@
+//! The home's end of a tunnel: a virtual connection for a browser on another node — a real
+//! `PairSocket` over a loopback TCP socket — and the task that speaks WebSocket (as a
+//! client) on the other end of that socket, relaying between it and the gateway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_codec::Framed;
+use actix_http::ws::{self, CloseCode, CloseReason};
+use actix_rt::net::TcpStream;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use super::{lock, Home, Open, Remote, TunnelIn, CLOSE, DOWN, TUNNEL_QUEUE};
+use crate::cluster::Envelope;
+use crate::ids::{Endpoint, NodeId, Role};
+use crate::relay::pairing::socket::PairSocket;
+use crate::relay::socket::{Opened, Socket};
+use crate::transport::Killable;
+
+/// How long a tunnel waits for its virtual connection's answer to a close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens a virtual connection for the browser of `envelope` (an `OPEN`) and starts its
+/// tunnel. If it cannot be opened, the gateway is told the connection was cut.
+pub(super) async fn open(remote: &Remote, envelope: Envelope, home: &Home) {
+    let (gateway, route) = (envelope.from, envelope.route);
+    let opened = match serde_json::from_slice::<Open>(&envelope.body) {
+        Ok(open) => start(open, home).await,
+        Err(_) => None,
+    };
+    let Some((framed, first)) = opened else {
+        let _ = remote.send(&gateway, CLOSE, &route, Bytes::new());
+        return;
+    };
+    let (tx, rx) = mpsc::channel(TUNNEL_QUEUE);
+    lock(&remote.0.tunnels).insert(route.clone(), (gateway.clone(), tx));
+    let remote = remote.clone();
+    actix_rt::spawn(async move {
+        relay(&remote, framed, rx, &gateway, &route, first).await;
+        lock(&remote.0.tunnels).remove(&route);
+    });
+}
+
+/// A loopback socket pair; the server end becomes a browser's `PairSocket`.
+async fn start(open: Open, home: &Home) -> Option<(Framed<TcpStream, ws::Codec>, String)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+    let addr = listener.local_addr().ok()?;
+    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let (client, (server, _)) = (client.ok()?, accepted.ok()?);
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let settings = home.settings.snapshot();
+    let limits = &settings.limits;
+    let admission = home.connections.admit(open.ip, Endpoint::Browser).ok()?;
+    let upgraded = crate::transport::take(
+        Killable::new(server),
+        &[],
+        limits.max_message_bytes,
+        limits.max_outbound_bytes,
+    )?;
+    let opened = Opened {
+        socket: Socket::new(admission, upgraded.link),
+        inbound: upgraded.inbound,
+        settings: Arc::clone(&settings),
+    };
+    PairSocket::start_relayed(
+        Role::Browser,
+        opened,
+        home.registry.clone(),
+        Arc::clone(&home.limiters),
+    );
+    actix_rt::spawn(upgraded.writer);
+    let codec = ws::Codec::new()
+        .client_mode()
+        .max_size(limits.max_message_bytes);
+    Some((Framed::new(client, codec), open.first))
+}
+
+/// Relays between the virtual connection and the gateway until either ends.
+async fn relay(
+    remote: &Remote,
+    mut framed: Framed<TcpStream, ws::Codec>,
+    mut from_gateway: mpsc::Receiver<TunnelIn>,
+    gateway: &NodeId,
+    route: &str,
+    first: String,
+) {
+    let down = |kind: &str, body: Bytes| remote.send(gateway, kind, route, body).is_ok();
+    if framed.send(ws::Message::Text(first.into())).await.is_err() {
+        down(CLOSE, Bytes::new());
+        return;
+    }
+    loop {
+        tokio::select! {
+            message = from_gateway.recv() => match message {
+                Some(TunnelIn::Text(text)) => {
+                    let Ok(text) = bytestring::ByteString::try_from(text) else { break };
+                    if framed.send(ws::Message::Text(text)).await.is_err() {
+                        down(CLOSE, Bytes::new());
+                        return;
+                    }
+                }
+                Some(TunnelIn::Gone { clean: true }) => {
+                    let bye = ws::Message::Close(Some(CloseReason::from(CloseCode::Normal)));
+                    if framed.send(bye).await.is_ok() {
+                        // Let the virtual connection answer, so it ends as a clean close.
+                        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                            while let Some(Ok(frame)) = framed.next().await {
+                                if matches!(frame, ws::Frame::Close(_)) {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
+                    }
+                    return;
+                }
+                // Lost, or cut here: dropping the socket cuts the virtual connection.
+                Some(TunnelIn::Gone { clean: false }) | None => return,
+            },
+            frame = framed.next() => match frame {
+                Some(Ok(ws::Frame::Text(text))) => {
+                    if !down(DOWN, text) {
+                        return;
+                    }
+                }
+                Some(Ok(ws::Frame::Ping(payload))) => {
+                    if framed.send(ws::Message::Pong(payload)).await.is_err() {
+                        down(CLOSE, Bytes::new());
+                        return;
+                    }
+                }
+                Some(Ok(ws::Frame::Close(reason))) => {
+                    let body = reason.map_or_else(Bytes::new, |reason| {
+                        let code: u16 = reason.code.into();
+                        let text = reason.description.unwrap_or_default();
+                        Bytes::from(format!("{code} {text}"))
+                    });
+                    down(CLOSE, body);
+                    let _ = framed.send(ws::Message::Close(None)).await;
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    down(CLOSE, Bytes::new());
+                    return;
+                }
+            },
+        }
+    }
+    down(CLOSE, Bytes::new());
+}
