@@ -96,14 +96,9 @@ async fn a_silent_cut_of_the_browser_loses_nothing_either_way() {
     let server = TestServer::start(lossless_settings());
     let mac_proxy = Proxy::start(server.port).await;
     let browser_proxy = Proxy::start(server.port).await;
-    let cut = async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        browser_proxy.down();
-        // Shorter than the relay's heartbeat deadline: the browser notices first and
-        // resumes while the relay still believes in the old connection.
-        tokio::time::sleep(Duration::from_millis(2000)).await;
-        browser_proxy.up();
-    };
+    // Shorter than the relay's heartbeat deadline: the browser notices first and
+    // resumes while the relay still believes in the old connection.
+    let cut = browser_proxy.cut(Duration::from_millis(800), Duration::from_millis(2000));
     let (_, browser_resumes) = exchange_through(150, cut, &mac_proxy, &browser_proxy).await;
     assert!(browser_resumes >= 1, "the cut was noticed and resumed from");
 }
@@ -113,14 +108,9 @@ async fn a_silent_cut_longer_than_the_heartbeat_timeout_loses_nothing_either_way
     let server = TestServer::start(lossless_settings());
     let mac_proxy = Proxy::start(server.port).await;
     let browser_proxy = Proxy::start(server.port).await;
-    let cut = async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        browser_proxy.down();
-        // Longer than interval + timeout (3 s): the relay gives the connection up as lost
-        // and holds what is sent to the browser; its reconnects fail until the link is up.
-        tokio::time::sleep(Duration::from_millis(5000)).await;
-        browser_proxy.up();
-    };
+    // Longer than interval + timeout (3 s): the relay gives the connection up as lost
+    // and holds what is sent to the browser; its reconnects fail until the link is up.
+    let cut = browser_proxy.cut(Duration::from_millis(800), Duration::from_millis(5000));
     let (_, browser_resumes) = exchange_through(200, cut, &mac_proxy, &browser_proxy).await;
     assert!(browser_resumes >= 1);
 }
@@ -130,12 +120,7 @@ async fn a_silent_cut_of_the_mac_loses_nothing_either_way() {
     let server = TestServer::start(lossless_settings());
     let mac_proxy = Proxy::start(server.port).await;
     let browser_proxy = Proxy::start(server.port).await;
-    let cut = async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        mac_proxy.down();
-        tokio::time::sleep(Duration::from_millis(4000)).await;
-        mac_proxy.up();
-    };
+    let cut = mac_proxy.cut(Duration::from_millis(800), Duration::from_millis(4000));
     let (mac_resumes, _) = exchange_through(150, cut, &mac_proxy, &browser_proxy).await;
     assert!(mac_resumes >= 1);
 }

@@ -98,12 +98,7 @@ async fn a_silent_cut_of_the_client_loses_no_input_or_output() {
     let server = TestServer::start(lossless_settings());
     let agent_proxy = Proxy::start(server.port).await;
     let client_proxy = Proxy::start(server.port).await;
-    let cut = async {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        client_proxy.down();
-        tokio::time::sleep(Duration::from_millis(2000)).await;
-        client_proxy.up();
-    };
+    let cut = client_proxy.cut(Duration::from_millis(1200), Duration::from_millis(2000));
     let (_, client_resumes) =
         exchange_through(&server, 150, cut, &agent_proxy, &client_proxy).await;
     assert!(client_resumes >= 1, "the cut was noticed and resumed from");
@@ -114,14 +109,9 @@ async fn a_cut_of_the_client_longer_than_the_heartbeat_timeout_loses_nothing() {
     let server = TestServer::start(lossless_settings());
     let agent_proxy = Proxy::start(server.port).await;
     let client_proxy = Proxy::start(server.port).await;
-    let cut = async {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        client_proxy.down();
-        // Past interval + timeout: the relay gives the client up as lost and keeps its
-        // attachment's output for it.
-        tokio::time::sleep(Duration::from_millis(5000)).await;
-        client_proxy.up();
-    };
+    // Past interval + timeout: the relay gives the client up as lost and keeps its
+    // attachment's output for it.
+    let cut = client_proxy.cut(Duration::from_millis(1200), Duration::from_millis(5000));
     let (_, client_resumes) =
         exchange_through(&server, 200, cut, &agent_proxy, &client_proxy).await;
     assert!(client_resumes >= 1);
@@ -132,12 +122,7 @@ async fn a_cut_of_the_agent_longer_than_the_heartbeat_timeout_loses_nothing() {
     let server = TestServer::start(lossless_settings());
     let agent_proxy = Proxy::start(server.port).await;
     let client_proxy = Proxy::start(server.port).await;
-    let cut = async {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        agent_proxy.down();
-        tokio::time::sleep(Duration::from_millis(5000)).await;
-        agent_proxy.up();
-    };
+    let cut = agent_proxy.cut(Duration::from_millis(1200), Duration::from_millis(5000));
     let (agent_resumes, _) = exchange_through(&server, 200, cut, &agent_proxy, &client_proxy).await;
     assert!(agent_resumes >= 1);
 }

@@ -67,6 +67,15 @@ impl Proxy {
         self.state.generation.fetch_add(1, Ordering::SeqCst);
         self.state.down.store(false, Ordering::SeqCst);
     }
+
+    /// After `after`, cuts the link silently for `lasting`, then lets new connections
+    /// through again.
+    pub async fn cut(&self, after: std::time::Duration, lasting: std::time::Duration) {
+        tokio::time::sleep(after).await;
+        self.down();
+        tokio::time::sleep(lasting).await;
+        self.up();
+    }
 }
 
 /// Copies one direction while the connection is alive; after that, reads and discards
