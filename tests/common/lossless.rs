@@ -64,7 +64,8 @@ struct State {
     resumes: u32,
 }
 
-async fn open(port: u16, path: &str) -> Option<Ws> {
+/// Connects to `path` on `port`, or `None` while the link is down (within a second).
+pub(super) async fn open(port: u16, path: &str) -> Option<Ws> {
     let url = format!("ws://127.0.0.1:{port}{path}");
     match tokio::time::timeout(
         Duration::from_secs(1),
@@ -77,7 +78,9 @@ async fn open(port: u16, path: &str) -> Option<Ws> {
     }
 }
 
-async fn next_json(ws: &mut Ws, within: Duration) -> Option<Value> {
+/// The next JSON message within `within`, skipping ping and pong frames; `None` on
+/// silence, a close or an error.
+pub(super) async fn next_json(ws: &mut Ws, within: Duration) -> Option<Value> {
     loop {
         match tokio::time::timeout(within, ws.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).ok(),

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::lossless::{next_json, open};
 use super::Ws;
 
 /// Which end of the session.
@@ -82,29 +83,6 @@ impl State {
             Some("ping" | "attach" | "detach" | "attached" | "list_sessions" | "registered") => {}
             Some("authenticated" | "machine_status" | "session_started") => {}
             _ => panic!("{name}: unexpected {msg}"),
-        }
-    }
-}
-
-async fn open(port: u16, path: &str) -> Option<Ws> {
-    let url = format!("ws://127.0.0.1:{port}{path}");
-    match tokio::time::timeout(
-        Duration::from_secs(1),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    {
-        Ok(Ok((ws, _))) => Some(ws),
-        _ => None,
-    }
-}
-
-async fn next_json(ws: &mut Ws, within: Duration) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(within, ws.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).ok(),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            _ => return None,
         }
     }
 }
