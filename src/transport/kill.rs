@@ -136,7 +136,7 @@ impl Linger {
             // client's reset destroys the close frame or 413 it was about to read.
             let mut shut = false;
             // Most peers answer the close and go: a small buffer sees that. Only a peer
-            // that keeps sending gets a large one (zeroing 16 KiB for every closed
+            // that fills it gets a large one (zeroing 16 KiB for every closed
             // connection was a tenth of what a pairing cost).
             let mut small = [0u8; 256];
             let mut large: Vec<u8> = Vec::new();
@@ -156,11 +156,16 @@ impl Linger {
                         }
                     },
                 };
-                match read {
+                let full = match read {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => left = left.saturating_sub(n),
-                }
-                if large.is_empty() {
+                    Ok(n) => {
+                        left = left.saturating_sub(n);
+                        n == buf.len()
+                    }
+                };
+                // A close frame fits the small buffer; only a read that fills it means
+                // the peer is still sending in earnest.
+                if full && large.is_empty() {
                     large = vec![0u8; 16 * 1024];
                 }
             }
