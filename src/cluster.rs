@@ -301,6 +301,18 @@ impl Cluster {
         Ok(set.is_some())
     }
 
+    /// Sets `key` to `value` for `ttl`, whether or not it exists.
+    pub async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), ClusterError> {
+        let expire = Expiration::PX(ttl.as_millis().max(1) as i64);
+        let _: Option<String> = self
+            .timed(
+                self.client
+                    .set(key.to_owned(), value.to_owned(), Some(expire), None, false),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The value of `key`, if it exists.
     pub async fn get(&self, key: &str) -> Result<Option<String>, ClusterError> {
         self.timed(self.client.get(key.to_owned())).await

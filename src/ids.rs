@@ -58,11 +58,21 @@ impl fmt::Display for ConnId {
 /// be turned back into what it tags. Hex by table, not by `format!` per byte: a pairing
 /// writes two of these into the audit log.
 fn fingerprint(bytes: &[u8]) -> String {
+    digest_hex(bytes, 4)
+}
+
+/// The first 16 bytes of the SHA-256 of `bytes`, in lower-case hex: a name for a secret id
+/// in a shared store (Redis) — unique among any number of ids, useless to resume by.
+fn cluster_key(bytes: &[u8]) -> String {
+    digest_hex(bytes, 16)
+}
+
+fn digest_hex(bytes: &[u8], len: usize) -> String {
     use sha2::{Digest, Sha256};
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(8);
-    for byte in &digest[..4] {
+    let mut out = String::with_capacity(len * 2);
+    for byte in &digest[..len] {
         out.push(char::from(HEX[usize::from(byte >> 4)]));
         out.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
@@ -121,6 +131,11 @@ impl PairingId {
     /// pairing, so it is never written down.
     pub fn fingerprint(&self) -> String {
         fingerprint(self.0.as_bytes())
+    }
+
+    /// Its name in a cluster's Redis (see [`cluster_key`]).
+    pub fn cluster_key(&self) -> String {
+        cluster_key(self.0.as_bytes())
     }
 }
 
@@ -206,6 +221,11 @@ impl ClientKey {
     /// A short, non-reversible tag for logs: enough to correlate lines, useless to resume.
     pub fn fingerprint(&self) -> String {
         fingerprint(self.0.as_bytes())
+    }
+
+    /// Its name in a cluster's Redis (see [`cluster_key`]).
+    pub fn cluster_key(&self) -> String {
+        cluster_key(self.0.as_bytes())
     }
 }
 
@@ -431,6 +451,17 @@ mod tests {
         let tag = id.fingerprint();
         assert_eq!(tag.len(), 8);
         assert!(!id.as_str().contains(&tag));
+    }
+
+    #[test]
+    fn a_cluster_key_is_a_longer_sha256_prefix() {
+        // SHA-256("abc") = ba7816bf 8f01cfea 414140de 5dae2223 …
+        let key = ClientKey::from("abc").cluster_key();
+        assert_eq!(key, "ba7816bf8f01cfea414140de5dae2223");
+        let id = PairingId::random();
+        assert_eq!(id.cluster_key().len(), 32);
+        assert!(id.cluster_key().starts_with(&id.fingerprint()));
+        assert_ne!(id.cluster_key(), PairingId::random().cluster_key());
     }
 
     #[test]

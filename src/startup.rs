@@ -30,6 +30,7 @@ use crate::proxy::ClientAddr;
 use crate::relay::account::registry::MachineRegistry;
 use crate::relay::delivery::StreamLimits;
 use crate::relay::pairing::code::CodeFormat;
+use crate::relay::pairing::homes::Homes;
 use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::remote::{Home, Remote};
 use crate::relay::pairing::table::PairingRules;
@@ -121,19 +122,22 @@ impl Application {
             hold: settings.pairing.resume_buffer_bytes,
             window: settings.pairing.replay_window_bytes,
         };
+        let cluster = match settings.cluster.enabled() {
+            true => Some(Cluster::start(&settings.cluster)?),
+            false => None,
+        };
+        let homes = cluster
+            .as_ref()
+            .map(|cluster| Homes::new(Arc::clone(cluster)));
         // Each registry gets a thread of its own, away from the workers' connections.
         let pairing = SessionRegistry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            SessionRegistry::new(rules, streams)
+            SessionRegistry::new(rules, streams).with_homes(homes)
         });
         let grace = settings.pairing.resume_grace();
         let machines = MachineRegistry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
             MachineRegistry::new(streams, grace)
         });
         let connections = Connections::new(settings.limits.max_connections_per_ip);
-        let cluster = match settings.cluster.enabled() {
-            true => Some(Cluster::start(&settings.cluster)?),
-            false => None,
-        };
         let limiters = Arc::new(Limiters::new(&settings.limits).with_cluster(cluster.clone()));
         let client_addr = ClientAddr::new(
             settings.server.trusted_proxies.clone(),

@@ -15,28 +15,41 @@ const NOTICE: Duration = Duration::from_secs(8);
 /// Two nodes of one cluster (each knowing the other), or `None` when Redis or PostgreSQL
 /// is not configured (never under CI).
 async fn two_nodes(adjust: impl Fn(&mut Settings)) -> Option<(TestDb, TestNode, TestNode)> {
+    let (db, mut nodes) = cluster_of(2, adjust).await?;
+    let b = nodes.pop().unwrap();
+    Some((db, nodes.pop().unwrap(), b))
+}
+
+/// `n` nodes of one cluster, each knowing every other.
+async fn cluster_of(n: usize, adjust: impl Fn(&mut Settings)) -> Option<(TestDb, Vec<TestNode>)> {
     let redis = redis_url()?;
     let db = TestDb::postgres()?;
     let prefix = prefix();
-    let node = || {
-        let mut s = node_settings(&db, &redis, &prefix);
-        adjust(&mut s);
-        TestNode::start(s)
-    };
-    let (a, b) = (node(), node());
+    let nodes: Vec<TestNode> = (0..n)
+        .map(|_| {
+            let mut s = node_settings(&db, &redis, &prefix);
+            adjust(&mut s);
+            TestNode::start(s)
+        })
+        .collect();
     let deadline = Instant::now() + NOTICE;
-    while !(a.cluster.nodes().contains(b.cluster.node_id())
-        && b.cluster.nodes().contains(a.cluster.node_id())
-        && a.cluster.healthy()
-        && b.cluster.healthy())
-    {
+    let all_known = |nodes: &[TestNode]| {
+        nodes.iter().all(|node| {
+            node.cluster.healthy()
+                && nodes.iter().all(|other| {
+                    let other = other.cluster.node_id();
+                    other == node.cluster.node_id() || node.cluster.nodes().contains(other)
+                })
+        })
+    };
+    while !all_known(&nodes) {
         assert!(
             Instant::now() < deadline,
             "the nodes did not find each other"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Some((db, a, b))
+    Some((db, nodes))
 }
 
 /// A mac on `node`, with its code.
@@ -180,4 +193,191 @@ async fn codes_are_unique_across_nodes() {
         assert!(seen.insert(code.clone()), "{code} was issued twice");
         ws.close(None).await.unwrap();
     }
+}
+
+/// A mac on `a` that registered with a random `clientId` (so it may resume), paired with
+/// a browser on `b`. Returns the mac, the browser, the clientId and the sessionId.
+async fn resumable_pair_across(a: &TestNode, b: &TestNode) -> (Ws, Ws, String, String) {
+    let (mut mac, _) = mac_on(a).await;
+    let client_id = uuid::Uuid::new_v4().to_string();
+    send(&mut mac, json!({"type": "register", "clientId": client_id})).await;
+    let registered = recv(&mut mac).await;
+    assert_eq!(registered["type"], "registered", "{registered}");
+    let code = registered["code"].as_str().unwrap();
+    let mut browser = b.connect("/browser").await;
+    send(&mut browser, json!({"type": "join", "code": code})).await;
+    let joined = recv(&mut browser).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(recv(&mut mac).await, joined);
+    let session = joined["sessionId"].as_str().unwrap().to_owned();
+    (mac, browser, client_id, session)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_resumes_on_a_third_node_and_gets_what_was_held_in_order() {
+    let Some((_db, nodes)) = cluster_of(3, |s| s.pairing.resume_grace_secs = 60).await else {
+        return;
+    };
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (mut mac, browser, _, session) = resumable_pair_across(a, b).await;
+    drop(browser); // lost, not closed: the pairing waits on A
+                   // Held on A for the away browser (some of it may be sent before A notices the loss).
+    for n in 0..50 {
+        send_data(&mut mac, &format!("held {n}")).await;
+    }
+    let mut browser = c.connect("/browser").await;
+    send(
+        &mut browser,
+        json!({"type": "resume", "sessionId": session}),
+    )
+    .await;
+    let joined = recv(&mut browser).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["sessionId"], session.as_str());
+    assert_eq!(recv(&mut mac).await["type"], "joined");
+    for n in 0..50 {
+        expect_data(&mut browser, &format!("held {n}")).await;
+    }
+    for n in 0..100 {
+        send_data(&mut mac, &format!("to browser {n}")).await;
+        send_data(&mut browser, &format!("to mac {n}")).await;
+    }
+    for n in 0..100 {
+        expect_data(&mut browser, &format!("to browser {n}")).await;
+        expect_data(&mut mac, &format!("to mac {n}")).await;
+    }
+    // The pairing is still A's: a close frame from the browser on C reaches its mac.
+    browser.close(None).await.unwrap();
+    expect_error(&mut mac, "BROWSER_DISCONNECTED").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_errors_on_another_node_are_those_of_one_node() {
+    let Some((_db, a, b)) = two_nodes(|_| {}).await else {
+        return;
+    };
+    let (mut mac, mut browser, _, session) = resumable_pair_across(&a, &b).await;
+    browser.close(None).await.unwrap();
+    expect_error(&mut mac, "BROWSER_DISCONNECTED").await;
+    // An ended pairing, resumed on the other node: as on one node.
+    let mut again = b.connect("/browser").await;
+    send(&mut again, json!({"type": "resume", "sessionId": session})).await;
+    expect_error(&mut again, "INVALID_CODE").await;
+    // A pairing no node ever had.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    send(&mut again, json!({"type": "resume", "sessionId": unknown})).await;
+    expect_error(&mut again, "INVALID_CODE").await;
+    // The browser is its own node's again and pairs across nodes.
+    let (mut other_mac, code) = mac_on(&a).await;
+    send(&mut again, json!({"type": "join", "code": code})).await;
+    assert_eq!(recv(&mut again).await["type"], "joined");
+    assert_eq!(recv(&mut other_mac).await["type"], "joined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mac_resumes_on_another_node_by_its_client_id() {
+    let Some((_db, nodes)) = cluster_of(3, |s| s.pairing.resume_grace_secs = 60).await else {
+        return;
+    };
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (mac, mut browser, client_id, session) = resumable_pair_across(a, b).await;
+    drop(mac); // lost: the pairing waits on A for the mac
+    for n in 0..50 {
+        send_data(&mut browser, &format!("held {n}")).await;
+    }
+    // The mac comes back on C: a code from C first, as always, then its register.
+    let (mut mac, code_on_c) = mac_on(c).await;
+    send(&mut mac, json!({"type": "register", "clientId": client_id})).await;
+    let joined = recv(&mut mac).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["sessionId"], session.as_str());
+    assert_eq!(recv(&mut browser).await["type"], "joined");
+    for n in 0..50 {
+        expect_data(&mut mac, &format!("held {n}")).await;
+    }
+    for n in 0..100 {
+        send_data(&mut mac, &format!("to browser {n}")).await;
+        send_data(&mut browser, &format!("to mac {n}")).await;
+    }
+    for n in 0..100 {
+        expect_data(&mut browser, &format!("to browser {n}")).await;
+        expect_data(&mut mac, &format!("to mac {n}")).await;
+    }
+    // The code C gave it first was withdrawn when it left for its pairing's home.
+    let mut stranger = c.connect("/browser").await;
+    send(&mut stranger, json!({"type": "join", "code": code_on_c})).await;
+    expect_error(&mut stranger, "EXPIRED_CODE").await;
+    // When the pairing ends the mac, still A's, gets its next code from A, and a browser
+    // on any node can join it.
+    browser.close(None).await.unwrap();
+    expect_error(&mut mac, "BROWSER_DISCONNECTED").await;
+    send(&mut mac, json!({"type": "register", "clientId": client_id})).await;
+    let registered = recv(&mut mac).await;
+    assert_eq!(registered["type"], "registered", "{registered}");
+    let mut next = b.connect("/browser").await;
+    let code = registered["code"].as_str().unwrap();
+    send(&mut next, json!({"type": "join", "code": code})).await;
+    assert_eq!(recv(&mut next).await["type"], "joined");
+    assert_eq!(recv(&mut mac).await["type"], "joined");
+    send_data(&mut next, "hello").await;
+    expect_data(&mut mac, "hello").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mac_without_a_lost_pairing_registers_where_it_is() {
+    let Some((_db, a, _b)) = two_nodes(|_| {}).await else {
+        return;
+    };
+    let (mut mac, _) = mac_on(&a).await;
+    let client_id = uuid::Uuid::new_v4().to_string();
+    send(&mut mac, json!({"type": "register", "clientId": client_id})).await;
+    assert_eq!(recv(&mut mac).await["type"], "registered");
+    // Ask again: still no pairing anywhere, still a fresh code here.
+    send(&mut mac, json!({"type": "register", "clientId": client_id})).await;
+    assert_eq!(recv(&mut mac).await["type"], "registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_pairing_s_home_dies_its_sides_elsewhere_hear_after_the_grace() {
+    let grace = 2;
+    let Some((_db, mut nodes)) = cluster_of(3, |s| s.pairing.resume_grace_secs = grace).await
+    else {
+        return;
+    };
+    let (first_mac, mut browser, client_id, _) = resumable_pair_across(&nodes[0], &nodes[1]).await;
+    // Both its sides elsewhere: the mac comes back through C, the browser is on B.
+    drop(first_mac);
+    let (mut mac, _) = mac_on(&nodes[2]).await;
+    send(&mut mac, json!({"type": "register", "clientId": client_id})).await;
+    assert_eq!(recv(&mut mac).await["type"], "joined");
+    assert_eq!(recv(&mut browser).await["type"], "joined");
+    // And a code of A nobody joined yet.
+    let (_waiting, code) = mac_on(&nodes[0]).await;
+
+    let a = nodes.remove(0); // nodes = [B, C]
+    let killed = Instant::now();
+    drop(a); // SIGKILL: no word to anyone
+             // Within the node timeout and the grace, each side hears its partner is gone — not
+             // before the grace — and what it sends meanwhile goes nowhere.
+    send_data(&mut browser, "into the void").await;
+    expect_error(&mut browser, "MAC_DISCONNECTED").await;
+    expect_error(&mut mac, "BROWSER_DISCONNECTED").await;
+    let waited = killed.elapsed();
+    assert!(
+        waited >= Duration::from_secs(grace),
+        "told after {waited:?}, before the grace"
+    );
+    // The mac is C's now, with a code from C; the browser is B's, and they pair again.
+    let registered = recv(&mut mac).await;
+    assert_eq!(registered["type"], "registered", "{registered}");
+    let code_on_c = registered["code"].as_str().unwrap();
+    send(&mut browser, json!({"type": "join", "code": code_on_c})).await;
+    assert_eq!(recv(&mut browser).await["type"], "joined");
+    assert_eq!(recv(&mut mac).await["type"], "joined");
+    send_data(&mut browser, "again").await;
+    expect_data(&mut mac, "again").await;
+    // The dead node's unjoined code is no longer joinable anywhere.
+    let mut late = nodes[0].connect("/browser").await;
+    send(&mut late, json!({"type": "join", "code": code})).await;
+    expect_error(&mut late, "INVALID_CODE").await;
 }

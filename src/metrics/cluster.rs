@@ -15,13 +15,15 @@ const REDIS_SECONDS: [f64; 12] = [
 ];
 
 /// Why an envelope was dropped (the label values, a fixed set).
-pub const DROP_REASONS: [&str; 6] = [
+pub const DROP_REASONS: [&str; 7] = [
     "queue_full",
     "unrouted",
     "inbox_full",
     "events_full",
     "publish_failed",
     "undecodable",
+    // Not an envelope: a pairing's home record not written (too many writes in flight).
+    "home_record",
 ];
 
 /// `hermit_cluster_*`.

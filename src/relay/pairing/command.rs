@@ -50,6 +50,9 @@ pub enum RemoteEvent {
     Text(Bytes),
     /// The home closed the connection: with this close code and reason, or (`None`) cut.
     Closed(Option<(u16, String)>),
+    /// The home itself went away (down, or left): the pairing it held is gone with it, so
+    /// the side's partner is as lost.
+    HomeLost,
 }
 
 impl Command for ToConn {

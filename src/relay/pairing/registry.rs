@@ -21,6 +21,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 
 pub use super::command::ToConn;
+use super::homes::Homes;
 use super::pipes::{Pipes, SharedPipes};
 use super::table::{Effect, PairingRules, PairingTable};
 use crate::audit;
@@ -62,6 +63,19 @@ pub struct Connect {
     pub peer: Peer<ToConn>,
     /// Where its pairings are handed over.
     pub slot: PairingSlot,
+    /// A mac gets a code at once; `false` for a virtual mac whose first message is the
+    /// `register` its own node passed on (see `super::remote`).
+    pub code: bool,
+}
+
+/// Connection actor → registry: a mac leaves this node's registry (withdrawing its code)
+/// to be tunnelled to the home of its lost pairing — unless it is in a pairing here by now:
+/// answered `true` if it left.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Release {
+    /// The mac.
+    pub conn: ConnId,
 }
 
 /// Connection actor → registry, from `stopping()`.
@@ -183,6 +197,8 @@ pub struct SessionRegistry {
     /// Polls of that timer, counted by [`Polled`].
     timer_polls: Rc<Cell<u64>>,
     messages: u64,
+    /// In a cluster: where this node records itself as its pairings' home.
+    homes: Option<Homes>,
 }
 
 impl SessionRegistry {
@@ -196,6 +212,20 @@ impl SessionRegistry {
             armed: None,
             timer_polls: Rc::default(),
             messages: 0,
+            homes: None,
+        }
+    }
+
+    /// In a cluster: records this node as the home of each pairing it makes or resumes, and
+    /// of each whose side goes away, so the side can come back on any node.
+    pub fn with_homes(mut self, homes: Option<Homes>) -> Self {
+        self.homes = homes;
+        self
+    }
+
+    fn record_home(&self, session: &PairingId) {
+        if let Some(homes) = &self.homes {
+            homes.record(session, self.table.client_of(session));
         }
     }
 
@@ -236,6 +266,7 @@ impl SessionRegistry {
                     resumed,
                 } => {
                     self.pair(session, [mac, browser], resumed, last_seq);
+                    self.record_home(&session);
                     for conn in [mac, browser].into_iter().flatten() {
                         tell(&self.conns, conn, ToConn::Paired);
                     }
@@ -244,6 +275,7 @@ impl SessionRegistry {
                     if let Some(pipes) = self.pipes.get(&session) {
                         lock_pipes(pipes).to(role).disconnect();
                     }
+                    self.record_home(&session);
                 }
                 Effect::Ended { session } => {
                     let fingerprint = match self.pipes.remove(&session) {
@@ -412,7 +444,11 @@ impl Handler<Connect> for SessionRegistry {
         };
         self.conns.insert(conn, entry);
         let effects = match msg.role {
-            Role::Mac => self.table.mac_connected(conn, Instant::now()),
+            Role::Mac if msg.code => self.table.mac_connected(conn, Instant::now()),
+            Role::Mac => {
+                self.table.mac_waiting(conn);
+                Vec::new()
+            }
             Role::Browser => Vec::new(),
         };
         let reply = self.apply(effects, Some(conn), None);
@@ -430,6 +466,23 @@ impl Handler<Disconnect> for SessionRegistry {
         self.conns.remove(&msg.conn);
         let reply = self.apply(effects, None, None);
         self.done(reply, ctx);
+    }
+}
+
+impl Handler<Release> for SessionRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Release, ctx: &mut Context<Self>) -> bool {
+        if self.table.mac_paired(msg.conn) {
+            return false;
+        }
+        let effects = self
+            .table
+            .disconnected(msg.conn, Role::Mac, true, Instant::now());
+        self.conns.remove(&msg.conn);
+        let reply = self.apply(effects, None, None);
+        self.done(reply, ctx);
+        true
     }
 }
 

@@ -60,6 +60,7 @@ async fn macs(registry: &Addr<SessionRegistry>, n: u64) {
                 role: Role::Mac,
                 peer,
                 slot: PairingSlot::default(),
+                code: true,
             })
             .await
             .unwrap();
@@ -116,6 +117,7 @@ async fn a_mac_whose_outbox_cannot_take_joined_is_dropped_not_left_uninformed() 
         role: Role::Mac,
         peer: mac,
         slot: PairingSlot::default(),
+        code: true,
     };
     let Reply(reply) = registry.send(connect).await.unwrap();
     let Some(ToConn::Registered { code, .. }) = reply.into_iter().next() else {
@@ -128,6 +130,7 @@ async fn a_mac_whose_outbox_cannot_take_joined_is_dropped_not_left_uninformed() 
         role: Role::Browser,
         peer: browser,
         slot: PairingSlot::default(),
+        code: true,
     };
     registry.send(connect).await.unwrap();
     let join = Join {

@@ -1,18 +1,23 @@
-//! Quick pairing across nodes: a browser on one node pairs with a mac on another.
+//! Quick pairing across nodes: a browser on one node pairs with a mac on another, and
+//! either side comes back to its pairing on any node.
 //!
 //! A code lives on the node of its mac (its *home*); [`Remote::claim`] records it in Redis
 //! (`<prefix>:code:<CODE>` → home) for its lifetime and the retired-code memory, so no two
 //! live codes are alike cluster-wide and a late join still reaches the node that knows
-//! whether the code expired or was used. A browser whose `join` names a code homed
-//! elsewhere is *tunnelled* there: its node (the *gateway*) relays its text messages, as
-//! they are, to the home ([`UP`]), where a virtual connection stands for it — a real
-//! `PairSocket` over a loopback socket, so every rule, error code and close code is the
-//! one of a single node. What the home's socket writes comes back ([`DOWN`]), and so does
-//! its close frame ([`CLOSE`]); when the browser leaves, the gateway says so ([`GONE`]):
-//! a close frame then reaches the virtual connection, a lost connection cuts it (the
-//! resume grace applies).
+//! whether the code expired or was used. A pairing lives on the home of its code, which
+//! records itself by the pairing's `sessionId` and its mac's `clientId` (`super::homes`).
 //!
-//! A node lost (down, left, or this node cut from Redis) cuts every tunnel through it.
+//! A browser whose `join` names a code homed elsewhere, or whose `resume` names a pairing
+//! homed elsewhere, and a mac whose `register` names a pairing homed elsewhere, are
+//! *tunnelled* there: their node (the *gateway*) relays their text messages, as they are,
+//! to the home ([`UP`]), where a virtual connection stands for them — a real `PairSocket`
+//! over a loopback socket, so every rule, error code and close code is the one of a single
+//! node. What the home's socket writes comes back ([`DOWN`]), and so does its close frame
+//! ([`CLOSE`]); when the side leaves, the gateway says so ([`GONE`]): a close frame then
+//! reaches the virtual connection, a lost connection cuts it (the resume grace applies).
+//!
+//! A home that goes away (down or left) takes its pairings with it: its gateways treat the
+//! partner as lost ([`RemoteEvent::HomeLost`]). This node cut from Redis cuts its tunnels.
 
 mod tunnel;
 
@@ -27,11 +32,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::command::{RemoteEvent, ToConn};
+use super::homes::{self, Kind};
 use super::registry::SessionRegistry;
 use crate::cluster::{Cluster, ClusterEvent, Envelope, Inbound, SendError};
 use crate::config::Live;
 use crate::connections::Connections;
-use crate::ids::{ConnId, HashMap, NodeId};
+use crate::ids::{ConnId, HashMap, NodeId, Role};
 use crate::limits::Limiters;
 use crate::relay::delivery::Peer;
 
@@ -53,9 +59,12 @@ const TUNNEL_QUEUE: usize = 1024;
 /// The first message of a tunnel.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Open {
-    /// The browser's address (its limits and logs on the home node).
+    /// The side's address (its limits and logs on the home node).
     pub ip: IpAddr,
-    /// The browser's message that opened the tunnel (its `join`), as it sent it.
+    /// A mac (on `/mac`); otherwise a browser.
+    #[serde(default)]
+    pub mac: bool,
+    /// The side's message that opened the tunnel (`join`, `resume` or `register`).
     pub first: String,
 }
 
@@ -151,18 +160,26 @@ impl Remote {
         (home != *cluster.node_id() && cluster.nodes().contains(&home)).then_some(home)
     }
 
-    /// Opens a tunnel for the browser `peer` to `home`, starting with its message `first`.
-    /// Returns the tunnel's route.
+    /// The home of the pairing a `sessionId` or `clientId` (as its cluster key) names, if
+    /// it is another live node.
+    pub async fn find(&self, kind: Kind, key: &str) -> Option<NodeId> {
+        homes::find(&self.0.cluster, kind, key).await
+    }
+
+    /// Opens a tunnel for the side `peer` (a `role`) to `home`, starting with its message
+    /// `first`. Returns the tunnel's route.
     pub fn open(
         &self,
         home: &NodeId,
         peer: Peer<ToConn>,
+        role: Role,
         ip: IpAddr,
         first: &[u8],
     ) -> Result<String, SendError> {
         let route = route(self.node(), peer.conn);
         let open = Open {
             ip,
+            mac: role == Role::Mac,
             first: String::from_utf8_lossy(first).into_owned(),
         };
         // unwrap: an `Open` is a plain struct of strings.
@@ -214,16 +231,16 @@ impl Remote {
                 _ => {}
             },
             Inbound::Event(ClusterEvent::NodeDown(node) | ClusterEvent::NodeLeft(node)) => {
-                self.cut(|other| *other == node)
+                self.cut(|other| *other == node, || RemoteEvent::HomeLost)
             }
-            Inbound::Event(ClusterEvent::Lost) => self.cut(|_| true),
+            Inbound::Event(ClusterEvent::Lost) => self.cut(|_| true, || RemoteEvent::Closed(None)),
             Inbound::Event(_) => {}
             Inbound::Lost(Some(routes)) => {
                 for route in routes {
                     self.cut_route(&route);
                 }
             }
-            Inbound::Lost(None) => self.cut(|_| true),
+            Inbound::Lost(None) => self.cut(|_| true, || RemoteEvent::Closed(None)),
         }
     }
 
@@ -244,13 +261,14 @@ impl Remote {
         }
     }
 
-    /// Cuts every tunnel through a node for which `lost` holds.
-    fn cut(&self, lost: impl Fn(&NodeId) -> bool) {
+    /// Cuts every tunnel through a node for which `lost` holds, telling each tunnelled side
+    /// `event`.
+    fn cut(&self, lost: impl Fn(&NodeId) -> bool, event: impl Fn() -> RemoteEvent) {
         lock(&self.0.tunnels).retain(|_, (gateway, _)| !lost(gateway));
         let mut gateways = lock(&self.0.gateways);
         gateways.retain(|_, (home, peer)| {
             if lost(home) {
-                peer.tell(ToConn::Remote(RemoteEvent::Closed(None)));
+                peer.tell(ToConn::Remote(event()));
             }
             !lost(home)
         });
@@ -262,23 +280,6 @@ impl Remote {
             peer.tell(ToConn::Remote(RemoteEvent::Closed(None)));
         }
     }
-}
-
-/// The `join` a gateway opens a tunnel with: the browser's, re-encoded.
-pub fn join_text(code: &str, ack: bool) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct JoinText<'a> {
-        r#type: &'static str,
-        code: &'a str,
-        ack: bool,
-    }
-    // unwrap: a plain struct of strings and a bool.
-    serde_json::to_vec(&JoinText {
-        r#type: "join",
-        code,
-        ack,
-    })
-    .unwrap()
 }
 
 /// Whether a message from the home is the `error` that ends a browser's pairing.

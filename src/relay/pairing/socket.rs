@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 
+use super::homes::Kind;
 use super::registry::{
     self, Connect, Disconnect, Join, Lossless, Pairing, PairingSlot, Register, Reply, Resume,
     SessionRegistry, ToConn, Unpair,
 };
 use super::remote::Remote;
 use crate::audit;
-use crate::ids::{DropReason, NodeId, Outcome, Role};
+use crate::ids::{ClientKey, DropReason, NodeId, Outcome, PairingId, Role};
 use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{lock as lock_pipes, Accepted, Delivery};
@@ -28,12 +29,13 @@ use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
 
 mod gateway;
 
-/// A browser's tunnel to the home of its pairing (its methods are in `gateway.rs`, which
-/// imports this module and not the other way round).
+/// A side's tunnel to the home of its code or pairing (its methods are in `gateway.rs`,
+/// which imports this module and not the other way round).
 struct Gateway {
     home: NodeId,
     route: String,
-    /// The home answered `joined`: the tunnel lasts as long as the pairing.
+    /// The home answered `joined` and the pairing has not ended since. A browser's tunnel
+    /// lasts as long as its pairing; a mac's as long as its connection.
     joined: bool,
 }
 
@@ -63,8 +65,11 @@ pub struct PairSocket {
     /// A virtual connection for a browser on another node, whose node already applied
     /// the attempt limits.
     relayed: bool,
-    /// A browser tunnelled to the node of its code: everything it sends goes there.
+    /// A side tunnelled to the node of its code or pairing: everything it sends goes there.
     gateway: Option<Gateway>,
+    /// The home of its pairing went away: the partner is as lost, and what the side sends
+    /// is dropped, until the resume grace ends (see `gateway.rs`).
+    orphaned: bool,
 }
 
 impl PairSocket {
@@ -79,14 +84,19 @@ impl PairSocket {
         Connection::start(opened, Self::new(role, registry, limiters, remote, false))
     }
 
-    /// Starts a virtual connection for a browser on another node (see `super::remote`).
+    /// Starts a virtual connection for a side on another node (see `super::remote`); it
+    /// never tunnels further, and records the codes it gets in the cluster.
     pub fn start_relayed(
         role: Role,
         opened: Opened,
         registry: Addr<SessionRegistry>,
         limiters: Arc<Limiters>,
+        remote: Remote,
     ) -> Addr<Connection<Self>> {
-        Connection::start(opened, Self::new(role, registry, limiters, None, true))
+        Connection::start(
+            opened,
+            Self::new(role, registry, limiters, Some(remote), true),
+        )
     }
 
     fn new(
@@ -109,6 +119,7 @@ impl PairSocket {
             remote,
             relayed,
             gateway: None,
+            orphaned: false,
         }
     }
 }
@@ -118,12 +129,9 @@ impl Protocol for PairSocket {
     const JSON_PING: bool = false;
 
     fn started(conn: &mut Connection<Self>, ctx: &mut Ctx<Self>) {
-        let connect = Connect {
-            role: conn.proto.role,
-            peer: conn.peer(ctx),
-            slot: Arc::clone(&conn.proto.slot),
-        };
-        conn.ask(connect, ctx);
+        // A virtual mac's first message is the `register` its node passed on: no code before.
+        let code = !(conn.proto.relayed && conn.proto.role == Role::Mac);
+        conn.connect_here(code, ctx);
     }
 
     fn on_text(conn: &mut Connection<Self>, text: Bytes, ctx: &mut Ctx<Self>) {
@@ -157,6 +165,17 @@ impl Protocol for PairSocket {
 }
 
 impl Connection<PairSocket> {
+    /// Joins this node's registry (a mac gets a code at once if `code`).
+    fn connect_here(&mut self, code: bool, ctx: &mut Ctx<PairSocket>) {
+        let connect = Connect {
+            role: self.proto.role,
+            peer: self.peer(ctx),
+            slot: Arc::clone(&self.proto.slot),
+            code,
+        };
+        self.ask(connect, ctx);
+    }
+
     fn on_request(&mut self, text: &[u8], ctx: &mut Ctx<PairSocket>) {
         let request = match pairing::parse(text) {
             Ok(request) => request,
@@ -171,6 +190,8 @@ impl Connection<PairSocket> {
             return self.error(ErrorCode::InvalidMessage, &message, ctx);
         }
         match request {
+            // Its partner went away with the pairing's home: nothing to deliver to.
+            PairingRequest::Data { .. } if self.proto.orphaned => {}
             PairingRequest::Data { payload, seq } => self.forward(&payload, seq, ctx),
             PairingRequest::Ack { seq } => self.acknowledged(seq),
             PairingRequest::Ping { ts } => self.send(&Common::Pong { ts: &ts }, ctx),
@@ -214,36 +235,43 @@ impl Connection<PairSocket> {
         }
     }
 
-    /// A `register`, `join` or `resume` that passed the attempt limits.
+    /// A `register`, `join` or `resume` that passed the attempt limits. In a cluster, one
+    /// that names a code or a pairing homed on another node is tunnelled there.
     fn attempt(&mut self, request: PairingRequest<'static>, ctx: &mut Ctx<PairSocket>) {
         if let Err(refusal) = request.check() {
             return self.refuse(refusal, ctx);
         }
-        let conn = self.socket.conn;
+        let first = match (&self.proto.remote, self.proto.relayed, &self.proto.pairing) {
+            (Some(_), false, None) => pairing::attempt_text(&request),
+            _ => None,
+        };
         match request {
             PairingRequest::Register {
                 client_id,
                 ack,
                 last_seq,
             } => {
+                let conn = self.socket.conn;
                 tracing::debug!(%conn, client = %client_id.fingerprint(), "register");
-                let lossless = self.opt_in(ack, last_seq, ctx);
-                let register = Register {
-                    conn,
-                    client_id,
-                    lossless,
-                };
-                self.ask(register, ctx);
+                match first {
+                    Some(first) if client_id.resumable() => {
+                        let key = client_id.cluster_key();
+                        let here = move |conn: &mut Self, ctx: &mut Ctx<PairSocket>| {
+                            conn.register_here(client_id, ack, last_seq, ctx)
+                        };
+                        self.find_home(Kind::Client, key, first, here, ctx);
+                    }
+                    _ => self.register_here(client_id, ack, last_seq, ctx),
+                }
             }
-            PairingRequest::Join { code, ack } => match self.proto.remote.clone() {
-                // In a cluster, a browser not yet paired looks up where the code lives.
-                Some(remote) if self.proto.pairing.is_none() && !self.proto.relayed => {
+            PairingRequest::Join { code, ack } => match (self.proto.remote.clone(), first) {
+                (Some(remote), Some(first)) => {
                     let typed = code.clone();
                     let lookup = async move { remote.home_of(&typed).await };
                     self.wait_for(
                         lookup,
                         move |conn, home, ctx| match home {
-                            Some(home) => conn.tunnel(home, &code, ack, ctx),
+                            Some(home) => conn.tunnel(home, first, ctx),
                             None => conn.join_here(code, ack, ctx),
                         },
                         ctx,
@@ -255,17 +283,75 @@ impl Connection<PairSocket> {
                 session_id,
                 ack,
                 last_seq,
-            } => {
-                let lossless = self.opt_in(ack, last_seq, ctx);
-                let resume = Resume {
-                    conn,
-                    session_id,
-                    lossless,
-                };
-                self.ask(resume, ctx)
-            }
+            } => match (first, PairingId::parse(&session_id)) {
+                (Some(first), Some(id)) => {
+                    let here = move |conn: &mut Self, ctx: &mut Ctx<PairSocket>| {
+                        conn.resume_here(session_id, ack, last_seq, ctx)
+                    };
+                    self.find_home(Kind::Pairing, id.cluster_key(), first, here, ctx);
+                }
+                _ => self.resume_here(session_id, ack, last_seq, ctx),
+            },
             _ => {}
         }
+    }
+
+    /// Looks up the home of the pairing a `kind` id names: another node's tunnels the side
+    /// there (with its message `first`); otherwise `here` handles it on this node.
+    fn find_home(
+        &mut self,
+        kind: Kind,
+        key: String,
+        first: Vec<u8>,
+        here: impl FnOnce(&mut Self, &mut Ctx<PairSocket>) + 'static,
+        ctx: &mut Ctx<PairSocket>,
+    ) {
+        let Some(remote) = self.proto.remote.clone() else {
+            return here(self, ctx);
+        };
+        let lookup = async move { remote.find(kind, &key).await };
+        self.wait_for(
+            lookup,
+            move |conn, home, ctx| match home {
+                Some(home) => conn.tunnel(home, first, ctx),
+                None => here(conn, ctx),
+            },
+            ctx,
+        );
+    }
+
+    /// A mac's `register` on this node.
+    fn register_here(
+        &mut self,
+        client_id: ClientKey,
+        ack: bool,
+        last_seq: Option<u64>,
+        ctx: &mut Ctx<PairSocket>,
+    ) {
+        let lossless = self.opt_in(ack, last_seq, ctx);
+        let register = Register {
+            conn: self.socket.conn,
+            client_id,
+            lossless,
+        };
+        self.ask(register, ctx);
+    }
+
+    /// A browser's `resume` on this node.
+    fn resume_here(
+        &mut self,
+        session_id: String,
+        ack: bool,
+        last_seq: Option<u64>,
+        ctx: &mut Ctx<PairSocket>,
+    ) {
+        let lossless = self.opt_in(ack, last_seq, ctx);
+        let resume = Resume {
+            conn: self.socket.conn,
+            session_id,
+            lossless,
+        };
+        self.ask(resume, ctx)
     }
 
     /// `join` a code of this node.
@@ -376,6 +462,11 @@ impl Connection<PairSocket> {
     }
 
     fn on_command(&mut self, command: ToConn, ctx: &mut Ctx<PairSocket>) {
+        if self.proto.gateway.is_some() && !matches!(command, ToConn::Remote(_) | ToConn::Close(_))
+        {
+            // Late news from this node's registry, which a tunnelled mac has left.
+            return;
+        }
         match command {
             ToConn::Registered { code, expires_at } => self.registered(code, expires_at, ctx),
             ToConn::Remote(event) => self.on_remote(event, ctx),

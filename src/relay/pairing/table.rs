@@ -183,6 +183,11 @@ impl PairingTable {
         }
     }
 
+    /// The resumable `clientId` of a live pairing's mac, if it has one.
+    pub fn client_of(&self, session: &PairingId) -> Option<&ClientKey> {
+        self.pairings.get(session)?.client_id.as_ref()
+    }
+
     /// Live pairings (for metrics and tests).
     pub fn pairing_count(&self) -> usize {
         self.pairings.len()
@@ -227,6 +232,19 @@ impl PairingTable {
         let mut effects = Vec::new();
         self.issue_code(conn, now, &mut effects);
         effects
+    }
+
+    /// A mac whose first message will be `register` (a virtual connection for a mac on
+    /// another node, see `super::remote`): it gets its code, or its pairing, then.
+    pub fn mac_waiting(&mut self, conn: ConnId) {
+        self.macs.insert(conn, MacEntry::default());
+    }
+
+    /// Whether a mac is in a pairing (or resuming one).
+    pub fn mac_paired(&self, conn: ConnId) -> bool {
+        self.macs
+            .get(&conn)
+            .is_some_and(|mac| mac.session.is_some())
     }
 
     /// A mac's code turned out to be held by another node: it gets a fresh one (the old one

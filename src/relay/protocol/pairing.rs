@@ -162,6 +162,57 @@ pub enum PairingEvent<'a> {
     // without a round trip through serde.
 }
 
+/// A `register`, `join` or `resume` as JSON again (`None` for any other request): what a
+/// node passes on when it tunnels the side to the node that holds its code or pairing.
+pub fn attempt_text(request: &PairingRequest<'_>) -> Option<Vec<u8>> {
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum Attempt<'a> {
+        Register {
+            #[serde(rename = "clientId")]
+            client_id: &'a str,
+            ack: bool,
+            #[serde(rename = "lastSeq", skip_serializing_if = "Option::is_none")]
+            last_seq: Option<u64>,
+        },
+        Join {
+            code: &'a str,
+            ack: bool,
+        },
+        Resume {
+            #[serde(rename = "sessionId")]
+            session_id: &'a str,
+            ack: bool,
+            #[serde(rename = "lastSeq", skip_serializing_if = "Option::is_none")]
+            last_seq: Option<u64>,
+        },
+    }
+    let attempt = match request {
+        PairingRequest::Register {
+            client_id,
+            ack,
+            last_seq,
+        } => Attempt::Register {
+            client_id: client_id.as_str(),
+            ack: *ack,
+            last_seq: *last_seq,
+        },
+        PairingRequest::Join { code, ack } => Attempt::Join { code, ack: *ack },
+        PairingRequest::Resume {
+            session_id,
+            ack,
+            last_seq,
+        } => Attempt::Resume {
+            session_id,
+            ack: *ack,
+            last_seq: *last_seq,
+        },
+        _ => return None,
+    };
+    // unwrap: strings, bools and numbers always serialize.
+    Some(serde_json::to_vec(&attempt).unwrap())
+}
+
 /// Parses one `/mac` or `/browser` message; every failure is `INVALID_MESSAGE`.
 ///
 /// The data path first: a plain `{"type":"data","payload":"…"}` whose payload is written
@@ -235,6 +286,23 @@ mod tests {
         );
         let frame = serde_json::to_string(&PairingEvent::Joined { session_id: "s" }).unwrap();
         assert_eq!(frame, r#"{"type":"joined","sessionId":"s"}"#);
+    }
+
+    #[test]
+    fn an_attempt_re_encoded_parses_back_to_itself() {
+        for text in [
+            r#"{"type":"register","clientId":"c-1","ack":true,"lastSeq":7}"#,
+            r#"{"type":"register","clientId":"c-\"1","ack":false}"#,
+            r#"{"type":"join","code":" h4f7kn ","ack":false}"#,
+            r#"{"type":"resume","sessionId":"s","ack":true,"lastSeq":0}"#,
+            r#"{"type":"resume","sessionId":"s","ack":false}"#,
+        ] {
+            let request = parse(text.as_bytes()).unwrap();
+            let again = attempt_text(&request).unwrap();
+            assert_eq!(std::str::from_utf8(&again).unwrap(), text);
+        }
+        let ping = parse(br#"{"type":"ping","ts":1}"#).unwrap();
+        assert!(attempt_text(&ping).is_none());
     }
 
     #[test]

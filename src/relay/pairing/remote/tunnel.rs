@@ -1,4 +1,4 @@
-//! The home's end of a tunnel: a virtual connection for a browser on another node — a real
+//! The home's end of a tunnel: a virtual connection for a side on another node — a real
 //! `PairSocket` over a loopback TCP socket — and the task that speaks WebSocket (as a
 //! client) on the other end of that socket, relaying between it and the gateway.
 
@@ -27,7 +27,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 pub(super) async fn open(remote: &Remote, envelope: Envelope, home: &Home) {
     let (gateway, route) = (envelope.from, envelope.route);
     let opened = match serde_json::from_slice::<Open>(&envelope.body) {
-        Ok(open) => start(open, home).await,
+        Ok(open) => start(open, home, remote).await,
         Err(_) => None,
     };
     let Some((framed, first)) = opened else {
@@ -43,8 +43,12 @@ pub(super) async fn open(remote: &Remote, envelope: Envelope, home: &Home) {
     });
 }
 
-/// A loopback socket pair; the server end becomes a browser's `PairSocket`.
-async fn start(open: Open, home: &Home) -> Option<(Framed<TcpStream, ws::Codec>, String)> {
+/// A loopback socket pair; the server end becomes the side's `PairSocket`.
+async fn start(
+    open: Open,
+    home: &Home,
+    remote: &Remote,
+) -> Option<(Framed<TcpStream, ws::Codec>, String)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
     let addr = listener.local_addr().ok()?;
     let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
@@ -53,7 +57,11 @@ async fn start(open: Open, home: &Home) -> Option<(Framed<TcpStream, ws::Codec>,
     let _ = server.set_nodelay(true);
     let settings = home.settings.snapshot();
     let limits = &settings.limits;
-    let admission = home.connections.admit(open.ip, Endpoint::Browser).ok()?;
+    let (role, endpoint) = match open.mac {
+        true => (Role::Mac, Endpoint::Mac),
+        false => (Role::Browser, Endpoint::Browser),
+    };
+    let admission = home.connections.admit(open.ip, endpoint).ok()?;
     let upgraded = crate::transport::take(
         Killable::new(server),
         &[],
@@ -66,10 +74,11 @@ async fn start(open: Open, home: &Home) -> Option<(Framed<TcpStream, ws::Codec>,
         settings: Arc::clone(&settings),
     };
     PairSocket::start_relayed(
-        Role::Browser,
+        role,
         opened,
         home.registry.clone(),
         Arc::clone(&home.limiters),
+        remote.clone(),
     );
     actix_rt::spawn(upgraded.writer);
     let codec = ws::Codec::new()
