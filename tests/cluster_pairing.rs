@@ -6,6 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
+use common::lossless::exchange_through;
+use common::proxy::Proxy;
 use common::*;
 use hermit_relay::config::Settings;
 use serde_json::json;
@@ -220,8 +222,11 @@ async fn a_browser_resumes_on_a_third_node_and_gets_what_was_held_in_order() {
     };
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let (mut mac, browser, _, session) = resumable_pair_across(a, b).await;
-    drop(browser); // lost, not closed: the pairing waits on A
-                   // Held on A for the away browser (some of it may be sent before A notices the loss).
+    // Lost, not closed: the pairing waits on A. The mac is not told; once A has noticed
+    // (what was written before is lost, as on one node without lossless mode), what the
+    // mac sends is held for the browser.
+    drop(browser);
+    expect_silence(&mut mac, Duration::from_millis(500)).await;
     for n in 0..50 {
         send_data(&mut mac, &format!("held {n}")).await;
     }
@@ -282,6 +287,7 @@ async fn a_mac_resumes_on_another_node_by_its_client_id() {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let (mac, mut browser, client_id, session) = resumable_pair_across(a, b).await;
     drop(mac); // lost: the pairing waits on A for the mac
+    expect_silence(&mut browser, Duration::from_millis(500)).await;
     for n in 0..50 {
         send_data(&mut browser, &format!("held {n}")).await;
     }
@@ -380,4 +386,40 @@ async fn when_a_pairing_s_home_dies_its_sides_elsewhere_hear_after_the_grace() {
     let mut late = nodes[0].connect("/browser").await;
     send(&mut late, json!({"type": "join", "code": code})).await;
     expect_error(&mut late, "INVALID_CODE").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossless_sides_cut_silently_and_back_on_other_nodes_lose_nothing_either_way() {
+    // As tests/lossless.rs, with each side behind a round-robin balancer over three nodes:
+    // every reconnection lands on another node than the one before.
+    let Some((_db, nodes)) = cluster_of(3, |s| {
+        s.heartbeat.interval_secs = 1;
+        s.heartbeat.timeout_secs = 2;
+        s.pairing.resume_grace_secs = 30;
+        s.pairing.ack_interval_ms = 100;
+        s.pairing.ack_ping_interval_secs = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let ports: Vec<u16> = nodes.iter().map(|node| node.port).collect();
+    let mac_proxy = Proxy::round_robin(ports.clone()).await;
+    let browser_proxy = Proxy::round_robin(vec![ports[1], ports[2], ports[0]]).await;
+    let cut = async {
+        // The browser first (shorter than the relay's heartbeat deadline: it comes back
+        // while its home still believes in the old connection), then the mac (longer).
+        browser_proxy
+            .cut(Duration::from_millis(800), Duration::from_millis(2000))
+            .await;
+        mac_proxy
+            .cut(Duration::from_millis(1500), Duration::from_millis(4000))
+            .await;
+    };
+    let (mac_resumes, browser_resumes) =
+        exchange_through(250, cut, &mac_proxy, &browser_proxy).await;
+    assert!(
+        mac_resumes >= 1 && browser_resumes >= 1,
+        "both cuts were resumed from"
+    );
 }

@@ -6,11 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::lossless::{self, Pairing, Plan};
+use common::lossless::exchange_through;
 use common::proxy::Proxy;
 use common::*;
 use serde_json::json;
-use tokio::sync::{oneshot, watch};
 
 /// Heartbeat 1 + 2 s: the relay notices a dead link after 3 s. JSON pings every second, so
 /// a client notices after a few seconds of silence.
@@ -22,73 +21,6 @@ fn lossless_settings() -> hermit_relay::config::Settings {
     s.pairing.ack_interval_ms = 100;
     s.pairing.ack_ping_interval_secs = 1;
     s
-}
-
-/// Pairs a lossless mac and browser, each through its own proxy, both sending `count`
-/// numbered messages; runs `cut` against the proxies meanwhile; checks that each side got
-/// every message of the other exactly once, in order.
-async fn exchange_through(
-    count: u64,
-    cut: impl std::future::Future<Output = ()>,
-    mac_proxy: &Proxy,
-    browser_proxy: &Proxy,
-) -> (u32, u32) {
-    let (code_tx, code_rx) = oneshot::channel();
-    let (finish_tx, finish) = watch::channel(false);
-    let (mac_done, mac_finished) = oneshot::channel();
-    let (browser_done, browser_finished) = oneshot::channel();
-    let plan = |port, pairing, name, done, finish| Plan {
-        port,
-        pairing,
-        name,
-        messages: count,
-        every: Duration::from_millis(20),
-        expect: count,
-        dead_after: Duration::from_millis(2500),
-        done,
-        finish,
-    };
-    let mac = tokio::spawn(lossless::run(plan(
-        mac_proxy.port,
-        Pairing::Mac { code: code_tx },
-        "mac",
-        mac_done,
-        finish.clone(),
-    )));
-    let browser = tokio::spawn(lossless::run(plan(
-        browser_proxy.port,
-        Pairing::Browser { code: code_rx },
-        "browser",
-        browser_done,
-        finish,
-    )));
-    cut.await;
-    let both = async {
-        mac_finished.await.unwrap();
-        browser_finished.await.unwrap();
-    };
-    tokio::time::timeout(Duration::from_secs(60), both)
-        .await
-        .expect("both sides get everything");
-    finish_tx.send(true).unwrap();
-    let (mac_got, mac_resumes) = mac.await.unwrap();
-    let (browser_got, browser_resumes) = browser.await.unwrap();
-    let expected = |name: &str| {
-        (1..=count)
-            .map(|i| format!("{name}-{i}"))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        mac_got,
-        expected("browser"),
-        "the mac got every message once, in order"
-    );
-    assert_eq!(
-        browser_got,
-        expected("mac"),
-        "the browser got every message once, in order"
-    );
-    (mac_resumes, browser_resumes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

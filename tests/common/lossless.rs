@@ -259,3 +259,70 @@ async fn resume(port: u16, name: &str, state: &mut State, path: &str) -> Ws {
         return ws;
     }
 }
+
+/// Pairs a lossless mac and browser, each through its own proxy, both sending `count`
+/// numbered messages; runs `cut` against the proxies meanwhile; checks that each side got
+/// every message of the other exactly once, in order.
+pub async fn exchange_through(
+    count: u64,
+    cut: impl std::future::Future<Output = ()>,
+    mac_proxy: &super::proxy::Proxy,
+    browser_proxy: &super::proxy::Proxy,
+) -> (u32, u32) {
+    let (code_tx, code_rx) = oneshot::channel();
+    let (finish_tx, finish) = watch::channel(false);
+    let (mac_done, mac_finished) = oneshot::channel();
+    let (browser_done, browser_finished) = oneshot::channel();
+    let plan = |port, pairing, name, done, finish| Plan {
+        port,
+        pairing,
+        name,
+        messages: count,
+        every: Duration::from_millis(20),
+        expect: count,
+        dead_after: Duration::from_millis(2500),
+        done,
+        finish,
+    };
+    let mac = tokio::spawn(run(plan(
+        mac_proxy.port,
+        Pairing::Mac { code: code_tx },
+        "mac",
+        mac_done,
+        finish.clone(),
+    )));
+    let browser = tokio::spawn(run(plan(
+        browser_proxy.port,
+        Pairing::Browser { code: code_rx },
+        "browser",
+        browser_done,
+        finish,
+    )));
+    cut.await;
+    let both = async {
+        mac_finished.await.unwrap();
+        browser_finished.await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(60), both)
+        .await
+        .expect("both sides get everything");
+    finish_tx.send(true).unwrap();
+    let (mac_got, mac_resumes) = mac.await.unwrap();
+    let (browser_got, browser_resumes) = browser.await.unwrap();
+    let expected = |name: &str| {
+        (1..=count)
+            .map(|i| format!("{name}-{i}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        mac_got,
+        expected("browser"),
+        "the mac got every message once, in order"
+    );
+    assert_eq!(
+        browser_got,
+        expected("mac"),
+        "the browser got every message once, in order"
+    );
+    (mac_resumes, browser_resumes)
+}

@@ -374,7 +374,11 @@ pub async fn expect_data(ws: &mut Ws, payload: &str) {
         "{}",
         &msg.to_string()[..msg.to_string().len().min(200)]
     );
-    assert!(msg["payload"] == payload, "payload changed in transit");
+    assert!(
+        msg["payload"] == payload,
+        "payload changed in transit: expected {payload}, got {}",
+        &msg.to_string()[..msg.to_string().len().min(200)]
+    );
 }
 
 /// Resident memory of this process (the relay runs in it), in bytes.

@@ -1,7 +1,8 @@
 //! A TCP proxy that can fail the way real networks do: silently. When it is `down`, bytes
 //! in both directions vanish — no FIN, no RST, the sockets stay open — as when a laptop
 //! lid closes or a NAT forgets a mapping. Connections made while it is down go nowhere
-//! either. Connections made after it is `up` again work.
+//! either. Connections made after it is `up` again work. In front of several relays it is
+//! a round-robin load balancer: each new connection goes to the next one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,6 +33,12 @@ impl State {
 impl Proxy {
     /// Forwards `127.0.0.1:<port>` to `127.0.0.1:<target>`.
     pub async fn start(target: u16) -> Self {
+        Self::round_robin(vec![target]).await
+    }
+
+    /// Forwards each new connection to the next of `targets` in turn, starting with the
+    /// first (as a load balancer without sticky sessions).
+    pub async fn round_robin(targets: Vec<u16>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(State {
@@ -40,7 +47,10 @@ impl Proxy {
         });
         let shared = Arc::clone(&state);
         tokio::spawn(async move {
+            let mut next = 0;
             while let Ok((client, _)) = listener.accept().await {
+                let target = targets[next % targets.len()];
+                next += 1;
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
                     continue;
                 };
