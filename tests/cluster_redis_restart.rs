@@ -1,7 +1,8 @@
 //! Redis stopped and started again under two live nodes (a `redis-server` of the test's
 //! own, without persistence, so it comes back empty): while it is down each node keeps the
 //! pairings whose two ends it holds, refuses at once what needs the cluster, and says so on
-//! `/ready` and in `/metrics`; when it is back they recover by themselves.
+//! `/ready` and in `/metrics`; when it is back they recover by themselves (and a code
+//! issued before, which the empty Redis forgot, is joinable from its own node only).
 //!
 //! One test in this file: `hermit_cluster_up` is a gauge of the process, and the two nodes
 //! here are the only ones in it.
@@ -129,7 +130,7 @@ async fn nodes_ride_out_a_redis_restart_and_recover_by_themselves() {
     let mut local_browser = a.connect("/browser").await;
     join(&mut local_browser, &mut local_mac, &code).await;
     exchange(&mut local_mac, &mut local_browser, "before", 20).await;
-    let (_waiting_mac, waiting_code) = mac_on(&a).await;
+    let (mut waiting_mac, waiting_code) = mac_on(&a).await;
 
     redis.stop();
     ready_becomes(&a, 503).await;
@@ -196,4 +197,13 @@ async fn nodes_ride_out_a_redis_restart_and_recover_by_themselves() {
 
     // And the local pairing never noticed.
     exchange(&mut local_mac, &mut local_browser, "after", 20).await;
+
+    // Redis came back empty: a code issued before is known to its own node only (last:
+    // this spends B's one failed join).
+    let mut late = b.connect("/browser").await;
+    send(&mut late, json!({"type": "join", "code": waiting_code})).await;
+    expect_error(&mut late, "INVALID_CODE").await;
+    let mut near = a.connect("/browser").await;
+    join(&mut near, &mut waiting_mac, &waiting_code).await;
+    exchange(&mut waiting_mac, &mut near, "waited", 5).await;
 }
