@@ -55,7 +55,8 @@ pub enum ErrorCode {
     SessionNotFound,
     /// `/ws/client`: `data`, `resize` or `detach` for a session the client is not attached to.
     NotAttached,
-    /// `/ws/*`: the relay cannot answer right now (database unreachable); try again.
+    /// The relay cannot answer right now; try again: on `/ws/*` its database is
+    /// unreachable; on `/mac` and `/browser`, in a cluster, Redis is.
     Unavailable,
     /// Lossless mode: the side let more unacknowledged messages pile up than
     /// `pairing.replay_window_bytes` allows; it is dropped and its pairing or attachment ends.

@@ -18,6 +18,7 @@ pub mod lossless;
 pub mod lossless_account;
 pub mod nginx;
 pub mod proxy;
+pub mod redis;
 
 /// Runs each named `async fn(TestDb)` once per backend: `sqlite::name` and `postgres::name`.
 #[allow(unused_macros)]

@@ -1,5 +1,6 @@
-//! A real nginx, configured by the shipped `config/nginx.conf.example`, in front of a relay
-//! started by a test (`tests/nginx.rs`, `tests/browser.rs`).
+//! A real nginx, configured by a shipped file, in front of relays started by a test:
+//! `config/nginx.conf.example` before one relay (`tests/nginx.rs`, `tests/browser.rs`), and
+//! `deploy/nginx.conf` round robin before three (`tests/cluster_nginx.rs`).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ pub fn nginx_binary() -> Option<PathBuf> {
     found
 }
 
-/// nginx running the example config in front of a relay on `relay_port`.
+/// nginx running a shipped config, stopped (its whole process group) when dropped.
 pub struct Nginx {
     /// Where clients connect.
     pub port: u16,
@@ -43,12 +44,12 @@ impl Drop for Nginx {
     }
 }
 
-/// Replaces `from` with `to` in the example, insisting it is there, so a change to the
-/// example that these tests no longer exercise fails loudly.
+/// Replaces `from` with `to` in a shipped config, insisting it is there, so a change to
+/// the file that these tests no longer exercise fails loudly.
 fn substitute(text: &str, from: &str, to: &str) -> String {
     assert!(
         text.contains(from),
-        "nginx.conf.example no longer contains {from:?}"
+        "the shipped nginx config no longer contains {from:?}"
     );
     text.replace(from, to)
 }
@@ -56,19 +57,10 @@ fn substitute(text: &str, from: &str, to: &str) -> String {
 /// nginx running the example config on a free port in front of the relay on `relay_port`,
 /// with `read_timeout` as its proxy read and send timeouts; waits until it listens.
 pub fn start_nginx(binary: &Path, relay_port: u16, read_timeout: &str) -> Nginx {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/nginx.conf.example"
-    ))
-    .unwrap();
+    let port = free_port();
+    let site = shipped("config/nginx.conf.example");
     let site = substitute(
-        &example,
+        &site,
         "server 127.0.0.1:8080;",
         &format!("server 127.0.0.1:{relay_port};"),
     );
@@ -83,6 +75,43 @@ pub fn start_nginx(binary: &Path, relay_port: u16, read_timeout: &str) -> Nginx 
         "proxy_send_timeout 75s;",
         &format!("proxy_send_timeout {read_timeout};"),
     );
+    run(binary, port, &site)
+}
+
+/// nginx running `deploy/nginx.conf` (the compose file's round robin over `relay-1`,
+/// `relay-2` and `relay-3`) on a free port, its three upstream servers being the relays on
+/// `relay_ports`; waits until it listens.
+pub fn start_round_robin(binary: &Path, relay_ports: [u16; 3]) -> Nginx {
+    let port = free_port();
+    let mut site = shipped("deploy/nginx.conf");
+    for (n, relay_port) in relay_ports.into_iter().enumerate() {
+        site = substitute(
+            &site,
+            &format!("server relay-{}:8080;", n + 1),
+            &format!("server 127.0.0.1:{relay_port};"),
+        );
+    }
+    let site = substitute(&site, "listen 80;", &format!("listen 127.0.0.1:{port};"));
+    run(binary, port, &site)
+}
+
+/// A file of the repository, as shipped.
+fn shipped(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx serving `site` (http-context directives) on `port`, with its files in a temporary
+/// directory; waits until it listens.
+fn run(binary: &Path, port: u16, site: &str) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\

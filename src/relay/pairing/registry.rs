@@ -124,6 +124,10 @@ pub struct Join {
     /// The failed join reserved for it: spent if the code is not live, else given back
     /// here, before anyone hears `joined` (so the next join cannot find it still taken).
     pub failure: Option<FailedJoin>,
+    /// In a cluster, Redis could not be asked where the code lives: a well-formed code
+    /// unknown here may be another node's, so it is answered `UNAVAILABLE` (try again),
+    /// not `INVALID_CODE`, and no failed join is spent.
+    pub cut_off: bool,
 }
 
 /// Browser → registry: `resume`.
@@ -507,6 +511,15 @@ impl Handler<Join> for SessionRegistry {
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Reply {
         self.opt_in(msg.conn, msg.lossless);
+        if msg.cut_off && self.table.is_foreign(&msg.code) {
+            let effects = vec![Effect::Error {
+                to: msg.conn,
+                code: ErrorCode::Unavailable,
+                message: "the relay cannot reach its cluster to find that code; try again",
+            }];
+            let reply = self.apply(effects, Some(msg.conn), None);
+            return self.done(reply, ctx);
+        }
         let effects = self.table.browser_join(msg.conn, &msg.code, Instant::now());
         let invalid = effects.iter().any(|e| {
             matches!(

@@ -81,6 +81,7 @@ async fn polls_per_message(waiting: u64, messages: u64) -> f64 {
             code: "AAAAAA".into(),
             lossless: Lossless::default(),
             failure: None,
+            cut_off: false,
         };
         registry.send(join).await.unwrap();
     }
@@ -138,6 +139,7 @@ async fn a_mac_whose_outbox_cannot_take_joined_is_dropped_not_left_uninformed() 
         code,
         lossless: Lossless::default(),
         failure: None,
+        cut_off: false,
     };
     registry.send(join).await.unwrap();
     let mut closed = false;

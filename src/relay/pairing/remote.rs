@@ -148,16 +148,22 @@ impl Remote {
             .await
     }
 
-    /// The node a code typed by a browser lives on, if it is another live node.
-    pub async fn home_of(&self, typed: &str) -> Option<NodeId> {
+    /// The node a code typed by a browser lives on, if it is another live node; an error
+    /// if Redis could not be asked (then the code may well be another node's).
+    pub async fn home_of(
+        &self,
+        typed: &str,
+    ) -> Result<Option<NodeId>, crate::cluster::ClusterError> {
         let code = typed.trim().to_uppercase();
         if code.is_empty() || code.len() > 64 || !code.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return None;
+            return Ok(None);
         }
         let cluster = &self.0.cluster;
-        let home = cluster.get(&cluster.key(&["code", &code])).await.ok()??;
-        let home = NodeId::parse(&home)?;
-        (home != *cluster.node_id() && cluster.nodes().contains(&home)).then_some(home)
+        let Some(home) = cluster.get(&cluster.key(&["code", &code])).await? else {
+            return Ok(None);
+        };
+        Ok(NodeId::parse(&home)
+            .filter(|home| home != cluster.node_id() && cluster.nodes().contains(home)))
     }
 
     /// The home of the pairing a `sessionId` or `clientId` (as its cluster key) names, if

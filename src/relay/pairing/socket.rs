@@ -271,13 +271,17 @@ impl Connection<PairSocket> {
                     self.wait_for(
                         lookup,
                         move |conn, home, ctx| match home {
-                            Some(home) => conn.tunnel(home, first, ctx),
-                            None => conn.join_here(code, ack, ctx),
+                            Ok(Some(home)) => conn.tunnel(home, first, ctx),
+                            Ok(None) => conn.join_here(code, ack, false, ctx),
+                            Err(err) => {
+                                tracing::debug!(conn = %conn.socket.conn, %err, "could not look a code up in the cluster");
+                                conn.join_here(code, ack, true, ctx)
+                            }
                         },
                         ctx,
                     );
                 }
-                _ => self.join_here(code, ack, ctx),
+                _ => self.join_here(code, ack, false, ctx),
             },
             PairingRequest::Resume {
                 session_id,
@@ -354,14 +358,16 @@ impl Connection<PairSocket> {
         self.ask(resume, ctx)
     }
 
-    /// `join` a code of this node.
-    fn join_here(&mut self, code: String, ack: bool, ctx: &mut Ctx<PairSocket>) {
+    /// `join` a code of this node; `cut_off`: the cluster could not be asked whether the
+    /// code is another node's.
+    fn join_here(&mut self, code: String, ack: bool, cut_off: bool, ctx: &mut Ctx<PairSocket>) {
         let lossless = self.opt_in(ack, None, ctx);
         let join = Join {
             conn: self.socket.conn,
             code,
             lossless,
             failure: None,
+            cut_off,
         };
         self.join(join, ctx)
     }

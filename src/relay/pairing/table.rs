@@ -314,6 +314,15 @@ impl PairingTable {
         effects
     }
 
+    /// Whether `input` is a well-formed code this node has no record of: in a cluster, it
+    /// may be another node's.
+    pub fn is_foreign(&self, input: &str) -> bool {
+        self.rules
+            .format
+            .normalise(input)
+            .is_some_and(|code| !self.codes.contains_key(&code))
+    }
+
     /// A browser sent `join` with what a person typed.
     pub fn browser_join(&mut self, conn: ConnId, input: &str, now: Instant) -> Vec<Effect> {
         let error = |code, message| {

@@ -120,6 +120,15 @@ fn unknown_and_malformed_codes_are_invalid() {
 }
 
 #[test]
+fn only_a_well_formed_code_never_seen_here_may_be_another_nodes() {
+    let now = Instant::now();
+    let (t, used, _) = paired(now);
+    assert!(t.is_foreign("yyyyyy "), "typed as a person would");
+    assert!(!t.is_foreign(&used), "a code retired here is this node's");
+    assert!(!t.is_foreign("YYY"), "not a code at all");
+}
+
+#[test]
 fn an_expired_code_is_refused_even_before_its_deadline_fires() {
     let now = Instant::now();
     let mut t = table();
