@@ -193,6 +193,11 @@ impl Cluster {
         }
     }
 
+    /// The settings it runs with.
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> &NodeId {
         &self.node
@@ -299,6 +304,36 @@ impl Cluster {
             ))
             .await?;
         Ok(set.is_some())
+    }
+
+    /// Sets `key` to `value`, with no expiry, unless it exists: true if it was set.
+    pub async fn set_nx_persistent(&self, key: &str, value: &str) -> Result<bool, ClusterError> {
+        let set: Option<String> = self
+            .timed(self.client.set(
+                key.to_owned(),
+                value.to_owned(),
+                None,
+                Some(SetOptions::NX),
+                false,
+            ))
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Sets `key` to `new` if it still holds `old` (one atomic step): true if it was set.
+    pub async fn replace(&self, key: &str, old: &str, new: &str) -> Result<bool, ClusterError> {
+        const REPLACE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+        let args = vec![old.to_owned(), new.to_owned()];
+        let replaced: i64 = self
+            .timed(self.client.eval(REPLACE, key.to_owned(), args))
+            .await?;
+        Ok(replaced == 1)
     }
 
     /// Sets `key` to `value` for `ttl`, whether or not it exists.

@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod pairing;
 pub mod protocol;
 pub mod socket;
+pub mod tunnel;
 
 use std::sync::Arc;
 
@@ -59,6 +60,8 @@ pub struct Relay {
     pub client_addr: ClientAddr,
     /// In a cluster: quick pairing across nodes.
     pub remote: Option<crate::relay::pairing::remote::Remote>,
+    /// In a cluster: accounts across nodes.
+    pub accounts_remote: Option<account::remote::Remote>,
 }
 
 impl Relay {
@@ -171,10 +174,12 @@ pub async fn upgrade(
             PairSocket::start(role, opened, relay.pairing.clone(), limiters, remote);
         }
         Endpoint::Agent => {
-            AgentSocket::start(opened, relay.machines.clone(), accounts, limiters);
+            let remote = relay.accounts_remote.clone();
+            AgentSocket::start(opened, relay.machines.clone(), accounts, limiters, remote);
         }
         Endpoint::Client => {
-            ClientSocket::start(opened, relay.machines.clone(), accounts, limiters);
+            let remote = relay.accounts_remote.clone();
+            ClientSocket::start(opened, relay.machines.clone(), accounts, limiters, remote);
         }
     }
     drop(req);

@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Arbiter};
+use actix::{Actor, Addr, Arbiter};
 use actix_http::error::DispatchError;
 use actix_http::HttpService;
 use actix_rt::net::TcpStream;
@@ -23,17 +23,22 @@ use crate::config::{Live, Settings};
 use crate::connections::Connections;
 use crate::db::{self, DbError};
 use crate::edge::{self, HttpConnections, HttpSlot};
-use crate::ids::Endpoint;
+use crate::ids::{Endpoint, Role};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
+use crate::relay::account::agent::AgentSocket;
+use crate::relay::account::client::ClientSocket;
 use crate::relay::account::registry::MachineRegistry;
+use crate::relay::account::remote::Remote as AccountRemote;
 use crate::relay::delivery::StreamLimits;
 use crate::relay::pairing::code::CodeFormat;
 use crate::relay::pairing::homes::Homes;
 use crate::relay::pairing::registry::SessionRegistry;
-use crate::relay::pairing::remote::{Home, Remote};
+use crate::relay::pairing::remote::Remote;
+use crate::relay::pairing::socket::PairSocket;
 use crate::relay::pairing::table::PairingRules;
+use crate::relay::tunnel::{Home, Starter, Tunnels};
 use crate::relay::{self, Relay};
 use crate::reload::Reloader;
 use crate::routes;
@@ -156,15 +161,26 @@ impl Application {
             live.clone(),
             Arc::clone(&health),
         );
-        let remote = cluster.as_ref().and_then(|cluster| {
+        let code_memory = settings.pairing.code_ttl() + settings.pairing.retired_code_memory();
+        let tunnels = cluster.as_ref().and_then(|cluster| {
             let home = Home {
                 settings: live.clone(),
                 connections: Arc::clone(&connections),
-                registry: pairing.clone(),
-                limiters: Arc::clone(&limiters),
+                start: virtual_connections(
+                    pairing.clone(),
+                    machines.clone(),
+                    accounts.clone(),
+                    Arc::clone(&limiters),
+                    code_memory,
+                ),
             };
-            Remote::start(Arc::clone(cluster), home)
+            Tunnels::start(Arc::clone(cluster), home)
         });
+        let remote = tunnels
+            .clone()
+            .map(|tunnels| Remote::new(tunnels, code_memory));
+        let accounts_remote =
+            tunnels.and_then(|tunnels| AccountRemote::start(tunnels, machines.clone()));
         let relay = web::Data::new(Relay {
             settings: live.clone(),
             pairing,
@@ -173,6 +189,7 @@ impl Application {
             limiters: Arc::clone(&limiters),
             client_addr: client_addr.clone(),
             remote,
+            accounts_remote,
         });
         let machines = web::Data::new(machines);
         let limiters = web::Data::from(limiters);
@@ -495,4 +512,34 @@ fn pairing_rules(settings: &Settings) -> PairingRules {
         retired_code_memory: pairing.retired_code_memory(),
         max_pending_codes: settings.limits.max_pending_codes,
     }
+}
+
+/// What a tunnel from another node starts here (see `relay::tunnel`): the connection actor
+/// of its endpoint, as a virtual connection that never tunnels further.
+fn virtual_connections(
+    pairing: Addr<SessionRegistry>,
+    machines: Addr<MachineRegistry>,
+    accounts: web::Data<Accounts>,
+    limiters: Arc<Limiters>,
+    code_memory: Duration,
+) -> Starter {
+    Arc::new(move |endpoint, opened, tunnels: &Tunnels| {
+        let limiters = Arc::clone(&limiters);
+        match endpoint {
+            Endpoint::Mac | Endpoint::Browser => {
+                let role = match endpoint {
+                    Endpoint::Mac => Role::Mac,
+                    _ => Role::Browser,
+                };
+                let remote = Remote::new(tunnels.clone(), code_memory);
+                PairSocket::start_relayed(role, opened, pairing.clone(), limiters, remote);
+            }
+            Endpoint::Agent => {
+                AgentSocket::start_relayed(opened, machines.clone(), accounts.clone(), limiters);
+            }
+            Endpoint::Client => {
+                ClientSocket::start_relayed(opened, machines.clone(), accounts.clone(), limiters);
+            }
+        }
+    })
 }

@@ -12,46 +12,12 @@ use common::*;
 use hermit_relay::config::Settings;
 use serde_json::json;
 
-const NOTICE: Duration = Duration::from_secs(8);
-
 /// Two nodes of one cluster (each knowing the other), or `None` when Redis or PostgreSQL
 /// is not configured (never under CI).
 async fn two_nodes(adjust: impl Fn(&mut Settings)) -> Option<(TestDb, TestNode, TestNode)> {
     let (db, mut nodes) = cluster_of(2, adjust).await?;
     let b = nodes.pop().unwrap();
     Some((db, nodes.pop().unwrap(), b))
-}
-
-/// `n` nodes of one cluster, each knowing every other.
-async fn cluster_of(n: usize, adjust: impl Fn(&mut Settings)) -> Option<(TestDb, Vec<TestNode>)> {
-    let redis = redis_url()?;
-    let db = TestDb::postgres()?;
-    let prefix = prefix();
-    let nodes: Vec<TestNode> = (0..n)
-        .map(|_| {
-            let mut s = node_settings(&db, &redis, &prefix);
-            adjust(&mut s);
-            TestNode::start(s)
-        })
-        .collect();
-    let deadline = Instant::now() + NOTICE;
-    let all_known = |nodes: &[TestNode]| {
-        nodes.iter().all(|node| {
-            node.cluster.healthy()
-                && nodes.iter().all(|other| {
-                    let other = other.cluster.node_id();
-                    other == node.cluster.node_id() || node.cluster.nodes().contains(other)
-                })
-        })
-    };
-    while !all_known(&nodes) {
-        assert!(
-            Instant::now() < deadline,
-            "the nodes did not find each other"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Some((db, nodes))
 }
 
 /// A mac on `node`, with its code.

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod client;
 pub mod directory;
 pub mod registry;
+pub mod remote;
 pub mod streams;
 pub mod table;
 

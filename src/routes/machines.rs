@@ -15,6 +15,7 @@ use crate::proxy::ClientAddr;
 use crate::relay::account::directory;
 use crate::relay::account::registry::MachineRegistry;
 use crate::relay::protocol::MachineInfo;
+use crate::relay::Relay;
 
 /// Registers the `/api/machines` routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -44,8 +45,10 @@ async fn list(
     user: AuthUser,
     accounts: web::Data<Accounts>,
     registry: web::Data<Addr<MachineRegistry>>,
+    relay: web::Data<Relay>,
 ) -> Result<HttpResponse, ApiError> {
-    let machines = directory::list(&accounts.pool, &registry, &user.user_id).await?;
+    let remote = relay.accounts_remote.as_ref();
+    let machines = directory::list(&accounts.pool, &registry, remote, &user.user_id).await?;
     Ok(HttpResponse::Ok().json(MachineList { machines }))
 }
 

@@ -14,10 +14,10 @@ pub struct Owner {
     pub machine_token: String,
 }
 
-pub async fn owner(server: &TestServer, email: &str) -> Owner {
+pub async fn owner(server: &impl RelayPort, email: &str) -> Owner {
     let http = Client::new();
     let body: Value = http
-        .post(server.url("/auth/register"))
+        .post(url_of(server, "/auth/register"))
         .json(&json!({"email": email, "password": "correct horse battery"}))
         .send()
         .await
@@ -27,7 +27,7 @@ pub async fn owner(server: &TestServer, email: &str) -> Owner {
         .unwrap();
     let access = body["accessToken"].as_str().unwrap().to_owned();
     let created: Value = http
-        .post(server.url("/api/machines"))
+        .post(url_of(server, "/api/machines"))
         .bearer_auth(&access)
         .json(&json!({"name": format!("{email}'s mac")}))
         .send()
@@ -49,8 +49,8 @@ pub fn session(id: &str) -> Value {
 }
 
 /// An agent registered for the owner's machine, having reported `sessions`.
-pub async fn agent(server: &TestServer, owner: &Owner, sessions: &[&str]) -> Ws {
-    let mut ws = server.connect("/ws/agent").await;
+pub async fn agent(server: &impl RelayPort, owner: &Owner, sessions: &[&str]) -> Ws {
+    let mut ws = connect_to(server, "/ws/agent").await;
     send(
         &mut ws,
         json!({"type": "register", "token": owner.machine_token, "machineName": "mac"}),
@@ -75,8 +75,8 @@ pub async fn agent(server: &TestServer, owner: &Owner, sessions: &[&str]) -> Ws 
 }
 
 /// A client authenticated with the owner's access token.
-pub async fn client(server: &TestServer, access: &str) -> Ws {
-    let mut ws = server.connect("/ws/client").await;
+pub async fn client(server: &impl RelayPort, access: &str) -> Ws {
+    let mut ws = connect_to(server, "/ws/client").await;
     send(&mut ws, json!({"type": "auth", "token": access})).await;
     let msg = recv(&mut ws).await;
     assert_eq!(msg["type"], "authenticated", "{msg}");
@@ -109,9 +109,9 @@ pub async fn attach(client: &mut Ws, owner: &Owner, session_id: &str) {
     );
 }
 
-pub async fn machines_of(server: &TestServer, access: &str) -> Value {
+pub async fn machines_of(server: &impl RelayPort, access: &str) -> Value {
     Client::new()
-        .get(server.url("/api/machines"))
+        .get(url_of(server, "/api/machines"))
         .bearer_auth(access)
         .send()
         .await
@@ -125,7 +125,7 @@ pub async fn machines_of(server: &TestServer, access: &str) -> Value {
 /// Waits until the REST view of the owner's machine satisfies `check` (the registry is
 /// updated by messages, so status follows a connection by a moment).
 pub async fn eventually_machine(
-    server: &TestServer,
+    server: &impl RelayPort,
     owner: &Owner,
     check: impl Fn(&Value) -> bool,
 ) -> Value {

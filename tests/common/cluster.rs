@@ -109,6 +109,12 @@ impl TestNode {
     }
 }
 
+impl super::RelayPort for TestNode {
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 impl Drop for TestNode {
     fn drop(&mut self) {
         // Stopped without a word, as a crash: its heartbeat simply expires.
@@ -137,4 +143,39 @@ pub async fn next_event(inbox: &Inbox, within: Duration) -> ClusterEvent {
     })
     .await
     .expect("a cluster event arrives in time")
+}
+
+/// `n` nodes of one cluster, each knowing every other.
+pub async fn cluster_of(
+    n: usize,
+    adjust: impl Fn(&mut Settings),
+) -> Option<(TestDb, Vec<TestNode>)> {
+    let redis = redis_url()?;
+    let db = TestDb::postgres()?;
+    let prefix = prefix();
+    let nodes: Vec<TestNode> = (0..n)
+        .map(|_| {
+            let mut s = node_settings(&db, &redis, &prefix);
+            adjust(&mut s);
+            TestNode::start(s)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let all_known = |nodes: &[TestNode]| {
+        nodes.iter().all(|node| {
+            node.cluster.healthy()
+                && nodes.iter().all(|other| {
+                    let other = other.cluster.node_id();
+                    other == node.cluster.node_id() || node.cluster.nodes().contains(other)
+                })
+        })
+    };
+    while !all_known(&nodes) {
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not find each other"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some((db, nodes))
 }

@@ -190,6 +190,32 @@ impl TestServer {
     }
 }
 
+/// A relay a test talks to: one server, or one node of a cluster.
+pub trait RelayPort {
+    /// Its port on 127.0.0.1.
+    fn port(&self) -> u16;
+}
+
+impl RelayPort for TestServer {
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// `http://127.0.0.1:PORT{path}` of `relay`.
+pub fn url_of(relay: &impl RelayPort, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", relay.port())
+}
+
+/// Opens a WebSocket to `path` on `relay`.
+pub async fn connect_to(relay: &impl RelayPort, path: &str) -> Ws {
+    let url = format!("ws://127.0.0.1:{}{path}", relay.port());
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects");
+    ws
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         // The stop command is sent when `stop` is called; the future only awaits completion.

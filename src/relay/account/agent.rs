@@ -14,6 +14,7 @@ use actix_web::web;
 use bytes::Bytes;
 
 use super::registry::{AgentOffline, AgentOnline, AgentReport, MachineRegistry, ToAgent};
+use super::remote::{self, Remote};
 use super::streams::{SharedAttachment, SharedMachinePipes};
 use super::REGISTRY_TIMEOUT;
 use crate::accounts::{self, Accounts};
@@ -21,7 +22,7 @@ use crate::audit;
 use crate::auth::opaque;
 use crate::db;
 use crate::error::ApiError;
-use crate::ids::{ConnId, DropReason, MachineId, Outcome, SessionId, UserId};
+use crate::ids::{ConnId, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId, UserId};
 use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::models::{machine, now};
@@ -30,6 +31,7 @@ use crate::relay::protocol::account::{self, AgentEvent, AgentRequest, ClientEven
 use crate::relay::protocol::json::Text;
 use crate::relay::protocol::{Common, ErrorCode};
 use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
+use crate::relay::tunnel::Gateway;
 
 /// Where an agent is in its life.
 enum State {
@@ -57,6 +59,13 @@ pub struct AgentSocket {
     watchers: HashMap<SessionId, Vec<SharedAttachment>>,
     /// Lossless mode: the last `ack` sent for each session's output.
     acked: HashMap<SessionId, u64>,
+    /// In a cluster: the user's connections are served by the user's node.
+    remote: Option<Remote>,
+    /// A virtual connection for an agent on another node, whose node already applied the
+    /// attempt limits.
+    relayed: bool,
+    /// Tunnelled to its user's node: everything it sends goes there.
+    gateway: Option<Gateway>,
 }
 
 impl AgentSocket {
@@ -66,19 +75,42 @@ impl AgentSocket {
         registry: Addr<MachineRegistry>,
         accounts: web::Data<Accounts>,
         limiters: Arc<Limiters>,
+        remote: Option<Remote>,
     ) -> Addr<Connection<Self>> {
-        Connection::start(
-            opened,
-            Self {
-                registry,
-                accounts,
-                limiters,
-                state: State::Waiting,
-                lossless: false,
-                watchers: HashMap::default(),
-                acked: HashMap::default(),
-            },
-        )
+        let agent = Self::new(registry, accounts, limiters, remote, false);
+        Connection::start(opened, agent)
+    }
+
+    /// Starts a virtual connection for an agent on another node (see `super::remote`).
+    pub fn start_relayed(
+        opened: Opened,
+        registry: Addr<MachineRegistry>,
+        accounts: web::Data<Accounts>,
+        limiters: Arc<Limiters>,
+    ) -> Addr<Connection<Self>> {
+        let agent = Self::new(registry, accounts, limiters, None, true);
+        Connection::start(opened, agent)
+    }
+
+    fn new(
+        registry: Addr<MachineRegistry>,
+        accounts: web::Data<Accounts>,
+        limiters: Arc<Limiters>,
+        remote: Option<Remote>,
+        relayed: bool,
+    ) -> Self {
+        Self {
+            registry,
+            accounts,
+            limiters,
+            state: State::Waiting,
+            lossless: false,
+            watchers: HashMap::default(),
+            acked: HashMap::default(),
+            remote,
+            relayed,
+            gateway: None,
+        }
     }
 }
 
@@ -88,14 +120,21 @@ impl Protocol for AgentSocket {
 
     fn started(conn: &mut Connection<Self>, ctx: &mut Ctx<Self>) {
         ctx.run_later(conn.settings.auth.deadline(), |conn, ctx| {
-            if !matches!(conn.proto.state, State::Online { .. }) {
+            if !matches!(conn.proto.state, State::Online { .. }) && conn.proto.gateway.is_none() {
                 conn.finish(Outcome::Idle, ctx);
             }
         });
     }
 
     fn on_text(conn: &mut Connection<Self>, text: Bytes, ctx: &mut Ctx<Self>) {
-        conn.on_request(&text, ctx);
+        match (&conn.proto.gateway, &conn.proto.remote) {
+            (Some(gateway), Some(remote)) => {
+                if remote.up(&gateway.home, &gateway.route, text).is_err() {
+                    conn.finish(Outcome::Unavailable, ctx);
+                }
+            }
+            _ => conn.on_request(&text, ctx),
+        }
     }
 
     fn on_command(conn: &mut Connection<Self>, command: ToAgent, ctx: &mut Ctx<Self>) {
@@ -103,6 +142,9 @@ impl Protocol for AgentSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
+        if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.remote) {
+            remote.close(&gateway.home, &gateway.route, conn.socket.outcome().clean());
+        }
         let State::Online { machine, user, .. } = &conn.proto.state else {
             return;
         };
@@ -150,21 +192,30 @@ impl Connection<AgentSocket> {
         match (request, pipes) {
             (AgentRequest::Ping { ts }, _) => self.send(&Common::Pong { ts: &ts }, ctx),
             (AgentRequest::Pong { .. }, _) => {}
-            (AgentRequest::Register { token, ack, .. }, None)
-                if matches!(self.proto.state, State::Waiting) =>
-            {
+            (
+                AgentRequest::Register {
+                    token,
+                    ack,
+                    machine_name,
+                },
+                None,
+            ) if matches!(self.proto.state, State::Waiting) => {
                 let ip = self.socket.client_ip();
+                self.proto.lossless = ack;
+                if self.proto.relayed {
+                    // Its own node applied the limits.
+                    return self.verify(token, machine_name, ctx);
+                }
                 if !self.proto.limiters.auth.check(ip) {
                     let message = "too many attempts; wait a minute";
                     return self.error(ErrorCode::RateLimited, message, ctx);
                 }
-                self.proto.lossless = ack;
                 match self.proto.limiters.cluster_check(Attempt::Auth, ip) {
-                    None => self.verify(token, ctx),
+                    None => self.verify(token, machine_name, ctx),
                     Some(check) => self.wait_for(
                         check,
                         move |agent, allowed, ctx| match allowed {
-                            true => agent.verify(token, ctx),
+                            true => agent.verify(token, machine_name, ctx),
                             false => agent.error(
                                 ErrorCode::RateLimited,
                                 "too many attempts; wait a minute",
@@ -281,7 +332,7 @@ impl Connection<AgentSocket> {
 
     /// Checks the token, then asks the registry to bring the machine online; reads
     /// nothing else from the agent until both are answered.
-    fn verify(&mut self, token: String, ctx: &mut Ctx<AgentSocket>) {
+    fn verify(&mut self, token: String, name: Option<String>, ctx: &mut Ctx<AgentSocket>) {
         self.proto.state = State::Verifying;
         let hash = opaque::hash(&token);
         let pool = self.proto.accounts.pool.clone();
@@ -303,8 +354,12 @@ impl Connection<AgentSocket> {
         };
         self.wait_for(
             lookup,
-            |agent, found, ctx| match found {
-                Ok(Some(m)) => agent.come_online(m.id.into(), m.user_id.into(), ctx),
+            move |agent, found, ctx| match found {
+                Ok(Some(m)) => {
+                    let first =
+                        account::register_text(&token, name.as_deref(), agent.proto.lossless);
+                    agent.find_home(m.id.into(), m.user_id.into(), first, ctx)
+                }
                 Ok(None) => agent.refuse_token(Outcome::Refused, "invalid machine token", ctx),
                 Err(ApiError::Unavailable(_)) => agent.refuse_token(
                     Outcome::Unavailable,
@@ -317,6 +372,60 @@ impl Connection<AgentSocket> {
             },
             ctx,
         );
+    }
+
+    /// In a cluster the user's connections are served by the user's node: an agent whose
+    /// user's node is another is tunnelled there (with its `register`, `first`).
+    fn find_home(
+        &mut self,
+        machine: MachineId,
+        user: UserId,
+        first: Vec<u8>,
+        ctx: &mut Ctx<AgentSocket>,
+    ) {
+        let Some(remote) = self.proto.remote.clone() else {
+            return self.come_online(machine, user, ctx);
+        };
+        let owner = user.clone();
+        let lookup = async move { remote.home_of(&owner).await };
+        self.wait_for(
+            lookup,
+            move |agent, home, ctx| match home {
+                Ok(Some(home)) => agent.tunnel(home, &first, ctx),
+                Ok(None) => agent.come_online(machine, user, ctx),
+                Err(err) => {
+                    tracing::warn!(conn = %agent.socket.conn, %err, "could not find the user's node");
+                    let why = "the relay cannot reach its cluster; try again";
+                    agent.refuse_token(Outcome::Unavailable, why, ctx)
+                }
+            },
+            ctx,
+        );
+    }
+
+    /// From now on this agent is its user's node's: everything it sends goes there.
+    fn tunnel(&mut self, home: NodeId, first: &[u8], ctx: &mut Ctx<AgentSocket>) {
+        let Some(remote) = self.proto.remote.clone() else {
+            return;
+        };
+        let peer = self.peer(ctx);
+        let conn = peer.conn;
+        let sink = Box::new(move |event| peer.tell(ToAgent::Remote(event)));
+        let ip = self.socket.client_ip();
+        match remote.open(&home, Endpoint::Agent, conn, sink, ip, first) {
+            Ok(route) => {
+                self.proto.gateway = Some(Gateway {
+                    home,
+                    route,
+                    joined: true,
+                })
+            }
+            Err(err) => {
+                tracing::debug!(%conn, %err, "could not reach the user's node");
+                let why = "the relay cannot reach its cluster; try again";
+                self.refuse_token(Outcome::Unavailable, why, ctx)
+            }
+        }
     }
 
     fn come_online(&mut self, machine: MachineId, user: UserId, ctx: &mut Ctx<AgentSocket>) {
@@ -405,6 +514,11 @@ impl Connection<AgentSocket> {
 
     fn on_command(&mut self, command: ToAgent, ctx: &mut Ctx<AgentSocket>) {
         match command {
+            ToAgent::Remote(event) => {
+                if !remote::from_home(self, event, ctx) {
+                    self.proto.gateway = None;
+                }
+            }
             ToAgent::Link {
                 session,
                 attachment,

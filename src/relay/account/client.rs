@@ -20,12 +20,15 @@ use super::registry::{
     ClientAsk, ClientCommand, ClientOffline, ClientOnline, ClientReply, ClientWelcome,
     MachineRegistry, ToClient,
 };
+use super::remote::{self, Remote};
 use super::streams::{SharedAttachment, SharedMachinePipes};
 use super::REGISTRY_TIMEOUT;
 use crate::accounts::Accounts;
 use crate::audit;
 use crate::error::ApiError;
-use crate::ids::{ClientKey, ConnId, DropReason, MachineId, Outcome, SessionId, UserId};
+use crate::ids::{
+    ClientKey, ConnId, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId, UserId,
+};
 use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{accept, lock, Accepted, Delivery};
@@ -33,6 +36,7 @@ use crate::relay::protocol::account::{self, AgentEvent, ClientEvent, ClientReque
 use crate::relay::protocol::json::Text;
 use crate::relay::protocol::{Common, ErrorCode, UserInfo};
 use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
+use crate::relay::tunnel::Gateway;
 use crate::transport::text_frame;
 
 /// The answer when the relay cannot reach its database.
@@ -59,6 +63,13 @@ pub struct ClientSocket {
     attached: HashMap<SessionId, Attached>,
     /// Lossless mode: the last `ack` sent for each session's input.
     acked: HashMap<SessionId, u64>,
+    /// In a cluster: the user's connections are served by the user's node.
+    remote: Option<Remote>,
+    /// A virtual connection for a client on another node, whose node already applied the
+    /// attempt limits.
+    relayed: bool,
+    /// Tunnelled to its user's node: everything it sends goes there.
+    gateway: Option<Gateway>,
 }
 
 impl ClientSocket {
@@ -68,20 +79,43 @@ impl ClientSocket {
         registry: Addr<MachineRegistry>,
         accounts: web::Data<Accounts>,
         limiters: Arc<Limiters>,
+        remote: Option<Remote>,
     ) -> Addr<Connection<Self>> {
-        Connection::start(
-            opened,
-            Self {
-                registry,
-                accounts,
-                limiters,
-                user: None,
-                known_as: None,
-                lossless: None,
-                attached: HashMap::default(),
-                acked: HashMap::default(),
-            },
-        )
+        let client = Self::new(registry, accounts, limiters, remote, false);
+        Connection::start(opened, client)
+    }
+
+    /// Starts a virtual connection for a client on another node (see `super::remote`).
+    pub fn start_relayed(
+        opened: Opened,
+        registry: Addr<MachineRegistry>,
+        accounts: web::Data<Accounts>,
+        limiters: Arc<Limiters>,
+    ) -> Addr<Connection<Self>> {
+        let client = Self::new(registry, accounts, limiters, None, true);
+        Connection::start(opened, client)
+    }
+
+    fn new(
+        registry: Addr<MachineRegistry>,
+        accounts: web::Data<Accounts>,
+        limiters: Arc<Limiters>,
+        remote: Option<Remote>,
+        relayed: bool,
+    ) -> Self {
+        Self {
+            registry,
+            accounts,
+            limiters,
+            user: None,
+            known_as: None,
+            lossless: None,
+            attached: HashMap::default(),
+            acked: HashMap::default(),
+            remote,
+            relayed,
+            gateway: None,
+        }
     }
 }
 
@@ -91,14 +125,21 @@ impl Protocol for ClientSocket {
 
     fn started(conn: &mut Connection<Self>, ctx: &mut Ctx<Self>) {
         ctx.run_later(conn.settings.auth.deadline(), |conn, ctx| {
-            if conn.proto.user.is_none() {
+            if conn.proto.user.is_none() && conn.proto.gateway.is_none() {
                 conn.finish(Outcome::Idle, ctx);
             }
         });
     }
 
     fn on_text(conn: &mut Connection<Self>, text: Bytes, ctx: &mut Ctx<Self>) {
-        conn.on_request(&text, ctx);
+        match (&conn.proto.gateway, &conn.proto.remote) {
+            (Some(gateway), Some(remote)) => {
+                if remote.up(&gateway.home, &gateway.route, text).is_err() {
+                    conn.finish(Outcome::Unavailable, ctx);
+                }
+            }
+            _ => conn.on_request(&text, ctx),
+        }
     }
 
     fn on_command(conn: &mut Connection<Self>, command: ToClient, ctx: &mut Ctx<Self>) {
@@ -107,10 +148,18 @@ impl Protocol for ClientSocket {
                 conn.proto.attached.remove(&session);
             }
             ToClient::Close(outcome) => conn.finish(outcome, ctx),
+            ToClient::Remote(event) => {
+                if !remote::from_home(conn, event, ctx) {
+                    conn.proto.gateway = None;
+                }
+            }
         }
     }
 
     fn stopping(conn: &mut Connection<Self>) {
+        if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.remote) {
+            remote.close(&gateway.home, &gateway.route, conn.socket.outcome().clean());
+        }
         if let Some(client) = conn.proto.known_as {
             conn.proto.registry.do_send(ClientOffline {
                 client,
@@ -372,6 +421,10 @@ impl Connection<ClientSocket> {
         ctx: &mut Ctx<ClientSocket>,
     ) {
         let ip = self.socket.client_ip();
+        if self.proto.relayed {
+            // Its own node applied the limits.
+            return self.verify_token(token, lossless, ctx);
+        }
         if !self.proto.limiters.auth.check(ip) {
             return self.error(
                 ErrorCode::RateLimited,
@@ -416,6 +469,60 @@ impl Connection<ClientSocket> {
                 );
             }
         };
+        if let Some(remote) = self.proto.remote.clone() {
+            // In a cluster the user's connections are served by the user's node.
+            let first = account::auth_text(token, lossless.is_some(), lossless.as_ref());
+            let user = user_id.clone();
+            let lookup = async move { remote.home_of(&user).await };
+            return self.wait_for(
+                lookup,
+                move |client, home, ctx| match home {
+                    Ok(Some(home)) => client.tunnel(home, &first, ctx),
+                    Ok(None) => client.find_user(user_id, lossless, ctx),
+                    Err(err) => {
+                        tracing::warn!(conn = %client.socket.conn, %err, "could not find the user's node");
+                        let message = "the relay cannot reach its cluster; try again";
+                        client.error(ErrorCode::Unavailable, message, ctx);
+                    }
+                },
+                ctx,
+            );
+        }
+        self.find_user(user_id, lossless, ctx);
+    }
+
+    /// From now on this client is its user's node's: everything it sends goes there.
+    fn tunnel(&mut self, home: NodeId, first: &[u8], ctx: &mut Ctx<ClientSocket>) {
+        let Some(remote) = self.proto.remote.clone() else {
+            return;
+        };
+        let peer = self.peer(ctx);
+        let conn = peer.conn;
+        let sink = Box::new(move |event| peer.tell(ToClient::Remote(event)));
+        let ip = self.socket.client_ip();
+        match remote.open(&home, Endpoint::Client, conn, sink, ip, first) {
+            Ok(route) => {
+                self.proto.gateway = Some(Gateway {
+                    home,
+                    route,
+                    joined: true,
+                })
+            }
+            Err(err) => {
+                tracing::debug!(%conn, %err, "could not reach the user's node");
+                let message = "the relay cannot reach its cluster; try again";
+                self.error(ErrorCode::Unavailable, message, ctx);
+            }
+        }
+    }
+
+    /// The token is good: the account, then online.
+    fn find_user(
+        &mut self,
+        user_id: UserId,
+        lossless: Option<ClientKey>,
+        ctx: &mut Ctx<ClientSocket>,
+    ) {
         let accounts = self.proto.accounts.clone();
         let lookup = async move { accounts.active_user(&user_id).await };
         self.wait_for(
@@ -487,7 +594,8 @@ impl Connection<ClientSocket> {
             self.proto.registry.clone(),
         );
         let user_id = user.id.clone();
-        let lookup = async move { directory::list(&pool, &registry, &user_id).await };
+        // A client's list is answered on its user's node: this one.
+        let lookup = async move { directory::list(&pool, &registry, None, &user_id).await };
         self.wait_for(
             lookup,
             |client, machines, ctx| match machines {

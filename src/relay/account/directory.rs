@@ -3,9 +3,11 @@
 
 use actix::Addr;
 use chrono::{NaiveDateTime, SecondsFormat};
+use diesel::Connection;
 use uuid::Uuid;
 
 use super::registry::{DropMachine, MachineRegistry, MachineStatus};
+use super::remote::Remote;
 use super::REGISTRY_TIMEOUT;
 use crate::accounts::ACCOUNT_GONE;
 use crate::auth::opaque::{self, MACHINE_PREFIX};
@@ -13,7 +15,7 @@ use crate::db::{self, DbConnection, Pool};
 use crate::error::ApiError;
 use crate::ids::{MachineId, UserId};
 use crate::models::machine::{self, Machine, NewMachine};
-use crate::models::user;
+use crate::models::{admin_generation, user};
 use crate::models::{is_foreign_key_violation, is_unique_violation, now};
 use crate::relay::protocol::{MachineInfo, MAX_MACHINE_NAME_CHARS};
 
@@ -31,10 +33,12 @@ fn info(machine: Machine, online: bool, session_count: usize) -> MachineInfo {
     }
 }
 
-/// The user's machines with live status.
+/// The user's machines with live status: from this node's registry, or, in a cluster,
+/// from the user's node (`remote`; see `super::remote`).
 pub async fn list(
     pool: &Pool,
     registry: &Addr<MachineRegistry>,
+    remote: Option<&Remote>,
     user: &UserId,
 ) -> Result<Vec<MachineInfo>, ApiError> {
     let owner = user.clone();
@@ -42,17 +46,34 @@ pub async fn list(
         Ok(machine::list_for_user(conn, owner.as_str())?)
     })
     .await?;
-    let machine_ids = machines
+    let machine_ids: Vec<MachineId> = machines
         .iter()
         .map(|m| MachineId::from(m.id.as_str()))
         .collect();
-    let live = registry
-        .send(MachineStatus {
-            machines: machine_ids,
-        })
-        .timeout(REGISTRY_TIMEOUT)
-        .await
-        .map_err(|_| ApiError::Unavailable("the relay is busy; try again shortly"))?;
+    let home = match remote {
+        Some(remote) => remote
+            .home_of(user)
+            .await
+            .map_err(|_| ApiError::Unavailable("the relay cannot reach its cluster; try again"))?,
+        None => None,
+    };
+    let live = match (home, remote) {
+        (Some(home), Some(remote)) => {
+            remote
+                .status(&home, &machine_ids)
+                .await
+                .ok_or(ApiError::Unavailable(
+                    "the relay cannot reach its cluster; try again",
+                ))?
+        }
+        _ => registry
+            .send(MachineStatus {
+                machines: machine_ids,
+            })
+            .timeout(REGISTRY_TIMEOUT)
+            .await
+            .map_err(|_| ApiError::Unavailable("the relay is busy; try again shortly"))?,
+    };
     Ok(machines
         .into_iter()
         .zip(live)
@@ -167,7 +188,15 @@ pub async fn delete(
     }
     let (owner, id) = (user.clone(), machine.clone());
     let deleted = db::run(pool, move |conn| {
-        Ok(machine::delete_for_user(conn, owner.as_str(), id.as_str())?)
+        // The generation tells every node (its admin watch) to drop the agent, wherever in
+        // a cluster it is; this node drops its own at once, below.
+        Ok(conn.transaction(|conn| {
+            let deleted = machine::delete_for_user(conn, owner.as_str(), id.as_str())?;
+            if deleted {
+                admin_generation::bump(conn, now())?;
+            }
+            Ok::<_, diesel::result::Error>(deleted)
+        })?)
     })
     .await?;
     if !deleted {

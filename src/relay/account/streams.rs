@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::ids::{ConnId, Outcome, SessionId};
 use crate::relay::delivery::{Command, Peer, Stream, StreamLimits};
+use crate::relay::tunnel::RemoteEvent;
 
 /// Registry (or a client) → agent actor.
 #[derive(Message)]
@@ -54,6 +55,8 @@ pub enum ToAgent {
     },
     /// Close the connection.
     Close(Outcome),
+    /// For an agent tunnelled to its user's node: what that node sent.
+    Remote(RemoteEvent),
 }
 
 impl Command for ToAgent {
@@ -73,6 +76,8 @@ pub enum ToClient {
     },
     /// Close the connection.
     Close(Outcome),
+    /// For a client tunnelled to its user's node: what that node sent.
+    Remote(RemoteEvent),
 }
 
 impl Command for ToClient {

@@ -27,8 +27,9 @@ const DELETED_MEMORY: Duration = Duration::from_secs(600);
 /// Most deleted machines remembered at once; past it the oldest are forgotten early.
 const MAX_DELETED: usize = 10_000;
 
-/// Live state of one machine, as the REST API and clients see it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Live state of one machine, as the REST API and clients see it (and as a user's node
+/// tells the others, in a cluster).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Live {
     /// An agent is connected for it.
     pub online: bool,

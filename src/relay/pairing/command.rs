@@ -2,12 +2,11 @@
 //! Its own file so that the pipes, the registry and the socket can all name it without
 //! importing each other.
 
-use actix::Message;
-use bytes::Bytes;
-
 use crate::ids::Outcome;
 use crate::relay::delivery::Command;
 use crate::relay::protocol::ErrorCode;
+use crate::relay::tunnel::RemoteEvent;
+use actix::Message;
 
 /// Registry (or partner) → connection actor.
 #[derive(Debug, Message)]
@@ -39,20 +38,8 @@ pub enum ToConn {
     },
     /// Close this connection.
     Close(Outcome),
-    /// For a browser tunnelled to another node: what its home sent.
+    /// For a side tunnelled to another node: what its home sent.
     Remote(RemoteEvent),
-}
-
-/// What the home node of a tunnelled browser sent (see `super::remote`).
-#[derive(Debug)]
-pub enum RemoteEvent {
-    /// A text message for the browser, as is.
-    Text(Bytes),
-    /// The home closed the connection: with this close code and reason, or (`None`) cut.
-    Closed(Option<(u16, String)>),
-    /// The home itself went away (down, or left): the pairing it held is gone with it, so
-    /// the side's partner is as lost.
-    HomeLost,
 }
 
 impl Command for ToConn {

@@ -18,7 +18,7 @@ use super::registry::{
 };
 use super::remote::Remote;
 use crate::audit;
-use crate::ids::{ClientKey, DropReason, NodeId, Outcome, PairingId, Role};
+use crate::ids::{ClientKey, DropReason, Outcome, PairingId, Role};
 use crate::limits::{Attempt, Limiters};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{lock as lock_pipes, Accepted, Delivery};
@@ -26,18 +26,9 @@ use crate::relay::protocol::json::Text;
 use crate::relay::protocol::pairing::{self, PairingEvent, PairingRequest};
 use crate::relay::protocol::{Common, ErrorCode};
 use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
+use crate::relay::tunnel::Gateway;
 
 mod gateway;
-
-/// A side's tunnel to the home of its code or pairing (its methods are in `gateway.rs`,
-/// which imports this module and not the other way round).
-struct Gateway {
-    home: NodeId,
-    route: String,
-    /// The home answered `joined` and the pairing has not ended since. A browser's tunnel
-    /// lasts as long as its pairing; a mac's as long as its connection.
-    joined: bool,
-}
 
 /// How long a connection waits for the registry to answer one of its requests. The
 /// registry answers in microseconds; this only bounds a wedged one.

@@ -430,6 +430,47 @@ fn fast_data(bytes: &[u8]) -> Option<(Text<'_>, Text<'_>, Option<u64>)> {
     ))
 }
 
+/// An agent's `register` as JSON again: what its node passes on when it tunnels the agent
+/// to the node of its user (`relay::account::remote`).
+pub fn register_text(token: &str, machine_name: Option<&str>, ack: bool) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Register<'a> {
+        r#type: &'static str,
+        token: &'a str,
+        #[serde(rename = "machineName", skip_serializing_if = "Option::is_none")]
+        machine_name: Option<&'a str>,
+        ack: bool,
+    }
+    let register = Register {
+        r#type: "register",
+        token,
+        machine_name,
+        ack,
+    };
+    // unwrap: strings and a bool always serialize.
+    serde_json::to_vec(&register).unwrap()
+}
+
+/// A client's `auth` as JSON again (see [`register_text`]).
+pub fn auth_text(token: &str, ack: bool, client_id: Option<&ClientKey>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Auth<'a> {
+        r#type: &'static str,
+        token: &'a str,
+        ack: bool,
+        #[serde(rename = "clientId", skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
+    }
+    let auth = Auth {
+        r#type: "auth",
+        token,
+        ack,
+        client_id: client_id.map(ClientKey::as_str),
+    };
+    // unwrap: strings and a bool always serialize.
+    serde_json::to_vec(&auth).unwrap()
+}
+
 /// Parses one `/ws/agent` message: `data` on the fast path, the rest through serde.
 pub fn parse_agent(bytes: &[u8]) -> Result<AgentRequest<'_>, ParseError> {
     match fast_data(bytes) {
@@ -458,6 +499,37 @@ pub fn parse_client(bytes: &[u8]) -> Result<ClientRequest<'_>, ParseError> {
 mod tests {
     use super::super::parse;
     use super::*;
+
+    #[test]
+    fn a_register_or_an_auth_re_encoded_parses_back_to_what_was_sent() {
+        let text = register_text("hmt_x\"y", Some("mac"), true);
+        match parse_agent(&text).unwrap() {
+            AgentRequest::Register {
+                token,
+                machine_name,
+                ack,
+            } => assert_eq!(
+                (token.as_str(), machine_name.as_deref(), ack),
+                ("hmt_x\"y", Some("mac"), true)
+            ),
+            other => panic!("{other:?}"),
+        }
+        let key = ClientKey::from("5f0c1e0e-8a4e-4c55-9d55-2f4b8f3a9b10");
+        let text = auth_text("t", true, Some(&key));
+        match parse_client(&text).unwrap() {
+            ClientRequest::Auth {
+                token,
+                ack,
+                client_id,
+            } => assert_eq!((token.as_str(), ack, client_id), ("t", true, Some(key))),
+            other => panic!("{other:?}"),
+        }
+        let text = auth_text("t", false, None);
+        assert_eq!(
+            std::str::from_utf8(&text).unwrap(),
+            r#"{"type":"auth","token":"t","ack":false}"#
+        );
+    }
 
     #[test]
     fn agent_events_serialise_with_the_exact_wire_names() {

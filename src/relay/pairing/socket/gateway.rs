@@ -6,14 +6,14 @@ use std::time::Instant;
 use actix::AsyncContext;
 use bytes::Bytes;
 
-use super::{Gateway, PairSocket, REGISTRY_TIMEOUT};
+use super::{PairSocket, REGISTRY_TIMEOUT};
 use crate::ids::{NodeId, Outcome, Role};
-use crate::relay::pairing::command::RemoteEvent;
 use crate::relay::pairing::registry::{Reissue, Release};
 use crate::relay::pairing::remote;
 use crate::relay::protocol::pairing::PairingEvent;
 use crate::relay::protocol::ErrorCode;
 use crate::relay::socket::{Connection, Ctx};
+use crate::relay::tunnel::{Gateway, RemoteEvent};
 
 impl Connection<PairSocket> {
     /// The side's code or pairing lives on `home`: from now on it is tunnelled there,
@@ -107,25 +107,11 @@ impl Connection<PairSocket> {
                         gateway.joined = false;
                     }
                 }
-                let frame =
-                    crate::transport::text_frame_of(text.len(), |buf| buf.extend_from_slice(&text));
-                if let Err(outcome) = self.socket.push(frame) {
-                    self.finish(outcome, ctx);
-                }
+                self.pass_down(&text, ctx);
             }
             RemoteEvent::Closed(close) => {
                 self.proto.gateway = None;
-                let outcome = match close {
-                    Some((code, reason)) => {
-                        self.socket.link.close(code.into(), &reason);
-                        Outcome::ALL
-                            .into_iter()
-                            .find(|outcome| outcome.as_str() == reason)
-                            .unwrap_or(Outcome::PeerClosed)
-                    }
-                    None => Outcome::Lost,
-                };
-                self.finish(outcome, ctx);
+                self.closed_by_home(close, ctx);
             }
             RemoteEvent::HomeLost => {
                 let joined = gateway.joined;

@@ -1,6 +1,7 @@
 //! The home's end of a tunnel: a virtual connection for a side on another node — a real
-//! `PairSocket` over a loopback TCP socket — and the task that speaks WebSocket (as a
-//! client) on the other end of that socket, relaying between it and the gateway.
+//! connection actor of its endpoint over a loopback TCP socket — and the task that speaks
+//! WebSocket (as a client) on the other end of that socket, relaying between it and the
+//! gateway.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,43 +13,43 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use super::{lock, Home, Open, Remote, TunnelIn, CLOSE, DOWN, TUNNEL_QUEUE};
+use super::{lock, Home, Open, TunnelIn, Tunnels, CLOSE, DOWN, TUNNEL_QUEUE};
 use crate::cluster::Envelope;
-use crate::ids::{Endpoint, NodeId, Role};
-use crate::relay::pairing::socket::PairSocket;
+use crate::ids::{Endpoint, NodeId};
 use crate::relay::socket::{Opened, Socket};
 use crate::transport::Killable;
 
 /// How long a tunnel waits for its virtual connection's answer to a close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Opens a virtual connection for the browser of `envelope` (an `OPEN`) and starts its
+/// Opens a virtual connection for the side of `envelope` (an `OPEN`) and starts its
 /// tunnel. If it cannot be opened, the gateway is told the connection was cut.
-pub(super) async fn open(remote: &Remote, envelope: Envelope, home: &Home) {
+pub(super) async fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
     let (gateway, route) = (envelope.from, envelope.route);
     let opened = match serde_json::from_slice::<Open>(&envelope.body) {
-        Ok(open) => start(open, home, remote).await,
+        Ok(open) => start(open, home, tunnels).await,
         Err(_) => None,
     };
     let Some((framed, first)) = opened else {
-        let _ = remote.send(&gateway, CLOSE, &route, Bytes::new());
+        let _ = tunnels.send(&gateway, CLOSE, &route, Bytes::new());
         return;
     };
     let (tx, rx) = mpsc::channel(TUNNEL_QUEUE);
-    lock(&remote.0.tunnels).insert(route.clone(), (gateway.clone(), tx));
-    let remote = remote.clone();
+    lock(&tunnels.0.tunnels).insert(route.clone(), (gateway.clone(), tx));
+    let tunnels = tunnels.clone();
     actix_rt::spawn(async move {
-        relay(&remote, framed, rx, &gateway, &route, first).await;
-        lock(&remote.0.tunnels).remove(&route);
+        relay(&tunnels, framed, rx, &gateway, &route, first).await;
+        lock(&tunnels.0.tunnels).remove(&route);
     });
 }
 
-/// A loopback socket pair; the server end becomes the side's `PairSocket`.
+/// A loopback socket pair; the server end becomes the side's connection actor.
 async fn start(
     open: Open,
     home: &Home,
-    remote: &Remote,
+    tunnels: &Tunnels,
 ) -> Option<(Framed<TcpStream, ws::Codec>, String)> {
+    let endpoint = Endpoint::from_route(&open.endpoint)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
     let addr = listener.local_addr().ok()?;
     let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
@@ -57,10 +58,6 @@ async fn start(
     let _ = server.set_nodelay(true);
     let settings = home.settings.snapshot();
     let limits = &settings.limits;
-    let (role, endpoint) = match open.mac {
-        true => (Role::Mac, Endpoint::Mac),
-        false => (Role::Browser, Endpoint::Browser),
-    };
     let admission = home.connections.admit(open.ip, endpoint).ok()?;
     let upgraded = crate::transport::take(
         Killable::new(server),
@@ -73,13 +70,7 @@ async fn start(
         inbound: upgraded.inbound,
         settings: Arc::clone(&settings),
     };
-    PairSocket::start_relayed(
-        role,
-        opened,
-        home.registry.clone(),
-        Arc::clone(&home.limiters),
-        remote.clone(),
-    );
+    (home.start)(endpoint, opened, tunnels);
     actix_rt::spawn(upgraded.writer);
     let codec = ws::Codec::new()
         .client_mode()
@@ -89,14 +80,14 @@ async fn start(
 
 /// Relays between the virtual connection and the gateway until either ends.
 async fn relay(
-    remote: &Remote,
+    tunnels: &Tunnels,
     mut framed: Framed<TcpStream, ws::Codec>,
     mut from_gateway: mpsc::Receiver<TunnelIn>,
     gateway: &NodeId,
     route: &str,
     first: String,
 ) {
-    let down = |kind: &str, body: Bytes| remote.send(gateway, kind, route, body).is_ok();
+    let down = |kind: &str, body: Bytes| tunnels.send(gateway, kind, route, body).is_ok();
     if framed.send(ws::Message::Text(first.into())).await.is_err() {
         down(CLOSE, Bytes::new());
         return;

@@ -1,0 +1,307 @@
+//! Tunnels between nodes: a connection on one node (the *gateway*) that belongs on another
+//! (its *home*: where its code, pairing or user lives) is relayed there as is.
+//!
+//! The gateway sends the side's first message ([`OPEN`]) and then each text message
+//! ([`UP`]) to the home, where a virtual connection stands for it — a real connection actor
+//! of its endpoint over a loopback socket (see `home.rs`), so every rule, error code and
+//! close code is the one of a single node. What the home's socket writes comes back
+//! ([`DOWN`]), and so does its close frame ([`CLOSE`]); when the side leaves, the gateway
+//! says so ([`GONE`]): a close frame then reaches the virtual connection, a lost connection
+//! cuts it (any resume grace applies there).
+//!
+//! A home that goes away (down, or left) takes what it held with it: its gateways are told
+//! [`RemoteEvent::HomeLost`]. This node cut from Redis cuts its tunnels both ways.
+//!
+//! Both products use it (quick pairing: `relay::pairing::remote`; accounts:
+//! `relay::account::remote`); it knows neither — what a virtual connection is, is the
+//! [`Starter`] the node gives it.
+
+mod home;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::socket::{Connection, Ctx, Opened, Protocol};
+use crate::cluster::{Cluster, ClusterEvent, Envelope, Inbound, SendError};
+use crate::config::Live;
+use crate::connections::Connections;
+use crate::ids::{ConnId, Endpoint, HashMap, NodeId, Outcome};
+
+/// Gateway → home: open a virtual connection; body: [`Open`] as JSON.
+pub const OPEN: &str = "tun.open";
+/// Gateway → home: one text message of the side, as is.
+pub const UP: &str = "tun.up";
+/// Home → gateway: one text message for the side, as is.
+pub const DOWN: &str = "tun.down";
+/// Home → gateway: the virtual connection closed; body: `<code> <reason>`, or empty when
+/// it was cut without a close frame.
+pub const CLOSE: &str = "tun.close";
+/// Gateway → home: the side left; body `clean` (it sent a close frame) or `lost`.
+pub const GONE: &str = "tun.gone";
+
+/// Messages waiting for one virtual connection's tunnel; past it, the tunnel is cut.
+const TUNNEL_QUEUE: usize = 1024;
+
+/// What the home of a tunnelled side sent it.
+#[derive(Debug)]
+pub enum RemoteEvent {
+    /// A text message for the side, as is.
+    Text(Bytes),
+    /// The home closed the connection: with this close code and reason, or (`None`) cut.
+    Closed(Option<(u16, String)>),
+    /// The home itself went away (down, or left): what it held is gone with it.
+    HomeLost,
+}
+
+/// How a gateway hands a tunnelled side what its home sent.
+pub type Sink = Box<dyn Fn(RemoteEvent) + Send>;
+
+/// Starts the connection actor of a virtual connection for `endpoint`; it must not tunnel
+/// further (its gateway applied the attempt limits and looked its home up).
+pub type Starter = Arc<dyn Fn(Endpoint, Opened, &Tunnels) + Send + Sync>;
+
+/// The first message of a tunnel.
+#[derive(Debug, Serialize, Deserialize)]
+struct Open {
+    /// The side's address (its limits and logs on the home node).
+    ip: IpAddr,
+    /// Its endpoint, as its path (`/mac`, `/browser`, `/ws/agent`, `/ws/client`).
+    endpoint: String,
+    /// The side's message that opened the tunnel, as it sent it (or re-encoded).
+    first: String,
+}
+
+/// What the home's tunnel task is told.
+#[derive(Debug)]
+enum TunnelIn {
+    /// A message from the side.
+    Text(Bytes),
+    /// The side left: with a close frame, or lost.
+    Gone {
+        /// It sent a close frame.
+        clean: bool,
+    },
+}
+
+/// What starts a virtual connection on this node.
+pub struct Home {
+    /// The settings a new connection takes.
+    pub settings: Live,
+    /// Admission and shutdown.
+    pub connections: Arc<Connections>,
+    /// The connection actors, by endpoint.
+    pub start: Starter,
+}
+
+/// This node's tunnels, both ends; cheap to clone.
+#[derive(Clone)]
+pub struct Tunnels(Arc<Inner>);
+
+struct Inner {
+    cluster: Arc<Cluster>,
+    /// Sides here tunnelled to a home elsewhere, by route.
+    gateways: Mutex<HashMap<String, (NodeId, Sink)>>,
+    /// Virtual connections here for sides elsewhere, by route: the gateway, the tunnel.
+    tunnels: Mutex<HashMap<String, (NodeId, mpsc::Sender<TunnelIn>)>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Tunnels {
+    /// Starts reading the cluster's inbox for tunnels, on a thread of its own.
+    pub fn start(cluster: Arc<Cluster>, home: Home) -> Option<Self> {
+        let inbox = cluster.inbox("tun")?;
+        let tunnels = Self(Arc::new(Inner {
+            cluster,
+            gateways: Mutex::default(),
+            tunnels: Mutex::default(),
+        }));
+        let dispatcher = tunnels.clone();
+        actix::Arbiter::new().spawn(async move {
+            loop {
+                let item = inbox.recv().await;
+                dispatcher.dispatch(item, &home).await;
+            }
+        });
+        Some(tunnels)
+    }
+
+    /// The cluster they run through.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.0.cluster
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        self.0.cluster.node_id()
+    }
+
+    /// Opens a tunnel for connection `conn` on `endpoint` to `home`, starting with its
+    /// message `first`; what the home sends reaches `sink`. Returns the tunnel's route.
+    pub fn open(
+        &self,
+        home: &NodeId,
+        endpoint: Endpoint,
+        conn: ConnId,
+        sink: Sink,
+        ip: IpAddr,
+        first: &[u8],
+    ) -> Result<String, SendError> {
+        let route = route(self.node(), conn);
+        let open = Open {
+            ip,
+            endpoint: endpoint.as_str().to_owned(),
+            first: String::from_utf8_lossy(first).into_owned(),
+        };
+        // unwrap: an `Open` is a plain struct of strings.
+        let body = serde_json::to_vec(&open).unwrap();
+        lock(&self.0.gateways).insert(route.clone(), (home.clone(), sink));
+        let sent = self.send(home, OPEN, &route, Bytes::from(body));
+        if sent.is_err() {
+            lock(&self.0.gateways).remove(&route);
+        }
+        sent.map(|()| route)
+    }
+
+    /// Relays one message of a tunnelled side to its home.
+    pub fn up(&self, home: &NodeId, route: &str, text: Bytes) -> Result<(), SendError> {
+        self.send(home, UP, route, text)
+    }
+
+    /// The tunnelled side left (or its tunnel is given up: `clean`).
+    pub fn close(&self, home: &NodeId, route: &str, clean: bool) {
+        lock(&self.0.gateways).remove(route);
+        let body = if clean { "clean" } else { "lost" };
+        let _ = self.send(home, GONE, route, Bytes::from_static(body.as_bytes()));
+    }
+
+    fn send(&self, to: &NodeId, kind: &str, route: &str, body: Bytes) -> Result<(), SendError> {
+        let envelope = Envelope::new(kind, route, body).map_err(|_| SendError::Full)?;
+        self.0.cluster.send(to, envelope)
+    }
+
+    /// Handles one item of the inbox.
+    async fn dispatch(&self, item: Inbound, home: &Home) {
+        match item {
+            Inbound::Message(envelope) => match envelope.kind.as_str() {
+                OPEN => home::open(self, envelope, home).await,
+                UP => self.to_tunnel(&envelope.route, TunnelIn::Text(envelope.body)),
+                GONE => {
+                    let clean = envelope.body.as_ref() == b"clean";
+                    self.to_tunnel(&envelope.route, TunnelIn::Gone { clean });
+                }
+                DOWN => self.to_gateway(&envelope.route, RemoteEvent::Text(envelope.body)),
+                CLOSE => {
+                    let close = std::str::from_utf8(&envelope.body)
+                        .ok()
+                        .and_then(|text| text.split_once(' '))
+                        .and_then(|(code, reason)| Some((code.parse().ok()?, reason.to_owned())));
+                    self.to_gateway(&envelope.route, RemoteEvent::Closed(close));
+                    lock(&self.0.gateways).remove(&envelope.route);
+                }
+                _ => {}
+            },
+            Inbound::Event(ClusterEvent::NodeDown(node) | ClusterEvent::NodeLeft(node)) => {
+                self.cut(|other| *other == node, || RemoteEvent::HomeLost)
+            }
+            Inbound::Event(ClusterEvent::Lost) => self.cut(|_| true, || RemoteEvent::Closed(None)),
+            Inbound::Event(_) => {}
+            Inbound::Lost(Some(routes)) => {
+                for route in routes {
+                    self.cut_route(&route);
+                }
+            }
+            Inbound::Lost(None) => self.cut(|_| true, || RemoteEvent::Closed(None)),
+        }
+    }
+
+    fn to_tunnel(&self, route: &str, message: TunnelIn) {
+        let mut tunnels = lock(&self.0.tunnels);
+        let Some((_, tunnel)) = tunnels.get(route) else {
+            return;
+        };
+        if tunnel.try_send(message).is_err() {
+            // Its virtual connection cannot keep up: dropping the sender cuts it.
+            tunnels.remove(route);
+        }
+    }
+
+    fn to_gateway(&self, route: &str, event: RemoteEvent) {
+        if let Some((_, sink)) = lock(&self.0.gateways).get(route) {
+            sink(event);
+        }
+    }
+
+    /// Cuts every tunnel through a node for which `lost` holds, telling each tunnelled side
+    /// `event`.
+    fn cut(&self, lost: impl Fn(&NodeId) -> bool, event: impl Fn() -> RemoteEvent) {
+        lock(&self.0.tunnels).retain(|_, (gateway, _)| !lost(gateway));
+        let mut gateways = lock(&self.0.gateways);
+        gateways.retain(|_, (home, sink)| {
+            if lost(home) {
+                sink(event());
+            }
+            !lost(home)
+        });
+    }
+
+    fn cut_route(&self, route: &str) {
+        lock(&self.0.tunnels).remove(route);
+        if let Some((_, sink)) = lock(&self.0.gateways).remove(route) {
+            sink(RemoteEvent::Closed(None));
+        }
+    }
+}
+
+/// A tunnel's name, unique in the cluster: the gateway node, the side's connection and
+/// the tunnel's number (one connection may open several tunnels, one after the other).
+fn route(node: &NodeId, conn: ConnId) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Relaxed);
+    format!("{node}/{conn}/{n}")
+}
+
+/// What a gateway needs of one tunnelled side: where it goes and by which route.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The home node.
+    pub home: NodeId,
+    /// The tunnel's route.
+    pub route: String,
+    /// The home answered the first message with success (what counts as success is the
+    /// endpoint's: `joined`, `authenticated`, `registered`) and it has not been undone.
+    pub joined: bool,
+}
+
+impl<P: Protocol> Connection<P> {
+    /// Passes a message from the home of this tunnelled connection to its peer, as is.
+    pub fn pass_down(&mut self, text: &[u8], ctx: &mut Ctx<P>) {
+        let frame = crate::transport::text_frame_of(text.len(), |buf| buf.extend_from_slice(text));
+        if let Err(outcome) = self.socket.push(frame) {
+            self.finish(outcome, ctx);
+        }
+    }
+
+    /// The home closed this tunnelled connection's virtual one: with its close code and
+    /// reason, which this connection closes with too; or (`None`) cut, as this one is.
+    pub fn closed_by_home(&mut self, close: Option<(u16, String)>, ctx: &mut Ctx<P>) {
+        let outcome = match close {
+            Some((code, reason)) => {
+                self.socket.link.close(code.into(), &reason);
+                Outcome::ALL
+                    .into_iter()
+                    .find(|outcome| outcome.as_str() == reason)
+                    .unwrap_or(Outcome::PeerClosed)
+            }
+            None => Outcome::Lost,
+        };
+        self.finish(outcome, ctx);
+    }
+}

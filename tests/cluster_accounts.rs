@@ -1,0 +1,283 @@
+//! Accounts across nodes (issue 11): an agent on one node and its user's clients on others
+//! see exactly what they would on one node. Real nodes, Redis and PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::account::*;
+use common::cluster::*;
+use common::*;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Admin changes (a machine deleted) are picked up within a few hundred milliseconds.
+fn quick_watch(s: &mut hermit_relay::config::Settings) {
+    s.admin.poll_interval_ms = 200;
+}
+
+/// Waits until `ws` is closed, with a close frame or cut; returns the close code, if any.
+async fn closed(ws: &mut Ws, within: Duration) -> Option<u16> {
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the connection is closed in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_and_its_clients_on_other_nodes_work_as_on_one_node() {
+    let Some((_db, nodes)) = cluster_of(3, |_| {}).await else {
+        return;
+    };
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let ada = owner(b, "ada@example.com").await;
+    let mut mac = agent(a, &ada, &["s1", "s2"]).await;
+    let mut first = client(b, &ada.access).await;
+    let mut second = client(c, &ada.access).await;
+
+    // The list, on a client's socket and over REST, is the cluster's.
+    send(&mut first, json!({"type": "list_machines"})).await;
+    let machines = recv_type(&mut first, "machines").await;
+    assert_eq!(machines["machines"][0]["online"], true, "{machines}");
+    assert_eq!(machines["machines"][0]["sessionCount"], 2, "{machines}");
+    for node in [a, b, c] {
+        let listed = machines_of(node, &ada.access).await;
+        assert_eq!(listed[0]["online"], true, "{listed}");
+        assert_eq!(listed[0]["sessionCount"], 2, "{listed}");
+    }
+    send(
+        &mut second,
+        json!({"type": "list_sessions", "machineId": ada.machine_id}),
+    )
+    .await;
+    let sessions = recv_type(&mut second, "sessions").await;
+    assert_eq!(
+        sessions["sessions"].as_array().unwrap().len(),
+        2,
+        "{sessions}"
+    );
+
+    // Both attach; the agent hears each attach first.
+    attach(&mut first, &ada, "s1").await;
+    assert_eq!(recv_type(&mut mac, "attach").await["sessionId"], "s1");
+    attach(&mut second, &ada, "s1").await;
+    assert_eq!(recv_type(&mut mac, "attach").await["sessionId"], "s1");
+
+    // Output reaches both, in order; input and resizes reach the agent.
+    for n in 0..50 {
+        let data = json!({"type": "data", "sessionId": "s1", "data": format!("out {n}")});
+        send(&mut mac, data).await;
+    }
+    for web in [&mut first, &mut second] {
+        for n in 0..50 {
+            let got = recv_type(web, "data").await;
+            assert_eq!(
+                got,
+                json!({"type": "data", "sessionId": "s1", "data": format!("out {n}")})
+            );
+        }
+    }
+    send(
+        &mut first,
+        json!({"type": "data", "sessionId": "s1", "data": "ls\r"}),
+    )
+    .await;
+    let typed = recv_type(&mut mac, "data").await;
+    assert_eq!(
+        typed,
+        json!({"type": "data", "sessionId": "s1", "data": "ls\r"})
+    );
+    let resize = json!({"type": "resize", "sessionId": "s1", "cols": 120, "rows": 40});
+    send(&mut second, resize.clone()).await;
+    assert_eq!(recv_type(&mut mac, "resize").await, resize);
+
+    // A session created from one client is announced to both.
+    send(
+        &mut second,
+        json!({"type": "create_session", "machineId": ada.machine_id, "name": "build", "command": "make"}),
+    )
+    .await;
+    let start = recv_type(&mut mac, "start_session").await;
+    assert_eq!(
+        start,
+        json!({"type": "start_session", "name": "build", "command": "make"})
+    );
+    send(
+        &mut mac,
+        json!({"type": "session_started", "session": session("new")}),
+    )
+    .await;
+    for web in [&mut first, &mut second] {
+        let started = recv_type(web, "session_started").await;
+        assert_eq!(started["session"]["id"], "new", "{started}");
+    }
+    send(
+        &mut mac,
+        json!({"type": "session_ended", "sessionId": "new"}),
+    )
+    .await;
+    for web in [&mut first, &mut second] {
+        let ended = recv_type(web, "session_ended").await;
+        assert_eq!(ended["sessionId"], "new", "{ended}");
+    }
+
+    // Detach is answered, and the agent told.
+    send(&mut first, json!({"type": "detach", "sessionId": "s1"})).await;
+    assert_eq!(recv_type(&mut first, "detached").await["sessionId"], "s1");
+    assert_eq!(recv_type(&mut mac, "detach").await["sessionId"], "s1");
+
+    // The agent leaves: every client hears its machine is offline.
+    mac.close(None).await.unwrap();
+    for web in [&mut first, &mut second] {
+        let status = recv_type(web, "machine_status").await;
+        assert_eq!(status["online"], false, "{status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_is_enforced_across_nodes() {
+    let Some((_db, nodes)) = cluster_of(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let ada = owner(a, "ada@example.com").await;
+    let eve = owner(b, "eve@example.com").await;
+    let _mac = agent(a, &ada, &["s1"]).await;
+    for node in [a, b] {
+        let mut web = client(node, &eve.access).await;
+        send(&mut web, json!({"type": "list_machines"})).await;
+        let machines = recv_type(&mut web, "machines").await;
+        let ids: Vec<_> = machines["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].clone())
+            .collect();
+        assert_eq!(ids, vec![json!(eve.machine_id)], "{machines}");
+        let asks = [
+            json!({"type": "list_sessions", "machineId": ada.machine_id}),
+            json!({"type": "attach", "machineId": ada.machine_id, "sessionId": "s1"}),
+            json!({"type": "create_session", "machineId": ada.machine_id, "name": "x", "command": "y"}),
+        ];
+        for ask in asks {
+            send(&mut web, ask).await;
+            expect_error(&mut web, "MACHINE_NOT_FOUND").await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_another_node_replaces_the_first() {
+    let Some((_db, nodes)) = cluster_of(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let ada = owner(a, "ada@example.com").await;
+    let mut old = agent(a, &ada, &["s1"]).await;
+    let mut web = client(a, &ada.access).await;
+    attach(&mut web, &ada, "s1").await;
+    assert_eq!(recv_type(&mut old, "attach").await["sessionId"], "s1");
+
+    // The same token on the other node: the old agent is closed 1000, the client stays
+    // attached, and the new agent hears of it.
+    let mut new = connect_to(b, "/ws/agent").await;
+    send(
+        &mut new,
+        json!({"type": "register", "token": ada.machine_token}),
+    )
+    .await;
+    assert_eq!(recv(&mut new).await["success"], true);
+    assert_eq!(recv(&mut new).await["type"], "list_sessions");
+    assert_eq!(closed(&mut old, WAIT).await, Some(1000));
+    send(
+        &mut new,
+        json!({"type": "sessions", "sessions": [session("s1")]}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut new, "attach").await["sessionId"], "s1");
+    send(
+        &mut new,
+        json!({"type": "data", "sessionId": "s1", "data": "still here"}),
+    )
+    .await;
+    let got = recv_type(&mut web, "data").await;
+    assert_eq!(got["data"], "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_machine_on_any_node_drops_its_agent_wherever_it_is() {
+    let Some((_db, nodes)) = cluster_of(2, quick_watch).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let ada = owner(a, "ada@example.com").await;
+    let mut mac = agent(a, &ada, &[]).await;
+    let deleted = reqwest::Client::new()
+        .delete(url_of(b, &format!("/api/machines/{}", ada.machine_id)))
+        .bearer_auth(&ada.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(closed(&mut mac, Duration::from_secs(5)).await, Some(1008));
+    // Its token is void on every node.
+    for node in [a, b] {
+        let mut again = connect_to(node, "/ws/agent").await;
+        send(
+            &mut again,
+            json!({"type": "register", "token": ada.machine_token}),
+        )
+        .await;
+        assert_eq!(recv(&mut again).await["success"], false);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_user_s_node_dies_its_connections_elsewhere_start_again_on_a_new_one() {
+    let Some((_db, mut nodes)) = cluster_of(3, |_| {}).await else {
+        return;
+    };
+    let ada = owner(&nodes[1], "ada@example.com").await;
+    let _mac = agent(&nodes[0], &ada, &["s1"]).await; // node 0 is ada's node now
+    let mut web = client(&nodes[1], &ada.access).await;
+    attach(&mut web, &ada, "s1").await;
+
+    let killed = Instant::now();
+    let dead = nodes[0].cluster.node_id().clone();
+    drop(nodes.remove(0)); // nodes = [1, 2]
+                           // The client on node 1 is cut (as a client of a crashed relay is) within the bound.
+    assert_eq!(closed(&mut web, Duration::from_secs(8)).await, None);
+    assert!(killed.elapsed() < Duration::from_secs(8));
+    // (A connection made before its node noticed would be tunnelled into the void and cut
+    // when it does, like this one: clients reconnect. Wait until both know.)
+    eventually(Duration::from_secs(8), "both nodes notice", || {
+        nodes
+            .iter()
+            .all(|node| !node.cluster.nodes().contains(&dead))
+    })
+    .await;
+
+    // The agent reconnects to node 2, the client to node 1: one of them makes its node
+    // ada's node, the other is tunnelled there, and all works again.
+    let mut mac = agent(&nodes[1], &ada, &["s1"]).await;
+    let mut web = client(&nodes[0], &ada.access).await;
+    send(&mut web, json!({"type": "list_machines"})).await;
+    let machines = recv_type(&mut web, "machines").await;
+    assert_eq!(machines["machines"][0]["online"], true, "{machines}");
+    attach(&mut web, &ada, "s1").await;
+    assert_eq!(recv_type(&mut mac, "attach").await["sessionId"], "s1");
+    send(
+        &mut mac,
+        json!({"type": "data", "sessionId": "s1", "data": "back"}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut web, "data").await["data"], "back");
+}
