@@ -82,12 +82,13 @@ async fn mac_on(node: &TestNode) -> (Ws, String) {
     (ws, msg["code"].as_str().unwrap().to_owned())
 }
 
-/// `browser` joins `code`, and it and `mac` hear `joined`.
-async fn join(browser: &mut Ws, mac: &mut Ws, code: &str) {
+/// `browser` joins `code`, and it and `mac` hear `joined`; returns the `sessionId`.
+async fn join(browser: &mut Ws, mac: &mut Ws, code: &str) -> String {
     send(browser, json!({"type": "join", "code": code})).await;
     let joined = recv(browser).await;
     assert_eq!(joined["type"], "joined", "{joined}");
     assert_eq!(recv(mac).await, joined);
+    joined["sessionId"].as_str().unwrap().to_owned()
 }
 
 /// `count` messages each way, in order.
@@ -131,6 +132,14 @@ async fn nodes_ride_out_a_redis_restart_and_recover_by_themselves() {
     join(&mut local_browser, &mut local_mac, &code).await;
     exchange(&mut local_mac, &mut local_browser, "before", 20).await;
     let (mut waiting_mac, waiting_code) = mac_on(&a).await;
+    // Two pairings whose browsers will try to resume during the outage: one across nodes
+    // (mac on A, browser on B), one within A.
+    let (mut far_mac, far_code) = mac_on(&a).await;
+    let mut far_paired = b.connect("/browser").await;
+    let far_session = join(&mut far_paired, &mut far_mac, &far_code).await;
+    let (mut near_mac, near_code) = mac_on(&a).await;
+    let mut near_paired = a.connect("/browser").await;
+    let near_session = join(&mut near_paired, &mut near_mac, &near_code).await;
 
     redis.stop();
     ready_becomes(&a, 503).await;
@@ -162,6 +171,26 @@ async fn nodes_ride_out_a_redis_restart_and_recover_by_themselves() {
         assert!(text.contains("try again"), "{text}");
     }
     assert_usable(&mut far_browser).await;
+
+    // A browser lost from a pairing of node A tries to resume on B: B cannot ask where the
+    // pairing lives, and says so rather than that it does not exist. One that resumes a
+    // pairing of its own node needs no cluster.
+    drop((far_paired, near_paired));
+    expect_silence(&mut near_mac, Duration::from_millis(300)).await;
+    let mut far_again = b.connect("/browser").await;
+    let resume = json!({"type": "resume", "sessionId": far_session});
+    send(&mut far_again, resume).await;
+    let text = expect_error(&mut far_again, "UNAVAILABLE").await;
+    assert!(text.contains("try again"), "{text}");
+    let mut near_again = a.connect("/browser").await;
+    send(
+        &mut near_again,
+        json!({"type": "resume", "sessionId": near_session}),
+    )
+    .await;
+    assert_eq!(recv(&mut near_again).await["type"], "joined");
+    assert_eq!(recv(&mut near_mac).await["type"], "joined");
+    exchange(&mut near_mac, &mut near_again, "resumed", 5).await;
 
     // A new mac gets no code it could not make known cluster-wide: it is told to retry.
     let mut new_mac = a.connect("/mac").await;

@@ -65,7 +65,7 @@ pub struct AgentSocket {
     /// attempt limits.
     relayed: bool,
     /// Tunnelled to its user's node: everything it sends goes there.
-    gateway: Option<Gateway>,
+    gateway: Option<Box<Gateway>>,
 }
 
 impl AgentSocket {
@@ -414,11 +414,11 @@ impl Connection<AgentSocket> {
         let ip = self.socket.client_ip();
         match remote.open(&home, Endpoint::Agent, conn, sink, ip, first) {
             Ok(route) => {
-                self.proto.gateway = Some(Gateway {
+                self.proto.gateway = Some(Box::new(Gateway {
                     home,
                     route,
                     joined: true,
-                })
+                }))
             }
             Err(err) => {
                 tracing::debug!(%conn, %err, "could not reach the user's node");

@@ -69,7 +69,7 @@ pub struct ClientSocket {
     /// attempt limits.
     relayed: bool,
     /// Tunnelled to its user's node: everything it sends goes there.
-    gateway: Option<Gateway>,
+    gateway: Option<Box<Gateway>>,
 }
 
 impl ClientSocket {
@@ -502,11 +502,11 @@ impl Connection<ClientSocket> {
         let ip = self.socket.client_ip();
         match remote.open(&home, Endpoint::Client, conn, sink, ip, first) {
             Ok(route) => {
-                self.proto.gateway = Some(Gateway {
+                self.proto.gateway = Some(Box::new(Gateway {
                     home,
                     route,
                     joined: true,
-                })
+                }))
             }
             Err(err) => {
                 tracing::debug!(%conn, %err, "could not reach the user's node");

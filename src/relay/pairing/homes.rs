@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterError};
 use crate::ids::{ClientKey, NodeId, PairingId};
 use crate::metrics::METRICS;
 
@@ -91,12 +91,16 @@ impl Homes {
     }
 }
 
-/// The home of the pairing a `kind` id names, if it is another live node.
-pub async fn find(cluster: &Cluster, kind: Kind, key: &str) -> Option<NodeId> {
-    let home = cluster
-        .get(&cluster.key(&[kind.as_str(), key]))
-        .await
-        .ok()??;
-    let home = NodeId::parse(&home)?;
-    (home != *cluster.node_id() && cluster.nodes().contains(&home)).then_some(home)
+/// The home of the pairing a `kind` id names, if it is another live node; an error if
+/// Redis could not be asked.
+pub async fn find(
+    cluster: &Cluster,
+    kind: Kind,
+    key: &str,
+) -> Result<Option<NodeId>, ClusterError> {
+    let Some(home) = cluster.get(&cluster.key(&[kind.as_str(), key])).await? else {
+        return Ok(None);
+    };
+    Ok(NodeId::parse(&home)
+        .filter(|home| home != cluster.node_id() && cluster.nodes().contains(home)))
 }

@@ -109,6 +109,9 @@ pub struct Register {
     pub client_id: ClientKey,
     /// Lossless mode.
     pub lossless: Lossless,
+    /// The cluster could not be asked whether a pairing of this `clientId` lives on
+    /// another node: unless it lives here, the mac is told to try again (keeping its code).
+    pub cut_off: bool,
 }
 
 /// Browser → registry: `join`.
@@ -140,6 +143,9 @@ pub struct Resume {
     pub session_id: String,
     /// Lossless mode.
     pub lossless: Lossless,
+    /// The cluster could not be asked whether this pairing lives on another node: unless
+    /// it lives here, the browser is told to try again.
+    pub cut_off: bool,
 }
 
 /// Mac → registry: the code I was given is held by another node of the cluster; give me
@@ -410,6 +416,23 @@ impl SessionRegistry {
     }
 
     /// Every handler ends here: count, arm the timer, answer.
+    /// Answers `conn`'s request with `UNAVAILABLE`: what it asked for may live on another
+    /// node, and the cluster cannot be asked now.
+    fn unavailable(
+        &mut self,
+        conn: ConnId,
+        message: &'static str,
+        ctx: &mut Context<Self>,
+    ) -> Reply {
+        let effects = vec![Effect::Error {
+            to: conn,
+            code: ErrorCode::Unavailable,
+            message,
+        }];
+        let reply = self.apply(effects, Some(conn), None);
+        self.done(reply, ctx)
+    }
+
     fn done(&mut self, reply: Reply, ctx: &mut Context<Self>) -> Reply {
         self.messages += 1;
         self.rearm(ctx);
@@ -494,6 +517,10 @@ impl Handler<Register> for SessionRegistry {
     type Result = Reply;
 
     fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Reply {
+        if msg.cut_off && msg.client_id.resumable() && !self.table.knows_client(&msg.client_id) {
+            let message = "the relay cannot reach its cluster to find that pairing; send register to try again";
+            return self.unavailable(msg.conn, message, ctx);
+        }
         self.opt_in(msg.conn, msg.lossless);
         let effects = self
             .table
@@ -512,13 +539,8 @@ impl Handler<Join> for SessionRegistry {
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Reply {
         self.opt_in(msg.conn, msg.lossless);
         if msg.cut_off && self.table.is_foreign(&msg.code) {
-            let effects = vec![Effect::Error {
-                to: msg.conn,
-                code: ErrorCode::Unavailable,
-                message: "the relay cannot reach its cluster to find that code; try again",
-            }];
-            let reply = self.apply(effects, Some(msg.conn), None);
-            return self.done(reply, ctx);
+            let message = "the relay cannot reach its cluster to find that code; try again";
+            return self.unavailable(msg.conn, message, ctx);
         }
         let effects = self.table.browser_join(msg.conn, &msg.code, Instant::now());
         let invalid = effects.iter().any(|e| {
@@ -547,6 +569,10 @@ impl Handler<Resume> for SessionRegistry {
     type Result = Reply;
 
     fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Reply {
+        if msg.cut_off && !self.table.knows_session(&msg.session_id) {
+            let message = "the relay cannot reach its cluster to find that pairing; try again";
+            return self.unavailable(msg.conn, message, ctx);
+        }
         self.opt_in(msg.conn, msg.lossless);
         let effects = self.table.browser_resume(msg.conn, &msg.session_id);
         if effects.iter().any(|e| matches!(e, Effect::Pair { .. })) {

@@ -72,8 +72,12 @@ impl Remote {
     }
 
     /// The home of the pairing a `sessionId` or `clientId` (as its cluster key) names, if
-    /// it is another live node.
-    pub async fn find(&self, kind: Kind, key: &str) -> Option<NodeId> {
+    /// it is another live node; an error if Redis could not be asked.
+    pub async fn find(
+        &self,
+        kind: Kind,
+        key: &str,
+    ) -> Result<Option<NodeId>, crate::cluster::ClusterError> {
         homes::find(self.tunnels.cluster(), kind, key).await
     }
 

@@ -57,7 +57,9 @@ pub struct PairSocket {
     /// the attempt limits.
     relayed: bool,
     /// A side tunnelled to the node of its code or pairing: everything it sends goes there.
-    gateway: Option<Gateway>,
+    /// (Boxed: most connections are never tunnelled, and every byte here is paid by each
+    /// idle connection.)
+    gateway: Option<Box<Gateway>>,
     /// The home of its pairing went away: the partner is as lost, and what the side sends
     /// is dropped, until the resume grace ends (see `gateway.rs`).
     orphaned: bool,
@@ -247,12 +249,12 @@ impl Connection<PairSocket> {
                 match first {
                     Some(first) if client_id.resumable() => {
                         let key = client_id.cluster_key();
-                        let here = move |conn: &mut Self, ctx: &mut Ctx<PairSocket>| {
-                            conn.register_here(client_id, ack, last_seq, ctx)
+                        let here = move |conn: &mut Self, cut_off, ctx: &mut Ctx<PairSocket>| {
+                            conn.register_here(client_id, ack, last_seq, cut_off, ctx)
                         };
                         self.find_home(Kind::Client, key, first, here, ctx);
                     }
-                    _ => self.register_here(client_id, ack, last_seq, ctx),
+                    _ => self.register_here(client_id, ack, last_seq, false, ctx),
                 }
             }
             PairingRequest::Join { code, ack } => match (self.proto.remote.clone(), first) {
@@ -280,36 +282,41 @@ impl Connection<PairSocket> {
                 last_seq,
             } => match (first, PairingId::parse(&session_id)) {
                 (Some(first), Some(id)) => {
-                    let here = move |conn: &mut Self, ctx: &mut Ctx<PairSocket>| {
-                        conn.resume_here(session_id, ack, last_seq, ctx)
+                    let here = move |conn: &mut Self, cut_off, ctx: &mut Ctx<PairSocket>| {
+                        conn.resume_here(session_id, ack, last_seq, cut_off, ctx)
                     };
                     self.find_home(Kind::Pairing, id.cluster_key(), first, here, ctx);
                 }
-                _ => self.resume_here(session_id, ack, last_seq, ctx),
+                _ => self.resume_here(session_id, ack, last_seq, false, ctx),
             },
             _ => {}
         }
     }
 
     /// Looks up the home of the pairing a `kind` id names: another node's tunnels the side
-    /// there (with its message `first`); otherwise `here` handles it on this node.
+    /// there (with its message `first`); otherwise `here` handles it on this node — told
+    /// whether the cluster could not be asked (`cut_off`).
     fn find_home(
         &mut self,
         kind: Kind,
         key: String,
         first: Vec<u8>,
-        here: impl FnOnce(&mut Self, &mut Ctx<PairSocket>) + 'static,
+        here: impl FnOnce(&mut Self, bool, &mut Ctx<PairSocket>) + 'static,
         ctx: &mut Ctx<PairSocket>,
     ) {
         let Some(remote) = self.proto.remote.clone() else {
-            return here(self, ctx);
+            return here(self, false, ctx);
         };
         let lookup = async move { remote.find(kind, &key).await };
         self.wait_for(
             lookup,
             move |conn, home, ctx| match home {
-                Some(home) => conn.tunnel(home, first, ctx),
-                None => here(conn, ctx),
+                Ok(Some(home)) => conn.tunnel(home, first, ctx),
+                Ok(None) => here(conn, false, ctx),
+                Err(err) => {
+                    tracing::debug!(conn = %conn.socket.conn, %err, "could not look a pairing up in the cluster");
+                    here(conn, true, ctx)
+                }
             },
             ctx,
         );
@@ -321,6 +328,7 @@ impl Connection<PairSocket> {
         client_id: ClientKey,
         ack: bool,
         last_seq: Option<u64>,
+        cut_off: bool,
         ctx: &mut Ctx<PairSocket>,
     ) {
         let lossless = self.opt_in(ack, last_seq, ctx);
@@ -328,6 +336,7 @@ impl Connection<PairSocket> {
             conn: self.socket.conn,
             client_id,
             lossless,
+            cut_off,
         };
         self.ask(register, ctx);
     }
@@ -338,6 +347,7 @@ impl Connection<PairSocket> {
         session_id: String,
         ack: bool,
         last_seq: Option<u64>,
+        cut_off: bool,
         ctx: &mut Ctx<PairSocket>,
     ) {
         let lossless = self.opt_in(ack, last_seq, ctx);
@@ -345,6 +355,7 @@ impl Connection<PairSocket> {
             conn: self.socket.conn,
             session_id,
             lossless,
+            cut_off,
         };
         self.ask(resume, ctx)
     }

@@ -183,6 +183,16 @@ impl PairingTable {
         }
     }
 
+    /// Whether `session_id` names a live pairing here.
+    pub fn knows_session(&self, session_id: &str) -> bool {
+        PairingId::parse(session_id).is_some_and(|session| self.pairings.contains_key(&session))
+    }
+
+    /// Whether a live pairing here was made under `client_id`.
+    pub fn knows_client(&self, client_id: &ClientKey) -> bool {
+        self.by_client_id.contains_key(client_id)
+    }
+
     /// The resumable `clientId` of a live pairing's mac, if it has one.
     pub fn client_of(&self, session: &PairingId) -> Option<&ClientKey> {
         self.pairings.get(session)?.client_id.as_ref()

@@ -51,11 +51,11 @@ impl Connection<PairSocket> {
         let (peer, role, ip) = (self.peer(ctx), self.proto.role, self.socket.client_ip());
         match remote.open(&home, peer, role, ip, &first) {
             Ok(route) => {
-                self.proto.gateway = Some(Gateway {
+                self.proto.gateway = Some(Box::new(Gateway {
                     home,
                     route,
                     joined: false,
-                });
+                }));
                 if role == Role::Mac {
                     // Its home watches it for idleness now.
                     self.proto.unpaired_since = None;
