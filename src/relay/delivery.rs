@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix::{Message, Recipient};
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConnId, DropReason, Outcome};
 use crate::metrics::METRICS;
-use crate::transport::{text_frame, Outbox, PushError};
+use crate::transport::{text_frame, text_frame_of, Outbox, PushError};
 
 /// A message every connection actor accepts: the one that closes it.
 pub trait Command: Message<Result = ()> + Send + 'static {
@@ -314,6 +314,44 @@ impl<M: Command> Stream<M> {
         self.peer = None;
     }
 
+    /// What the stream keeps, to carry on on another node ([`Self::import`]): its frames
+    /// as their text (without the WebSocket header) and its numbering.
+    pub fn export(&self) -> StreamState {
+        let frames = self
+            .frames
+            .iter()
+            .filter_map(|(seq, frame)| Some((*seq, frame_text(frame)?.to_owned())))
+            .collect();
+        StreamState {
+            frames,
+            limit: self.limit,
+            numbered: self.numbered,
+            sent: self.sent,
+            acked: self.acked,
+        }
+    }
+
+    /// A stream to a side that is away, keeping what `state` kept.
+    pub fn import(state: StreamState) -> Self {
+        let frames: VecDeque<(u64, Bytes)> = state
+            .frames
+            .into_iter()
+            .map(|(seq, text)| {
+                let frame = text_frame_of(text.len(), |buf| buf.extend_from_slice(text.as_bytes()));
+                (seq, frame)
+            })
+            .collect();
+        Self {
+            peer: None,
+            bytes: frames.iter().map(|(_, frame)| frame.len()).sum(),
+            frames,
+            limit: state.limit,
+            numbered: state.numbered,
+            sent: state.sent,
+            acked: state.acked,
+        }
+    }
+
     /// The side is (back) on `peer`. It first gets, whole and in order, what it missed:
     /// everything held, or in lossless mode everything after `last_seq` (the side's word
     /// for what it received; its last acknowledgement if it does not say). If its outbox
@@ -342,6 +380,31 @@ impl<M: Command> Stream<M> {
             Err(PushError::Closed) => Delivery::Held,
         }
     }
+}
+
+/// A [`Stream`] as another node takes it over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamState {
+    /// Kept frames' text, oldest first, with their `seq` (0 when unnumbered).
+    pub frames: Vec<(u64, String)>,
+    /// The bound of the frames, in bytes.
+    pub limit: usize,
+    /// Lossless mode.
+    pub numbered: bool,
+    /// Last `seq` given out.
+    pub sent: u64,
+    /// Last `seq` the side acknowledged.
+    pub acked: u64,
+}
+
+/// The text of a server's (unmasked) text frame.
+fn frame_text(frame: &[u8]) -> Option<&str> {
+    let start = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    std::str::from_utf8(frame.get(start..)?).ok()
 }
 
 #[cfg(test)]

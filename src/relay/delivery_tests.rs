@@ -127,3 +127,31 @@ async fn in_lossless_mode_the_window_is_bounded() {
     stream.ack(1);
     assert_eq!(stream.deliver(|_| frame("abc")), Delivery::Delivered);
 }
+
+#[actix_rt::test]
+async fn a_stream_carried_to_another_node_keeps_its_frames_and_numbering() {
+    let text = |s: &str| {
+        crate::transport::text_frame_of(s.len(), |buf| buf.extend_from_slice(s.as_bytes()))
+    };
+    let mut stream: Stream<Cmd> = Stream::new(1 << 20);
+    stream.number(1 << 20);
+    let long = "x".repeat(70_000); // a 64-bit length header
+    for payload in ["one", &"y".repeat(300), &long] {
+        stream.deliver(|_| text(payload));
+    }
+    stream.ack(1);
+    let state = stream.export();
+    assert_eq!(state.frames.len(), 2);
+    assert_eq!(state.frames[0], (2, "y".repeat(300)));
+    assert_eq!(state.frames[1], (3, long.clone()));
+    let mut moved: Stream<Cmd> = Stream::import(state.clone());
+    assert_eq!(moved.export(), state, "nothing changes on the way");
+    // The side comes back having received up to 2: it gets frame 3, exactly as it was.
+    let (side, outbox) = peer(1 << 20);
+    assert_eq!(moved.connect(side, Some(2)), Delivery::Delivered);
+    assert_eq!(outbox.queued_bytes(), text(&long).len());
+    assert_eq!(
+        moved.deliver(|seq| text(&seq.unwrap().to_string())),
+        Delivery::Delivered
+    );
+}

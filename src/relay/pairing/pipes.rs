@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use super::command::ToConn;
 use crate::ids::Role;
-use crate::relay::delivery::{self, Accepted, Stream};
+use serde::{Deserialize, Serialize};
+
+use crate::relay::delivery::{self, Accepted, Stream, StreamState};
 
 /// Both directions of one pairing.
 #[derive(Debug)]
@@ -23,6 +25,15 @@ pub struct Pipes {
     received: [u64; 2],
     /// The pairing's id as the audit log names it, hashed once for the pairing's events.
     fingerprint: String,
+}
+
+/// [`Pipes`] as another node takes them over.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PipesState {
+    /// Towards the mac, and towards the browser.
+    pub to: [StreamState; 2],
+    /// The last of each side's own messages accepted.
+    pub received: [u64; 2],
 }
 
 /// One pairing's pipes, shared.
@@ -61,6 +72,24 @@ impl Pipes {
     /// The last of `role`'s messages accepted.
     pub fn received(&self, role: Role) -> u64 {
         self.received[index(role)]
+    }
+
+    /// What the pipes keep, to carry the pairing on on another node.
+    pub fn export(&self) -> PipesState {
+        PipesState {
+            to: [self.to[0].export(), self.to[1].export()],
+            received: self.received,
+        }
+    }
+
+    /// Pipes to two sides that are away, keeping what `state` kept.
+    pub fn import(state: PipesState, fingerprint: String) -> SharedPipes {
+        let [mac, browser] = state.to;
+        Arc::new(Mutex::new(Self {
+            to: [Stream::import(mac), Stream::import(browser)],
+            received: state.received,
+            fingerprint,
+        }))
     }
 
     /// Counts one `data` message from `from`, numbered `seq` if the side numbers them.

@@ -183,6 +183,45 @@ impl PairingTable {
         }
     }
 
+    /// Takes every pairing out of the table (the node is leaving: they go on on another),
+    /// with its mac's resumable `clientId`. Their sides' connections stay, unpaired.
+    pub fn take_pairings(&mut self) -> Vec<(PairingId, Option<ClientKey>)> {
+        let taken: Vec<_> = self
+            .pairings
+            .drain()
+            .map(|(session, pairing)| (session, pairing.client_id))
+            .collect();
+        for (session, _) in &taken {
+            for role in [Role::Mac, Role::Browser] {
+                self.deadlines.cancel(&Timer::Grace(*session, role));
+            }
+        }
+        self.by_client_id.clear();
+        self.browsers.clear();
+        for mac in self.macs.values_mut() {
+            mac.session = None;
+        }
+        taken
+    }
+
+    /// Takes over a pairing from a node that left: both its sides are away, each with a
+    /// full resume grace from `now`.
+    pub fn adopt(&mut self, session: PairingId, client_id: Option<ClientKey>, now: Instant) {
+        if let Some(client_id) = &client_id {
+            self.by_client_id.insert(client_id.clone(), session);
+        }
+        let pairing = Pairing {
+            mac: End::Away,
+            browser: End::Away,
+            client_id,
+        };
+        self.pairings.insert(session, pairing);
+        for role in [Role::Mac, Role::Browser] {
+            let until = now + self.rules.resume_grace;
+            self.deadlines.set(Timer::Grace(session, role), until);
+        }
+    }
+
     /// Whether `session_id` names a live pairing here.
     pub fn knows_session(&self, session_id: &str) -> bool {
         PairingId::parse(session_id).is_some_and(|session| self.pairings.contains_key(&session))
