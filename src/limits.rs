@@ -11,9 +11,10 @@
 //! with enough addresses (IPv6 /64s are cheap) could otherwise lock everyone new out.
 //!
 //! In a cluster, `join` and `auth` attempts are also taken from a bucket per address in
-//! Redis ([`Limiters::cluster_check`]), so N nodes do not give one address N times the
-//! attempts. The local bucket still applies first, and is what stands while Redis is
-//! unreachable: a node cut off from the cluster limits as a single relay does.
+//! Redis ([`Limiters::cluster_check`]), and failed joins from the cluster's budget
+//! ([`FailedJoins`]), so N nodes do not give N times the attempts or guesses. The local
+//! bucket still applies first, and is what stands while Redis is unreachable: a node cut
+//! off from the cluster limits as a single relay does.
 //!
 //! Why not the `governor` crate: its keyed limiter stores keys in an unbounded map and can
 //! only be trimmed of *refilled* keys (`retain_recent`), so the bounded, least-recently-used
@@ -32,7 +33,7 @@ use crate::metrics::METRICS;
 
 mod failed_joins;
 
-pub use failed_joins::{FailedJoin, FailedJoins};
+pub use failed_joins::{FailedJoin, FailedJoins, Reserved};
 
 /// The unit a limit applies to: an address or a network, IPv6 cut to a prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,13 +151,28 @@ impl Limiters {
         })
     }
 
-    /// Reserves one failed join for a `join` from `ip` (see [`FailedJoins`]); `None` when
-    /// its network's or the relay's budget is spent. The reservation is given back when
-    /// dropped, unless [`FailedJoin::spend`] says the join did fail.
-    pub fn reserve_failed_join(self: &Arc<Self>, ip: IpAddr) -> Option<FailedJoin> {
-        self.failed_joins
-            .reserve(ip)
-            .then(|| FailedJoin::new(Arc::clone(self), ip))
+    /// Reserves one failed join for a `join` from `ip` (see [`FailedJoins`]), given back
+    /// when dropped unless [`FailedJoin::spend`] says the join did fail. Without a cluster
+    /// the answer is [`Reserved::Now`]: `None` when its network's or the relay's budget is
+    /// spent. In a cluster, once this node's budget allowed it, the cluster's is
+    /// [`Reserved::Asking`] too — unless this node is cut off from the cluster now, or
+    /// `cluster_wide` is false (the join already found Redis out of reach): then this
+    /// node's budget decides alone.
+    pub fn reserve_failed_join(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        cluster_wide: bool,
+    ) -> Reserved<impl std::future::Future<Output = Option<FailedJoin>> + 'static> {
+        if !self.failed_joins.reserve(ip) {
+            return Reserved::Now(None);
+        }
+        let failure = FailedJoin::new(Arc::clone(self), ip);
+        match &self.cluster {
+            Some(cluster) if cluster_wide && cluster.healthy() => {
+                Reserved::Asking(failure.in_cluster(Arc::clone(cluster)))
+            }
+            _ => Reserved::Now(Some(failure)),
+        }
     }
 
     /// Applies reloaded `[limits]`: buckets keep their tokens, new attempts see the new rate.
