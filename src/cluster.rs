@@ -8,7 +8,8 @@
 //!   node ids, to find them (see [`membership`]).
 //! - `<p>:ch:node:<id>` — each node's channel; `<p>:ch:all` — every node's. Pub/sub: what a
 //!   node misses while cut off is lost, which it learns as [`ClusterEvent::Lost`].
-//! - `<p>:rate:<limit>:<address>` — the attempt limits' buckets (see [`bucket`]).
+//! - `<p>:rate:<limit>:<address>` — the attempt limits' buckets; `<p>:rate:failed:all` and
+//!   `<p>:rate:failed:net:<network>` — the failed-join budget's (see [`bucket`]).
 //!
 //! Everything else — sockets, queues, pairings — stays in each node. Every Redis call is
 //! bounded by `cluster.redis_timeout_ms`. The tasks run on an arbiter (thread) of their own.
@@ -277,13 +278,37 @@ impl Cluster {
     /// Takes one attempt from the cluster-wide bucket `key` (`per_minute` tokens, refilled
     /// evenly): true if there was one.
     pub async fn take(&self, key: &str, per_minute: u32) -> Result<bool, ClusterError> {
-        let taken: i64 = self
-            .timed(
-                self.client
-                    .eval(bucket::TAKE, key.to_owned(), per_minute.to_string()),
-            )
-            .await?;
-        Ok(taken == 1)
+        self.take_all(&[(key.to_owned(), per_minute)]).await
+    }
+
+    /// Takes one token from each of `buckets` (a key and its tokens per minute, refilled
+    /// evenly), or from none if any is empty: true if they were taken.
+    pub async fn take_all(&self, buckets: &[(String, u32)]) -> Result<bool, ClusterError> {
+        Ok(self.buckets("take", buckets).await? == 1)
+    }
+
+    /// Gives back the tokens [`Self::take_all`] took from `buckets`, in the background (on
+    /// this node's cluster thread, within `cluster.redis_timeout_ms`). A give-back that does
+    /// not reach Redis is lost: the buckets refill as if the tokens had been spent.
+    pub fn give_back(self: &Arc<Self>, buckets: Vec<(String, u32)>) {
+        let this = Arc::clone(self);
+        if let Some(arbiter) = lock(&self.arbiter).as_ref() {
+            arbiter.spawn(async move {
+                if let Err(err) = this.buckets("give", &buckets).await {
+                    tracing::debug!(%err, "could not give tokens back to the cluster's buckets");
+                }
+            });
+        }
+    }
+
+    /// Runs the bucket script (see [`bucket`]) on `buckets`.
+    async fn buckets(&self, op: &str, buckets: &[(String, u32)]) -> Result<i64, ClusterError> {
+        let keys: Vec<String> = buckets.iter().map(|(key, _)| key.clone()).collect();
+        let args: Vec<String> = std::iter::once(op.to_owned())
+            .chain(buckets.iter().map(|(_, per_minute)| per_minute.to_string()))
+            .collect();
+        self.timed(self.client.eval(bucket::SCRIPT, keys, args))
+            .await
     }
 
     /// Sets `key` to `value` for `ttl` unless it exists: true if it was set.

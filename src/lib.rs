@@ -18,7 +18,8 @@
 //!   per-address rate and connection limits, and the set of open sockets (shutdown).
 //! - [`edge`]: what every plain HTTP connection is held to: a cap per peer, a body deadline.
 //! - [`cluster`]: the Redis backplane of several nodes (off unless `cluster.redis_url` is
-//!   set): node heartbeats, envelopes between nodes, cluster-wide attempt limits.
+//!   set): node heartbeats, envelopes between nodes, cluster-wide attempt limits
+//!   and failed-join budget.
 //! - [`metrics`]: counters, gauges and histograms for `/metrics` (`prometheus-client`).
 //! - Operating: [`admin`] (the admin commands: users, machines, sessions), [`watch`] (how
 //!   a running relay hears of them), [`reload`] (`SIGHUP`), [`audit`] (the audit log),

@@ -125,7 +125,8 @@ pub struct Join {
     /// Lossless mode.
     pub lossless: Lossless,
     /// The failed join reserved for it: spent if the code is not live, else given back
-    /// here, before anyone hears `joined` (so the next join cannot find it still taken).
+    /// here, before anyone hears `joined` (so the next join cannot find it still taken; in
+    /// a cluster, the cluster's token is sent back from here and lands a round trip later).
     pub failure: Option<FailedJoin>,
     /// In a cluster, Redis could not be asked where the code lives: a well-formed code
     /// unknown here may be another node's, so it is answered `UNAVAILABLE` (try again),

@@ -19,7 +19,7 @@ use super::registry::{
 use super::remote::Remote;
 use crate::audit;
 use crate::ids::{ClientKey, DropReason, Outcome, PairingId, Role};
-use crate::limits::{Attempt, Limiters};
+use crate::limits::{Attempt, FailedJoin, Limiters, Reserved};
 use crate::metrics::METRICS;
 use crate::relay::delivery::{lock as lock_pipes, Accepted, Delivery};
 use crate::relay::protocol::json::Text;
@@ -416,14 +416,24 @@ impl Connection<PairSocket> {
     }
 
     /// `join` also spends the relay-wide budget for failed joins (guesses of live codes):
-    /// one failure is reserved before asking; the registry keeps it only if the code was
-    /// not live.
-    fn join(&mut self, mut join: Join, ctx: &mut Ctx<PairSocket>) {
-        let Some(failure) = self
-            .proto
-            .limiters
-            .reserve_failed_join(self.socket.client_ip())
-        else {
+    /// one failure is reserved before asking — in a cluster, cluster-wide — and the
+    /// registry keeps it only if the code was not live.
+    fn join(&mut self, join: Join, ctx: &mut Ctx<PairSocket>) {
+        let ip = self.socket.client_ip();
+        match self.proto.limiters.reserve_failed_join(ip, !join.cut_off) {
+            Reserved::Now(failure) => self.ask_join(join, failure, ctx),
+            Reserved::Asking(reserving) => self.wait_for(
+                reserving,
+                move |conn, failure, ctx| conn.ask_join(join, failure, ctx),
+                ctx,
+            ),
+        }
+    }
+
+    /// Asks the registry to `join` with the failure reserved for it; `None`: the budget
+    /// for failed joins is spent.
+    fn ask_join(&mut self, mut join: Join, failure: Option<FailedJoin>, ctx: &mut Ctx<PairSocket>) {
+        let Some(failure) = failure else {
             let message = "too many wrong codes were tried on this relay; wait a minute";
             return self.error(ErrorCode::RateLimited, message, ctx);
         };
