@@ -112,6 +112,16 @@ impl Connections {
         })
     }
 
+    /// Connections open now.
+    pub fn open_count(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// Whether [`Self::close_all`] was called: the node is going away.
+    pub fn shutting_down(&self) -> bool {
+        self.lock().shutting_down
+    }
+
     /// Sends every open connection a close frame (1001, going away), cuts each after
     /// [`CLOSE_LINGER`], and admits no more.
     pub fn close_all(&self) {
@@ -135,6 +145,11 @@ impl Connections {
 }
 
 impl Admission {
+    /// Whether this node is going away (its connections are being closed with 1001).
+    pub fn node_leaving(&self) -> bool {
+        self.connections.shutting_down()
+    }
+
     /// Makes the connection reachable by [`Connections::close_all`].
     pub fn track(&self, outbox: Arc<Outbox>, kill: Arc<KillSwitch>) {
         self.connections

@@ -33,6 +33,7 @@ use crate::relay::account::registry::MachineRegistry;
 use crate::relay::account::remote::Remote as AccountRemote;
 use crate::relay::delivery::StreamLimits;
 use crate::relay::pairing::code::CodeFormat;
+use crate::relay::pairing::handoff::Handoffs;
 use crate::relay::pairing::homes::Homes;
 use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::remote::Remote;
@@ -100,6 +101,8 @@ pub struct Application {
     connections: Arc<Connections>,
     reloader: Reloader,
     cluster: Option<Arc<Cluster>>,
+    /// In a cluster: hands this node's pairings over when it shuts down.
+    handoffs: Option<Handoffs>,
 }
 
 impl Application {
@@ -161,6 +164,9 @@ impl Application {
             live.clone(),
             Arc::clone(&health),
         );
+        let handoffs = cluster
+            .as_ref()
+            .and_then(|cluster| Handoffs::start(Arc::clone(cluster), pairing.clone()));
         let code_memory = settings.pairing.code_ttl() + settings.pairing.retired_code_memory();
         let tunnels = cluster.as_ref().and_then(|cluster| {
             let home = Home {
@@ -309,6 +315,7 @@ impl Application {
             connections,
             reloader,
             cluster,
+            handoffs,
         })
     }
 
@@ -348,10 +355,14 @@ impl Application {
     ) -> std::io::Result<()> {
         let handle = self.server.handle();
         let connections = Arc::clone(&self.connections);
+        let handoffs = self.handoffs.clone();
         actix_rt::spawn(async move {
             let signal = stop.await;
             tracing::info!(signal, "shutting down");
-            connections.close_all();
+            match handoffs {
+                Some(handoffs) => handoffs.leave(&connections).await,
+                None => connections.close_all(),
+            }
             handle.stop(true).await;
         });
         let served = self.server.await;

@@ -3,6 +3,7 @@
 
 pub mod code;
 pub mod command;
+pub mod handoff;
 pub mod homes;
 pub mod pipes;
 pub mod registry;

@@ -260,6 +260,12 @@ pub struct Socket {
 }
 
 impl Socket {
+    /// Whether this node is going away: a connection it closes for that (1001) may come
+    /// back on another node, so its end is a loss, not a goodbye.
+    pub fn node_leaving(&self) -> bool {
+        self.admission.node_leaving()
+    }
+
     /// State for a freshly upgraded, admitted connection.
     pub fn new(admission: Admission, link: Link) -> Self {
         let now = Instant::now();

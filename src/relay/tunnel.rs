@@ -290,18 +290,20 @@ impl<P: Protocol> Connection<P> {
     }
 
     /// The home closed this tunnelled connection's virtual one: with its close code and
-    /// reason, which this connection closes with too; or (`None`) cut, as this one is.
-    pub fn closed_by_home(&mut self, close: Option<(u16, String)>, ctx: &mut Ctx<P>) {
-        let outcome = match close {
-            Some((code, reason)) => {
-                self.socket.link.close(code.into(), &reason);
-                Outcome::ALL
-                    .into_iter()
-                    .find(|outcome| outcome.as_str() == reason)
-                    .unwrap_or(Outcome::PeerClosed)
-            }
-            None => Outcome::Lost,
+    /// reason, which this connection closes with too — relaying on what the peer sends until
+    /// it answers, as a connection of the home would (returns `true`: the tunnel stays);
+    /// or (`None`) cut, as this one is.
+    pub fn closed_by_home(&mut self, close: Option<(u16, String)>, ctx: &mut Ctx<P>) -> bool {
+        let Some((code, reason)) = close else {
+            self.finish(Outcome::Lost, ctx);
+            return false;
         };
-        self.finish(outcome, ctx);
+        let outcome = Outcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == reason)
+            .unwrap_or(Outcome::PeerClosed);
+        self.socket.end(outcome);
+        self.socket.link.close(code.into(), &reason);
+        true
     }
 }

@@ -160,6 +160,12 @@ pub async fn cluster_of(
             TestNode::start(s)
         })
         .collect();
+    all_know_each_other(&nodes).await;
+    Some((db, nodes))
+}
+
+/// Waits until every one of `nodes` is healthy and knows every other.
+pub async fn all_know_each_other(nodes: &[TestNode]) {
     let deadline = Instant::now() + Duration::from_secs(8);
     let all_known = |nodes: &[TestNode]| {
         nodes.iter().all(|node| {
@@ -170,12 +176,11 @@ pub async fn cluster_of(
                 })
         })
     };
-    while !all_known(&nodes) {
+    while !all_known(nodes) {
         assert!(
             Instant::now() < deadline,
             "the nodes did not find each other"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Some((db, nodes))
 }

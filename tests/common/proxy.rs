@@ -17,6 +17,8 @@ pub struct Proxy {
     /// Bumped by each cut: a connection forwards only while the generation it was born in
     /// is the current one and the link is up.
     state: Arc<State>,
+    /// Where new connections go, in turn.
+    targets: Arc<std::sync::Mutex<Vec<u16>>>,
 }
 
 struct State {
@@ -39,6 +41,8 @@ impl Proxy {
     /// Forwards each new connection to the next of `targets` in turn, starting with the
     /// first (as a load balancer without sticky sessions).
     pub async fn round_robin(targets: Vec<u16>) -> Self {
+        let targets = Arc::new(std::sync::Mutex::new(targets));
+        let shared_targets = Arc::clone(&targets);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(State {
@@ -49,7 +53,10 @@ impl Proxy {
         tokio::spawn(async move {
             let mut next = 0;
             while let Ok((client, _)) = listener.accept().await {
-                let target = targets[next % targets.len()];
+                let target = {
+                    let targets = shared_targets.lock().unwrap();
+                    targets[next % targets.len()]
+                };
                 next += 1;
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
                     continue;
@@ -61,7 +68,17 @@ impl Proxy {
                 tokio::spawn(pump(server_read, client_write, Arc::clone(&shared), born));
             }
         });
-        Self { port, state }
+        Self {
+            port,
+            state,
+            targets,
+        }
+    }
+
+    /// From now on, new connections go to `targets` in turn (as a load balancer whose
+    /// pool changed); existing ones stay where they are.
+    pub fn set_targets(&self, targets: Vec<u16>) {
+        *self.targets.lock().unwrap() = targets;
     }
 
     /// The link dies silently: every byte sent either way from now on is lost, on every

@@ -217,10 +217,7 @@ pub fn from_home<P: Protocol>(
             conn.pass_down(&text, ctx);
             true
         }
-        RemoteEvent::Closed(close) => {
-            conn.closed_by_home(close, ctx);
-            false
-        }
+        RemoteEvent::Closed(close) => conn.closed_by_home(close, ctx),
         RemoteEvent::HomeLost => {
             conn.finish(Outcome::Lost, ctx);
             false

@@ -38,7 +38,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    /// Its part of the record's key.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Pairing => "pairing",
             Self::Client => "client",

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::command::ToConn;
-use crate::ids::Role;
+use crate::ids::{ClientKey, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::relay::delivery::{self, Accepted, Stream, StreamState};
@@ -34,6 +34,17 @@ pub struct PipesState {
     pub to: [StreamState; 2],
     /// The last of each side's own messages accepted.
     pub received: [u64; 2],
+}
+
+/// A pairing handed from a node that leaves to another (see `super::handoff`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The pairing id (`sessionId`).
+    pub session: String,
+    /// Its mac's resumable `clientId`, if any.
+    pub client: Option<ClientKey>,
+    /// Both directions.
+    pub pipes: PipesState,
 }
 
 /// One pairing's pipes, shared.

@@ -22,7 +22,7 @@ use actix::prelude::*;
 
 pub use super::command::ToConn;
 use super::homes::Homes;
-use super::pipes::{Pipes, SharedPipes};
+use super::pipes::{Handoff, Pipes, SharedPipes};
 use super::table::{Effect, PairingRules, PairingTable};
 use crate::audit;
 use crate::ids::{ClientKey, ConnId, Outcome, PairingId, Role};
@@ -67,6 +67,23 @@ pub struct Connect {
     /// `register` its own node passed on (see `super::remote`).
     pub code: bool,
 }
+
+/// Shutdown → registry: this node is leaving. Nothing more is delivered to any side (what
+/// comes is held), and a side that closes from now on is away, not gone: every pairing can
+/// be handed to another node whole ([`Export`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave;
+
+/// Shutdown → registry: every pairing taken out, to hand over.
+#[derive(Message)]
+#[rtype(result = "Vec<Handoff>")]
+pub struct Export;
+
+/// A pairing of a node that left, to carry on here (both sides away, a full grace each).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Adopt(pub Handoff);
 
 /// Connection actor → registry: a mac leaves this node's registry (withdrawing its code)
 /// to be tunnelled to the home of its lost pairing — unless it is in a pairing here by now:
@@ -210,6 +227,8 @@ pub struct SessionRegistry {
     messages: u64,
     /// In a cluster: where this node records itself as its pairings' home.
     homes: Option<Homes>,
+    /// The node is leaving: its pairings are about to be handed over.
+    leaving: bool,
 }
 
 impl SessionRegistry {
@@ -224,6 +243,7 @@ impl SessionRegistry {
             timer_polls: Rc::default(),
             messages: 0,
             homes: None,
+            leaving: false,
         }
     }
 
@@ -235,7 +255,8 @@ impl SessionRegistry {
     }
 
     fn record_home(&self, session: &PairingId) {
-        if let Some(homes) = &self.homes {
+        // A leaving node's pairings are recorded by the node that adopts them.
+        if let (Some(homes), false) = (&self.homes, self.leaving) {
             homes.record(session, self.table.client_of(session));
         }
     }
@@ -488,12 +509,68 @@ impl Handler<Disconnect> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
+        // A side closed by a leaving node may resume on another: away, not gone.
+        let clean = msg.clean && !self.leaving;
         let effects = self
             .table
-            .disconnected(msg.conn, msg.role, msg.clean, Instant::now());
+            .disconnected(msg.conn, msg.role, clean, Instant::now());
         self.conns.remove(&msg.conn);
         let reply = self.apply(effects, None, None);
         self.done(reply, ctx);
+    }
+}
+
+impl Handler<Leave> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: Leave, _: &mut Context<Self>) {
+        self.leaving = true;
+        self.table.leave();
+        for pipes in self.pipes.values() {
+            let mut pipes = lock_pipes(pipes);
+            pipes.to(Role::Mac).disconnect();
+            pipes.to(Role::Browser).disconnect();
+        }
+    }
+}
+
+impl Handler<Export> for SessionRegistry {
+    type Result = MessageResult<Export>;
+
+    fn handle(&mut self, _: Export, ctx: &mut Context<Self>) -> Self::Result {
+        let taken = self.table.take_pairings();
+        let handoffs = taken
+            .into_iter()
+            .filter_map(|(session, client)| {
+                let pipes = self.pipes.remove(&session)?;
+                let state = lock_pipes(&pipes).export();
+                Some(Handoff {
+                    session: session.to_string(),
+                    client,
+                    pipes: state,
+                })
+            })
+            .collect();
+        self.rearm(ctx);
+        MessageResult(handoffs)
+    }
+}
+
+impl Handler<Adopt> for SessionRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, Adopt(handoff): Adopt, ctx: &mut Context<Self>) -> bool {
+        let Some(session) = PairingId::parse(&handoff.session) else {
+            return false;
+        };
+        if self.pipes.contains_key(&session) {
+            return true;
+        }
+        self.table.adopt(session, handoff.client, Instant::now());
+        let pipes = Pipes::import(handoff.pipes, session.fingerprint());
+        self.pipes.insert(session, pipes);
+        self.done(Reply::default(), ctx);
+        true
     }
 }
 

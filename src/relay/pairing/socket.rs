@@ -145,14 +145,15 @@ impl Protocol for PairSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
+        // A side this node closes as it leaves may resume elsewhere: for its home, lost.
+        let clean = conn.socket.outcome().clean() && !conn.socket.node_leaving();
         if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.remote) {
-            let clean = conn.socket.outcome().clean();
             remote.close(&gateway.home, &gateway.route, clean);
         }
         conn.proto.registry.do_send(Disconnect {
             conn: conn.socket.conn,
             role: conn.proto.role,
-            clean: conn.socket.outcome().clean(),
+            clean,
         });
     }
 }

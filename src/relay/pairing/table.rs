@@ -165,6 +165,9 @@ pub struct PairingTable {
     pairings: HashMap<PairingId, Pairing>,
     /// Pairings by their mac's (resumable) `clientId`, for mac resume.
     by_client_id: HashMap<ClientKey, PairingId>,
+    /// The node is leaving: a pairing both of whose sides are away is kept (to be handed
+    /// to another node), not ended.
+    leaving: bool,
 }
 
 impl PairingTable {
@@ -180,7 +183,13 @@ impl PairingTable {
             browsers: HashMap::default(),
             pairings: HashMap::default(),
             by_client_id: HashMap::default(),
+            leaving: false,
         }
+    }
+
+    /// The node is leaving: from now on a side lost is away even if its partner is too.
+    pub fn leave(&mut self) {
+        self.leaving = true;
     }
 
     /// Takes every pairing out of the table (the node is leaving: they go on on another),
@@ -495,7 +504,7 @@ impl PairingTable {
             return effects;
         }
         let partner_here = here(*pairing.end(role.other())).is_some();
-        if partner_here && !clean {
+        if (partner_here || self.leaving) && !clean {
             *pairing.end(role) = End::Away;
             effects.push(Effect::Away { session, role });
             self.deadlines

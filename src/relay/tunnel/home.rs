@@ -78,7 +78,10 @@ async fn start(
     Some((Framed::new(client, codec), open.first))
 }
 
-/// Relays between the virtual connection and the gateway until either ends.
+/// Relays between the virtual connection and the gateway until either ends. A close frame
+/// of the virtual connection goes to the gateway, and its answer waits for the side's own
+/// (the gateway's [`TunnelIn::Gone`]): what the side sent before it saw the close frame
+/// still reaches the virtual connection, as it would reach a connection of this node.
 async fn relay(
     tunnels: &Tunnels,
     mut framed: Framed<TcpStream, ws::Codec>,
@@ -92,6 +95,10 @@ async fn relay(
         down(CLOSE, Bytes::new());
         return;
     }
+    // The virtual connection sent its close frame; the side's answer is awaited, until
+    // `answer_by` at the latest.
+    let mut closing = false;
+    let mut answer_by = tokio::time::Instant::now();
     loop {
         tokio::select! {
             message = from_gateway.recv() => match message {
@@ -101,6 +108,10 @@ async fn relay(
                         down(CLOSE, Bytes::new());
                         return;
                     }
+                }
+                Some(TunnelIn::Gone { clean: true }) if closing => {
+                    let _ = framed.send(ws::Message::Close(None)).await;
+                    return;
                 }
                 Some(TunnelIn::Gone { clean: true }) => {
                     let bye = ws::Message::Close(Some(CloseReason::from(CloseCode::Normal)));
@@ -120,7 +131,8 @@ async fn relay(
                 // Lost, or cut here: dropping the socket cuts the virtual connection.
                 Some(TunnelIn::Gone { clean: false }) | None => return,
             },
-            frame = framed.next() => match frame {
+            () = tokio::time::sleep_until(answer_by), if closing => return,
+            frame = framed.next(), if !closing => match frame {
                 Some(Ok(ws::Frame::Text(text))) => {
                     if !down(DOWN, text) {
                         return;
@@ -139,8 +151,8 @@ async fn relay(
                         Bytes::from(format!("{code} {text}"))
                     });
                     down(CLOSE, body);
-                    let _ = framed.send(ws::Message::Close(None)).await;
-                    return;
+                    closing = true;
+                    answer_by = tokio::time::Instant::now() + CLOSE_WAIT * 2;
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {

@@ -110,8 +110,9 @@ impl Connection<PairSocket> {
                 self.pass_down(&text, ctx);
             }
             RemoteEvent::Closed(close) => {
-                self.proto.gateway = None;
-                self.closed_by_home(close, ctx);
+                if !self.closed_by_home(close, ctx) {
+                    self.proto.gateway = None;
+                }
             }
             RemoteEvent::HomeLost => {
                 let joined = gateway.joined;

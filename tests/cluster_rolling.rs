@@ -1,0 +1,207 @@
+//! Rolling restarts (issue 11): a node shut down gracefully hands its pairings to another;
+//! their sides, closed with 1001, resume on any node with nothing lost, duplicated or
+//! reordered. Real nodes, Redis and PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::lossless::exchange_through;
+use common::proxy::Proxy;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use hermit_relay::config::Settings;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Lossless-friendly timings: a dead link is noticed in seconds.
+fn quick(s: &mut Settings) {
+    s.heartbeat.interval_secs = 1;
+    s.heartbeat.timeout_secs = 2;
+    s.pairing.resume_grace_secs = 30;
+    s.pairing.ack_interval_ms = 100;
+    s.pairing.ack_ping_interval_secs = 1;
+}
+
+/// Reads `ws` until the relay's close frame; returns the `data` payloads before it and
+/// the close code.
+async fn until_closed(ws: &mut Ws) -> (Vec<String>, Option<u16>) {
+    let mut payloads = Vec::new();
+    let close = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let msg: Value = serde_json::from_str(&text).unwrap();
+                    if msg["type"] == "data" {
+                        payloads.push(msg["payload"].as_str().unwrap().to_owned());
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the relay closes the connection in time");
+    (payloads, close)
+}
+
+/// Reads `data` payloads from `ws` until `want` of them arrived in all (counting `got`).
+async fn data_until(ws: &mut Ws, got: &mut Vec<String>, want: usize) {
+    while got.len() < want {
+        let msg = recv(ws).await;
+        if msg["type"] == "data" {
+            got.push(msg["payload"].as_str().unwrap().to_owned());
+        }
+    }
+}
+
+fn numbered(tag: &str, count: usize) -> Vec<String> {
+    (0..count).map(|n| format!("{tag} {n}")).collect()
+}
+
+/// Resumes `mac` (by its `clientId`) on `node`, retrying while the pairing's new home is
+/// not recorded yet (a resume that reaches the leaving node is cut).
+async fn resume_mac(node: &TestNode, client_id: &str) -> Ws {
+    for _ in 0..50 {
+        let mut ws = node.connect("/mac").await;
+        assert_eq!(recv(&mut ws).await["type"], "registered");
+        send(&mut ws, json!({"type": "register", "clientId": client_id})).await;
+        if let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_secs(3), ws.next()).await
+        {
+            let msg: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(msg["type"], "joined", "{msg}");
+            return ws;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the mac could not resume");
+}
+
+/// Resumes `browser` (by its `sessionId`) on `node`, as [`resume_mac`].
+async fn resume_browser(node: &TestNode, session: &str) -> Ws {
+    for _ in 0..50 {
+        let mut ws = node.connect("/browser").await;
+        send(&mut ws, json!({"type": "resume", "sessionId": session})).await;
+        if let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_secs(3), ws.next()).await
+        {
+            let msg: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(msg["type"], "joined", "{msg}");
+            return ws;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the browser could not resume");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shut_down_hands_its_pairings_over_and_its_sides_resume_elsewhere() {
+    let Some((_db, mut nodes)) = cluster_of(3, quick).await else {
+        return;
+    };
+    // Without lossless mode: a mac on A (whose pairing A holds), its browser on B.
+    let mut mac = nodes[0].connect("/mac").await;
+    assert_eq!(recv(&mut mac).await["type"], "registered");
+    let client_id = uuid::Uuid::new_v4().to_string();
+    send(&mut mac, json!({"type": "register", "clientId": client_id})).await;
+    let code = recv(&mut mac).await["code"].as_str().unwrap().to_owned();
+    let mut browser = nodes[1].connect("/browser").await;
+    send(&mut browser, json!({"type": "join", "code": code})).await;
+    let joined = recv(&mut browser).await;
+    let session = joined["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(recv(&mut mac).await["type"], "joined");
+
+    // Both sides write while A shuts down; each reads until its close frame.
+    let to_browser = numbered("to browser", 100);
+    let to_mac = numbered("to mac", 100);
+    for n in 0..100 {
+        let data = |p: &str| Message::text(json!({"type": "data", "payload": p}).to_string());
+        mac.feed(data(&to_browser[n])).await.unwrap();
+        browser.feed(data(&to_mac[n])).await.unwrap();
+    }
+    let a = nodes.remove(0);
+    let shutdown = tokio::spawn(a.shut_down());
+    mac.flush().await.unwrap();
+    browser.flush().await.unwrap();
+    let (mut mac_got, mac_close) = until_closed(&mut mac).await;
+    let (mut browser_got, browser_close) = until_closed(&mut browser).await;
+    assert_eq!(
+        mac_close,
+        Some(1001),
+        "the mac is told the relay is going away"
+    );
+    assert_eq!(
+        browser_close,
+        Some(1001),
+        "so is the browser, through its node"
+    );
+    shutdown.await.unwrap();
+
+    // Each resumes on a node of its own (the mac where the browser was not): everything
+    // sent reaches the other side once, in order, wherever it was held.
+    let mut mac = resume_mac(&nodes[1], &client_id).await;
+    let mut browser = resume_browser(&nodes[0], &session).await;
+    data_until(&mut mac, &mut mac_got, 100).await;
+    assert_eq!(
+        recv(&mut mac).await["type"],
+        "joined",
+        "the browser is back too"
+    );
+    data_until(&mut browser, &mut browser_got, 100).await;
+    assert_eq!(mac_got, to_mac, "the mac got every message once, in order");
+    assert_eq!(
+        browser_got, to_browser,
+        "the browser got every message once, in order"
+    );
+    send_data(&mut mac, "after").await;
+    expect_data(&mut browser, "after").await;
+    send_data(&mut browser, "after too").await;
+    expect_data(&mut mac, "after too").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_every_node_one_by_one_under_traffic_keeps_the_pairing_whole() {
+    let (Some(redis), Some(db)) = (redis_url(), TestDb::postgres()) else {
+        return;
+    };
+    let prefix = prefix();
+    let start = || {
+        let mut s = node_settings(&db, &redis, &prefix);
+        quick(&mut s);
+        TestNode::start(s)
+    };
+    let mut nodes = vec![start(), start(), start()];
+    all_know_each_other(&nodes).await;
+    let ports = |nodes: &[TestNode]| nodes.iter().map(|n| n.port).collect::<Vec<_>>();
+    let mac_proxy = Proxy::round_robin(ports(&nodes)).await;
+    let mut rotated = ports(&nodes);
+    rotated.rotate_left(1);
+    let browser_proxy = Proxy::round_robin(rotated).await;
+
+    // Every node in turn: taken out of the balancer, shut down (SIGTERM), replaced by a
+    // fresh one, while both sides send a message every 20 ms each way.
+    let restarts = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let old = nodes.remove(0);
+            mac_proxy.set_targets(ports(&nodes));
+            browser_proxy.set_targets(ports(&nodes));
+            old.shut_down().await;
+            nodes.push(start());
+            all_know_each_other(&nodes).await;
+            mac_proxy.set_targets(ports(&nodes));
+            browser_proxy.set_targets(ports(&nodes));
+        }
+    };
+    let (mac_resumes, browser_resumes) =
+        exchange_through(800, restarts, &mac_proxy, &browser_proxy).await;
+    eprintln!("resumed: mac {mac_resumes}, browser {browser_resumes}");
+    assert!(
+        mac_resumes >= 1 && browser_resumes >= 1,
+        "the restarts were resumed from"
+    );
+}
