@@ -124,6 +124,7 @@ async fn a_node_shut_down_hands_its_pairings_over_and_its_sides_resume_elsewhere
         browser.feed(data(&to_mac[n])).await.unwrap();
     }
     let a = nodes.remove(0);
+    let a_ready = a.url("/ready");
     let shutdown = tokio::spawn(a.shut_down());
     mac.flush().await.unwrap();
     browser.flush().await.unwrap();
@@ -139,6 +140,10 @@ async fn a_node_shut_down_hands_its_pairings_over_and_its_sides_resume_elsewhere
         Some(1001),
         "so is the browser, through its node"
     );
+    // Meanwhile the leaving node tells load balancers it is not ready (or is gone).
+    if let Ok(ready) = reqwest::get(&a_ready).await {
+        assert_eq!(ready.status(), 503, "a leaving node is not ready");
+    }
     shutdown.await.unwrap();
 
     // Each resumes on a node of its own (the mac where the browser was not): everything

@@ -1,6 +1,7 @@
 //! `/health` (the process answers) and `/ready` (and its database — and, in a cluster,
 //! Redis — can do the relay's work).
 
+use crate::relay::Relay;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
@@ -28,10 +29,15 @@ async fn health() -> HttpResponse {
 /// `database.health_check_interval_ms` old, so load balancers polling it cost little.
 /// A node of a cluster is also unready while it does not reach Redis (as of its last
 /// heartbeat): a load balancer then sends new clients to the nodes that can pair them.
+/// A relay shutting down (handing its pairings over) is unready too.
 async fn ready(
     accounts: web::Data<Accounts>,
     cluster: Option<web::Data<Cluster>>,
+    relay: Option<web::Data<Relay>>,
 ) -> Result<HttpResponse, ApiError> {
+    if relay.is_some_and(|relay| relay.connections.shutting_down()) {
+        return Err(ApiError::Unavailable("the relay is shutting down"));
+    }
     if cluster.is_some_and(|cluster| !cluster.healthy()) {
         return Err(ApiError::Unavailable("the cluster's Redis is unreachable"));
     }
