@@ -45,10 +45,16 @@ where
 
 /// A paired mac and browser, from source addresses `n` and `n + 1`.
 pub async fn pair(port: u16, n: u32) -> anyhow::Result<(Ws, Ws)> {
-    let mut mac = connect(port, "/mac", n).await?;
+    pair_across(port, port, n).await
+}
+
+/// A mac on the server at `mac_port` paired with a browser on the one at `browser_port`
+/// (another node of a cluster, or the same server), from source addresses `n` and `n + 1`.
+pub async fn pair_across(mac_port: u16, browser_port: u16, n: u32) -> anyhow::Result<(Ws, Ws)> {
+    let mut mac = connect(mac_port, "/mac", n).await?;
     let registered = next_json(&mut mac).await?;
     let code = registered["code"].as_str().unwrap_or_default().to_owned();
-    let mut browser = connect(port, "/browser", n + 1).await?;
+    let mut browser = connect(browser_port, "/browser", n + 1).await?;
     browser
         .send(Message::text(
             json!({"type": "join", "code": code}).to_string(),

@@ -11,8 +11,30 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cost::{Cost, CpuMark};
-use crate::load::{connect, data, echo, next_json, pair};
+use crate::load::{connect, data, echo, next_json, pair, pair_across};
 use crate::target::Target;
+
+/// Where a scenario's macs and browsers connect, and whose CPU its cost counts.
+pub struct Ends {
+    /// The port macs connect to.
+    pub mac: u16,
+    /// The port browsers connect to (another node's, in a cluster).
+    pub browser: u16,
+    /// The processes whose CPU time is the server's cost, in the order `Cost::servers`
+    /// reports them.
+    pub pids: Vec<u32>,
+}
+
+impl Ends {
+    /// Both sides on one server, whose process alone is counted.
+    pub fn single(target: &Target) -> Self {
+        Self {
+            mac: target.port,
+            browser: target.port,
+            pids: vec![target.pid()],
+        }
+    }
+}
 
 /// Latency percentiles in µs, and what the window cost.
 pub struct Latency {
@@ -34,14 +56,18 @@ pub struct Latency {
 
 /// Scenario 1: `pairs` pairs, 64-byte payloads at `rate` per second each, round trip
 /// mac → relay → browser → relay → mac, measured from the *intended* send time.
-pub async fn latency(target: &Target, pairs: u32, rate: u32, secs: u64) -> anyhow::Result<Latency> {
-    let port = target.port;
+/// Every pair is made before the clock starts (a pairing across nodes takes longer, and a
+/// late start would count as latency).
+pub async fn latency(ends: &Ends, pairs: u32, rate: u32, secs: u64) -> anyhow::Result<Latency> {
     let period = Duration::from_secs(1) / rate;
     let count = rate as u64 * secs;
     let mut tasks = Vec::new();
-    let start = Instant::now() + Duration::from_millis(500 + pairs as u64 * 5);
+    let mut pairs_ready = Vec::new();
     for p in 0..pairs {
-        let (mac, browser) = pair(port, p * 2).await?;
+        pairs_ready.push(pair_across(ends.mac, ends.browser, p * 2).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(500);
+    for (p, (mac, browser)) in (0..pairs).zip(pairs_ready) {
         let _echo = echo(browser);
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = mac.split();
@@ -78,7 +104,7 @@ pub async fn latency(target: &Target, pairs: u32, rate: u32, secs: u64) -> anyho
         }));
     }
     tokio::time::sleep_until(start.into()).await;
-    let mark = CpuMark::now(target.pid());
+    let mark = CpuMark::of(&ends.pids);
     let mut all = Vec::new();
     for task in tasks {
         all.extend(task.await?);
@@ -112,21 +138,20 @@ pub struct Throughput {
 /// Scenario 2: 1 KiB payloads echoed as fast as `window` in-flight messages per pair
 /// allow, for `secs`; two relayed messages per round trip.
 pub async fn throughput(
-    target: &Target,
+    ends: &Ends,
     pairs: u32,
     window: usize,
     secs: u64,
 ) -> anyhow::Result<Throughput> {
-    let port = target.port;
     let payload = "t".repeat(1024);
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let mut pairs_ready = Vec::new();
     for p in 0..pairs {
-        pairs_ready.push(pair(port, p * 2).await?);
+        pairs_ready.push(pair_across(ends.mac, ends.browser, p * 2).await?);
     }
     let started = Instant::now();
-    let mark = CpuMark::now(target.pid());
+    let mark = CpuMark::of(&ends.pids);
     let deadline = started + Duration::from_secs(secs);
     for (mac, browser) in pairs_ready {
         let _echo = echo(browser);
