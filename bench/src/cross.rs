@@ -67,6 +67,7 @@ pub async fn run(relay: &Server, quick: bool) -> anyhow::Result<String> {
         Compare::Difference(CROSS, SAME),
     ]);
 
+    let load_at_start = load_average();
     let secs = scale(10, 3);
     let mut lat: Vec<Latency> = Vec::new();
     for setup in SETUPS {
@@ -74,6 +75,7 @@ pub async fn run(relay: &Server, quick: bool) -> anyhow::Result<String> {
         lat.push(scenarios::latency(&running.ends(), 100, 100, secs).await?);
     }
     let samples: Vec<String> = lat.iter().map(|l| l.samples.to_string()).collect();
+    let wrong: Vec<String> = lat.iter().map(|l| l.out_of_sequence.to_string()).collect();
     for (name, pick, target) in [
         ("p50", (|l: &Latency| l.p50) as fn(&Latency) -> u64, ""),
         ("p90", |l| l.p90, ""),
@@ -82,9 +84,11 @@ pub async fn run(relay: &Server, quick: bool) -> anyhow::Result<String> {
         ("max", |l| l.max, ""),
     ] {
         let label = format!(
-            "latency {name}, 100 pairs × 100 msg/s × {secs} s, 64 B (µs; {} samples of {})",
+            "latency {name}, 100 pairs × 100 msg/s × {secs} s, 64 B (µs; {} samples of {}, \
+             {} out of sequence)",
             samples.join(" / "),
-            100 * 100 * secs
+            100 * 100 * secs,
+            wrong.join(" / ")
         );
         let cells = lat.iter().map(|l| Some(Cell::number(pick(l) as f64, 0)));
         table.row(label, cells.collect(), target);
@@ -110,7 +114,20 @@ pub async fn run(relay: &Server, quick: bool) -> anyhow::Result<String> {
         table.row(label, cells.collect(), "cross / single ≥ 0.5");
         cost_rows(&mut table, rates.iter().map(|r| &r.cost).collect());
     }
-    Ok(table.to_markdown())
+    Ok(format!(
+        "{}\nLoad average (1, 5, 15 min) at the start: {load_at_start}; at the end: {}.\n",
+        table.to_markdown(),
+        load_average()
+    ))
+}
+
+/// `/proc/loadavg`'s first three fields: how busy the shared machine was, for the report.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The cost rows under a scenario: the total over the relay processes and Redis, then each

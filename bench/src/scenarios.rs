@@ -50,6 +50,9 @@ pub struct Latency {
     pub max: u64,
     /// Round trips measured.
     pub samples: usize,
+    /// Echoes that did not carry the number after the previous one's (lost, duplicated or
+    /// reordered messages).
+    pub out_of_sequence: u64,
     /// CPU time over the sending window (two relayed messages per sample).
     pub cost: Cost,
 }
@@ -84,6 +87,9 @@ pub async fn latency(ends: &Ends, pairs: u32, rate: u32, secs: u64) -> anyhow::R
                 }
             });
             let mut samples = Vec::with_capacity(count as usize);
+            // Each echo should carry the number after the last one's: any other is a
+            // message lost, duplicated or reordered on the way.
+            let (mut next, mut out_of_sequence) = (0, 0);
             while (samples.len() as u64) < count {
                 let Ok(Ok(msg)) =
                     tokio::time::timeout(Duration::from_secs(10), next_json(&mut rx)).await
@@ -96,18 +102,24 @@ pub async fn latency(ends: &Ends, pairs: u32, rate: u32, secs: u64) -> anyhow::R
                 else {
                     continue;
                 };
+                if k != next {
+                    out_of_sequence += 1;
+                }
+                next = k + 1;
                 let intended = start + offset + period * k as u32;
                 samples.push(intended.elapsed().as_micros() as u64);
             }
             sender.abort();
-            samples
+            (samples, out_of_sequence)
         }));
     }
     tokio::time::sleep_until(start.into()).await;
     let mark = CpuMark::of(&ends.pids);
-    let mut all = Vec::new();
+    let (mut all, mut out_of_sequence) = (Vec::new(), 0);
     for task in tasks {
-        all.extend(task.await?);
+        let (samples, wrong) = task.await?;
+        all.extend(samples);
+        out_of_sequence += wrong;
     }
     let cost = mark.cost(all.len() as u64 * 2);
     all.sort_unstable();
@@ -123,6 +135,7 @@ pub async fn latency(ends: &Ends, pairs: u32, rate: u32, secs: u64) -> anyhow::R
         p999: at(0.999),
         max: all.last().copied().unwrap_or(0),
         samples: all.len(),
+        out_of_sequence,
         cost,
     })
 }
