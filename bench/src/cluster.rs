@@ -18,8 +18,17 @@ use crate::scenarios::Ends;
 use crate::target::{Server, Target, TempDir};
 
 /// How long a node may take to answer `/ready` with 200 (migrations on a fresh database
-/// included).
+/// included); under valgrind, ten times longer.
 const READY: Duration = Duration::from_secs(60);
+
+/// Cluster timers of a counted run, pushed out so the few that still fall due (one Redis
+/// heartbeat every 10 s, not every second) weigh little in the difference of two runs of
+/// different lengths, and generous enough for a node slowed down by valgrind.
+const COUNTED: [(&str, &str); 3] = [
+    ("HERMIT__CLUSTER__HEARTBEAT_MS", "10000"),
+    ("HERMIT__CLUSTER__NODE_TIMEOUT_SECS", "120"),
+    ("HERMIT__CLUSTER__REDIS_TIMEOUT_MS", "30000"),
+];
 
 /// The PostgreSQL server the nodes share a database on.
 fn postgres_server() -> String {
@@ -48,6 +57,15 @@ impl Cluster {
     /// Starts node A, waits until it is ready (it makes the shared token key and migrates
     /// the database), then node B, and waits until B is ready too.
     pub async fn start(relay: &Server) -> anyhow::Result<Self> {
+        Self::launch(relay, [&[], &[]]).await
+    }
+
+    /// Starts the cluster with node A behind `wrappers[0]` and B behind `wrappers[1]`
+    /// (valgrind command prefixes; empty: none). Wrapped nodes run as in the counted mode
+    /// (one worker, no heartbeat or expiry due), with the cluster's timers of [`COUNTED`].
+    pub async fn launch(relay: &Server, wrappers: [&[String]; 2]) -> anyhow::Result<Self> {
+        let counted = wrappers.iter().any(|w| !w.is_empty());
+        let ready = if counted { READY * 10 } else { READY };
         let redis_pid = redis_pid()?;
         let id = format!(
             "xbench_{}_{}",
@@ -59,7 +77,7 @@ impl Cluster {
         let database = Database::create(&id)?;
         let keys = RedisKeys(id.clone());
         let env = |node: &str| {
-            vec![
+            let mut env = vec![
                 ("HERMIT__DATABASE__URL", database.url.clone()),
                 ("HERMIT__CLUSTER__REDIS_URL", redis_url()),
                 ("HERMIT__CLUSTER__KEY_PREFIX", id.clone()),
@@ -68,12 +86,16 @@ impl Cluster {
                     "HERMIT__AUTH__PRIVATE_KEY_FILE",
                     dir.0.join("root.key").display().to_string(),
                 ),
-            ]
+            ];
+            if counted {
+                env.extend(COUNTED.map(|(key, value)| (key, value.to_owned())));
+            }
+            env
         };
-        let a = relay.start_with(&env("a"))?;
-        wait_ready(a.port).await.context("node A")?;
-        let b = relay.start_with(&env("b"))?;
-        wait_ready(b.port).await.context("node B")?;
+        let a = relay.launch_with(wrappers[0], counted, &env("a"))?;
+        wait_ready(a.port, ready).await.context("node A")?;
+        let b = relay.launch_with(wrappers[1], counted, &env("b"))?;
+        wait_ready(b.port, ready).await.context("node B")?;
         Ok(Self {
             a,
             b,
@@ -140,8 +162,8 @@ pub fn redis_pid() -> anyhow::Result<u32> {
     }
 }
 
-/// Polls `GET /ready` until it answers 200.
-async fn wait_ready(port: u16) -> anyhow::Result<()> {
+/// Polls `GET /ready` until it answers 200, for at most `patience`.
+async fn wait_ready(port: u16, patience: Duration) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let started = Instant::now();
     loop {
@@ -151,8 +173,8 @@ async fn wait_ready(port: u16) -> anyhow::Result<()> {
             .await;
         match answer {
             Ok(r) if r.status().is_success() => return Ok(()),
-            _ if started.elapsed() > READY => {
-                bail!("not ready after {} s ({answer:?})", READY.as_secs())
+            _ if started.elapsed() > patience => {
+                bail!("not ready after {} s ({answer:?})", patience.as_secs())
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }

@@ -67,20 +67,16 @@ impl Server {
         self.launch(&[], false)
     }
 
-    /// Starts the server as [`Server::start`] does, with `env` set last, over the
-    /// benchmark's own settings (a cluster node's database, Redis and shared key).
-    pub fn start_with(&self, env: &[(&str, String)]) -> anyhow::Result<Target> {
-        self.spawn(&[], false, env)
-    }
-
     /// Starts the server behind `wrapper` (a command prefix such as
     /// `valgrind --tool=callgrind …`). `counted`: one worker thread, and the relay's
     /// heartbeat pings and code expiry pushed past the run so no timer does extra work.
     pub fn launch(&self, wrapper: &[String], counted: bool) -> anyhow::Result<Target> {
-        self.spawn(wrapper, counted, &[])
+        self.launch_with(wrapper, counted, &[])
     }
 
-    fn spawn(
+    /// [`Server::launch`] with `env` set last, over the benchmark's own settings (a
+    /// cluster node's database, Redis and shared key).
+    pub fn launch_with(
         &self,
         wrapper: &[String],
         counted: bool,
