@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::scenarios::Ends;
+use crate::load::Ends;
 use crate::target::{Server, Target, TempDir};
 
 /// How long a node may take to answer `/ready` with 200 (migrations on a fresh database

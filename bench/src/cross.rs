@@ -6,7 +6,8 @@
 
 use crate::cluster::{redis_pid, Cluster};
 use crate::cost::Cost;
-use crate::scenarios::{self, Ends, Latency, Throughput};
+use crate::load::Ends;
+use crate::scenarios::{self, Latency, Throughput};
 use crate::table::{Cell, Compare, Table};
 use crate::target::Server;
 

@@ -1,11 +1,14 @@
-//! The client side of the pairing protocol, shared by every scenario: connect from a
-//! spread of source addresses, pair a mac with a browser, send and echo `data`.
+//! The client side of the pairing protocol, shared by every scenario: where to connect
+//! ([`Ends`]), connect from a spread of source addresses, pair a mac with a browser, send
+//! and echo `data`.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+use crate::target::Target;
 
 /// A client WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
@@ -39,6 +42,28 @@ where
             Some(Ok(_)) => continue,
             Some(Err(err)) => return Err(err.into()),
             None => anyhow::bail!("closed"),
+        }
+    }
+}
+
+/// Where a scenario's macs and browsers connect, and whose CPU its cost counts.
+pub struct Ends {
+    /// The port macs connect to.
+    pub mac: u16,
+    /// The port browsers connect to (another node's, in a cluster).
+    pub browser: u16,
+    /// The processes whose CPU time is the server's cost, in the order `Cost::servers`
+    /// reports them.
+    pub pids: Vec<u32>,
+}
+
+impl Ends {
+    /// Both sides on one server, whose process alone is counted.
+    pub fn single(target: &Target) -> Self {
+        Self {
+            mac: target.port,
+            browser: target.port,
+            pids: vec![target.pid()],
         }
     }
 }

@@ -5,8 +5,9 @@
 use anyhow::Context;
 
 use crate::cross;
+use crate::load::Ends;
 use crate::lossless;
-use crate::scenarios::{self, Ends, Latency, Throughput};
+use crate::scenarios::{self, Latency, Throughput};
 use crate::table::{Cell, Table};
 use crate::target::Server;
 

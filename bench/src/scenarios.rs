@@ -11,30 +11,8 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cost::{Cost, CpuMark};
-use crate::load::{connect, data, echo, next_json, pair, pair_across};
+use crate::load::{connect, data, echo, next_json, pair, pair_across, Ends};
 use crate::target::Target;
-
-/// Where a scenario's macs and browsers connect, and whose CPU its cost counts.
-pub struct Ends {
-    /// The port macs connect to.
-    pub mac: u16,
-    /// The port browsers connect to (another node's, in a cluster).
-    pub browser: u16,
-    /// The processes whose CPU time is the server's cost, in the order `Cost::servers`
-    /// reports them.
-    pub pids: Vec<u32>,
-}
-
-impl Ends {
-    /// Both sides on one server, whose process alone is counted.
-    pub fn single(target: &Target) -> Self {
-        Self {
-            mac: target.port,
-            browser: target.port,
-            pids: vec![target.pid()],
-        }
-    }
-}
 
 /// Latency percentiles in µs, and what the window cost.
 pub struct Latency {
