@@ -5,7 +5,10 @@
 #   with --count, counts instructions and allocations under valgrind (callgrind, dhat) and
 #   writes the table to target/bench-count/bench-count.md, beside the profiles.
 # Other arguments go to hermit-relay-bench: --before PATH (an older relay build, run as a
-# third server in the same run), --quick, --only NAME. See BENCHMARKS.md.
+# third server in the same run), --quick, --only NAME. --only cross (never part of a full
+# run) measures the relay on one node against a two-node cluster, mac and browser on
+# different nodes; it needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (user
+# postgres, trust auth) and psql. See BENCHMARKS.md, "Cross-node".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=run

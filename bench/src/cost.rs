@@ -1,5 +1,7 @@
-//! What a measured window cost: the server's and the load generator's CPU time, read from
-//! `/proc/PID/stat` (utime + stime) at the window's start and end.
+//! What a measured window cost: the servers' and the load generator's CPU time, read from
+//! `/proc/PID/stat` (utime + stime) at the window's start and end. "The server" may be
+//! several processes (a cluster's nodes and its Redis): each is read, and their sum is the
+//! server's cost.
 
 use std::sync::OnceLock;
 
@@ -35,27 +37,42 @@ fn cpu_seconds(pid: Option<u32>) -> f64 {
     (field(14) + field(15)) as f64 / ticks_per_second()
 }
 
-/// Both processes' CPU clocks read at one instant: the start of a measured window.
+/// The server processes' and the load generator's CPU clocks read at one instant: the
+/// start of a measured window.
 pub struct CpuMark {
-    server_pid: u32,
-    server: f64,
+    /// The server processes, in the order their costs are reported.
+    server_pids: Vec<u32>,
+    /// Their clocks at the mark, in that order.
+    servers: Vec<f64>,
     load: f64,
 }
 
 impl CpuMark {
     /// Reads the clocks of the server `server_pid` and of this load generator now.
     pub fn now(server_pid: u32) -> Self {
+        Self::of(&[server_pid])
+    }
+
+    /// Reads the clocks of every process in `server_pids` and of this load generator now.
+    pub fn of(server_pids: &[u32]) -> Self {
         Self {
-            server_pid,
-            server: cpu_seconds(Some(server_pid)),
+            server_pids: server_pids.to_vec(),
+            servers: server_pids.iter().map(|&p| cpu_seconds(Some(p))).collect(),
             load: cpu_seconds(None),
         }
     }
 
     /// The cost of the window from this mark to now, in which `messages` were relayed.
     pub fn cost(&self, messages: u64) -> Cost {
+        let servers: Vec<f64> = self
+            .server_pids
+            .iter()
+            .zip(&self.servers)
+            .map(|(&pid, at_mark)| cpu_seconds(Some(pid)) - at_mark)
+            .collect();
         Cost {
-            server_s: cpu_seconds(Some(self.server_pid)) - self.server,
+            server_s: servers.iter().sum(),
+            servers,
             load_s: cpu_seconds(None) - self.load,
             messages,
         }
@@ -64,8 +81,10 @@ impl CpuMark {
 
 /// CPU time spent over a measured window, by the server and by the load generator.
 pub struct Cost {
-    /// Server CPU seconds in the window.
+    /// Server CPU seconds in the window (the sum of `servers`).
     pub server_s: f64,
+    /// Each server process's CPU seconds in the window, in the order they were marked.
+    pub servers: Vec<f64>,
     /// Load generator CPU seconds in the window.
     pub load_s: f64,
     /// Messages relayed in the window (each direction counts one).
@@ -75,10 +94,19 @@ pub struct Cost {
 impl Cost {
     /// Server CPU microseconds per relayed message.
     pub fn server_us_per_message(&self) -> f64 {
+        self.per_message(self.server_s)
+    }
+
+    /// Server process `i`'s CPU microseconds per relayed message (0 if it was not marked).
+    pub fn process_us_per_message(&self, i: usize) -> f64 {
+        self.per_message(self.servers.get(i).copied().unwrap_or(0.0))
+    }
+
+    fn per_message(&self, seconds: f64) -> f64 {
         if self.messages == 0 {
             0.0
         } else {
-            self.server_s * 1e6 / self.messages as f64
+            seconds * 1e6 / self.messages as f64
         }
     }
 

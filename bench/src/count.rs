@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use crate::count_report as report;
 use crate::target::Server;
 use crate::valgrind::{self, Marker, Sample, Tool};
@@ -54,7 +56,7 @@ impl Work {
                 payload,
                 in_flight,
                 lossless,
-            } => workloads::round_trips(port, marker, n, payload, in_flight, lossless).await,
+            } => workloads::round_trips(port, port, marker, n, payload, in_flight, lossless).await,
             Work::Pairings { waiting } => {
                 workloads::pairings(port, marker, n as u32, waiting, hold).await
             }
@@ -180,6 +182,12 @@ pub async fn count_all(
     only: Option<&str>,
     profiles: &Path,
 ) -> anyhow::Result<String> {
+    // Cross-node counts only when asked for: they need Redis and PostgreSQL, and count
+    // the relay alone (`count_cross.rs`).
+    if only == Some("cross") {
+        let relay = servers.iter().find(|s| s.is_relay()).context("no relay")?;
+        return crate::count_cross::count(relay, quick, profiles).await;
+    }
     std::fs::create_dir_all(profiles)?;
     let started = Instant::now();
     let mut results = Vec::new();

@@ -1,11 +1,14 @@
-//! The client side of the pairing protocol, shared by every scenario: connect from a
-//! spread of source addresses, pair a mac with a browser, send and echo `data`.
+//! The client side of the pairing protocol, shared by every scenario: where to connect
+//! ([`Ends`]), connect from a spread of source addresses, pair a mac with a browser, send
+//! and echo `data`.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+use crate::target::Target;
 
 /// A client WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
@@ -43,12 +46,40 @@ where
     }
 }
 
+/// Where a scenario's macs and browsers connect, and whose CPU its cost counts.
+pub struct Ends {
+    /// The port macs connect to.
+    pub mac: u16,
+    /// The port browsers connect to (another node's, in a cluster).
+    pub browser: u16,
+    /// The processes whose CPU time is the server's cost, in the order `Cost::servers`
+    /// reports them.
+    pub pids: Vec<u32>,
+}
+
+impl Ends {
+    /// Both sides on one server, whose process alone is counted.
+    pub fn single(target: &Target) -> Self {
+        Self {
+            mac: target.port,
+            browser: target.port,
+            pids: vec![target.pid()],
+        }
+    }
+}
+
 /// A paired mac and browser, from source addresses `n` and `n + 1`.
 pub async fn pair(port: u16, n: u32) -> anyhow::Result<(Ws, Ws)> {
-    let mut mac = connect(port, "/mac", n).await?;
+    pair_across(port, port, n).await
+}
+
+/// A mac on the server at `mac_port` paired with a browser on the one at `browser_port`
+/// (another node of a cluster, or the same server), from source addresses `n` and `n + 1`.
+pub async fn pair_across(mac_port: u16, browser_port: u16, n: u32) -> anyhow::Result<(Ws, Ws)> {
+    let mut mac = connect(mac_port, "/mac", n).await?;
     let registered = next_json(&mut mac).await?;
     let code = registered["code"].as_str().unwrap_or_default().to_owned();
-    let mut browser = connect(port, "/browser", n + 1).await?;
+    let mut browser = connect(browser_port, "/browser", n + 1).await?;
     browser
         .send(Message::text(
             json!({"type": "join", "code": code}).to_string(),

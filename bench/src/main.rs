@@ -3,20 +3,27 @@
 //!
 //! ```text
 //! hermit-relay-bench run --relay PATH [--before PATH] [--quick] [--out FILE]
-//!                        [--only latency|throughput|lossless|idle|pairing|slow|fanout]
+//!                        [--only latency|throughput|lossless|idle|pairing|slow|fanout|cross]
 //! hermit-relay-bench count --relay PATH [--before PATH] [--quick] [--out FILE]
-//!                        [--only messages|lossless|pairing|waiting|allocations] [--profiles DIR]
+//!                        [--only messages|lossless|pairing|waiting|allocations|cross]
+//!                        [--profiles DIR]
 //! hermit-relay-bench baseline --port 9000 [--workers N]   # the baseline server alone
 //! hermit-relay-bench soak --relay PATH [--secs 600] [--out FILE]   # see soak.rs
 //! ```
 //!
 //! `run` measures rates (and their CPU cost); `count` counts instructions and allocations
-//! under valgrind, which does not depend on how busy the machine is.
+//! under valgrind, which does not depend on how busy the machine is. `run --only cross`
+//! (never part of a full run: it needs Redis and PostgreSQL) measures the relay on one node
+//! against a two-node cluster, mac and browser on different nodes (`cross.rs`); `count
+//! --only cross` counts the instructions of that cluster's two nodes (`count_cross.rs`).
 
 mod baseline;
+mod cluster;
 mod cost;
 mod count;
+mod count_cross;
 mod count_report;
+mod cross;
 mod load;
 mod lossless;
 mod run;

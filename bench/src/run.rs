@@ -1,6 +1,11 @@
 //! The `run` mode: every rate scenario on every server in turn (relay, before, baseline),
-//! each server fresh per scenario, tabulated with the relay's ratios to the others.
+//! each server fresh per scenario, tabulated with the relay's ratios to the others; or,
+//! with `--only cross`, the relay on one node against a two-node cluster (`cross.rs`).
 
+use anyhow::Context;
+
+use crate::cross;
+use crate::load::Ends;
 use crate::lossless;
 use crate::scenarios::{self, Latency, Throughput};
 use crate::table::{Cell, Table};
@@ -16,6 +21,12 @@ pub async fn run_all(
     quick: bool,
     only: Option<&str>,
 ) -> anyhow::Result<String> {
+    // Cross-node runs only when asked for: it needs Redis and PostgreSQL, and has a table
+    // of its own (the relay alone, on one node and on two).
+    if only == Some("cross") {
+        let relay = servers.iter().find(|s| s.is_relay()).context("no relay")?;
+        return cross::run(relay, quick).await;
+    }
     let scale = |full: u64, small: u64| if quick { small } else { full };
     let want = |name: &str| only.is_none_or(|o| o == name);
     let mut table = Table::new("scenario", servers.iter().map(|s| s.name).collect(), true);
@@ -25,7 +36,7 @@ pub async fn run_all(
         let secs = scale(10, 3);
         let mut lat = Vec::new();
         for server in servers {
-            lat.push(scenarios::latency(&server.start()?, 100, 100, secs).await?);
+            lat.push(scenarios::latency(&Ends::single(&server.start()?), 100, 100, secs).await?);
         }
         let samples: Vec<String> = lat.iter().map(|l| l.samples.to_string()).collect();
         for (name, pick) in [
@@ -56,7 +67,10 @@ pub async fn run_all(
             let secs = scale(5, 2);
             let mut rates = Vec::new();
             for server in servers {
-                rates.push(scenarios::throughput(&server.start()?, pairs, window, secs).await?);
+                rates.push(
+                    scenarios::throughput(&Ends::single(&server.start()?), pairs, window, secs)
+                        .await?,
+                );
             }
             let label =
                 format!("throughput, {pairs} pair(s), 1 KiB, window {window} (msg/s; MB/s)");

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cost::{Cost, CpuMark};
-use crate::load::{connect, data, echo, next_json, pair};
+use crate::load::{connect, data, echo, next_json, pair, pair_across, Ends};
 use crate::target::Target;
 
 /// Latency percentiles in µs, and what the window cost.
@@ -28,20 +28,27 @@ pub struct Latency {
     pub max: u64,
     /// Round trips measured.
     pub samples: usize,
+    /// Echoes that did not carry the number after the previous one's (lost, duplicated or
+    /// reordered messages).
+    pub out_of_sequence: u64,
     /// CPU time over the sending window (two relayed messages per sample).
     pub cost: Cost,
 }
 
 /// Scenario 1: `pairs` pairs, 64-byte payloads at `rate` per second each, round trip
 /// mac → relay → browser → relay → mac, measured from the *intended* send time.
-pub async fn latency(target: &Target, pairs: u32, rate: u32, secs: u64) -> anyhow::Result<Latency> {
-    let port = target.port;
+/// Every pair is made before the clock starts (a pairing across nodes takes longer, and a
+/// late start would count as latency).
+pub async fn latency(ends: &Ends, pairs: u32, rate: u32, secs: u64) -> anyhow::Result<Latency> {
     let period = Duration::from_secs(1) / rate;
     let count = rate as u64 * secs;
     let mut tasks = Vec::new();
-    let start = Instant::now() + Duration::from_millis(500 + pairs as u64 * 5);
+    let mut pairs_ready = Vec::new();
     for p in 0..pairs {
-        let (mac, browser) = pair(port, p * 2).await?;
+        pairs_ready.push(pair_across(ends.mac, ends.browser, p * 2).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(500);
+    for (p, (mac, browser)) in (0..pairs).zip(pairs_ready) {
         let _echo = echo(browser);
         tasks.push(tokio::spawn(async move {
             let (mut tx, mut rx) = mac.split();
@@ -58,6 +65,9 @@ pub async fn latency(target: &Target, pairs: u32, rate: u32, secs: u64) -> anyho
                 }
             });
             let mut samples = Vec::with_capacity(count as usize);
+            // Each echo should carry the number after the last one's: any other is a
+            // message lost, duplicated or reordered on the way.
+            let (mut next, mut out_of_sequence) = (0, 0);
             while (samples.len() as u64) < count {
                 let Ok(Ok(msg)) =
                     tokio::time::timeout(Duration::from_secs(10), next_json(&mut rx)).await
@@ -70,18 +80,24 @@ pub async fn latency(target: &Target, pairs: u32, rate: u32, secs: u64) -> anyho
                 else {
                     continue;
                 };
+                if k != next {
+                    out_of_sequence += 1;
+                }
+                next = k + 1;
                 let intended = start + offset + period * k as u32;
                 samples.push(intended.elapsed().as_micros() as u64);
             }
             sender.abort();
-            samples
+            (samples, out_of_sequence)
         }));
     }
     tokio::time::sleep_until(start.into()).await;
-    let mark = CpuMark::now(target.pid());
-    let mut all = Vec::new();
+    let mark = CpuMark::of(&ends.pids);
+    let (mut all, mut out_of_sequence) = (Vec::new(), 0);
     for task in tasks {
-        all.extend(task.await?);
+        let (samples, wrong) = task.await?;
+        all.extend(samples);
+        out_of_sequence += wrong;
     }
     let cost = mark.cost(all.len() as u64 * 2);
     all.sort_unstable();
@@ -97,6 +113,7 @@ pub async fn latency(target: &Target, pairs: u32, rate: u32, secs: u64) -> anyho
         p999: at(0.999),
         max: all.last().copied().unwrap_or(0),
         samples: all.len(),
+        out_of_sequence,
         cost,
     })
 }
@@ -112,21 +129,20 @@ pub struct Throughput {
 /// Scenario 2: 1 KiB payloads echoed as fast as `window` in-flight messages per pair
 /// allow, for `secs`; two relayed messages per round trip.
 pub async fn throughput(
-    target: &Target,
+    ends: &Ends,
     pairs: u32,
     window: usize,
     secs: u64,
 ) -> anyhow::Result<Throughput> {
-    let port = target.port;
     let payload = "t".repeat(1024);
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let mut pairs_ready = Vec::new();
     for p in 0..pairs {
-        pairs_ready.push(pair(port, p * 2).await?);
+        pairs_ready.push(pair_across(ends.mac, ends.browser, p * 2).await?);
     }
     let started = Instant::now();
-    let mark = CpuMark::now(target.pid());
+    let mark = CpuMark::of(&ends.pids);
     let deadline = started + Duration::from_secs(secs);
     for (mac, browser) in pairs_ready {
         let _echo = echo(browser);

@@ -1,5 +1,6 @@
 //! A Markdown table with one column per server and the ratios of the relay to the others
-//! (relay / baseline, and relay / before when an older build was run too).
+//! (relay / baseline, and relay / before when an older build was run too) — or, when
+//! given, other comparisons between columns (ratios or differences).
 
 use std::fmt::Write as _;
 
@@ -26,6 +27,15 @@ impl Cell {
     }
 }
 
+/// A column derived from two others, by their indices in the column order.
+#[derive(Clone, Copy)]
+pub enum Compare {
+    /// The first over the second ("a / b").
+    Ratio(usize, usize),
+    /// The first less the second ("a − b"), in their unit.
+    Difference(usize, usize),
+}
+
 struct Row {
     label: String,
     cells: Vec<Option<Cell>>,
@@ -37,6 +47,8 @@ pub struct Table {
     first: &'static str,
     columns: Vec<&'static str>,
     with_target: bool,
+    /// Set by [`Table::comparing`]; otherwise the relay's ratios to the others.
+    compare: Option<Vec<Compare>>,
     rows: Vec<Row>,
 }
 
@@ -48,8 +60,15 @@ impl Table {
             first,
             columns,
             with_target,
+            compare: None,
             rows: Vec::new(),
         }
+    }
+
+    /// The table with `compare` as its derived columns instead of the relay's ratios.
+    pub fn comparing(mut self, compare: Vec<Compare>) -> Self {
+        self.compare = Some(compare);
+        self
     }
 
     /// Adds a row; `cells` follow the column order, `None` where a server has no figure.
@@ -61,27 +80,29 @@ impl Table {
         });
     }
 
-    fn ratios(&self) -> Vec<(usize, usize)> {
+    fn comparisons(&self) -> Vec<Compare> {
+        if let Some(compare) = &self.compare {
+            return compare.clone();
+        }
         let at = |name| self.columns.iter().position(|c| *c == name);
         let Some(relay) = at("relay") else {
             return Vec::new();
         };
         ["baseline", "before"]
             .into_iter()
-            .filter_map(|other| at(other).map(|o| (relay, o)))
+            .filter_map(|other| at(other).map(|o| Compare::Ratio(relay, o)))
             .collect()
     }
 
     /// The table as Markdown.
     pub fn to_markdown(&self) -> String {
-        let ratios = self.ratios();
+        let comparisons = self.comparisons();
         let mut head: Vec<String> = vec![self.first.into()];
         head.extend(self.columns.iter().map(|c| c.to_string()));
-        head.extend(
-            ratios
-                .iter()
-                .map(|&(a, b)| format!("{} / {}", self.columns[a], self.columns[b])),
-        );
+        head.extend(comparisons.iter().map(|&compare| match compare {
+            Compare::Ratio(a, b) => format!("{} / {}", self.columns[a], self.columns[b]),
+            Compare::Difference(a, b) => format!("{} − {}", self.columns[a], self.columns[b]),
+        }));
         if self.with_target {
             head.push("target".into());
         }
@@ -95,11 +116,17 @@ impl Table {
                     .map(|i| row.cells.get(i).and_then(Option::as_ref))
                     .map(|c| c.map_or("–".into(), |c| c.text.clone())),
             );
-            for &(a, b) in &ratios {
-                let value = |i: usize| row.cells.get(i).and_then(Option::as_ref).map(|c| c.value);
-                line.push(match (value(a), value(b)) {
-                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-                    _ => "–".into(),
+            let value = |i: usize| row.cells.get(i).and_then(Option::as_ref).map(|c| c.value);
+            for &compare in &comparisons {
+                line.push(match compare {
+                    Compare::Ratio(a, b) => match (value(a), value(b)) {
+                        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                        _ => "–".into(),
+                    },
+                    Compare::Difference(a, b) => match (value(a), value(b)) {
+                        (Some(a), Some(b)) => format!("{:+.1}", a - b),
+                        _ => "–".into(),
+                    },
                 });
             }
             if self.with_target {

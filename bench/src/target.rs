@@ -71,6 +71,17 @@ impl Server {
     /// `valgrind --tool=callgrind …`). `counted`: one worker thread, and the relay's
     /// heartbeat pings and code expiry pushed past the run so no timer does extra work.
     pub fn launch(&self, wrapper: &[String], counted: bool) -> anyhow::Result<Target> {
+        self.launch_with(wrapper, counted, &[])
+    }
+
+    /// [`Server::launch`] with `env` set last, over the benchmark's own settings (a
+    /// cluster node's database, Redis and shared key).
+    pub fn launch_with(
+        &self,
+        wrapper: &[String],
+        counted: bool,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Target> {
         let port = free_port();
         let mut argv = wrapper.to_vec();
         let mut dir = None;
@@ -104,6 +115,7 @@ impl Server {
             if counted && accepts(binary, ping.0, ping.1) {
                 command.env(ping.0, ping.1);
             }
+            command.envs(env.iter().map(|(key, value)| (*key, value.as_str())));
         }
         let child = command
             .stdout(Stdio::null())
@@ -226,8 +238,8 @@ impl Drop for Target {
     }
 }
 
-/// A temporary directory removed on drop (no extra dependency for one use).
-struct TempDir(PathBuf);
+/// A temporary directory removed on drop (no extra dependency for a few uses).
+pub struct TempDir(pub PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {

@@ -21,29 +21,46 @@ pub enum Tool {
     Dhat,
 }
 
-/// Marks the start and the end of a workload's measured phase on the server's profile.
+/// Marks the start and the end of a workload's measured phase on the servers' profiles.
 #[derive(Clone, Copy)]
 pub struct Marker {
-    /// The callgrind process to dump; `None` (dhat): marks do nothing.
-    callgrind_pid: Option<u32>,
+    /// The callgrind processes to dump (a cluster's two nodes, or one server); none
+    /// (dhat): marks do nothing.
+    callgrind_pids: [Option<u32>; 2],
 }
 
 impl Marker {
-    /// Lets the server go quiet, then (under callgrind) dumps its counters so far into a
-    /// part file of their own and zeroes them.
+    /// Marks the one server `pid` (none: marks do nothing).
+    pub fn of(pid: Option<u32>) -> Self {
+        Self {
+            callgrind_pids: [pid, None],
+        }
+    }
+
+    /// Marks both nodes of a cluster, each running under callgrind.
+    pub fn of_both(a: u32, b: u32) -> Self {
+        Self {
+            callgrind_pids: [Some(a), Some(b)],
+        }
+    }
+
+    /// Lets the servers go quiet, then (under callgrind) dumps each one's counters so far
+    /// into a part file of their own and zeroes them.
     pub async fn mark(self) -> anyhow::Result<()> {
-        let Some(pid) = self.callgrind_pid else {
+        if self.callgrind_pids.iter().all(Option::is_none) {
             return Ok(());
-        };
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let status = tokio::process::Command::new("callgrind_control")
-            .args(["--dump", &pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .context("cannot run callgrind_control")?;
-        anyhow::ensure!(status.success(), "callgrind_control --dump {pid} failed");
+        for pid in self.callgrind_pids.into_iter().flatten() {
+            let status = tokio::process::Command::new("callgrind_control")
+                .args(["--dump", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .context("cannot run callgrind_control")?;
+            anyhow::ensure!(status.success(), "callgrind_control --dump {pid} failed");
+        }
         Ok(())
     }
 }
@@ -84,11 +101,7 @@ where
         Tool::Callgrind => ("callgrind", with("callgrind"), "--callgrind-out-file"),
         Tool::Dhat => ("dhat", with("dhat.json"), "--dhat-out-file"),
     };
-    // callgrind writes the parts before, in and after the phase to OUT.1, OUT.2 and OUT.
-    let parts = [with("callgrind.1"), with("callgrind.2"), out.clone()];
-    for old in &parts {
-        let _ = std::fs::remove_file(old);
-    }
+    remove_callgrind_parts(&out);
     let wrapper = [
         "valgrind".to_owned(),
         format!("--tool={name}"),
@@ -97,18 +110,13 @@ where
     ];
     let started = Instant::now();
     let mut target = server.launch(&wrapper, true)?;
-    let marker = Marker {
-        callgrind_pid: (tool == Tool::Callgrind).then(|| target.pid()),
-    };
+    let marker = Marker::of((tool == Tool::Callgrind).then(|| target.pid()));
     let phase = drive(target.port, marker).await?;
     anyhow::ensure!(target.stop(), "the {} did not exit on SIGTERM", server.name);
     let (total, whole, bytes) = match tool {
         Tool::Callgrind => {
-            let parts = parts
-                .iter()
-                .map(|p| callgrind_total(p))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            (parts[1], parts.iter().sum(), 0)
+            let (phase, whole) = callgrind_phase(&out)?;
+            (phase, whole, 0)
         }
         Tool::Dhat => {
             let (blocks, bytes) = dhat_totals(&out)?;
@@ -123,6 +131,36 @@ where
         phase,
         wall: started.elapsed(),
     })
+}
+
+/// The callgrind arguments that write the profile to `out` (and its log beside it).
+pub fn callgrind_wrapper(out: &Path) -> Vec<String> {
+    vec![
+        "valgrind".to_owned(),
+        "--tool=callgrind".to_owned(),
+        format!("--callgrind-out-file={}", out.display()),
+        format!("--log-file={}.log", out.display()),
+    ]
+}
+
+/// The `Ir` of a callgrind run marked twice, with its output at `out`: (the measured
+/// phase, the whole run). Callgrind writes the parts before, in and after the phase to
+/// `OUT.1`, `OUT.2` and `OUT`.
+pub fn callgrind_phase(out: &Path) -> anyhow::Result<(u64, u64)> {
+    let parts = [1, 2]
+        .map(|n| PathBuf::from(format!("{}.{n}", out.display())))
+        .into_iter()
+        .chain([out.to_owned()])
+        .map(|p| callgrind_total(&p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((parts[1], parts.iter().sum()))
+}
+
+/// Removes what an earlier run left at `out` (see [`callgrind_phase`]).
+pub fn remove_callgrind_parts(out: &Path) {
+    for part in [".1", ".2", ""] {
+        let _ = std::fs::remove_file(format!("{}{part}", out.display()));
+    }
 }
 
 /// The total `Ir` of a callgrind output file (its `totals:` line, else `summary:`).

@@ -10,7 +10,7 @@ use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::load::{close, connect, next_json, pair, Ws};
+use crate::load::{close, connect, next_json, pair, pair_across, Ws};
 use crate::lossless::{self, next_data, Side};
 use crate::valgrind::Marker;
 
@@ -30,10 +30,12 @@ async fn within<T>(what: &str, step: impl std::future::Future<Output = T>) -> an
 /// One pair relays `round_trips` messages of `payload` bytes from mac to browser and back,
 /// at most `in_flight` unanswered at a time; then both sides close. Every round trip is
 /// two relayed messages. `lossless`: both sides in lossless mode, numbering their `data`
-/// and acknowledging in batches (`lossless.rs`). The measured phase is the messages;
-/// returns how long it took.
+/// and acknowledging in batches (`lossless.rs`). The mac connects to `port`, the browser
+/// to `browser_port` (another node of a cluster, or the same). The measured phase is the
+/// messages; returns how long it took.
 pub async fn round_trips(
     port: u16,
+    browser_port: u16,
     marker: Marker,
     round_trips: u64,
     payload: usize,
@@ -42,9 +44,13 @@ pub async fn round_trips(
 ) -> anyhow::Result<Duration> {
     let pairing = async {
         if lossless {
+            anyhow::ensure!(
+                port == browser_port,
+                "lossless pairs are made on one server"
+            );
             lossless::pair(port, 0).await
         } else {
-            pair(port, 0).await
+            pair_across(port, browser_port, 0).await
         }
     };
     let (mac, browser) = within("pairing", pairing).await??;

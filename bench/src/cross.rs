@@ -1,0 +1,195 @@
+//! The `cross` scenario (issue 11): the latency and throughput scenarios, in one run, on
+//! one relay (no cluster), on a two-node cluster with both sides on node A, and across
+//! the cluster — mac on A, browser on B, every message through Redis pub/sub — with the
+//! CPU time of both nodes and of Redis, so the extra hop's cost is named where it is paid.
+//! Only the relay under test is measured: the baseline has no cluster.
+
+use crate::cluster::{redis_pid, Cluster};
+use crate::cost::Cost;
+use crate::load::Ends;
+use crate::scenarios::{self, Latency, Throughput};
+use crate::table::{Cell, Compare, Table};
+use crate::target::Server;
+
+/// The columns, in order.
+const COLUMNS: [&str; 3] = ["single node", "cluster, same node", "cross-node"];
+const SINGLE: usize = 0;
+const SAME: usize = 1;
+const CROSS: usize = 2;
+
+/// Where one column's load goes: a server (or cluster) started fresh for each scenario.
+#[derive(Clone, Copy)]
+enum Setup {
+    /// One relay, no cluster settings; the cost counts it and Redis (idle but for other
+    /// users of it: its figure is the background).
+    Single,
+    /// Both sides on node A of a cluster.
+    SameNode,
+    /// Macs on node A, browsers on node B.
+    Across,
+}
+
+const SETUPS: [Setup; 3] = [Setup::Single, Setup::SameNode, Setup::Across];
+
+/// What a scenario needs running while it is measured.
+enum Running {
+    Single(crate::target::Target, u32),
+    Cluster(Cluster, Setup),
+}
+
+impl Running {
+    async fn start(relay: &Server, setup: Setup) -> anyhow::Result<Self> {
+        Ok(match setup {
+            Setup::Single => Self::Single(relay.start()?, redis_pid()?),
+            _ => Self::Cluster(Cluster::start(relay).await?, setup),
+        })
+    }
+
+    /// Where the load goes, and the processes counted: [relay or A, B, Redis], where the
+    /// single relay has no B.
+    fn ends(&self) -> Ends {
+        match self {
+            Self::Single(target, redis) => Ends {
+                pids: vec![target.pid(), *redis],
+                ..Ends::single(target)
+            },
+            Self::Cluster(cluster, Setup::SameNode) => cluster.same_node(),
+            Self::Cluster(cluster, _) => cluster.across(),
+        }
+    }
+}
+
+/// Runs the scenario on `relay` and returns its Markdown table.
+pub async fn run(relay: &Server, quick: bool) -> anyhow::Result<String> {
+    let scale = |full: u64, small: u64| if quick { small } else { full };
+    let mut table = Table::new("scenario", COLUMNS.to_vec(), true).comparing(vec![
+        Compare::Ratio(CROSS, SINGLE),
+        Compare::Difference(CROSS, SINGLE),
+        Compare::Difference(CROSS, SAME),
+    ]);
+
+    let load_at_start = load_average();
+    let secs = scale(10, 3);
+    // The target's rate, then a tenth of it: whether what the hop adds to the tail grows
+    // with the load (queueing on the shared cores) or is there at any rate.
+    for (rate, target) in [(100u32, "cross − single ≤ +1000"), (10, "")] {
+        let mut lat: Vec<Latency> = Vec::new();
+        for setup in SETUPS {
+            let running = Running::start(relay, setup).await?;
+            lat.push(scenarios::latency(&running.ends(), 100, rate, secs).await?);
+        }
+        let samples: Vec<String> = lat.iter().map(|l| l.samples.to_string()).collect();
+        let wrong: Vec<String> = lat.iter().map(|l| l.out_of_sequence.to_string()).collect();
+        for (name, pick, target) in [
+            ("p50", (|l: &Latency| l.p50) as fn(&Latency) -> u64, ""),
+            ("p90", |l| l.p90, ""),
+            ("p99", |l| l.p99, target),
+            ("p99.9", |l| l.p999, ""),
+            ("max", |l| l.max, ""),
+        ] {
+            let label = format!(
+                "latency {name}, 100 pairs × {rate} msg/s × {secs} s, 64 B (µs; {} samples of \
+                 {}, {} out of sequence)",
+                samples.join(" / "),
+                100 * rate as u64 * secs,
+                wrong.join(" / ")
+            );
+            let cells = lat.iter().map(|l| Some(Cell::number(pick(l) as f64, 0)));
+            table.row(label, cells.collect(), target);
+        }
+        cost_rows(&mut table, lat.iter().map(|l| &l.cost).collect());
+    }
+
+    for (pairs, window) in [(1u32, 64usize), (100, 8)] {
+        let secs = scale(5, 2);
+        let mut rates: Vec<Throughput> = Vec::new();
+        for setup in SETUPS {
+            let running = Running::start(relay, setup).await?;
+            rates.push(scenarios::throughput(&running.ends(), pairs, window, secs).await?);
+        }
+        let label = format!("throughput, {pairs} pair(s), 1 KiB, window {window} (msg/s; MB/s)");
+        let cells = rates.iter().map(|r| {
+            let text = format!(
+                "{:.0} ({:.1} MB/s)",
+                r.per_second,
+                r.per_second * 1024.0 / 1e6
+            );
+            Some(Cell::with_text(r.per_second, text))
+        });
+        table.row(label, cells.collect(), "cross / single ≥ 0.5");
+        cost_rows(&mut table, rates.iter().map(|r| &r.cost).collect());
+    }
+    Ok(format!(
+        "{}\nLoad average (1, 5, 15 min) at the start: {load_at_start}; at the end: {}.\n",
+        table.to_markdown(),
+        load_average()
+    ))
+}
+
+/// `/proc/loadavg`'s first three fields: how busy the shared machine was, for the report.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The cost rows under a scenario: the total over the relay processes and Redis, then each
+/// process, then the load generator. `costs` follow [`SETUPS`].
+fn cost_rows(table: &mut Table, costs: Vec<&Cost>) {
+    // Which of a cost's processes is node A, node B and Redis, per setup.
+    let index = |setup: Setup, part: usize| match (setup, part) {
+        (Setup::Single, 1) => None,
+        (Setup::Single, 2) => Some(1),
+        (_, part) => Some(part),
+    };
+    let total = costs.iter().zip(SETUPS).map(|(cost, setup)| {
+        let part = |p| {
+            index(setup, p).map_or("–".into(), |i| {
+                format!("{:.1}", cost.process_us_per_message(i))
+            })
+        };
+        let text = format!(
+            "{:.1} ({} + {} + {})",
+            cost.server_us_per_message(),
+            part(0),
+            part(1),
+            part(2)
+        );
+        Some(Cell::with_text(cost.server_us_per_message(), text))
+    });
+    table.row(
+        "↳ CPU-µs per relayed message, relay processes + Redis (A + B + Redis)",
+        total.collect(),
+        "",
+    );
+    for (part, name) in ["node A (single: the relay)", "node B", "Redis"]
+        .into_iter()
+        .enumerate()
+    {
+        // The single relay has no node B: its share there is nothing, shown as "–".
+        let cells = costs.iter().zip(SETUPS).map(|(cost, setup)| {
+            Some(
+                index(setup, part).map_or(Cell::with_text(0.0, "–".into()), |i| {
+                    Cell::number(cost.process_us_per_message(i), 1)
+                }),
+            )
+        });
+        table.row(format!("↳ of which {name}"), cells.collect(), "");
+    }
+    let load = costs.iter().map(|cost| {
+        let per_message = if cost.messages == 0 {
+            0.0
+        } else {
+            cost.load_s * 1e6 / cost.messages as f64
+        };
+        let text = format!("{per_message:.1} ({:.2} s)", cost.load_s);
+        Some(Cell::with_text(per_message, text))
+    });
+    table.row(
+        "↳ load generator CPU-µs per relayed message (CPU s in the window)",
+        load.collect(),
+        "",
+    );
+}
