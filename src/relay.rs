@@ -58,8 +58,8 @@ pub struct Relay {
     pub limiters: Arc<Limiters>,
     /// Client addresses through trusted proxies.
     pub client_addr: ClientAddr,
-    /// In a cluster: quick pairing across nodes.
-    pub remote: Option<crate::relay::pairing::remote::Remote>,
+    /// What every pairing connection shares (in a cluster, quick pairing across nodes).
+    pub pair_node: Arc<pairing::socket::PairNode>,
     /// In a cluster: accounts across nodes.
     pub accounts_remote: Option<account::remote::Remote>,
 }
@@ -170,8 +170,7 @@ pub async fn upgrade(
                 Endpoint::Mac => Role::Mac,
                 _ => Role::Browser,
             };
-            let remote = relay.remote.clone();
-            PairSocket::start(role, opened, relay.pairing.clone(), limiters, remote);
+            PairSocket::start(role, opened, Arc::clone(&relay.pair_node));
         }
         Endpoint::Agent => {
             let remote = relay.accounts_remote.clone();

@@ -37,7 +37,7 @@ use crate::relay::pairing::handoff::Handoffs;
 use crate::relay::pairing::homes::Homes;
 use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::remote::Remote;
-use crate::relay::pairing::socket::PairSocket;
+use crate::relay::pairing::socket::{PairNode, PairSocket};
 use crate::relay::pairing::table::PairingRules;
 use crate::relay::tunnel::{Home, Starter, Tunnels};
 use crate::relay::{self, Relay};
@@ -187,6 +187,11 @@ impl Application {
             .map(|tunnels| Remote::new(tunnels, code_memory));
         let accounts_remote =
             tunnels.and_then(|tunnels| AccountRemote::start(tunnels, machines.clone()));
+        let pair_node = Arc::new(PairNode {
+            registry: pairing.clone(),
+            limiters: Arc::clone(&limiters),
+            remote,
+        });
         let relay = web::Data::new(Relay {
             settings: live.clone(),
             pairing,
@@ -194,7 +199,7 @@ impl Application {
             connections: Arc::clone(&connections),
             limiters: Arc::clone(&limiters),
             client_addr: client_addr.clone(),
-            remote,
+            pair_node,
             accounts_remote,
         });
         let machines = web::Data::new(machines);
@@ -534,6 +539,7 @@ fn virtual_connections(
     limiters: Arc<Limiters>,
     code_memory: Duration,
 ) -> Starter {
+    let relayed = std::sync::OnceLock::<Arc<PairNode>>::new();
     Arc::new(move |endpoint, opened, tunnels: &Tunnels| {
         let limiters = Arc::clone(&limiters);
         match endpoint {
@@ -542,8 +548,15 @@ fn virtual_connections(
                     Endpoint::Mac => Role::Mac,
                     _ => Role::Browser,
                 };
-                let remote = Remote::new(tunnels.clone(), code_memory);
-                PairSocket::start_relayed(role, opened, pairing.clone(), limiters, remote);
+                // One for every virtual pairing connection of this node.
+                let node = relayed.get_or_init(|| {
+                    Arc::new(PairNode {
+                        registry: pairing.clone(),
+                        limiters,
+                        remote: Some(Remote::new(tunnels.clone(), code_memory)),
+                    })
+                });
+                PairSocket::start_relayed(role, opened, Arc::clone(node));
             }
             Endpoint::Agent => {
                 AgentSocket::start_relayed(opened, machines.clone(), accounts.clone(), limiters);

@@ -37,22 +37,17 @@ const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The state of one `/mac` or `/browser` connection.
 pub struct PairSocket {
     role: Role,
-    registry: Addr<SessionRegistry>,
-    limiters: Arc<Limiters>,
+    /// What every pairing connection of this node shares.
+    node: Arc<PairNode>,
     /// The pairing it is in, if any: where its data goes.
     pairing: Option<Pairing>,
     /// Where the registry hands over a new pairing (see [`ToConn::Paired`]).
     slot: PairingSlot,
     /// Since when it is unpaired; `None` while paired. Checked against the idle timeout.
     unpaired_since: Option<Instant>,
-    /// Lossless mode: the side asked for it on this connection.
-    lossless: bool,
-    /// Lossless mode: the last `ack` the relay sent the side.
-    acked: u64,
-    /// Lossless mode: when the relay last sent the side a JSON `ping`.
-    last_ping: Instant,
-    /// In a cluster: codes and pairings homed on other nodes (see `super::remote`).
-    remote: Option<Remote>,
+    /// Lossless mode, once the side asked for it on this connection (boxed: most sides
+    /// never do, and every byte here is paid by each idle connection).
+    lossless: Option<Box<Acks>>,
     /// A virtual connection for a browser on another node, whose node already applied
     /// the attempt limits.
     relayed: bool,
@@ -65,16 +60,28 @@ pub struct PairSocket {
     orphaned: bool,
 }
 
+/// What every pairing connection of a node shares: built once, one pointer per connection.
+pub struct PairNode {
+    /// The pairing registry.
+    pub registry: Addr<SessionRegistry>,
+    /// Attempt limits.
+    pub limiters: Arc<Limiters>,
+    /// In a cluster: codes and pairings homed on other nodes (see `super::remote`).
+    pub remote: Option<Remote>,
+}
+
+/// Lossless mode's state of one connection.
+struct Acks {
+    /// The last `ack` the relay sent the side.
+    acked: u64,
+    /// When the relay last sent the side a JSON `ping`.
+    last_ping: Instant,
+}
+
 impl PairSocket {
     /// Starts the actor of a freshly upgraded `/mac` or `/browser` connection.
-    pub fn start(
-        role: Role,
-        opened: Opened,
-        registry: Addr<SessionRegistry>,
-        limiters: Arc<Limiters>,
-        remote: Option<Remote>,
-    ) -> Addr<Connection<Self>> {
-        Connection::start(opened, Self::new(role, registry, limiters, remote, false))
+    pub fn start(role: Role, opened: Opened, node: Arc<PairNode>) -> Addr<Connection<Self>> {
+        Connection::start(opened, Self::new(role, node, false))
     }
 
     /// Starts a virtual connection for a side on another node (see `super::remote`); it
@@ -82,34 +89,19 @@ impl PairSocket {
     pub fn start_relayed(
         role: Role,
         opened: Opened,
-        registry: Addr<SessionRegistry>,
-        limiters: Arc<Limiters>,
-        remote: Remote,
+        node: Arc<PairNode>,
     ) -> Addr<Connection<Self>> {
-        Connection::start(
-            opened,
-            Self::new(role, registry, limiters, Some(remote), true),
-        )
+        Connection::start(opened, Self::new(role, node, true))
     }
 
-    fn new(
-        role: Role,
-        registry: Addr<SessionRegistry>,
-        limiters: Arc<Limiters>,
-        remote: Option<Remote>,
-        relayed: bool,
-    ) -> Self {
+    fn new(role: Role, node: Arc<PairNode>, relayed: bool) -> Self {
         Self {
             role,
-            registry,
-            limiters,
+            node,
             pairing: None,
             slot: PairingSlot::default(),
             unpaired_since: Some(Instant::now()),
-            lossless: false,
-            acked: 0,
-            last_ping: Instant::now(),
-            remote,
+            lossless: None,
             relayed,
             gateway: None,
             orphaned: false,
@@ -147,10 +139,11 @@ impl Protocol for PairSocket {
     fn stopping(conn: &mut Connection<Self>) {
         // A side this node closes as it leaves may resume elsewhere: for its home, lost.
         let clean = conn.socket.outcome().clean() && !conn.socket.node_leaving();
-        if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.remote) {
+        if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
+        {
             remote.close(&gateway.home, &gateway.route, clean);
         }
-        conn.proto.registry.do_send(Disconnect {
+        conn.proto.node.registry.do_send(Disconnect {
             conn: conn.socket.conn,
             role: conn.proto.role,
             clean,
@@ -193,7 +186,7 @@ impl Connection<PairSocket> {
             // Codes and resumes are guesses an attacker could make: each costs an attempt
             // (a relayed browser's node counted it already).
             _ if !self.proto.relayed
-                && !self.proto.limiters.join.check(self.socket.client_ip()) =>
+                && !self.proto.node.limiters.join.check(self.socket.client_ip()) =>
             {
                 self.error(
                     ErrorCode::RateLimited,
@@ -208,7 +201,7 @@ impl Connection<PairSocket> {
                 let ip = self.socket.client_ip();
                 let check = match self.proto.relayed {
                     true => None,
-                    false => self.proto.limiters.cluster_check(Attempt::Join, ip),
+                    false => self.proto.node.limiters.cluster_check(Attempt::Join, ip),
                 };
                 match check {
                     None => self.attempt(request, ctx),
@@ -235,7 +228,11 @@ impl Connection<PairSocket> {
         if let Err(refusal) = request.check() {
             return self.refuse(refusal, ctx);
         }
-        let first = match (&self.proto.remote, self.proto.relayed, &self.proto.pairing) {
+        let first = match (
+            &self.proto.node.remote,
+            self.proto.relayed,
+            &self.proto.pairing,
+        ) {
             (Some(_), false, None) => pairing::attempt_text(&request),
             _ => None,
         };
@@ -258,7 +255,7 @@ impl Connection<PairSocket> {
                     _ => self.register_here(client_id, ack, last_seq, false, ctx),
                 }
             }
-            PairingRequest::Join { code, ack } => match (self.proto.remote.clone(), first) {
+            PairingRequest::Join { code, ack } => match (self.proto.node.remote.clone(), first) {
                 (Some(remote), Some(first)) => {
                     let typed = code.clone();
                     let lookup = async move { remote.home_of(&typed).await };
@@ -305,7 +302,7 @@ impl Connection<PairSocket> {
         here: impl FnOnce(&mut Self, bool, &mut Ctx<PairSocket>) + 'static,
         ctx: &mut Ctx<PairSocket>,
     ) {
-        let Some(remote) = self.proto.remote.clone() else {
+        let Some(remote) = self.proto.node.remote.clone() else {
             return here(self, false, ctx);
         };
         let lookup = async move { remote.find(kind, &key).await };
@@ -378,13 +375,16 @@ impl Connection<PairSocket> {
     /// Lossless mode, if the side asks for it: from now on it gets `ack`s and, so that a
     /// page can tell a dead link, JSON pings.
     fn opt_in(&mut self, ack: bool, last_seq: Option<u64>, ctx: &mut Ctx<PairSocket>) -> Lossless {
-        if ack && !self.proto.lossless {
-            self.proto.lossless = true;
+        if ack && self.proto.lossless.is_none() {
+            self.proto.lossless = Some(Box::new(Acks {
+                acked: 0,
+                last_ping: Instant::now(),
+            }));
             let every = self.settings.pairing.ack_interval();
             ctx.run_interval(every, |conn, ctx| conn.lossless_tick(ctx));
         }
         Lossless {
-            ack: self.proto.lossless,
+            ack: self.proto.lossless.is_some(),
             last_seq,
         }
     }
@@ -392,15 +392,25 @@ impl Connection<PairSocket> {
     /// Lossless mode, every `pairing.ack_interval_ms`: acknowledge the side's messages if
     /// more arrived, and ping it if it is time.
     fn lossless_tick(&mut self, ctx: &mut Ctx<PairSocket>) {
+        let Some(acks) = &mut self.proto.lossless else {
+            return;
+        };
+        let mut ack = None;
         if let Some(pairing) = &self.proto.pairing {
             let received = lock_pipes(&pairing.pipes).received(self.proto.role);
-            if received > self.proto.acked {
-                self.proto.acked = received;
-                self.send(&PairingEvent::Ack { seq: received }, ctx);
+            if received > acks.acked {
+                acks.acked = received;
+                ack = Some(received);
             }
         }
-        if self.proto.last_ping.elapsed() >= self.settings.pairing.ack_ping_interval() {
-            self.proto.last_ping = Instant::now();
+        let ping = acks.last_ping.elapsed() >= self.settings.pairing.ack_ping_interval();
+        if ping {
+            acks.last_ping = Instant::now();
+        }
+        if let Some(seq) = ack {
+            self.send(&PairingEvent::Ack { seq }, ctx);
+        }
+        if ping {
             let ts = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
@@ -421,7 +431,12 @@ impl Connection<PairSocket> {
     /// registry keeps it only if the code was not live.
     fn join(&mut self, join: Join, ctx: &mut Ctx<PairSocket>) {
         let ip = self.socket.client_ip();
-        match self.proto.limiters.reserve_failed_join(ip, !join.cut_off) {
+        match self
+            .proto
+            .node
+            .limiters
+            .reserve_failed_join(ip, !join.cut_off)
+        {
             Reserved::Now(failure) => self.ask_join(join, failure, ctx),
             Reserved::Asking(reserving) => self.wait_for(
                 reserving,
@@ -452,7 +467,12 @@ impl Connection<PairSocket> {
             Instant::now(),
             std::any::TypeId::of::<M>() == std::any::TypeId::of::<Join>(),
         );
-        let answer = self.proto.registry.send(request).timeout(REGISTRY_TIMEOUT);
+        let answer = self
+            .proto
+            .node
+            .registry
+            .send(request)
+            .timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             answer,
             move |conn, answer, ctx| {
@@ -495,7 +515,9 @@ impl Connection<PairSocket> {
                 self.proto.pairing = None;
                 self.proto.unpaired_since = Some(Instant::now());
                 self.rearm(ctx);
-                self.proto.acked = 0;
+                if let Some(acks) = &mut self.proto.lossless {
+                    acks.acked = 0;
+                }
                 let message = match code {
                     ErrorCode::MacDisconnected => "the mac disconnected",
                     _ => "the browser disconnected",

@@ -26,7 +26,12 @@ impl Connection<PairSocket> {
         let release = Release {
             conn: self.socket.conn,
         };
-        let released = self.proto.registry.send(release).timeout(REGISTRY_TIMEOUT);
+        let released = self
+            .proto
+            .node
+            .registry
+            .send(release)
+            .timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             released,
             move |conn, released, ctx| match released {
@@ -45,7 +50,7 @@ impl Connection<PairSocket> {
     }
 
     fn open_tunnel(&mut self, home: NodeId, first: Vec<u8>, ctx: &mut Ctx<PairSocket>) {
-        let Some(remote) = self.proto.remote.clone() else {
+        let Some(remote) = self.proto.node.remote.clone() else {
             return;
         };
         let (peer, role, ip) = (self.peer(ctx), self.proto.role, self.socket.client_ip());
@@ -72,7 +77,7 @@ impl Connection<PairSocket> {
 
     /// A tunnelled side's message goes to its home as is.
     pub(super) fn tunnel_up(&mut self, home: NodeId, text: Bytes, ctx: &mut Ctx<PairSocket>) {
-        let (Some(remote), Some(gateway)) = (&self.proto.remote, &self.proto.gateway) else {
+        let (Some(remote), Some(gateway)) = (&self.proto.node.remote, &self.proto.gateway) else {
             return;
         };
         if remote.up(&home, &gateway.route, text).is_err() {
@@ -98,7 +103,7 @@ impl Connection<PairSocket> {
                     let ends = remote::ends_pairing(&text);
                     if browser && (!gateway.joined || ends) {
                         if let (Some(gateway), Some(remote)) =
-                            (self.proto.gateway.take(), &self.proto.remote)
+                            (self.proto.gateway.take(), &self.proto.node.remote)
                         {
                             remote.close(&gateway.home, &gateway.route, true);
                         }
@@ -160,7 +165,7 @@ impl Connection<PairSocket> {
     /// In a cluster, a mac's new code is recorded cluster-wide before the mac hears it; a
     /// code another node holds is replaced by a fresh one.
     pub(super) fn registered(&mut self, code: String, expires_at: u64, ctx: &mut Ctx<PairSocket>) {
-        let Some(remote) = self.proto.remote.clone() else {
+        let Some(remote) = self.proto.node.remote.clone() else {
             return self.send(
                 &PairingEvent::Registered {
                     code: &code,
