@@ -26,7 +26,6 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::SinkExt;
 
-use crate::accounts::Accounts;
 use crate::config::Live;
 use crate::connections::{Admission, Connections, Refused};
 use crate::edge::HttpSlot;
@@ -60,8 +59,8 @@ pub struct Relay {
     pub client_addr: ClientAddr,
     /// What every pairing connection shares (in a cluster, quick pairing across nodes).
     pub pair_node: Arc<pairing::socket::PairNode>,
-    /// In a cluster: accounts across nodes.
-    pub accounts_remote: Option<account::remote::Remote>,
+    /// What every agent and client connection shares (in a cluster, accounts across nodes).
+    pub account_node: Arc<account::node::AccountNode>,
 }
 
 impl Relay {
@@ -103,7 +102,6 @@ pub type UpgradeConn = Framed<Killable<TcpStream>, h1::Codec>;
 /// connection is over.
 pub async fn upgrade(
     relay: web::Data<Relay>,
-    accounts: web::Data<Accounts>,
     req: Request,
     mut conn: UpgradeConn,
 ) -> Result<(), actix_web::Error> {
@@ -163,7 +161,6 @@ pub async fn upgrade(
         inbound: upgraded.inbound,
         settings: Arc::clone(&settings),
     };
-    let limiters = Arc::clone(&relay.limiters);
     match endpoint {
         Endpoint::Mac | Endpoint::Browser => {
             let role = match endpoint {
@@ -173,12 +170,10 @@ pub async fn upgrade(
             PairSocket::start(role, opened, Arc::clone(&relay.pair_node));
         }
         Endpoint::Agent => {
-            let remote = relay.accounts_remote.clone();
-            AgentSocket::start(opened, relay.machines.clone(), accounts, limiters, remote);
+            AgentSocket::start(opened, Arc::clone(&relay.account_node));
         }
         Endpoint::Client => {
-            let remote = relay.accounts_remote.clone();
-            ClientSocket::start(opened, relay.machines.clone(), accounts, limiters, remote);
+            ClientSocket::start(opened, Arc::clone(&relay.account_node));
         }
     }
     drop(req);

@@ -29,6 +29,7 @@ use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
 use crate::relay::account::agent::AgentSocket;
 use crate::relay::account::client::ClientSocket;
+use crate::relay::account::node::AccountNode;
 use crate::relay::account::registry::MachineRegistry;
 use crate::relay::account::remote::Remote as AccountRemote;
 use crate::relay::delivery::StreamLimits;
@@ -185,8 +186,12 @@ impl Application {
         let remote = tunnels
             .clone()
             .map(|tunnels| Remote::new(tunnels, code_memory));
-        let accounts_remote =
-            tunnels.and_then(|tunnels| AccountRemote::start(tunnels, machines.clone()));
+        let account_node = Arc::new(AccountNode {
+            registry: machines.clone(),
+            accounts: accounts.clone(),
+            limiters: Arc::clone(&limiters),
+            remote: tunnels.and_then(|tunnels| AccountRemote::start(tunnels, machines.clone())),
+        });
         let pair_node = Arc::new(PairNode {
             registry: pairing.clone(),
             limiters: Arc::clone(&limiters),
@@ -200,7 +205,7 @@ impl Application {
             limiters: Arc::clone(&limiters),
             client_addr: client_addr.clone(),
             pair_node,
-            accounts_remote,
+            account_node,
         });
         let machines = web::Data::new(machines);
         let limiters = web::Data::from(limiters);
@@ -266,10 +271,10 @@ impl Application {
                 // Requests asking to upgrade go here instead of to the App: a WebSocket
                 // leaves the HTTP dispatcher at once (see `relay::upgrade`).
                 let upgrade = {
-                    let (relay, accounts) = (relay.clone(), accounts.clone());
+                    let relay = relay.clone();
                     fn_service(
                         move |(req, conn): (actix_http::Request, relay::UpgradeConn)| {
-                            relay::upgrade(relay.clone(), accounts.clone(), req, conn)
+                            relay::upgrade(relay.clone(), req, conn)
                         },
                     )
                 };
@@ -540,6 +545,7 @@ fn virtual_connections(
     code_memory: Duration,
 ) -> Starter {
     let relayed = std::sync::OnceLock::<Arc<PairNode>>::new();
+    let accounts_relayed = std::sync::OnceLock::<Arc<AccountNode>>::new();
     Arc::new(move |endpoint, opened, tunnels: &Tunnels| {
         let limiters = Arc::clone(&limiters);
         match endpoint {
@@ -558,11 +564,20 @@ fn virtual_connections(
                 });
                 PairSocket::start_relayed(role, opened, Arc::clone(node));
             }
-            Endpoint::Agent => {
-                AgentSocket::start_relayed(opened, machines.clone(), accounts.clone(), limiters);
-            }
-            Endpoint::Client => {
-                ClientSocket::start_relayed(opened, machines.clone(), accounts.clone(), limiters);
+            Endpoint::Agent | Endpoint::Client => {
+                // One for every virtual account connection of this node (they never tunnel).
+                let node = accounts_relayed.get_or_init(|| {
+                    Arc::new(AccountNode {
+                        registry: machines.clone(),
+                        accounts: accounts.clone(),
+                        limiters,
+                        remote: None,
+                    })
+                });
+                match endpoint {
+                    Endpoint::Agent => drop(AgentSocket::start_relayed(opened, Arc::clone(node))),
+                    _ => drop(ClientSocket::start_relayed(opened, Arc::clone(node))),
+                }
             }
         }
     })

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod client;
 pub mod directory;
+pub mod node;
 pub mod registry;
 pub mod remote;
 pub mod streams;

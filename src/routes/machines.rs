@@ -47,7 +47,7 @@ async fn list(
     registry: web::Data<Addr<MachineRegistry>>,
     relay: web::Data<Relay>,
 ) -> Result<HttpResponse, ApiError> {
-    let remote = relay.accounts_remote.as_ref();
+    let remote = relay.account_node.remote.as_ref();
     let machines = directory::list(&accounts.pool, &registry, remote, &user.user_id).await?;
     Ok(HttpResponse::Ok().json(MachineList { machines }))
 }

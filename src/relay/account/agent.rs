@@ -10,20 +10,20 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use actix_web::web;
 use bytes::Bytes;
 
-use super::registry::{AgentOffline, AgentOnline, AgentReport, MachineRegistry, ToAgent};
-use super::remote::{self, Remote};
+use super::node::AccountNode;
+use super::registry::{AgentOffline, AgentOnline, AgentReport, ToAgent};
+use super::remote;
 use super::streams::{SharedAttachment, SharedMachinePipes};
 use super::REGISTRY_TIMEOUT;
-use crate::accounts::{self, Accounts};
+use crate::accounts;
 use crate::audit;
 use crate::auth::opaque;
 use crate::db;
 use crate::error::ApiError;
 use crate::ids::{ConnId, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId, UserId};
-use crate::limits::{Attempt, Limiters};
+use crate::limits::Attempt;
 use crate::metrics::METRICS;
 use crate::models::{machine, now};
 use crate::relay::delivery::{accept, lock, Accepted, Delivery};
@@ -49,9 +49,8 @@ enum State {
 
 /// The state of one `/ws/agent` connection.
 pub struct AgentSocket {
-    registry: Addr<MachineRegistry>,
-    accounts: web::Data<Accounts>,
-    limiters: Arc<Limiters>,
+    /// What every account connection of this node shares.
+    node: Arc<AccountNode>,
     state: State,
     /// Lossless mode: asked for in `register`.
     lossless: bool,
@@ -59,8 +58,6 @@ pub struct AgentSocket {
     watchers: HashMap<SessionId, Vec<SharedAttachment>>,
     /// Lossless mode: the last `ack` sent for each session's output.
     acked: HashMap<SessionId, u64>,
-    /// In a cluster: the user's connections are served by the user's node.
-    remote: Option<Remote>,
     /// A virtual connection for an agent on another node, whose node already applied the
     /// attempt limits.
     relayed: bool,
@@ -69,45 +66,23 @@ pub struct AgentSocket {
 }
 
 impl AgentSocket {
-    /// Starts the actor of a freshly upgraded `/ws/agent` connection.
-    pub fn start(
-        opened: Opened,
-        registry: Addr<MachineRegistry>,
-        accounts: web::Data<Accounts>,
-        limiters: Arc<Limiters>,
-        remote: Option<Remote>,
-    ) -> Addr<Connection<Self>> {
-        let agent = Self::new(registry, accounts, limiters, remote, false);
-        Connection::start(opened, agent)
+    /// Starts the actor of a freshly upgraded connection.
+    pub fn start(opened: Opened, node: Arc<AccountNode>) -> Addr<Connection<Self>> {
+        Connection::start(opened, Self::new(node, false))
     }
 
-    /// Starts a virtual connection for an agent on another node (see `super::remote`).
-    pub fn start_relayed(
-        opened: Opened,
-        registry: Addr<MachineRegistry>,
-        accounts: web::Data<Accounts>,
-        limiters: Arc<Limiters>,
-    ) -> Addr<Connection<Self>> {
-        let agent = Self::new(registry, accounts, limiters, None, true);
-        Connection::start(opened, agent)
+    /// Starts a virtual connection for one on another node (see `super::remote`).
+    pub fn start_relayed(opened: Opened, node: Arc<AccountNode>) -> Addr<Connection<Self>> {
+        Connection::start(opened, Self::new(node, true))
     }
 
-    fn new(
-        registry: Addr<MachineRegistry>,
-        accounts: web::Data<Accounts>,
-        limiters: Arc<Limiters>,
-        remote: Option<Remote>,
-        relayed: bool,
-    ) -> Self {
+    fn new(node: Arc<AccountNode>, relayed: bool) -> Self {
         Self {
-            registry,
-            accounts,
-            limiters,
+            node,
             state: State::Waiting,
             lossless: false,
             watchers: HashMap::default(),
             acked: HashMap::default(),
-            remote,
             relayed,
             gateway: None,
         }
@@ -127,9 +102,9 @@ impl Protocol for AgentSocket {
     }
 
     fn on_text(conn: &mut Connection<Self>, text: Bytes, ctx: &mut Ctx<Self>) {
-        match (&conn.proto.gateway, &conn.proto.remote) {
+        match (&conn.proto.gateway, &conn.proto.node.remote) {
             (Some(gateway), Some(remote)) => {
-                if remote.up(&gateway.home, &gateway.route, text).is_err() {
+                if remote.up(gateway, text).is_err() {
                     conn.finish(Outcome::Unavailable, ctx);
                 }
             }
@@ -142,8 +117,9 @@ impl Protocol for AgentSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
-        if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.remote) {
-            remote.close(&gateway.home, &gateway.route, conn.socket.outcome().clean());
+        if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
+        {
+            remote.close(&gateway, conn.socket.outcome().clean());
         }
         let State::Online { machine, user, .. } = &conn.proto.state else {
             return;
@@ -160,11 +136,11 @@ impl Protocol for AgentSocket {
             .conn(conn.socket.conn)
             .reason(outcome.as_str())
             .record();
-        conn.proto.registry.do_send(AgentOffline {
+        conn.proto.node.registry.do_send(AgentOffline {
             conn: conn.socket.conn,
             clean: conn.socket.outcome().clean(),
         });
-        let (pool, id) = (conn.proto.accounts.pool.clone(), machine.clone());
+        let (pool, id) = (conn.proto.node.accounts.pool.clone(), machine.clone());
         actix_rt::spawn(async move {
             let touched = db::run(&pool, move |db| Ok(machine::touch(db, id.as_str(), now())?));
             let _ = touched.await;
@@ -206,11 +182,11 @@ impl Connection<AgentSocket> {
                     // Its own node applied the limits.
                     return self.verify(token, machine_name, ctx);
                 }
-                if !self.proto.limiters.auth.check(ip) {
+                if !self.proto.node.limiters.auth.check(ip) {
                     let message = "too many attempts; wait a minute";
                     return self.error(ErrorCode::RateLimited, message, ctx);
                 }
-                match self.proto.limiters.cluster_check(Attempt::Auth, ip) {
+                match self.proto.node.limiters.cluster_check(Attempt::Auth, ip) {
                     None => self.verify(token, machine_name, ctx),
                     Some(check) => self.wait_for(
                         check,
@@ -236,18 +212,18 @@ impl Connection<AgentSocket> {
             ),
             (AgentRequest::Sessions { sessions }, Some(_)) => {
                 let report = AgentReport::Sessions { conn, sessions };
-                self.proto.registry.do_send(report);
+                self.proto.node.registry.do_send(report);
             }
             (AgentRequest::SessionStarted { session }, Some(_)) => {
                 let report = AgentReport::Started { conn, session };
-                self.proto.registry.do_send(report);
+                self.proto.node.registry.do_send(report);
             }
             (AgentRequest::SessionEnded { session_id }, Some(_)) => {
                 let report = AgentReport::Ended {
                     conn,
                     session: session_id,
                 };
-                self.proto.registry.do_send(report);
+                self.proto.node.registry.do_send(report);
             }
             (
                 AgentRequest::Data {
@@ -335,7 +311,7 @@ impl Connection<AgentSocket> {
     fn verify(&mut self, token: String, name: Option<String>, ctx: &mut Ctx<AgentSocket>) {
         self.proto.state = State::Verifying;
         let hash = opaque::hash(&token);
-        let pool = self.proto.accounts.pool.clone();
+        let pool = self.proto.node.accounts.pool.clone();
         let lookup = async move {
             db::run(&pool, move |conn| {
                 let found = machine::find_by_token_hash(conn, &hash)?
@@ -383,7 +359,7 @@ impl Connection<AgentSocket> {
         first: Vec<u8>,
         ctx: &mut Ctx<AgentSocket>,
     ) {
-        let Some(remote) = self.proto.remote.clone() else {
+        let Some(remote) = self.proto.node.remote.clone() else {
             return self.come_online(machine, user, ctx);
         };
         let owner = user.clone();
@@ -405,21 +381,16 @@ impl Connection<AgentSocket> {
 
     /// From now on this agent is its user's node's: everything it sends goes there.
     fn tunnel(&mut self, home: NodeId, first: &[u8], ctx: &mut Ctx<AgentSocket>) {
-        let Some(remote) = self.proto.remote.clone() else {
+        let node = Arc::clone(&self.proto.node);
+        let Some(remote) = &node.remote else {
             return;
         };
         let peer = self.peer(ctx);
         let conn = peer.conn;
         let sink = Box::new(move |event| peer.tell(ToAgent::Remote(event)));
         let ip = self.socket.client_ip();
-        match remote.open(&home, Endpoint::Agent, conn, sink, ip, first) {
-            Ok(route) => {
-                self.proto.gateway = Some(Box::new(Gateway {
-                    home,
-                    route,
-                    joined: true,
-                }))
-            }
+        match remote.open(home, Endpoint::Agent, conn, sink, ip, first) {
+            Ok(gateway) => self.proto.gateway = Some(gateway),
             Err(err) => {
                 tracing::debug!(%conn, %err, "could not reach the user's node");
                 let why = "the relay cannot reach its cluster; try again";
@@ -435,7 +406,12 @@ impl Connection<AgentSocket> {
             peer: self.peer(ctx),
             lossless: self.proto.lossless,
         };
-        let answer = self.proto.registry.send(online).timeout(REGISTRY_TIMEOUT);
+        let answer = self
+            .proto
+            .node
+            .registry
+            .send(online)
+            .timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             answer,
             move |agent, answer, ctx| match answer {

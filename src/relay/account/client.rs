@@ -12,24 +12,22 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use actix_web::web;
 use bytes::Bytes;
 
 use super::directory;
+use super::node::AccountNode;
 use super::registry::{
-    ClientAsk, ClientCommand, ClientOffline, ClientOnline, ClientReply, ClientWelcome,
-    MachineRegistry, ToClient,
+    ClientAsk, ClientCommand, ClientOffline, ClientOnline, ClientReply, ClientWelcome, ToClient,
 };
-use super::remote::{self, Remote};
+use super::remote;
 use super::streams::{SharedAttachment, SharedMachinePipes};
 use super::REGISTRY_TIMEOUT;
-use crate::accounts::Accounts;
 use crate::audit;
 use crate::error::ApiError;
 use crate::ids::{
     ClientKey, ConnId, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId, UserId,
 };
-use crate::limits::{Attempt, Limiters};
+use crate::limits::Attempt;
 use crate::metrics::METRICS;
 use crate::relay::delivery::{accept, lock, Accepted, Delivery};
 use crate::relay::protocol::account::{self, AgentEvent, ClientEvent, ClientRequest};
@@ -52,9 +50,8 @@ struct Attached {
 
 /// The state of one `/ws/client` connection.
 pub struct ClientSocket {
-    registry: Addr<MachineRegistry>,
-    accounts: web::Data<Accounts>,
-    limiters: Arc<Limiters>,
+    /// What every account connection of this node shares.
+    node: Arc<AccountNode>,
     user: Option<UserInfo>,
     /// The id the registry and agents know this client by.
     known_as: Option<ConnId>,
@@ -63,8 +60,6 @@ pub struct ClientSocket {
     attached: HashMap<SessionId, Attached>,
     /// Lossless mode: the last `ack` sent for each session's input.
     acked: HashMap<SessionId, u64>,
-    /// In a cluster: the user's connections are served by the user's node.
-    remote: Option<Remote>,
     /// A virtual connection for a client on another node, whose node already applied the
     /// attempt limits.
     relayed: bool,
@@ -73,46 +68,24 @@ pub struct ClientSocket {
 }
 
 impl ClientSocket {
-    /// Starts the actor of a freshly upgraded `/ws/client` connection.
-    pub fn start(
-        opened: Opened,
-        registry: Addr<MachineRegistry>,
-        accounts: web::Data<Accounts>,
-        limiters: Arc<Limiters>,
-        remote: Option<Remote>,
-    ) -> Addr<Connection<Self>> {
-        let client = Self::new(registry, accounts, limiters, remote, false);
-        Connection::start(opened, client)
+    /// Starts the actor of a freshly upgraded connection.
+    pub fn start(opened: Opened, node: Arc<AccountNode>) -> Addr<Connection<Self>> {
+        Connection::start(opened, Self::new(node, false))
     }
 
-    /// Starts a virtual connection for a client on another node (see `super::remote`).
-    pub fn start_relayed(
-        opened: Opened,
-        registry: Addr<MachineRegistry>,
-        accounts: web::Data<Accounts>,
-        limiters: Arc<Limiters>,
-    ) -> Addr<Connection<Self>> {
-        let client = Self::new(registry, accounts, limiters, None, true);
-        Connection::start(opened, client)
+    /// Starts a virtual connection for one on another node (see `super::remote`).
+    pub fn start_relayed(opened: Opened, node: Arc<AccountNode>) -> Addr<Connection<Self>> {
+        Connection::start(opened, Self::new(node, true))
     }
 
-    fn new(
-        registry: Addr<MachineRegistry>,
-        accounts: web::Data<Accounts>,
-        limiters: Arc<Limiters>,
-        remote: Option<Remote>,
-        relayed: bool,
-    ) -> Self {
+    fn new(node: Arc<AccountNode>, relayed: bool) -> Self {
         Self {
-            registry,
-            accounts,
-            limiters,
+            node,
             user: None,
             known_as: None,
             lossless: None,
             attached: HashMap::default(),
             acked: HashMap::default(),
-            remote,
             relayed,
             gateway: None,
         }
@@ -132,9 +105,9 @@ impl Protocol for ClientSocket {
     }
 
     fn on_text(conn: &mut Connection<Self>, text: Bytes, ctx: &mut Ctx<Self>) {
-        match (&conn.proto.gateway, &conn.proto.remote) {
+        match (&conn.proto.gateway, &conn.proto.node.remote) {
             (Some(gateway), Some(remote)) => {
-                if remote.up(&gateway.home, &gateway.route, text).is_err() {
+                if remote.up(gateway, text).is_err() {
                     conn.finish(Outcome::Unavailable, ctx);
                 }
             }
@@ -157,11 +130,12 @@ impl Protocol for ClientSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
-        if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.remote) {
-            remote.close(&gateway.home, &gateway.route, conn.socket.outcome().clean());
+        if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
+        {
+            remote.close(&gateway, conn.socket.outcome().clean());
         }
         if let Some(client) = conn.proto.known_as {
-            conn.proto.registry.do_send(ClientOffline {
+            conn.proto.node.registry.do_send(ClientOffline {
                 client,
                 conn: conn.socket.conn,
                 clean: conn.socket.outcome().clean(),
@@ -351,7 +325,7 @@ impl Connection<ClientSocket> {
             command,
             last_seq,
         };
-        let answer = self.proto.registry.send(ask).timeout(REGISTRY_TIMEOUT);
+        let answer = self.proto.node.registry.send(ask).timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             answer,
             move |client, answer, ctx| match answer {
@@ -425,14 +399,14 @@ impl Connection<ClientSocket> {
             // Its own node applied the limits.
             return self.verify_token(token, lossless, ctx);
         }
-        if !self.proto.limiters.auth.check(ip) {
+        if !self.proto.node.limiters.auth.check(ip) {
             return self.error(
                 ErrorCode::RateLimited,
                 "too many attempts; wait a minute",
                 ctx,
             );
         }
-        if let Some(check) = self.proto.limiters.cluster_check(Attempt::Auth, ip) {
+        if let Some(check) = self.proto.node.limiters.cluster_check(Attempt::Auth, ip) {
             let token = token.to_owned();
             return self.wait_for(
                 check,
@@ -457,7 +431,7 @@ impl Connection<ClientSocket> {
         lossless: Option<ClientKey>,
         ctx: &mut Ctx<ClientSocket>,
     ) {
-        let user_id = match self.proto.accounts.tokens.verify(token) {
+        let user_id = match self.proto.node.accounts.tokens.verify(token) {
             Ok(user_id) => UserId::from(user_id),
             Err(err) => {
                 METRICS.auth_failures.fetch_add(1, Relaxed);
@@ -469,7 +443,7 @@ impl Connection<ClientSocket> {
                 );
             }
         };
-        if let Some(remote) = self.proto.remote.clone() {
+        if let Some(remote) = self.proto.node.remote.clone() {
             // In a cluster the user's connections are served by the user's node.
             let first = account::auth_text(token, lossless.is_some(), lossless.as_ref());
             let user = user_id.clone();
@@ -493,21 +467,16 @@ impl Connection<ClientSocket> {
 
     /// From now on this client is its user's node's: everything it sends goes there.
     fn tunnel(&mut self, home: NodeId, first: &[u8], ctx: &mut Ctx<ClientSocket>) {
-        let Some(remote) = self.proto.remote.clone() else {
+        let node = Arc::clone(&self.proto.node);
+        let Some(remote) = &node.remote else {
             return;
         };
         let peer = self.peer(ctx);
         let conn = peer.conn;
         let sink = Box::new(move |event| peer.tell(ToClient::Remote(event)));
         let ip = self.socket.client_ip();
-        match remote.open(&home, Endpoint::Client, conn, sink, ip, first) {
-            Ok(route) => {
-                self.proto.gateway = Some(Box::new(Gateway {
-                    home,
-                    route,
-                    joined: true,
-                }))
-            }
+        match remote.open(home, Endpoint::Client, conn, sink, ip, first) {
+            Ok(gateway) => self.proto.gateway = Some(gateway),
             Err(err) => {
                 tracing::debug!(%conn, %err, "could not reach the user's node");
                 let message = "the relay cannot reach its cluster; try again";
@@ -523,7 +492,7 @@ impl Connection<ClientSocket> {
         lossless: Option<ClientKey>,
         ctx: &mut Ctx<ClientSocket>,
     ) {
-        let accounts = self.proto.accounts.clone();
+        let accounts = self.proto.node.accounts.clone();
         let lookup = async move { accounts.active_user(&user_id).await };
         self.wait_for(
             lookup,
@@ -554,7 +523,12 @@ impl Connection<ClientSocket> {
             peer: self.peer(ctx),
             lossless: lossless.clone(),
         };
-        let answer = self.proto.registry.send(online).timeout(REGISTRY_TIMEOUT);
+        let answer = self
+            .proto
+            .node
+            .registry
+            .send(online)
+            .timeout(REGISTRY_TIMEOUT);
         self.wait_for(
             answer,
             move |client, answer, ctx| {
@@ -590,8 +564,8 @@ impl Connection<ClientSocket> {
             return;
         };
         let (pool, registry) = (
-            self.proto.accounts.pool.clone(),
-            self.proto.registry.clone(),
+            self.proto.node.accounts.pool.clone(),
+            self.proto.node.registry.clone(),
         );
         let user_id = user.id.clone();
         // A client's list is answered on its user's node: this one.

@@ -32,7 +32,7 @@ use super::REGISTRY_TIMEOUT;
 use crate::cluster::{ClusterError, ClusterEvent, Envelope, Inbound, SendError};
 use crate::ids::{ConnId, Endpoint, HashMap, MachineId, NodeId, Outcome, UserId};
 use crate::relay::socket::{Connection, Ctx, Protocol};
-use crate::relay::tunnel::{RemoteEvent, Sink, Tunnels};
+use crate::relay::tunnel::{Gateway, RemoteEvent, Sink, Tunnels};
 
 /// How often a home lookup retries when other nodes change the record under it.
 const CLAIM_TRIES: usize = 3;
@@ -179,28 +179,33 @@ impl Remote {
         ))
     }
 
-    /// Opens a tunnel for connection `conn` on `endpoint` to `home` (see
-    /// [`Tunnels::open`]).
+    /// Opens the tunnel of connection `conn` on `endpoint` to its user's node `home`
+    /// (see [`Tunnels::open`]); its `first` message is already answered there.
     pub fn open(
         &self,
-        home: &NodeId,
+        home: NodeId,
         endpoint: Endpoint,
         conn: ConnId,
         sink: Sink,
         ip: IpAddr,
         first: &[u8],
-    ) -> Result<String, SendError> {
-        self.tunnels.open(home, endpoint, conn, sink, ip, first)
+    ) -> Result<Box<Gateway>, SendError> {
+        let route = self.tunnels.open(&home, endpoint, conn, sink, ip, first)?;
+        Ok(Box::new(Gateway {
+            home,
+            route,
+            joined: true,
+        }))
     }
 
-    /// Relays one message of a tunnelled connection to its home.
-    pub fn up(&self, home: &NodeId, route: &str, text: Bytes) -> Result<(), SendError> {
-        self.tunnels.up(home, route, text)
+    /// Relays one message of a tunnelled connection to its user's node.
+    pub fn up(&self, gateway: &Gateway, text: Bytes) -> Result<(), SendError> {
+        self.tunnels.up(&gateway.home, &gateway.route, text)
     }
 
     /// The tunnelled connection left.
-    pub fn close(&self, home: &NodeId, route: &str, clean: bool) {
-        self.tunnels.close(home, route, clean)
+    pub fn close(&self, gateway: &Gateway, clean: bool) {
+        self.tunnels.close(&gateway.home, &gateway.route, clean)
     }
 }
 
