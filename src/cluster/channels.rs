@@ -13,17 +13,10 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{lock, Cluster, ClusterError, Envelope, PROBE, PUBLISH_BATCH};
 use crate::metrics::METRICS;
 
-/// From this many envelopes on, a batch is published as one explicit pipeline: counted
-/// (`hermit-relay-bench count --only cross`), a pipeline costs more than a few publish
-/// futures and much less than many.
-const PIPELINE_FROM: usize = 8;
-
 impl Cluster {
     /// Publishes queued envelopes, a batch at a time and in order, until the queue closes.
-    /// A small batch's publishes are written back to back on one connection (fred pipelines
-    /// them); a large one goes as one explicit pipeline, without a future per envelope
-    /// (fred's are large: gathering many of them cost more than publishing), so order
-    /// holds without a round trip per envelope either way.
+    /// A batch's publishes are written back to back on one connection (fred pipelines
+    /// them), so order holds without a round trip per envelope.
     pub(super) async fn publish(self: Arc<Self>) {
         loop {
             let batch = self.outbox.next_batch(PUBLISH_BATCH).await;
@@ -31,18 +24,13 @@ impl Cluster {
                 return;
             }
             let bytes: usize = batch.iter().map(|item| item.bytes.len()).sum();
-            let results = match batch.len() {
-                PIPELINE_FROM.. => self.publish_all(&batch).await,
-                _ => {
-                    let sends = batch.iter().map(|item| {
-                        self.timed(
-                            self.client
-                                .publish::<(), _, _>(item.channel.clone(), item.bytes.clone()),
-                        )
-                    });
-                    futures_util::future::join_all(sends).await
-                }
-            };
+            let sends = batch.iter().map(|item| {
+                self.timed(
+                    self.client
+                        .publish::<(), _, _>(item.channel.clone(), item.bytes.clone()),
+                )
+            });
+            let results = futures_util::future::join_all(sends).await;
             for (item, result) in batch.into_iter().zip(results) {
                 match result {
                     Ok(()) => {
@@ -61,32 +49,6 @@ impl Cluster {
             }
             self.outbox.release(bytes);
         }
-    }
-
-    /// Publishes several envelopes as one pipeline; one result each, in order.
-    async fn publish_all(&self, batch: &[super::Outgoing]) -> Vec<Result<(), ClusterError>> {
-        let pipeline = self.client.pipeline();
-        for item in batch {
-            // Queued in memory: this cannot fail but by a bug in fred.
-            let _: Result<(), _> = pipeline
-                .publish(item.channel.clone(), item.bytes.clone())
-                .await;
-        }
-        let sent = async { Ok::<_, fred::error::Error>(pipeline.try_all::<Value>().await) };
-        let results = match self.timed(sent).await {
-            Ok(results) => results,
-            Err(err) => return batch.iter().map(|_| Err(err.clone())).collect(),
-        };
-        let mut results: Vec<Result<(), ClusterError>> = results
-            .into_iter()
-            .map(|result| {
-                result
-                    .map(drop)
-                    .map_err(|err| ClusterError::Redis(err.details().to_owned()))
-            })
-            .collect();
-        results.resize_with(batch.len(), || Err(ClusterError::Timeout));
-        results
     }
 
     /// Moves what arrives on this node's channels into the inbox, until the client quits.
