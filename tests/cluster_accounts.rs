@@ -281,3 +281,57 @@ async fn when_a_user_s_node_dies_its_connections_elsewhere_start_again_on_a_new_
     .await;
     assert_eq!(recv_type(&mut web, "data").await["data"], "back");
 }
+
+/// Registers an agent for `owner` on `node`, retrying while its user's node is still
+/// leaving (a connection tunnelled to a node that admits nothing is cut).
+async fn agent_again(node: &TestNode, owner: &Owner, sessions: &[&str]) -> Ws {
+    for _ in 0..50 {
+        let mut ws = node.connect("/ws/agent").await;
+        let register = json!({"type": "register", "token": owner.machine_token});
+        send(&mut ws, register).await;
+        if let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_secs(3), ws.next()).await
+        {
+            let msg: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if msg["success"] == true {
+                assert_eq!(recv(&mut ws).await["type"], "list_sessions");
+                let list: Vec<_> = sessions.iter().map(|id| session(id)).collect();
+                send(&mut ws, json!({"type": "sessions", "sessions": list})).await;
+                return ws;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the agent could not register again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_user_s_node_shuts_down_its_connections_are_closed_1001_and_start_again() {
+    let Some((_db, mut nodes)) = cluster_of(3, |_| {}).await else {
+        return;
+    };
+    let ada = owner(&nodes[1], "ada@example.com").await;
+    let mut mac = agent(&nodes[0], &ada, &["s1"]).await; // node 0 is ada's node now
+    let mut web = client(&nodes[1], &ada.access).await;
+    attach(&mut web, &ada, "s1").await;
+
+    let leaving = tokio::spawn(nodes.remove(0).shut_down()); // nodes = [1, 2]
+                                                             // Both hear the relay is going away — the client through its own node.
+    assert_eq!(closed(&mut mac, WAIT).await, Some(1001));
+    assert_eq!(closed(&mut web, WAIT).await, Some(1001));
+    leaving.await.unwrap();
+
+    let mut mac = agent_again(&nodes[1], &ada, &["s1"]).await;
+    let mut web = client(&nodes[0], &ada.access).await;
+    send(&mut web, json!({"type": "list_machines"})).await;
+    let machines = recv_type(&mut web, "machines").await;
+    assert_eq!(machines["machines"][0]["online"], true, "{machines}");
+    attach(&mut web, &ada, "s1").await;
+    assert_eq!(recv_type(&mut mac, "attach").await["sessionId"], "s1");
+    send(
+        &mut mac,
+        json!({"type": "data", "sessionId": "s1", "data": "back"}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut web, "data").await["data"], "back");
+}
