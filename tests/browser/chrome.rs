@@ -45,16 +45,29 @@ impl Browser {
     pub async fn start() -> Option<Self> {
         let (chromium, driver) = binaries()?;
         let profile = tempfile::tempdir().unwrap();
-        let mut child = Command::new(driver)
-            .arg("--port=0")
-            // Its own process group, so Drop can end Chromium with it even if the session
-            // could not be closed politely.
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
-        let port = announced_port(&mut child);
+        // A loaded machine can keep chromedriver from announcing itself in time (seen once
+        // in CI): a driver that does not is ended and another started, three at most.
+        let (child, port) = (1..=3)
+            .find_map(|_| {
+                let mut child = Command::new(&driver)
+                    .arg("--port=0")
+                    // Its own process group, so Drop can end Chromium with it even if the
+                    // session could not be closed politely.
+                    .process_group(0)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("chromedriver starts");
+                match announced_port(&mut child) {
+                    Some(port) => Some((child, port)),
+                    None => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        None
+                    }
+                }
+            })
+            .expect("chromedriver announces its port (three tries of 20 s)");
         let http = reqwest::Client::builder()
             .timeout(SCRIPT_TIMEOUT + Duration::from_secs(10))
             .build()
@@ -130,9 +143,9 @@ impl Browser {
     }
 }
 
-/// Reads chromedriver's "started successfully on port N." line (within 10 s), then keeps
+/// Reads chromedriver's "started successfully on port N." line (within 20 s), then keeps
 /// draining its standard output on a thread so a chatty driver never blocks on the pipe.
-fn announced_port(child: &mut Child) -> u16 {
+fn announced_port(child: &mut Child) -> Option<u16> {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::spawn(move || {
@@ -145,10 +158,7 @@ fn announced_port(child: &mut Child) -> u16 {
         }
         for _ in lines {}
     });
-    rx.recv_timeout(Duration::from_secs(10))
-        .ok()
-        .flatten()
-        .expect("chromedriver announces its port within 10 s")
+    rx.recv_timeout(Duration::from_secs(20)).ok().flatten()
 }
 
 impl Drop for Browser {
