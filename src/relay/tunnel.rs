@@ -20,12 +20,13 @@ mod home;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::delivery::lock;
 use super::socket::{Connection, Ctx, Opened, Protocol};
 use crate::cluster::{Cluster, ClusterEvent, Envelope, Inbound, SendError};
 use crate::config::Live;
@@ -108,10 +109,6 @@ struct Inner {
     gateways: Mutex<HashMap<String, (NodeId, Sink)>>,
     /// Virtual connections here for sides elsewhere, by route: the gateway, the tunnel.
     tunnels: Mutex<HashMap<String, (NodeId, mpsc::Sender<TunnelIn>)>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 impl Tunnels {

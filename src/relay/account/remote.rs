@@ -19,7 +19,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use actix::Addr;
 use bytes::Bytes;
@@ -31,6 +31,7 @@ use super::REGISTRY_TIMEOUT;
 
 use crate::cluster::{ClusterError, ClusterEvent, Envelope, Inbound, SendError};
 use crate::ids::{ConnId, Endpoint, HashMap, MachineId, NodeId, Outcome, UserId};
+use crate::relay::delivery::lock;
 use crate::relay::socket::{Connection, Ctx, Protocol};
 use crate::relay::tunnel::{Gateway, RemoteEvent, Sink, Tunnels};
 
@@ -53,10 +54,6 @@ pub struct Remote {
     tunnels: Tunnels,
     /// Status questions this node asked, by route.
     asks: Arc<Asks>,
-}
-
-fn lock(asks: &Asks) -> MutexGuard<'_, HashMap<String, oneshot::Sender<Vec<Live>>>> {
-    asks.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 impl Remote {

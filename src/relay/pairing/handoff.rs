@@ -16,7 +16,7 @@
 //! admits nothing): it is cut and retries, and finds the new home once it is recorded.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -29,6 +29,7 @@ use super::registry::{Adopt, Export, Leave, SessionRegistry};
 use crate::cluster::{Cluster, Envelope, Inbound};
 use crate::connections::Connections;
 use crate::ids::{ClientKey, HashMap, NodeId, PairingId};
+use crate::relay::delivery::lock;
 use crate::transport::CLOSE_LINGER;
 
 /// Leaving node → successor: one pairing; body: a [`Handoff`] as JSON.
@@ -48,10 +49,6 @@ pub struct Handoffs {
     registry: Addr<SessionRegistry>,
     /// Pairings sent, waiting for their [`ADOPTED`], by route.
     waiting: Arc<Waiting>,
-}
-
-fn lock(waiting: &Waiting) -> MutexGuard<'_, HashMap<String, oneshot::Sender<()>>> {
-    waiting.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 impl Handoffs {

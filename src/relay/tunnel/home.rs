@@ -13,9 +13,10 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use super::{lock, Home, Open, TunnelIn, Tunnels, CLOSE, DOWN, TUNNEL_QUEUE};
+use super::{Home, Open, TunnelIn, Tunnels, CLOSE, DOWN, TUNNEL_QUEUE};
 use crate::cluster::Envelope;
 use crate::ids::{Endpoint, NodeId};
+use crate::relay::delivery::lock;
 use crate::relay::socket::{Opened, Socket};
 use crate::transport::Killable;
 
