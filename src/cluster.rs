@@ -373,6 +373,17 @@ return 0
         Ok(())
     }
 
+    /// The node `key` names, if it is another node alive now (the home of a code, a
+    /// pairing, a user). An error if Redis could not be asked.
+    pub async fn node_at(&self, key: &str) -> Result<Option<NodeId>, ClusterError> {
+        Ok(self.get(key).await?.and_then(|name| self.other_live(&name)))
+    }
+
+    /// `name` as a node, if it is another node alive now.
+    pub fn other_live(&self, name: &str) -> Option<NodeId> {
+        NodeId::parse(name).filter(|node| *node != self.node && self.lock_known().contains(node))
+    }
+
     /// The value of `key`, if it exists.
     pub async fn get(&self, key: &str) -> Result<Option<String>, ClusterError> {
         self.timed(self.client.get(key.to_owned())).await

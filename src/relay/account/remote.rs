@@ -156,15 +156,11 @@ impl Remote {
         for _ in 0..CLAIM_TRIES {
             let claimed = match cluster.get(&key).await? {
                 Some(home) if home == me => return Ok(None),
-                Some(home) => {
-                    if let Some(node) = NodeId::parse(&home) {
-                        if cluster.nodes().contains(&node) {
-                            return Ok(Some(node));
-                        }
-                    }
+                Some(home) => match cluster.other_live(&home) {
+                    Some(node) => return Ok(Some(node)),
                     // Its home is gone: take it over, unless another node just did.
-                    cluster.replace(&key, &home, me).await?
-                }
+                    None => cluster.replace(&key, &home, me).await?,
+                },
                 None => cluster.set_nx_persistent(&key, me).await?,
             };
             if claimed {

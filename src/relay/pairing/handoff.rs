@@ -23,12 +23,12 @@ use actix::Addr;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::homes::{Kind, RECORD_TTL};
+use super::homes;
 use super::pipes::Handoff;
 use super::registry::{Adopt, Export, Leave, SessionRegistry};
 use crate::cluster::{Cluster, Envelope, Inbound};
 use crate::connections::Connections;
-use crate::ids::{ClientKey, HashMap, NodeId, PairingId};
+use crate::ids::{HashMap, NodeId, PairingId};
 use crate::relay::delivery::lock;
 use crate::transport::CLOSE_LINGER;
 
@@ -93,29 +93,15 @@ impl Handoffs {
         if !matches!(adopted.await, Ok(true)) {
             return;
         }
-        let recorded = self.record(&session, client.as_ref()).await;
+        let recorded = homes::record_now(&self.cluster, &session, client.as_ref())
+            .await
+            .is_ok();
         if recorded {
             if let Ok(reply) = Envelope::new(ADOPTED, &envelope.route, Bytes::new()) {
                 let _ = self.cluster.send(&envelope.from, reply);
             }
         }
         tracing::info!(pairing = %session.fingerprint(), from = %envelope.from, recorded, "pairing adopted");
-    }
-
-    /// Records this node as the home of `session` (and of its mac's `client`), now.
-    async fn record(&self, session: &PairingId, client: Option<&ClientKey>) -> bool {
-        let cluster = &self.cluster;
-        let me = cluster.node_id().as_str();
-        let mut keys = vec![cluster.key(&[Kind::Pairing.as_str(), &session.cluster_key()])];
-        if let Some(client) = client {
-            keys.push(cluster.key(&[Kind::Client.as_str(), &client.cluster_key()]));
-        }
-        for key in keys {
-            if cluster.set(&key, me, RECORD_TTL).await.is_err() {
-                return false;
-            }
-        }
-        true
     }
 
     /// Leaves: closes every connection (1001) and hands every pairing to another node, as

@@ -9,9 +9,10 @@
 //! its home there and is tunnelled to it (`super::remote`). A record outliving its pairing
 //! is harmless: the home answers as one node would (`INVALID_CODE`, a fresh code).
 //!
-//! Writes are fire-and-forget from the registry's thread, each bounded by
-//! `cluster.redis_timeout_ms`, at most [`MAX_WRITES`] at once (past it, a write is skipped
-//! and counted: the side can still resume on its home node).
+//! The registry's records are fire-and-forget from its thread, each Redis write bounded by
+//! `cluster.redis_timeout_ms`, at most [`MAX_WRITES`] records at once (past it, a record is
+//! skipped and counted: the side can still resume on its home node). A hand-off records
+//! at once ([`record_now`]), before it says the pairing is adopted.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::metrics::METRICS;
 /// never went away has no record until one does (the write at that moment renews it).
 pub const RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Most record writes in flight at once.
+/// Most records being written at once.
 const MAX_WRITES: usize = 1024;
 
 /// What kind of id a record is found by.
@@ -66,30 +67,36 @@ impl Homes {
     /// Records this node as the home of `session` (and of its mac's `client`, if any).
     /// Returns at once; the writes run on the current thread's runtime.
     pub fn record(&self, session: &PairingId, client: Option<&ClientKey>) {
-        self.write(Kind::Pairing, session.cluster_key());
-        if let Some(client) = client {
-            self.write(Kind::Client, client.cluster_key());
-        }
-    }
-
-    fn write(&self, kind: Kind, id: String) {
         if self.writes.fetch_add(1, Relaxed) >= MAX_WRITES {
             self.writes.fetch_sub(1, Relaxed);
             METRICS.cluster.dropped("home_record");
             return;
         }
         let (cluster, writes) = (Arc::clone(&self.cluster), Arc::clone(&self.writes));
+        let (session, client) = (*session, client.cloned());
         actix_rt::spawn(async move {
-            let key = cluster.key(&[kind.as_str(), &id]);
-            if let Err(err) = cluster
-                .set(&key, cluster.node_id().as_str(), RECORD_TTL)
-                .await
-            {
+            if let Err(err) = record_now(&cluster, &session, client.as_ref()).await {
                 tracing::debug!(%err, "could not record a pairing's home");
             }
             writes.fetch_sub(1, Relaxed);
         });
     }
+}
+
+/// Records this node as the home of `session` (and of its mac's `client`, if any), now.
+pub async fn record_now(
+    cluster: &Cluster,
+    session: &PairingId,
+    client: Option<&ClientKey>,
+) -> Result<(), ClusterError> {
+    let me = cluster.node_id().as_str();
+    let pairing = cluster.key(&[Kind::Pairing.as_str(), &session.cluster_key()]);
+    cluster.set(&pairing, me, RECORD_TTL).await?;
+    if let Some(client) = client {
+        let client = cluster.key(&[Kind::Client.as_str(), &client.cluster_key()]);
+        cluster.set(&client, me, RECORD_TTL).await?;
+    }
+    Ok(())
 }
 
 /// The home of the pairing a `kind` id names, if it is another live node; an error if
@@ -99,9 +106,5 @@ pub async fn find(
     kind: Kind,
     key: &str,
 ) -> Result<Option<NodeId>, ClusterError> {
-    let Some(home) = cluster.get(&cluster.key(&[kind.as_str(), key])).await? else {
-        return Ok(None);
-    };
-    Ok(NodeId::parse(&home)
-        .filter(|home| home != cluster.node_id() && cluster.nodes().contains(home)))
+    cluster.node_at(&cluster.key(&[kind.as_str(), key])).await
 }

@@ -64,11 +64,7 @@ impl Remote {
             return Ok(None);
         }
         let cluster = self.tunnels.cluster();
-        let Some(home) = cluster.get(&cluster.key(&["code", &code])).await? else {
-            return Ok(None);
-        };
-        Ok(NodeId::parse(&home)
-            .filter(|home| home != cluster.node_id() && cluster.nodes().contains(home)))
+        cluster.node_at(&cluster.key(&["code", &code])).await
     }
 
     /// The home of the pairing a `sessionId` or `clientId` (as its cluster key) names, if
