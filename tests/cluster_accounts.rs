@@ -335,3 +335,29 @@ async fn when_a_user_s_node_shuts_down_its_connections_are_closed_1001_and_start
     .await;
     assert_eq!(recv_type(&mut web, "data").await["data"], "back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_list_whose_users_node_does_not_answer_is_503_within_the_redis_timeout() {
+    let Some((_db, mut nodes)) = cluster_of(2, |_| {}).await else {
+        return;
+    };
+    let ada = owner(&nodes[1], "ada@example.com").await;
+    let _mac = agent(&nodes[0], &ada, &["s1"]).await; // node 0 is ada's node now
+                                                      // Killed: until its heartbeat expires (2 s here) the other node still takes it for
+                                                      // alive and asks it, in vain. The answer is bounded by `cluster.redis_timeout_ms`
+                                                      // (500 ms here), not left hanging.
+    drop(nodes.remove(0));
+    let asked = Instant::now();
+    let listed = reqwest::Client::new()
+        .get(url_of(&nodes[0], "/api/machines"))
+        .bearer_auth(&ada.access)
+        .send()
+        .await
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(listed.status(), 503, "{:?}", listed.text().await);
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+}
