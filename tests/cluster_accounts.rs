@@ -268,18 +268,7 @@ async fn when_a_user_s_node_dies_its_connections_elsewhere_start_again_on_a_new_
     // The agent reconnects to node 2, the client to node 1: one of them makes its node
     // ada's node, the other is tunnelled there, and all works again.
     let mut mac = agent(&nodes[1], &ada, &["s1"]).await;
-    let mut web = client(&nodes[0], &ada.access).await;
-    send(&mut web, json!({"type": "list_machines"})).await;
-    let machines = recv_type(&mut web, "machines").await;
-    assert_eq!(machines["machines"][0]["online"], true, "{machines}");
-    attach(&mut web, &ada, "s1").await;
-    assert_eq!(recv_type(&mut mac, "attach").await["sessionId"], "s1");
-    send(
-        &mut mac,
-        json!({"type": "data", "sessionId": "s1", "data": "back"}),
-    )
-    .await;
-    assert_eq!(recv_type(&mut web, "data").await["data"], "back");
+    works_again(&mut mac, &nodes[0], &ada).await;
 }
 
 /// Registers an agent for `owner` on `node`, retrying while its user's node is still
@@ -322,18 +311,7 @@ async fn when_a_user_s_node_shuts_down_its_connections_are_closed_1001_and_start
     leaving.await.unwrap();
 
     let mut mac = agent_again(&nodes[1], &ada, &["s1"]).await;
-    let mut web = client(&nodes[0], &ada.access).await;
-    send(&mut web, json!({"type": "list_machines"})).await;
-    let machines = recv_type(&mut web, "machines").await;
-    assert_eq!(machines["machines"][0]["online"], true, "{machines}");
-    attach(&mut web, &ada, "s1").await;
-    assert_eq!(recv_type(&mut mac, "attach").await["sessionId"], "s1");
-    send(
-        &mut mac,
-        json!({"type": "data", "sessionId": "s1", "data": "back"}),
-    )
-    .await;
-    assert_eq!(recv_type(&mut web, "data").await["data"], "back");
+    works_again(&mut mac, &nodes[0], &ada).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,4 +338,18 @@ async fn a_machine_list_whose_users_node_does_not_answer_is_503_within_the_redis
         took < Duration::from_millis(1500),
         "answered after {took:?}"
     );
+}
+
+/// A client of `owner` on `node` sees the machine of `mac` (an agent reporting `s1`)
+/// online, attaches to `s1` and gets its output: the user's connections work again.
+async fn works_again(mac: &mut Ws, node: &TestNode, owner: &Owner) {
+    let mut web = client(node, &owner.access).await;
+    send(&mut web, json!({"type": "list_machines"})).await;
+    let machines = recv_type(&mut web, "machines").await;
+    assert_eq!(machines["machines"][0]["online"], true, "{machines}");
+    attach(&mut web, owner, "s1").await;
+    assert_eq!(recv_type(mac, "attach").await["sessionId"], "s1");
+    let output = json!({"type": "data", "sessionId": "s1", "data": "back"});
+    send(mac, output).await;
+    assert_eq!(recv_type(&mut web, "data").await["data"], "back");
 }

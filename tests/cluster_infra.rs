@@ -62,22 +62,6 @@ fn bodies(envelopes: &[Envelope], kind: &str) -> Vec<Bytes> {
         .collect()
 }
 
-async fn ready_status(node: &TestNode) -> u16 {
-    reqwest::get(node.url("/ready"))
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn ready_becomes(node: &TestNode, status: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    while ready_status(node).await != status {
-        assert!(Instant::now() < deadline, "/ready did not become {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_find_each_other_and_envelopes_arrive_in_the_order_sent() {
     let Some((db, redis, prefix)) = backends() else {

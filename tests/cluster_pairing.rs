@@ -53,14 +53,7 @@ async fn a_mac_and_a_browser_on_different_nodes_pair_and_exchange_data_in_order(
         return;
     };
     let (mut mac, mut browser) = pair_across(&a, &b).await;
-    for n in 0..200 {
-        send_data(&mut mac, &format!("to browser {n}")).await;
-        send_data(&mut browser, &format!("to mac {n}")).await;
-    }
-    for n in 0..200 {
-        expect_data(&mut browser, &format!("to browser {n}")).await;
-        expect_data(&mut mac, &format!("to mac {n}")).await;
-    }
+    exchange(&mut mac, &mut browser, "across", 200).await;
     // Pings are answered wherever the side is connected.
     assert_usable(&mut browser).await;
     assert_usable(&mut mac).await;
@@ -209,14 +202,7 @@ async fn a_browser_resumes_on_a_third_node_and_gets_what_was_held_in_order() {
     for n in 0..50 {
         expect_data(&mut browser, &format!("held {n}")).await;
     }
-    for n in 0..100 {
-        send_data(&mut mac, &format!("to browser {n}")).await;
-        send_data(&mut browser, &format!("to mac {n}")).await;
-    }
-    for n in 0..100 {
-        expect_data(&mut browser, &format!("to browser {n}")).await;
-        expect_data(&mut mac, &format!("to mac {n}")).await;
-    }
+    exchange(&mut mac, &mut browser, "after resume", 100).await;
     // The pairing is still A's: a close frame from the browser on C reaches its mac.
     browser.close(None).await.unwrap();
     expect_error(&mut mac, "BROWSER_DISCONNECTED").await;
@@ -267,14 +253,7 @@ async fn a_mac_resumes_on_another_node_by_its_client_id() {
     for n in 0..50 {
         expect_data(&mut mac, &format!("held {n}")).await;
     }
-    for n in 0..100 {
-        send_data(&mut mac, &format!("to browser {n}")).await;
-        send_data(&mut browser, &format!("to mac {n}")).await;
-    }
-    for n in 0..100 {
-        expect_data(&mut browser, &format!("to browser {n}")).await;
-        expect_data(&mut mac, &format!("to mac {n}")).await;
-    }
+    exchange(&mut mac, &mut browser, "after resume", 100).await;
     // The code C gave it first was withdrawn when it left for its pairing's home.
     let mut stranger = c.connect("/browser").await;
     send(&mut stranger, json!({"type": "join", "code": code_on_c})).await;

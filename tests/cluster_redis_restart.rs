@@ -24,22 +24,6 @@ const NOTICE: Duration = Duration::from_secs(8);
 /// the code's node: 500 ms each), with room.
 const REFUSED_WITHIN: Duration = Duration::from_secs(3);
 
-async fn ready_status(node: &TestNode) -> u16 {
-    reqwest::get(node.url("/ready"))
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn ready_becomes(node: &TestNode, status: u16) {
-    let deadline = Instant::now() + NOTICE;
-    while ready_status(node).await != status {
-        assert!(Instant::now() < deadline, "/ready did not become {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until `/metrics` says `hermit_cluster_up {up}`.
 async fn cluster_up_becomes(node: &TestNode, up: u8) {
     let deadline = Instant::now() + NOTICE;
@@ -91,18 +75,6 @@ async fn join(browser: &mut Ws, mac: &mut Ws, code: &str) -> String {
     joined["sessionId"].as_str().unwrap().to_owned()
 }
 
-/// `count` messages each way, in order.
-async fn exchange(mac: &mut Ws, browser: &mut Ws, tag: &str, count: usize) {
-    for n in 0..count {
-        send_data(mac, &format!("{tag}: to browser {n}")).await;
-        send_data(browser, &format!("{tag}: to mac {n}")).await;
-    }
-    for n in 0..count {
-        expect_data(browser, &format!("{tag}: to browser {n}")).await;
-        expect_data(mac, &format!("{tag}: to mac {n}")).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_ride_out_a_redis_restart_and_recover_by_themselves() {
     let Some(binary) = redis_server_binary() else {
@@ -124,8 +96,8 @@ async fn nodes_ride_out_a_redis_restart_and_recover_by_themselves() {
     };
     let (a, b) = (node(), node());
     know_each_other(&a, &b).await;
-    ready_becomes(&a, 200).await;
-    ready_becomes(&b, 200).await;
+    ready_becomes(&a, 200, NOTICE).await;
+    ready_becomes(&b, 200, NOTICE).await;
     cluster_up_becomes(&a, 1).await;
 
     // Before: a pairing within node A, and a mac on A waiting for a browser.
@@ -144,8 +116,8 @@ async fn nodes_ride_out_a_redis_restart_and_recover_by_themselves() {
     let near_session = join(&mut near_paired, &mut near_mac, &near_code).await;
 
     redis.stop();
-    ready_becomes(&a, 503).await;
-    ready_becomes(&b, 503).await;
+    ready_becomes(&a, 503, NOTICE).await;
+    ready_becomes(&b, 503, NOTICE).await;
     cluster_up_becomes(&a, 0).await;
     let said = reqwest::get(a.url("/ready"))
         .await
@@ -206,8 +178,8 @@ async fn nodes_ride_out_a_redis_restart_and_recover_by_themselves() {
     // Redis comes back (empty): the nodes rejoin by themselves.
     redis.restart();
     let restarted = Instant::now();
-    ready_becomes(&a, 200).await;
-    ready_becomes(&b, 200).await;
+    ready_becomes(&a, 200, NOTICE).await;
+    ready_becomes(&b, 200, NOTICE).await;
     cluster_up_becomes(&a, 1).await;
     know_each_other(&a, &b).await;
 

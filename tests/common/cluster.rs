@@ -184,3 +184,21 @@ pub async fn all_know_each_other(nodes: &[TestNode]) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What `/ready` of `node` answers now.
+pub async fn ready_status(node: &TestNode) -> u16 {
+    reqwest::get(node.url("/ready"))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits until `/ready` of `node` answers `status`; panics after `within`.
+pub async fn ready_becomes(node: &TestNode, status: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while ready_status(node).await != status {
+        assert!(Instant::now() < deadline, "/ready did not become {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -392,6 +392,19 @@ pub async fn send_data(ws: &mut Ws, payload: &str) {
     send(ws, json!({"type": "data", "payload": payload})).await;
 }
 
+/// `count` `data` messages each way between a paired `mac` and `browser`, sent back to
+/// back, then each checked to arrive once, in order.
+pub async fn exchange(mac: &mut Ws, browser: &mut Ws, tag: &str, count: usize) {
+    for n in 0..count {
+        send_data(mac, &format!("{tag}: to browser {n}")).await;
+        send_data(browser, &format!("{tag}: to mac {n}")).await;
+    }
+    for n in 0..count {
+        expect_data(browser, &format!("{tag}: to browser {n}")).await;
+        expect_data(mac, &format!("{tag}: to mac {n}")).await;
+    }
+}
+
 /// Asserts the next message is `data` with exactly `payload`.
 pub async fn expect_data(ws: &mut Ws, payload: &str) {
     let msg = recv(ws).await;
