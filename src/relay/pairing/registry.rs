@@ -227,8 +227,6 @@ pub struct SessionRegistry {
     messages: u64,
     /// In a cluster: where this node records itself as its pairings' home.
     homes: Option<Homes>,
-    /// The node is leaving: its pairings are about to be handed over.
-    leaving: bool,
 }
 
 impl SessionRegistry {
@@ -243,7 +241,6 @@ impl SessionRegistry {
             timer_polls: Rc::default(),
             messages: 0,
             homes: None,
-            leaving: false,
         }
     }
 
@@ -256,7 +253,7 @@ impl SessionRegistry {
 
     fn record_home(&self, session: &PairingId) {
         // A leaving node's pairings are recorded by the node that adopts them.
-        if let (Some(homes), false) = (&self.homes, self.leaving) {
+        if let (Some(homes), false) = (&self.homes, self.table.is_leaving()) {
             homes.record(session, self.table.client_of(session));
         }
     }
@@ -509,11 +506,9 @@ impl Handler<Disconnect> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
-        // A side closed by a leaving node may resume on another: away, not gone.
-        let clean = msg.clean && !self.leaving;
         let effects = self
             .table
-            .disconnected(msg.conn, msg.role, clean, Instant::now());
+            .disconnected(msg.conn, msg.role, msg.clean, Instant::now());
         self.conns.remove(&msg.conn);
         let reply = self.apply(effects, None, None);
         self.done(reply, ctx);
@@ -524,7 +519,6 @@ impl Handler<Leave> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, _: Leave, _: &mut Context<Self>) {
-        self.leaving = true;
         self.table.leave();
         for pipes in self.pipes.values() {
             let mut pipes = lock_pipes(pipes);

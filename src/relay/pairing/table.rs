@@ -165,8 +165,8 @@ pub struct PairingTable {
     pairings: HashMap<PairingId, Pairing>,
     /// Pairings by their mac's (resumable) `clientId`, for mac resume.
     by_client_id: HashMap<ClientKey, PairingId>,
-    /// The node is leaving: a pairing both of whose sides are away is kept (to be handed
-    /// to another node), not ended.
+    /// The node is leaving: a side that goes, even with a close frame and even after its
+    /// partner, is away (its pairing is to be handed to another node), not gone.
     leaving: bool,
 }
 
@@ -187,9 +187,15 @@ impl PairingTable {
         }
     }
 
-    /// The node is leaving: from now on a side lost is away even if its partner is too.
+    /// The node is leaving: from now on a side that goes is away, whatever the way it goes
+    /// and even if its partner is away too, so every pairing can be handed over.
     pub fn leave(&mut self) {
         self.leaving = true;
+    }
+
+    /// Whether [`Self::leave`] was called.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
     }
 
     /// Takes every pairing out of the table (the node is leaving: they go on on another),
@@ -504,7 +510,8 @@ impl PairingTable {
             return effects;
         }
         let partner_here = here(*pairing.end(role.other())).is_some();
-        if (partner_here || self.leaving) && !clean {
+        // A leaving node closes every side itself (1001): each may resume elsewhere.
+        if self.leaving || (partner_here && !clean) {
             *pairing.end(role) = End::Away;
             effects.push(Effect::Away { session, role });
             self.deadlines

@@ -391,3 +391,29 @@ fn firing_visits_only_what_is_due_however_many_deadlines_wait() {
     assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(300)));
     assert_eq!(t.deadline_count(), 10_000);
 }
+
+#[test]
+fn a_leaving_node_keeps_pairings_whose_sides_all_went_and_another_adopts_them() {
+    let now = Instant::now();
+    let (mut t, _, session) = paired(now);
+    let client = secret_id();
+    t.leave();
+    // Both sides go, one of them with a close frame: neither ends the pairing.
+    t.disconnected(BROWSER, Role::Browser, true, now);
+    t.disconnected(MAC, Role::Mac, false, now);
+    assert_eq!(t.pairing_count(), 1);
+    let taken = t.take_pairings();
+    assert_eq!(taken, vec![(session, None)]);
+    assert_eq!(t.pairing_count(), 0);
+    // Its grace timers went with it: what is left is the used code's memory (15 min).
+    assert!(t.next_deadline() > Some(now + Duration::from_secs(30)));
+
+    // Another node adopts it: both sides away, each with a full grace.
+    let mut other = table();
+    other.adopt(session, Some(client.clone()), now);
+    assert!(other.knows_session(&session.to_string()));
+    assert!(other.knows_client(&client));
+    assert_eq!(other.next_deadline(), Some(now + Duration::from_secs(30)));
+    let effects = other.browser_resume(OTHER_BROWSER, &session.to_string());
+    assert_eq!(session_of(&effects), session);
+}
