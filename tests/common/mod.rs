@@ -190,6 +190,23 @@ impl TestServer {
     }
 }
 
+/// The first of `places` where `name` is installed, or `None` (outside CI, said out loud:
+/// the test is not run); under CI a missing one fails the test, as `.ci/run` installs it.
+pub fn required_binary(name: &str, places: &[&str]) -> Option<std::path::PathBuf> {
+    let found = places
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|place| place.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is required under CI (.ci/run installs it)"
+        );
+        eprintln!("{name} is not installed: test not run");
+    }
+    found
+}
+
 /// A relay a test talks to: one server, or one node of a cluster.
 pub trait RelayPort {
     /// Its port on 127.0.0.1.

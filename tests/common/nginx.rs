@@ -10,18 +10,8 @@ use std::time::{Duration, Instant};
 /// The nginx binary, or `None` (outside CI, said out loud) when it is not installed; under
 /// CI a missing nginx fails the test: `.ci/run` installs it.
 pub fn nginx_binary() -> Option<PathBuf> {
-    let found = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nginx is required under CI (.ci/run installs it)"
-        );
-        eprintln!("nginx is not installed: nginx tests not run");
-    }
-    found
+    let places = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"];
+    super::required_binary("nginx", &places)
 }
 
 /// nginx running a shipped config, stopped (its whole process group) when dropped.

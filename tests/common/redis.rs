@@ -8,18 +8,8 @@ use std::time::{Duration, Instant};
 /// The `redis-server` binary, or `None` (outside CI, said out loud) when it is not
 /// installed; under CI a missing one fails the test: `.ci/run` installs it.
 pub fn redis_server_binary() -> Option<PathBuf> {
-    let found = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server is required under CI (.ci/run installs it)"
-        );
-        eprintln!("redis-server is not installed: Redis restart test not run");
-    }
-    found
+    let places = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"];
+    super::required_binary("redis-server", &places)
 }
 
 /// A Redis on a port of its own, without persistence: stopped, it comes back empty, as a
