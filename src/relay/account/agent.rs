@@ -385,14 +385,10 @@ impl Connection<AgentSocket> {
         let Some(remote) = &node.remote else {
             return;
         };
-        let peer = self.peer(ctx);
-        let conn = peer.conn;
-        let sink = Box::new(move |event| peer.tell(ToAgent::Remote(event)));
-        let ip = self.socket.client_ip();
-        match remote.open(home, Endpoint::Agent, conn, sink, ip, first) {
+        match remote.tunnel(self, home, Endpoint::Agent, first, ctx) {
             Ok(gateway) => self.proto.gateway = Some(gateway),
             Err(err) => {
-                tracing::debug!(%conn, %err, "could not reach the user's node");
+                tracing::debug!(conn = %self.socket.conn, %err, "could not reach the user's node");
                 let why = "the relay cannot reach its cluster; try again";
                 self.refuse_token(Outcome::Unavailable, why, ctx)
             }

@@ -471,14 +471,10 @@ impl Connection<ClientSocket> {
         let Some(remote) = &node.remote else {
             return;
         };
-        let peer = self.peer(ctx);
-        let conn = peer.conn;
-        let sink = Box::new(move |event| peer.tell(ToClient::Remote(event)));
-        let ip = self.socket.client_ip();
-        match remote.open(home, Endpoint::Client, conn, sink, ip, first) {
+        match remote.tunnel(self, home, Endpoint::Client, first, ctx) {
             Ok(gateway) => self.proto.gateway = Some(gateway),
             Err(err) => {
-                tracing::debug!(%conn, %err, "could not reach the user's node");
+                tracing::debug!(conn = %self.socket.conn, %err, "could not reach the user's node");
                 let message = "the relay cannot reach its cluster; try again";
                 self.error(ErrorCode::Unavailable, message, ctx);
             }

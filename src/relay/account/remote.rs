@@ -17,7 +17,6 @@
 //! state of the user's machines ([`STATUS`]); `DELETE /api/machines/{id}` bumps the admin
 //! generation, on which every node's admin watch drops the machine's agent.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -30,7 +29,7 @@ use super::table::Live;
 use super::REGISTRY_TIMEOUT;
 
 use crate::cluster::{ClusterError, ClusterEvent, Envelope, Inbound, SendError};
-use crate::ids::{ConnId, Endpoint, HashMap, MachineId, NodeId, Outcome, UserId};
+use crate::ids::{Endpoint, HashMap, MachineId, NodeId, Outcome, UserId};
 use crate::relay::delivery::lock;
 use crate::relay::socket::{Connection, Ctx, Protocol};
 use crate::relay::tunnel::{Gateway, RemoteEvent, Sink, Tunnels};
@@ -172,18 +171,26 @@ impl Remote {
         ))
     }
 
-    /// Opens the tunnel of connection `conn` on `endpoint` to its user's node `home`
-    /// (see [`Tunnels::open`]); its `first` message is already answered there.
-    pub fn open(
+    /// Opens the tunnel of connection `conn` (an agent or a client, on `endpoint`) to its
+    /// user's node `home`, starting with its message `first` (see [`Tunnels::open`]); what
+    /// the home sends reaches `conn` as its command. Returns the gateway it keeps.
+    pub fn tunnel<P>(
         &self,
+        conn: &Connection<P>,
         home: NodeId,
         endpoint: Endpoint,
-        conn: ConnId,
-        sink: Sink,
-        ip: IpAddr,
         first: &[u8],
-    ) -> Result<Box<Gateway>, SendError> {
-        let route = self.tunnels.open(&home, endpoint, conn, sink, ip, first)?;
+        ctx: &Ctx<P>,
+    ) -> Result<Box<Gateway>, SendError>
+    where
+        P: Protocol,
+        P::Command: From<RemoteEvent>,
+    {
+        let peer = conn.peer(ctx);
+        let id = peer.conn;
+        let sink: Sink = Box::new(move |event| peer.tell(P::Command::from(event)));
+        let ip = conn.socket.client_ip();
+        let route = self.tunnels.open(&home, endpoint, id, sink, ip, first)?;
         Ok(Box::new(Gateway {
             home,
             route,

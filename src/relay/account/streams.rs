@@ -59,6 +59,12 @@ pub enum ToAgent {
     Remote(RemoteEvent),
 }
 
+impl From<RemoteEvent> for ToAgent {
+    fn from(event: RemoteEvent) -> Self {
+        Self::Remote(event)
+    }
+}
+
 impl Command for ToAgent {
     fn close(outcome: Outcome) -> Self {
         Self::Close(outcome)
@@ -78,6 +84,12 @@ pub enum ToClient {
     Close(Outcome),
     /// For a client tunnelled to its user's node: what that node sent.
     Remote(RemoteEvent),
+}
+
+impl From<RemoteEvent> for ToClient {
+    fn from(event: RemoteEvent) -> Self {
+        Self::Remote(event)
+    }
 }
 
 impl Command for ToClient {
