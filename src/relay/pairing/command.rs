@@ -2,7 +2,7 @@
 //! Its own file so that the pipes, the registry and the socket can all name it without
 //! importing each other.
 
-use crate::ids::Outcome;
+use crate::ids::{Outcome, PairingId};
 use crate::relay::delivery::Command;
 use crate::relay::protocol::ErrorCode;
 use crate::relay::tunnel::RemoteEvent;
@@ -29,8 +29,9 @@ pub enum ToConn {
     /// Paired (or re-paired on resume): take the pairing from the connection's
     /// [`PairingSlot`](super::registry::PairingSlot). The registry fills the slot before it queues `joined`, so a
     /// connection whose client answers `joined` at once finds its pipes even if this
-    /// message has not been handled yet.
-    Paired,
+    /// message has not been handled yet. Names the pairing, for the audit log even when
+    /// the pairing ended before the connection took it.
+    Paired(PairingId),
     /// The pairing ended; send the `error` `code` and become unpaired.
     PartnerGone {
         /// `MAC_DISCONNECTED` or `BROWSER_DISCONNECTED`.

@@ -297,7 +297,7 @@ impl SessionRegistry {
                     self.pair(session, [mac, browser], resumed, last_seq);
                     self.record_home(&session);
                     for conn in [mac, browser].into_iter().flatten() {
-                        tell(&self.conns, conn, ToConn::Paired);
+                        tell(&self.conns, conn, ToConn::Paired(session));
                     }
                 }
                 Effect::Away { session, role } => {

@@ -478,12 +478,15 @@ impl Connection<PairSocket> {
             move |conn, answer, ctx| {
                 match answer {
                     Ok(Reply(commands)) => {
-                        let paired = commands.iter().any(|c| matches!(c, ToConn::Paired));
+                        let paired = commands.iter().find_map(|c| match c {
+                            ToConn::Paired(session) => Some(*session),
+                            _ => None,
+                        });
                         for command in commands {
                             conn.on_command(command, ctx);
                         }
-                        if paired {
-                            conn.audit_paired(join, asked);
+                        if let Some(session) = paired {
+                            conn.audit_paired(join, asked, session);
                         }
                     }
                     Err(err) => {
@@ -510,7 +513,7 @@ impl Connection<PairSocket> {
             ToConn::Registered { code, expires_at } => self.registered(code, expires_at, ctx),
             ToConn::Remote(event) => self.on_remote(event, ctx),
             ToConn::Error { code, message } => self.error(code, message, ctx),
-            ToConn::Paired => self.adopt(),
+            ToConn::Paired(_) => self.adopt(),
             ToConn::PartnerGone { code } => {
                 self.proto.pairing = None;
                 self.proto.unpaired_since = Some(Instant::now());
@@ -586,20 +589,21 @@ impl Connection<PairSocket> {
 
     /// This side's own request paired it: a `join` makes a pairing, a `resume` or a mac's
     /// `register` resumes one (the partner hears of it through its mailbox, unrecorded, so
-    /// each pairing event is recorded once).
-    fn audit_paired(&self, join: bool, asked: Instant) {
+    /// each pairing event is recorded once). Recorded even if the pairing ended before this
+    /// side took it (its partner left at once).
+    fn audit_paired(&self, join: bool, asked: Instant, session: PairingId) {
         if join {
             METRICS.pairing_time(asked.elapsed());
         }
-        let Some(pairing) = &self.proto.pairing else {
-            return;
-        };
         let role = match self.proto.role {
             Role::Mac => "mac",
             Role::Browser => "browser",
         };
-        // Copied out first: the partner's data waits on this lock, not on the log line.
-        let fingerprint = lock_pipes(&pairing.pipes).fingerprint().to_owned();
+        let fingerprint = match &self.proto.pairing {
+            // Copied out first: the partner's data waits on this lock, not on the log line.
+            Some(pairing) => lock_pipes(&pairing.pipes).fingerprint().to_owned(),
+            None => session.fingerprint(),
+        };
         audit::event(if join {
             "pairing_made"
         } else {
