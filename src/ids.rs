@@ -20,14 +20,24 @@ pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 /// See [`HashMap`].
 pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
-/// One WebSocket connection, unique for the life of the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// One WebSocket connection, unique for the life of the process — and, in practice,
+/// across the nodes of a cluster: each process counts from a random start (a multiple of
+/// 2^20 below 2^52), so a client id an agent knows (`clientId` in `attach`) still names
+/// one client when its user is handed to another node (`relay::account::handoff`). Two
+/// nodes' ids meet only if they drew the same start, or one counted past 2^20 connections
+/// into the other's: about one chance in 2^31 per pair of nodes; an adopting node refuses
+/// an id it already uses. Below 2^53, so a web page reads it exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct ConnId(u64);
 
 impl ConnId {
     /// A fresh id, never handed out before in this process.
     pub fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
+        static NEXT: std::sync::LazyLock<AtomicU64> = std::sync::LazyLock::new(|| {
+            let start = u64::from(rand::random::<u32>()) << 20;
+            AtomicU64::new(start.max(1))
+        });
         Self(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 

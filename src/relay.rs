@@ -9,6 +9,7 @@
 pub mod account;
 pub mod deadlines;
 pub mod delivery;
+pub mod handoff;
 pub mod pairing;
 pub mod protocol;
 pub mod socket;

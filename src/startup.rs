@@ -29,12 +29,14 @@ use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
 use crate::relay::account::agent::AgentSocket;
 use crate::relay::account::client::ClientSocket;
+use crate::relay::account::handoff::Users;
 use crate::relay::account::node::AccountNode;
 use crate::relay::account::registry::MachineRegistry;
 use crate::relay::account::remote::Remote as AccountRemote;
 use crate::relay::delivery::StreamLimits;
+use crate::relay::handoff::{self, Handoffs, Leaving};
 use crate::relay::pairing::code::CodeFormat;
-use crate::relay::pairing::handoff::Handoffs;
+use crate::relay::pairing::handoff::Pairings;
 use crate::relay::pairing::homes::Homes;
 use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::remote::Remote;
@@ -102,8 +104,8 @@ pub struct Application {
     connections: Arc<Connections>,
     reloader: Reloader,
     cluster: Option<Arc<Cluster>>,
-    /// In a cluster: hands this node's pairings over when it shuts down.
-    handoffs: Option<Handoffs>,
+    /// In a cluster: hands this node's pairings and users over when it shuts down.
+    handoffs: Vec<Arc<dyn Leaving>>,
 }
 
 impl Application {
@@ -165,9 +167,26 @@ impl Application {
             live.clone(),
             Arc::clone(&health),
         );
-        let handoffs = cluster
-            .as_ref()
-            .and_then(|cluster| Handoffs::start(Arc::clone(cluster), pairing.clone()));
+        let handoffs = match &cluster {
+            Some(cluster) => {
+                let pairings = Pairings {
+                    cluster: Arc::clone(cluster),
+                    registry: pairing.clone(),
+                };
+                let users = Users {
+                    cluster: Arc::clone(cluster),
+                    registry: machines.clone(),
+                };
+                let pairings = Handoffs::start(Arc::clone(cluster), pairings);
+                let users = Handoffs::start(Arc::clone(cluster), users);
+                let products: [Option<Arc<dyn Leaving>>; 2] = [
+                    pairings.map(|p| p as Arc<dyn Leaving>),
+                    users.map(|u| u as Arc<dyn Leaving>),
+                ];
+                products.into_iter().flatten().collect()
+            }
+            None => Vec::new(),
+        };
         let code_memory = settings.pairing.code_ttl() + settings.pairing.retired_code_memory();
         let tunnels = cluster.as_ref().and_then(|cluster| {
             let home = Home {
@@ -366,11 +385,12 @@ impl Application {
         let handle = self.server.handle();
         let connections = Arc::clone(&self.connections);
         let handoffs = self.handoffs.clone();
+        let cluster = self.cluster.clone();
         actix_rt::spawn(async move {
             let signal = stop.await;
             tracing::info!(signal, "shutting down");
-            match handoffs {
-                Some(handoffs) => handoffs.leave(&connections).await,
+            match cluster {
+                Some(cluster) => handoff::leave(&cluster, &connections, &handoffs).await,
                 None => connections.close_all(),
             }
             handle.stop(true).await;

@@ -210,3 +210,57 @@ async fn restarting_every_node_one_by_one_under_traffic_keeps_the_pairing_whole(
         "the restarts were resumed from"
     );
 }
+
+/// A user's lossless agent and client, each through its own round-robin balancer, on a
+/// 3-node cluster whose nodes are all restarted one by one (SIGTERM) while both send a
+/// message every 20 ms: each node that leaves while it is the user's home hands the user
+/// over; every keystroke and every output arrives once, in order, and each end resumes
+/// its own state (the client's `attached` says `resumed`, the agent's streams go on from
+/// where they were), wherever it reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_every_node_one_by_one_keeps_a_lossless_account_session_whole() {
+    let (Some(redis), Some(db)) = (redis_url(), TestDb::postgres()) else {
+        return;
+    };
+    let prefix = prefix();
+    let start = || {
+        let mut s = node_settings(&db, &redis, &prefix);
+        quick(&mut s);
+        TestNode::start(s)
+    };
+    let mut nodes = vec![start(), start(), start()];
+    all_know_each_other(&nodes).await;
+    let ports = |nodes: &[TestNode]| nodes.iter().map(|n| n.port).collect::<Vec<_>>();
+    let agent_proxy = Proxy::round_robin(ports(&nodes)).await;
+    let mut rotated = ports(&nodes);
+    rotated.rotate_left(1);
+    let client_proxy = Proxy::round_robin(rotated).await;
+    // The REST calls of the set-up go to the first node: they are made before it restarts.
+    let rest = nodes[0].port;
+    let restarts = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let old = nodes.remove(0);
+            agent_proxy.set_targets(ports(&nodes));
+            client_proxy.set_targets(ports(&nodes));
+            old.shut_down().await;
+            nodes.push(start());
+            all_know_each_other(&nodes).await;
+            agent_proxy.set_targets(ports(&nodes));
+            client_proxy.set_targets(ports(&nodes));
+        }
+    };
+    let (agent_resumes, client_resumes) = common::lossless_account::exchange_through(
+        &rest,
+        500,
+        restarts,
+        &agent_proxy,
+        &client_proxy,
+    )
+    .await;
+    eprintln!("resumed: agent {agent_resumes}, client {client_resumes}");
+    assert!(
+        agent_resumes >= 1 && client_resumes >= 1,
+        "the restarts were resumed from"
+    );
+}

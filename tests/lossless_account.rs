@@ -8,10 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::account::{eventually_machine, owner};
-use common::lossless_account::{self, Plan, Role};
+use common::lossless_account::exchange_through;
 use common::proxy::Proxy;
 use common::*;
-use tokio::sync::{oneshot, watch};
 
 /// Heartbeat (and JSON ping) every second, dropped after 3 s of silence.
 fn lossless_settings() -> hermit_relay::config::Settings {
@@ -21,76 +20,6 @@ fn lossless_settings() -> hermit_relay::config::Settings {
     s.pairing.resume_grace_secs = 30;
     s.pairing.ack_interval_ms = 100;
     s
-}
-
-/// An agent and a client of its owner, each through its own proxy, on session `s1`, both
-/// sending `count` numbered messages while `cut` runs; each must get every message of the
-/// other exactly once, in order. Returns (agent resumes, client resumes).
-async fn exchange_through(
-    server: &TestServer,
-    count: u64,
-    cut: impl std::future::Future<Output = ()>,
-    agent_proxy: &Proxy,
-    client_proxy: &Proxy,
-) -> (u32, u32) {
-    let ada = owner(server, "ada@example.com").await;
-    let (finish_tx, finish) = watch::channel(false);
-    let (agent_done, agent_finished) = oneshot::channel();
-    let (client_done, client_finished) = oneshot::channel();
-    let plan = |port, role, name, done| Plan {
-        port,
-        role,
-        session: "s1",
-        name,
-        messages: count,
-        every: Duration::from_millis(20),
-        expect: count,
-        dead_after: Duration::from_millis(2500),
-        done: Some(done),
-        finish: finish.clone(),
-    };
-    let agent = tokio::spawn(lossless_account::run(plan(
-        agent_proxy.port,
-        Role::Agent {
-            token: ada.machine_token.clone(),
-        },
-        "agent",
-        agent_done,
-    )));
-    // The client attaches once the relay knows the agent's session.
-    eventually_machine(server, &ada, |m| m["sessionCount"] == 1).await;
-    let client = tokio::spawn(lossless_account::run(plan(
-        client_proxy.port,
-        Role::Client {
-            access: ada.access.clone(),
-            machine_id: ada.machine_id.clone(),
-        },
-        "client",
-        client_done,
-    )));
-    cut.await;
-    let both = async {
-        agent_finished.await.unwrap();
-        client_finished.await.unwrap();
-    };
-    tokio::time::timeout(Duration::from_secs(60), both)
-        .await
-        .expect("both ends get everything");
-    finish_tx.send(true).unwrap();
-    let (agent_got, agent_resumes) = agent.await.unwrap();
-    let (client_got, client_resumes) = client.await.unwrap();
-    let expected = |name: &str| {
-        (1..=count)
-            .map(|i| format!("{name}-{i}"))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        agent_got,
-        expected("client"),
-        "every keystroke once, in order"
-    );
-    assert_eq!(client_got, expected("agent"), "every output once, in order");
-    (agent_resumes, client_resumes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod client;
 pub mod directory;
+pub mod handoff;
 pub mod node;
 pub mod registry;
 pub mod remote;

@@ -45,6 +45,11 @@ impl<K: Ord + Hash + Clone> Deadlines<K> {
         }
     }
 
+    /// Whether `key` has a deadline.
+    pub fn contains(&self, key: &K) -> bool {
+        self.index.contains_key(key)
+    }
+
     /// The earliest deadline.
     pub fn next(&self) -> Option<Instant> {
         self.queue.first().map(|(at, _)| *at)

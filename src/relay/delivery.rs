@@ -64,7 +64,8 @@ impl Delivery {
 pub struct Peer<M: Command> {
     /// Which connection.
     pub conn: ConnId,
-    addr: Recipient<M>,
+    /// `None` for a connection that is gone and never was on this node (see [`Self::gone`]).
+    addr: Option<Recipient<M>>,
     outbox: Arc<Outbox>,
 }
 
@@ -87,7 +88,24 @@ impl<M: Command> std::fmt::Debug for Peer<M> {
 impl<M: Command> Peer<M> {
     /// A way to reach connection `conn`.
     pub fn new(conn: ConnId, addr: Recipient<M>, outbox: Arc<Outbox>) -> Self {
-        Self { conn, addr, outbox }
+        Self {
+            conn,
+            addr: Some(addr),
+            outbox,
+        }
+    }
+
+    /// Connection `conn`, gone: what is delivered to it is dropped (or held by a stream),
+    /// what it is told goes nowhere. It stands for a side another node handed over while
+    /// it was away, until the side comes back on a new connection.
+    pub fn gone(conn: ConnId) -> Self {
+        let outbox = Outbox::new(0);
+        outbox.close(None);
+        Self {
+            conn,
+            addr: None,
+            outbox,
+        }
     }
 
     /// Queues an encoded frame for this connection, under the policy above.
@@ -117,7 +135,9 @@ impl<M: Command> Peer<M> {
     /// Sends its actor a command (never blocks; queued even past the mailbox capacity, so
     /// a busy connection still hears that it must close).
     pub fn tell(&self, command: M) {
-        self.addr.do_send(command);
+        if let Some(addr) = &self.addr {
+            addr.do_send(command);
+        }
     }
 
     /// Tells the connection to close for `outcome`.
@@ -127,7 +147,7 @@ impl<M: Command> Peer<M> {
 
     /// Whether its actor is still running.
     pub fn is_live(&self) -> bool {
-        self.addr.connected()
+        self.addr.as_ref().is_some_and(Recipient::connected)
     }
 }
 

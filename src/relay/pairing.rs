@@ -10,3 +10,9 @@ pub mod registry;
 pub mod remote;
 pub mod socket;
 pub mod table;
+
+use std::time::Duration;
+
+/// How long a connection or a hand-off waits for the registry to answer. The registry
+/// answers in microseconds; this only bounds a wedged one.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);

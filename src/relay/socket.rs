@@ -266,6 +266,13 @@ impl Socket {
         self.admission.node_leaving()
     }
 
+    /// Whether the connection ended for good: a close frame, or a close the relay chose —
+    /// except the close of a node that leaves, after which the side may resume elsewhere
+    /// (for its registry and its home, a loss).
+    pub fn ended_cleanly(&mut self) -> bool {
+        self.outcome().clean() && !self.node_leaving()
+    }
+
     /// State for a freshly upgraded, admitted connection.
     pub fn new(admission: Admission, link: Link) -> Self {
         let now = Instant::now();

@@ -213,6 +213,13 @@ pub trait RelayPort {
     fn port(&self) -> u16;
 }
 
+/// A relay known only by its port.
+impl RelayPort for u16 {
+    fn port(&self) -> u16 {
+        *self
+    }
+}
+
 impl RelayPort for TestServer {
     fn port(&self) -> u16 {
         self.port

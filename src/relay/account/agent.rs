@@ -119,7 +119,7 @@ impl Protocol for AgentSocket {
     fn stopping(conn: &mut Connection<Self>) {
         if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
         {
-            remote.close(&gateway, conn.socket.outcome().clean());
+            remote.close(&gateway, conn.socket.ended_cleanly());
         }
         let State::Online { machine, user, .. } = &conn.proto.state else {
             return;
@@ -138,7 +138,7 @@ impl Protocol for AgentSocket {
             .record();
         conn.proto.node.registry.do_send(AgentOffline {
             conn: conn.socket.conn,
-            clean: conn.socket.outcome().clean(),
+            clean: conn.socket.ended_cleanly(),
         });
         let (pool, id) = (conn.proto.node.accounts.pool.clone(), machine.clone());
         actix_rt::spawn(async move {

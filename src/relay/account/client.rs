@@ -132,13 +132,13 @@ impl Protocol for ClientSocket {
     fn stopping(conn: &mut Connection<Self>) {
         if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
         {
-            remote.close(&gateway, conn.socket.outcome().clean());
+            remote.close(&gateway, conn.socket.ended_cleanly());
         }
         if let Some(client) = conn.proto.known_as {
             conn.proto.node.registry.do_send(ClientOffline {
                 client,
                 conn: conn.socket.conn,
-                clean: conn.socket.outcome().clean(),
+                clean: conn.socket.ended_cleanly(),
             });
         }
     }

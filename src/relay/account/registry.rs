@@ -22,10 +22,15 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::streams::{Attachment, MachinePipes, SharedAttachment, SharedMachinePipes};
+use serde::{Deserialize, Serialize};
+
+use super::streams::{
+    Attachment, AttachmentState, MachinePipes, MachinePipesState, SharedAttachment,
+    SharedMachinePipes,
+};
 pub use super::streams::{ToAgent, ToClient};
-use super::table::{Effect, Live, MachineDeleted, MachineTable};
-use crate::ids::{ClientKey, ConnId, MachineId, Outcome, SessionId, UserId};
+use super::table::{Effect, Live, MachineDeleted, MachineTable, UserRecord};
+use crate::ids::{ClientKey, ConnId, HashSet, MachineId, Outcome, SessionId, UserId};
 use crate::relay::deadlines::Deadlines;
 use crate::relay::delivery::{lock, Peer, StreamLimits};
 use crate::relay::protocol::account::ClientEvent;
@@ -230,6 +235,42 @@ pub struct Online {
 pub struct DropUser {
     /// The user.
     pub user: UserId,
+}
+
+/// Leaving node → registry: take out every user's lossless agents and clients that are
+/// away (after the node closed its connections, all of them), for another node.
+#[derive(Message)]
+#[rtype(result = "Vec<UserHandoff>")]
+pub struct ExportUsers;
+
+/// Registry of the node adopting → itself: install a user handed over, its agents and
+/// clients away for a full grace period. Answers whether anything was installed.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct AdoptUser(pub UserHandoff);
+
+/// One user's lossless agents and clients, handed from a node that leaves to another (see
+/// `super::handoff`): the table's part, each agent's machine pipes, each client's key and
+/// attachments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserHandoff {
+    /// Agents, clients, sessions and who is attached where.
+    pub table: UserRecord,
+    /// Each agent's machine: its sessions' input streams.
+    pub machines: Vec<(MachineId, MachinePipesState)>,
+    /// Each client.
+    pub clients: Vec<ClientHandoff>,
+}
+
+/// A lossless client handed over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientHandoff {
+    /// The id it is known by.
+    pub client: ConnId,
+    /// The key it resumes by.
+    pub key: ClientKey,
+    /// Its attachments: machine, and the attachment's streams.
+    pub attachments: Vec<(MachineId, AttachmentState)>,
 }
 
 /// An agent connection the registry knows.
@@ -521,6 +562,43 @@ impl MachineRegistry {
         }
     }
 
+    /// A user's part of the table with the streams that go with it, for another node.
+    fn handoff(&self, table: UserRecord) -> UserHandoff {
+        let machines = table
+            .agents
+            .iter()
+            .filter_map(|agent| {
+                let pipes = self.machines.get(&agent.machine)?;
+                Some((agent.machine.clone(), lock(pipes).export()))
+            })
+            .collect();
+        let clients = table
+            .clients
+            .iter()
+            .filter_map(|record| {
+                let entry = self.clients.get(&record.conn)?;
+                let attachments = record
+                    .attached
+                    .iter()
+                    .filter_map(|(session, machine)| {
+                        let (attachment, _) = entry.attachments.get(session)?;
+                        Some((machine.clone(), lock(attachment).export()))
+                    })
+                    .collect();
+                Some(ClientHandoff {
+                    client: record.conn,
+                    key: entry.key.clone()?,
+                    attachments,
+                })
+            })
+            .collect();
+        UserHandoff {
+            table,
+            machines,
+            clients,
+        }
+    }
+
     /// Arms the one timer for the earliest grace period, if that changed.
     fn rearm(&mut self, ctx: &mut Context<Self>) {
         let next = self.away.next();
@@ -729,6 +807,102 @@ impl Handler<DropMachine> for MachineRegistry {
         let effects = self.table.machine_deleted(&msg.machine, Instant::now());
         self.apply(effects, None);
         self.machines.remove(&msg.machine);
+    }
+}
+
+impl Handler<ExportUsers> for MachineRegistry {
+    type Result = MessageResult<ExportUsers>;
+
+    fn handle(&mut self, _: ExportUsers, _: &mut Context<Self>) -> Self::Result {
+        let agents: HashSet<ConnId> = self
+            .agents
+            .iter()
+            .filter(|(conn, agent)| agent.lossless && self.away.contains(&Away::Agent(**conn)))
+            .map(|(conn, _)| *conn)
+            .collect();
+        let clients: HashSet<ConnId> = self
+            .clients
+            .iter()
+            .filter(|(id, entry)| entry.key.is_some() && self.away.contains(&Away::Client(**id)))
+            .map(|(id, _)| *id)
+            .collect();
+        let handoffs = self
+            .table
+            .export(&agents, &clients)
+            .into_iter()
+            .map(|table| self.handoff(table))
+            .collect();
+        MessageResult(handoffs)
+    }
+}
+
+impl Handler<AdoptUser> for MachineRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, AdoptUser(handoff): AdoptUser, ctx: &mut Context<Self>) -> bool {
+        let UserHandoff {
+            mut table,
+            mut machines,
+            mut clients,
+        } = handoff;
+        let user = table.user.clone();
+        // A client that came back here before its hand-over is served as it is now.
+        clients.retain(|c| !self.keys.contains_key(&(user.clone(), c.key.clone())));
+        table
+            .clients
+            .retain(|record| clients.iter().any(|c| c.client == record.conn));
+        let installed = self.table.import(table, Instant::now());
+        let away_until = Instant::now() + self.grace;
+        for agent in &installed.agents {
+            let state = machines
+                .iter()
+                .position(|(machine, _)| *machine == agent.machine)
+                .map(|at| machines.swap_remove(at).1);
+            let pipes = match state {
+                Some(state) => MachinePipes::import(state, self.limits),
+                None => MachinePipes::shared(self.limits),
+            };
+            self.machines.insert(agent.machine.clone(), pipes);
+            let entry = AgentEntry {
+                peer: Peer::gone(agent.conn),
+                machine: agent.machine.clone(),
+                lossless: true,
+            };
+            self.agents.insert(agent.conn, entry);
+            self.away.set(Away::Agent(agent.conn), away_until);
+        }
+        for record in &installed.clients {
+            let Some(at) = clients.iter().position(|c| c.client == record.conn) else {
+                continue;
+            };
+            let handed = clients.swap_remove(at);
+            let attachments = handed
+                .attachments
+                .into_iter()
+                .filter(|(machine, state)| {
+                    record
+                        .attached
+                        .iter()
+                        .any(|(s, m)| *s == state.session && m == machine)
+                })
+                .map(|(machine, state)| {
+                    let session = state.session.clone();
+                    (session, (Attachment::import(state), machine))
+                })
+                .collect();
+            self.keys
+                .insert((user.clone(), handed.key.clone()), record.conn);
+            let entry = ClientEntry {
+                peer: Peer::gone(record.conn),
+                user: user.clone(),
+                key: Some(handed.key),
+                attachments,
+            };
+            self.clients.insert(record.conn, entry);
+            self.away.set(Away::Client(record.conn), away_until);
+        }
+        self.rearm(ctx);
+        !installed.agents.is_empty() || !installed.clients.is_empty()
     }
 }
 

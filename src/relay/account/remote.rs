@@ -28,7 +28,7 @@ use super::registry::{MachineRegistry, MachineStatus};
 use super::table::Live;
 use super::REGISTRY_TIMEOUT;
 
-use crate::cluster::{ClusterError, ClusterEvent, Envelope, Inbound, SendError};
+use crate::cluster::{Cluster, ClusterError, ClusterEvent, Envelope, Inbound, SendError};
 use crate::ids::{Endpoint, HashMap, MachineId, NodeId, Outcome, UserId};
 use crate::relay::delivery::lock;
 use crate::relay::socket::{Connection, Ctx, Protocol};
@@ -150,7 +150,7 @@ impl Remote {
     /// so now if no live node was). An error when Redis cannot be asked.
     pub async fn home_of(&self, user: &UserId) -> Result<Option<NodeId>, ClusterError> {
         let cluster = self.tunnels.cluster();
-        let key = cluster.key(&["user", user.as_str()]);
+        let key = home_key(cluster, user);
         let me = cluster.node_id().as_str();
         for _ in 0..CLAIM_TRIES {
             let claimed = match cluster.get(&key).await? {
@@ -207,6 +207,11 @@ impl Remote {
     pub fn close(&self, gateway: &Gateway, clean: bool) {
         self.tunnels.close(&gateway.home, &gateway.route, clean)
     }
+}
+
+/// The key naming `user`'s home node.
+pub fn home_key(cluster: &Cluster, user: &UserId) -> String {
+    cluster.key(&["user", user.as_str()])
 }
 
 /// What the user's node sent a tunnelled agent or client: passed on as is; its close is

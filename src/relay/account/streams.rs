@@ -21,8 +21,10 @@ use std::sync::{Arc, Mutex};
 use actix::Message;
 use tokio::sync::oneshot;
 
+use serde::{Deserialize, Serialize};
+
 use crate::ids::{ConnId, Outcome, SessionId};
-use crate::relay::delivery::{Command, Peer, Stream, StreamLimits};
+use crate::relay::delivery::{Command, Peer, Stream, StreamLimits, StreamState};
 use crate::relay::tunnel::RemoteEvent;
 
 /// Registry (or a client) → agent actor.
@@ -139,6 +141,41 @@ impl Attachment {
     }
 }
 
+/// An [`Attachment`] as another node takes it over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentState {
+    /// The session.
+    pub session: SessionId,
+    /// The client, as the agent knows it.
+    pub client: ConnId,
+    /// Output for the client.
+    pub to_client: StreamState,
+    /// The last of the client's input the relay accepted.
+    pub from_client: u64,
+}
+
+impl Attachment {
+    /// What another node needs to carry this attachment on.
+    pub fn export(&self) -> AttachmentState {
+        AttachmentState {
+            session: self.session.clone(),
+            client: self.client,
+            to_client: self.to_client.export(),
+            from_client: self.from_client,
+        }
+    }
+
+    /// An attachment handed over by another node, its client away.
+    pub fn import(state: AttachmentState) -> SharedAttachment {
+        Arc::new(Mutex::new(Self {
+            session: state.session,
+            client: state.client,
+            to_client: Stream::import(state.to_client),
+            from_client: state.from_client,
+        }))
+    }
+}
+
 /// One session's input path to its agent.
 #[derive(Debug)]
 pub struct SessionPipe {
@@ -251,8 +288,55 @@ impl MachinePipes {
         self.sessions.remove(session);
     }
 
+    /// What another node needs to carry these pipes on, the agent away: per session, its
+    /// input stream and the count of the agent's output.
+    pub fn export(&self) -> MachinePipesState {
+        MachinePipesState {
+            lossless: self.lossless,
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(id, pipe)| (id.clone(), pipe.to_agent.export(), pipe.from_agent))
+                .collect(),
+        }
+    }
+
+    /// Pipes handed over by another node, their agent away, bounded by this node's
+    /// `limits` from now on.
+    pub fn import(state: MachinePipesState, limits: StreamLimits) -> SharedMachinePipes {
+        let sessions = state
+            .sessions
+            .into_iter()
+            .map(|(id, to_agent, from_agent)| {
+                let to_agent = Stream::import(to_agent);
+                (
+                    id,
+                    SessionPipe {
+                        to_agent,
+                        from_agent,
+                    },
+                )
+            })
+            .collect();
+        Arc::new(Mutex::new(Self {
+            agent: None,
+            lossless: state.lossless,
+            limits,
+            sessions,
+        }))
+    }
+
     /// Every session's count of the agent's output (for its `ack`s).
     pub fn received(&self) -> impl Iterator<Item = (&SessionId, u64)> {
         self.sessions.iter().map(|(id, pipe)| (id, pipe.from_agent))
     }
+}
+
+/// [`MachinePipes`] as another node takes them over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachinePipesState {
+    /// The agent was in lossless mode.
+    pub lossless: bool,
+    /// Each session: its input stream, and the last of the agent's output accepted.
+    pub sessions: Vec<(SessionId, StreamState, u64)>,
 }

@@ -138,6 +138,41 @@ struct Client {
     attached: HashMap<SessionId, MachineId>,
 }
 
+/// An agent's part of the table, as another node takes it over (see `super::handoff`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentRecord {
+    /// Its connection (away).
+    pub conn: ConnId,
+    /// Its machine.
+    pub machine: MachineId,
+    /// The sessions it reported.
+    pub sessions: Vec<SessionInfo>,
+    /// Whether it reported its own list since it replaced another agent.
+    pub confirmed: bool,
+    /// Attachments linked to it before it confirmed.
+    pub linked_early: Vec<(SessionId, ConnId)>,
+}
+
+/// A client's part of the table, as another node takes it over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientRecord {
+    /// The id it is known by (away).
+    pub conn: ConnId,
+    /// Its attachments: session and machine.
+    pub attached: Vec<(SessionId, MachineId)>,
+}
+
+/// One user's agents and clients, as another node takes them over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserRecord {
+    /// The user.
+    pub user: UserId,
+    /// Its agents handed over.
+    pub agents: Vec<AgentRecord>,
+    /// Its clients handed over.
+    pub clients: Vec<ClientRecord>,
+}
+
 /// Agents, clients and attachments.
 #[derive(Debug, Default)]
 pub struct MachineTable {
@@ -609,6 +644,123 @@ impl MachineTable {
             }
             self.deleted_set.remove(machine);
             self.deleted.pop_front();
+        }
+    }
+}
+
+/// Rolling restarts: a leaving node hands its users' away agents and clients to another.
+impl MachineTable {
+    /// The part of the table made of the agents `agents` and the clients `clients`, by
+    /// user (attachments only between the two; the rest is not handed over).
+    pub fn export(&self, agents: &HashSet<ConnId>, clients: &HashSet<ConnId>) -> Vec<UserRecord> {
+        let mut users: BTreeMap<UserId, UserRecord> = BTreeMap::new();
+        fn record<'a>(
+            users: &'a mut BTreeMap<UserId, UserRecord>,
+            user: &UserId,
+        ) -> &'a mut UserRecord {
+            users.entry(user.clone()).or_insert_with(|| UserRecord {
+                user: user.clone(),
+                agents: Vec::new(),
+                clients: Vec::new(),
+            })
+        }
+        let mut handed: HashSet<&MachineId> = HashSet::default();
+        for (machine, agent) in &self.agents {
+            if !agents.contains(&agent.conn) {
+                continue;
+            }
+            handed.insert(machine);
+            record(&mut users, &agent.user).agents.push(AgentRecord {
+                conn: agent.conn,
+                machine: machine.clone(),
+                sessions: agent.sessions.values().cloned().collect(),
+                confirmed: agent.confirmed,
+                linked_early: agent.linked_early.iter().cloned().collect(),
+            });
+        }
+        for (&conn, client) in &self.clients {
+            if !clients.contains(&conn) {
+                continue;
+            }
+            let attached = client
+                .attached
+                .iter()
+                .filter(|(_, machine)| handed.contains(machine))
+                .map(|(session, machine)| (session.clone(), machine.clone()))
+                .collect();
+            record(&mut users, &client.user)
+                .clients
+                .push(ClientRecord { conn, attached });
+        }
+        users.into_values().collect()
+    }
+
+    /// Installs a user's part handed over by another node, its agents and clients away;
+    /// returns what was installed. Not installed: an agent whose machine is online here or
+    /// was deleted, a connection id in use here, and attachments to what was not installed.
+    pub fn import(&mut self, record: UserRecord, now: Instant) -> UserRecord {
+        self.forget_deleted(now);
+        let user = record.user;
+        let mut agents = Vec::new();
+        for agent in record.agents {
+            let taken = self.agents.contains_key(&agent.machine)
+                || self.deleted_set.contains(&agent.machine)
+                || self.agent_machines.contains_key(&agent.conn)
+                || self.clients.contains_key(&agent.conn);
+            if taken {
+                continue;
+            }
+            self.agent_machines
+                .insert(agent.conn, agent.machine.clone());
+            self.agents.insert(
+                agent.machine.clone(),
+                Agent {
+                    conn: agent.conn,
+                    user: user.clone(),
+                    sessions: agent
+                        .sessions
+                        .iter()
+                        .take(MAX_SESSIONS_PER_AGENT)
+                        .map(|s| (s.id.clone(), s.clone()))
+                        .collect(),
+                    confirmed: agent.confirmed,
+                    linked_early: agent.linked_early.iter().cloned().collect(),
+                },
+            );
+            agents.push(agent);
+        }
+        let mut clients = Vec::new();
+        for mut client in record.clients {
+            if self.clients.contains_key(&client.conn)
+                || self.agent_machines.contains_key(&client.conn)
+            {
+                continue;
+            }
+            client.attached.retain(|(session, machine)| {
+                let installed = agents.iter().any(|a: &AgentRecord| &a.machine == machine);
+                installed
+                    && self
+                        .agents
+                        .get(machine)
+                        .is_some_and(|a| a.sessions.contains_key(session))
+            });
+            client.attached.truncate(MAX_ATTACHMENTS_PER_CLIENT);
+            self.client_online(client.conn, &user);
+            for (session, machine) in &client.attached {
+                if let Some(c) = self.clients.get_mut(&client.conn) {
+                    c.attached.insert(session.clone(), machine.clone());
+                }
+                self.watchers
+                    .entry((machine.clone(), session.clone()))
+                    .or_default()
+                    .insert(client.conn);
+            }
+            clients.push(client);
+        }
+        UserRecord {
+            user,
+            agents,
+            clients,
         }
     }
 }

@@ -343,3 +343,92 @@ fn attachments_per_client_are_bounded() {
         [ErrorCode::InvalidMessage]
     );
 }
+
+fn set(conns: &[ConnId]) -> HashSet<ConnId> {
+    conns.iter().copied().collect()
+}
+
+#[test]
+fn a_user_handed_over_carries_on_where_it_was_left() {
+    // On the leaving node: Ada's agent and client, the client attached to s1.
+    let mut leaving = table();
+    leaving.attach(ADA_CLIENT, &m("m1"), &s("s1"));
+    let records = leaving.export(&set(&[AGENT]), &set(&[ADA_CLIENT, BOB_CLIENT]));
+    let ada = records.iter().find(|r| r.user == u("ada")).unwrap().clone();
+    assert_eq!(ada.agents.len(), 1);
+    assert_eq!(
+        ada.clients[0].attached,
+        vec![(s("s1"), m("m1"))],
+        "the attachment goes with the client"
+    );
+    let bob = records.iter().find(|r| r.user == u("bob")).unwrap();
+    assert!(bob.agents.is_empty() && bob.clients[0].attached.is_empty());
+
+    // On the adopting node: installed whole, the client still attached and counted.
+    let mut adopting = MachineTable::default();
+    let installed = adopting.import(ada.clone(), Instant::now());
+    assert_eq!(installed, ada);
+    assert!(adopting.status(&[m("m1")])[0].online);
+    let listed = adopting.list_sessions(ADA_CLIENT, &m("m1"));
+    let Effect::ToClient {
+        event: ClientEvent::Sessions { sessions, .. },
+        ..
+    } = &listed[0]
+    else {
+        panic!("{listed:?}")
+    };
+    assert_eq!(sessions[0].attached_clients, 1);
+
+    // The agent comes back on a new connection: it replaces the one handed over, and its
+    // first list relinks the attachment without the client being told anything.
+    let effects = adopting
+        .agent_online(NEW_AGENT, &m("m1"), &u("ada"), Instant::now())
+        .unwrap();
+    assert!(effects.contains(&Effect::DropAgent {
+        conn: AGENT,
+        outcome: Outcome::Replaced
+    }));
+    let effects = adopting.agent_sessions(NEW_AGENT, vec![session("s1")]);
+    assert!(effects.contains(&Effect::Link {
+        agent: NEW_AGENT,
+        client: ADA_CLIENT,
+        machine: m("m1"),
+        session: s("s1"),
+        relink: true,
+    }));
+    // Ownership holds on the adopting node as on any: Bob reaches nothing of Ada's.
+    adopting.client_online(BOB_CLIENT, &u("bob"));
+    assert_eq!(
+        errors(&adopting.attach(BOB_CLIENT, &m("m1"), &s("s1"))),
+        vec![ErrorCode::MachineNotFound]
+    );
+}
+
+#[test]
+fn a_hand_over_never_overrides_what_the_adopting_node_has() {
+    let mut leaving = table();
+    leaving.attach(ADA_CLIENT, &m("m1"), &s("s1"));
+    let ada = leaving
+        .export(&set(&[AGENT]), &set(&[ADA_CLIENT]))
+        .remove(0);
+
+    // m1 came online here first: its agent stays, and the client is handed over without
+    // an attachment to a session it cannot be linked to.
+    let mut adopting = MachineTable::default();
+    adopting
+        .agent_online(NEW_AGENT, &m("m1"), &u("ada"), Instant::now())
+        .unwrap();
+    adopting.agent_sessions(NEW_AGENT, vec![session("s1")]);
+    let installed = adopting.import(ada.clone(), Instant::now());
+    assert!(installed.agents.is_empty());
+    assert_eq!(installed.clients.len(), 1);
+    assert!(installed.clients[0].attached.is_empty());
+
+    // A deleted machine is not brought back; a connection id in use is not taken.
+    let mut deleted = MachineTable::default();
+    deleted.machine_deleted(&m("m1"), Instant::now());
+    deleted.client_online(ADA_CLIENT, &u("ada"));
+    let installed = deleted.import(ada, Instant::now());
+    assert!(installed.agents.is_empty() && installed.clients.is_empty());
+    assert!(!deleted.status(&[m("m1")])[0].online);
+}

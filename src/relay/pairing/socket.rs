@@ -6,7 +6,7 @@
 //! direction of the pairing's [`Pipes`](super::pipes::Pipes) — the registry never sees it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use super::registry::{
     SessionRegistry, ToConn, Unpair,
 };
 use super::remote::Remote;
+use super::REGISTRY_TIMEOUT;
 use crate::audit;
 use crate::ids::{ClientKey, DropReason, Outcome, PairingId, Role};
 use crate::limits::{Attempt, FailedJoin, Limiters, Reserved};
@@ -29,10 +30,6 @@ use crate::relay::socket::{Connection, Ctx, Opened, Protocol};
 use crate::relay::tunnel::Gateway;
 
 mod gateway;
-
-/// How long a connection waits for the registry to answer one of its requests. The
-/// registry answers in microseconds; this only bounds a wedged one.
-const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The state of one `/mac` or `/browser` connection.
 pub struct PairSocket {
@@ -137,8 +134,7 @@ impl Protocol for PairSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
-        // A side this node closes as it leaves may resume elsewhere: for its home, lost.
-        let clean = conn.socket.outcome().clean() && !conn.socket.node_leaving();
+        let clean = conn.socket.ended_cleanly();
         if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
         {
             remote.close(&gateway.home, &gateway.route, clean);
