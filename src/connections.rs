@@ -3,7 +3,7 @@
 
 use crate::ids::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_http::ws::CloseCode;
@@ -56,6 +56,9 @@ pub struct Admission {
     pub endpoint: Endpoint,
     /// Its client address.
     pub ip: IpAddr,
+    /// A virtual connection's (see `relay::tunnel`): set when its side's own node left,
+    /// so it is taken for moved rather than lost.
+    moved: Option<Arc<AtomicBool>>,
 }
 
 impl Connections {
@@ -109,6 +112,7 @@ impl Connections {
             conn: ConnId::next(),
             endpoint,
             ip,
+            moved: None,
         })
     }
 
@@ -148,6 +152,16 @@ impl Admission {
     /// Whether this node is going away (its connections are being closed with 1001).
     pub fn node_leaving(&self) -> bool {
         self.connections.shutting_down()
+    }
+
+    /// For a virtual connection: the flag that says its side's own node left.
+    pub fn watch_moves(&mut self) -> Arc<AtomicBool> {
+        Arc::clone(self.moved.get_or_insert_with(Arc::default))
+    }
+
+    /// Whether its side's own node left (see [`Self::watch_moves`]).
+    pub fn side_moved(&self) -> bool {
+        self.moved.as_ref().is_some_and(|moved| moved.load(Relaxed))
     }
 
     /// Makes the connection reachable by [`Connections::close_all`].

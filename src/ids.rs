@@ -392,6 +392,38 @@ impl Outcome {
     }
 }
 
+/// How a side left a connection, for what keeps its place (a pairing, an attachment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// A close frame, or a close the relay chose: gone for good.
+    Clean,
+    /// The connection was lost: the side may come back within the resume grace.
+    Lost,
+    /// The side's node is leaving (a rolling restart) and closed it with 1001: it comes
+    /// back on another node, whatever became of its partner.
+    Moved,
+}
+
+impl Departure {
+    /// Its word on the wire between nodes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::Lost => "lost",
+            Self::Moved => "moved",
+        }
+    }
+
+    /// The departure named `text`; anything unknown is a loss.
+    pub fn parse(text: &[u8]) -> Self {
+        match text {
+            b"clean" => Self::Clean,
+            b"moved" => Self::Moved,
+            _ => Self::Lost,
+        }
+    }
+}
+
 /// Why a message the relay meant to deliver was not (counted by reason in
 /// `hermit_messages_dropped_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

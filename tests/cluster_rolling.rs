@@ -98,22 +98,29 @@ async fn resume_browser(node: &TestNode, session: &str) -> Ws {
     panic!("the browser could not resume");
 }
 
+/// A mac on `mac_node` with a resumable `clientId`, paired with a browser on `browser_node`:
+/// both sockets, the `clientId` and the `sessionId`.
+async fn pair_across(mac_node: &TestNode, browser_node: &TestNode) -> (Ws, Ws, String, String) {
+    let mut mac = mac_node.connect("/mac").await;
+    assert_eq!(recv(&mut mac).await["type"], "registered");
+    let client_id = uuid::Uuid::new_v4().to_string();
+    send(&mut mac, json!({"type": "register", "clientId": client_id})).await;
+    let code = recv(&mut mac).await["code"].as_str().unwrap().to_owned();
+    let mut browser = browser_node.connect("/browser").await;
+    send(&mut browser, json!({"type": "join", "code": code})).await;
+    let joined = recv(&mut browser).await;
+    let session = joined["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(recv(&mut mac).await["type"], "joined");
+    (mac, browser, client_id, session)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_shut_down_hands_its_pairings_over_and_its_sides_resume_elsewhere() {
     let Some((_db, mut nodes)) = cluster_of(3, quick).await else {
         return;
     };
     // Without lossless mode: a mac on A (whose pairing A holds), its browser on B.
-    let mut mac = nodes[0].connect("/mac").await;
-    assert_eq!(recv(&mut mac).await["type"], "registered");
-    let client_id = uuid::Uuid::new_v4().to_string();
-    send(&mut mac, json!({"type": "register", "clientId": client_id})).await;
-    let code = recv(&mut mac).await["code"].as_str().unwrap().to_owned();
-    let mut browser = nodes[1].connect("/browser").await;
-    send(&mut browser, json!({"type": "join", "code": code})).await;
-    let joined = recv(&mut browser).await;
-    let session = joined["sessionId"].as_str().unwrap().to_owned();
-    assert_eq!(recv(&mut mac).await["type"], "joined");
+    let (mut mac, mut browser, client_id, session) = pair_across(&nodes[0], &nodes[1]).await;
 
     // Both sides write while A shuts down; each reads until its close frame.
     let to_browser = numbered("to browser", 100);
@@ -168,40 +175,97 @@ async fn a_node_shut_down_hands_its_pairings_over_and_its_sides_resume_elsewhere
     expect_data(&mut mac, "after too").await;
 }
 
+/// Both sides of a pairing tunnelled through one node to the pairing's home: when that node
+/// shuts down, both are closed with 1001 at once — moved, not lost — and the home keeps the
+/// pairing for both (a pairing whose sides are both *lost* ends; these come back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_leaving_with_both_sides_of_a_pairing_leaves_it_waiting_at_its_home() {
+    let Some((_db, mut nodes)) = cluster_of(3, quick).await else {
+        return;
+    };
+    // The pairing's home is A (the mac's code); the browser joins through B.
+    let (mac, mut browser, client_id, session) = pair_across(&nodes[0], &nodes[1]).await;
+    // The mac loses its link and comes back through B too.
+    drop(mac);
+    let mut mac = resume_mac(&nodes[1], &client_id).await;
+    assert_eq!(recv(&mut browser).await["type"], "joined");
+    send_data(&mut mac, "before").await;
+    expect_data(&mut browser, "before").await;
+
+    // B shuts down: both sides are closed with 1001 at the same moment.
+    let b = nodes.remove(1);
+    let shutdown = tokio::spawn(b.shut_down());
+    let (_, mac_close) = until_closed(&mut mac).await;
+    let (_, browser_close) = until_closed(&mut browser).await;
+    assert_eq!((mac_close, browser_close), (Some(1001), Some(1001)));
+    shutdown.await.unwrap();
+
+    // Both resume elsewhere: the pairing waited for them at A.
+    let mut mac = resume_mac(&nodes[1], &client_id).await;
+    let mut browser = resume_browser(&nodes[0], &session).await;
+    assert_eq!(
+        recv(&mut mac).await["type"],
+        "joined",
+        "the browser is back"
+    );
+    send_data(&mut browser, "after").await;
+    expect_data(&mut mac, "after").await;
+    send_data(&mut mac, "after too").await;
+    expect_data(&mut browser, "after too").await;
+}
+
+/// Three nodes of one cluster behind two round-robin balancers (the second starts one
+/// node further on), to restart one by one.
+struct Rolling {
+    settings: Settings,
+    nodes: Vec<TestNode>,
+}
+
+impl Rolling {
+    async fn start(db: &TestDb, redis: &str) -> (Self, Proxy, Proxy) {
+        let mut settings = node_settings(db, redis, &prefix());
+        quick(&mut settings);
+        let nodes = (0..3).map(|_| TestNode::start(settings.clone())).collect();
+        let rolling = Self { settings, nodes };
+        all_know_each_other(&rolling.nodes).await;
+        let first = Proxy::round_robin(rolling.ports()).await;
+        let mut rotated = rolling.ports();
+        rotated.rotate_left(1);
+        let second = Proxy::round_robin(rotated).await;
+        (rolling, first, second)
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Every node in turn, 1.5 s apart: taken out of the balancers, shut down (SIGTERM),
+    /// replaced by a fresh one.
+    async fn restart_each(&mut self, balancers: [&Proxy; 2]) {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let old = self.nodes.remove(0);
+            for balancer in balancers {
+                balancer.set_targets(self.ports());
+            }
+            old.shut_down().await;
+            self.nodes.push(TestNode::start(self.settings.clone()));
+            all_know_each_other(&self.nodes).await;
+            for balancer in balancers {
+                balancer.set_targets(self.ports());
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_every_node_one_by_one_under_traffic_keeps_the_pairing_whole() {
     let (Some(redis), Some(db)) = (redis_url(), TestDb::postgres()) else {
         return;
     };
-    let prefix = prefix();
-    let start = || {
-        let mut s = node_settings(&db, &redis, &prefix);
-        quick(&mut s);
-        TestNode::start(s)
-    };
-    let mut nodes = vec![start(), start(), start()];
-    all_know_each_other(&nodes).await;
-    let ports = |nodes: &[TestNode]| nodes.iter().map(|n| n.port).collect::<Vec<_>>();
-    let mac_proxy = Proxy::round_robin(ports(&nodes)).await;
-    let mut rotated = ports(&nodes);
-    rotated.rotate_left(1);
-    let browser_proxy = Proxy::round_robin(rotated).await;
-
-    // Every node in turn: taken out of the balancer, shut down (SIGTERM), replaced by a
-    // fresh one, while both sides send a message every 20 ms each way.
-    let restarts = async {
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let old = nodes.remove(0);
-            mac_proxy.set_targets(ports(&nodes));
-            browser_proxy.set_targets(ports(&nodes));
-            old.shut_down().await;
-            nodes.push(start());
-            all_know_each_other(&nodes).await;
-            mac_proxy.set_targets(ports(&nodes));
-            browser_proxy.set_targets(ports(&nodes));
-        }
-    };
+    let (mut rolling, mac_proxy, browser_proxy) = Rolling::start(&db, &redis).await;
+    // Both sides send a message every 20 ms each way while the nodes restart.
+    let restarts = rolling.restart_each([&mac_proxy, &browser_proxy]);
     let (mac_resumes, browser_resumes) =
         exchange_through(800, restarts, &mac_proxy, &browser_proxy).await;
     eprintln!("resumed: mac {mac_resumes}, browser {browser_resumes}");
@@ -222,34 +286,10 @@ async fn restarting_every_node_one_by_one_keeps_a_lossless_account_session_whole
     let (Some(redis), Some(db)) = (redis_url(), TestDb::postgres()) else {
         return;
     };
-    let prefix = prefix();
-    let start = || {
-        let mut s = node_settings(&db, &redis, &prefix);
-        quick(&mut s);
-        TestNode::start(s)
-    };
-    let mut nodes = vec![start(), start(), start()];
-    all_know_each_other(&nodes).await;
-    let ports = |nodes: &[TestNode]| nodes.iter().map(|n| n.port).collect::<Vec<_>>();
-    let agent_proxy = Proxy::round_robin(ports(&nodes)).await;
-    let mut rotated = ports(&nodes);
-    rotated.rotate_left(1);
-    let client_proxy = Proxy::round_robin(rotated).await;
+    let (mut rolling, agent_proxy, client_proxy) = Rolling::start(&db, &redis).await;
     // The REST calls of the set-up go to the first node: they are made before it restarts.
-    let rest = nodes[0].port;
-    let restarts = async {
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let old = nodes.remove(0);
-            agent_proxy.set_targets(ports(&nodes));
-            client_proxy.set_targets(ports(&nodes));
-            old.shut_down().await;
-            nodes.push(start());
-            all_know_each_other(&nodes).await;
-            agent_proxy.set_targets(ports(&nodes));
-            client_proxy.set_targets(ports(&nodes));
-        }
-    };
+    let rest = rolling.nodes[0].port;
+    let restarts = rolling.restart_each([&agent_proxy, &client_proxy]);
     let (agent_resumes, client_resumes) = common::lossless_account::exchange_through(
         &rest,
         500,

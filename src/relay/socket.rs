@@ -23,7 +23,7 @@ use super::delivery::{Command, Delivery, Peer};
 use super::protocol::{Common, ErrorBody, ErrorCode, Refusal};
 use crate::config::{HeartbeatSettings, Settings};
 use crate::connections::Admission;
-use crate::ids::{ConnId, DropReason, Endpoint, Outcome};
+use crate::ids::{ConnId, Departure, DropReason, Endpoint, Outcome};
 use crate::metrics::METRICS;
 use crate::transport::{ping_frame, pong_frame, text_frame, Inbound, InboundStream, Link};
 
@@ -266,11 +266,17 @@ impl Socket {
         self.admission.node_leaving()
     }
 
-    /// Whether the connection ended for good: a close frame, or a close the relay chose —
-    /// except the close of a node that leaves, after which the side may resume elsewhere
-    /// (for its registry and its home, a loss).
-    pub fn ended_cleanly(&mut self) -> bool {
-        self.outcome().clean() && !self.node_leaving()
+    /// How the side left: for good (a close frame, or a close the relay chose), lost, or
+    /// moved — closed by its node as it leaves (this one, or for a virtual connection the
+    /// side's own: see `relay::tunnel`), to come back on another.
+    pub fn departure(&mut self) -> Departure {
+        if self.node_leaving() || self.admission.side_moved() {
+            Departure::Moved
+        } else if self.outcome().clean() {
+            Departure::Clean
+        } else {
+            Departure::Lost
+        }
     }
 
     /// State for a freshly upgraded, admitted connection.

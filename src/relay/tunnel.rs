@@ -31,7 +31,7 @@ use super::socket::{Connection, Ctx, Opened, Protocol};
 use crate::cluster::{Cluster, ClusterEvent, Envelope, Inbound, SendError};
 use crate::config::Live;
 use crate::connections::Connections;
-use crate::ids::{ConnId, Endpoint, HashMap, NodeId, Outcome};
+use crate::ids::{ConnId, Departure, Endpoint, HashMap, NodeId, Outcome};
 
 /// Gateway → home: open a virtual connection; body: [`Open`] as JSON.
 pub const OPEN: &str = "tun.open";
@@ -42,7 +42,8 @@ pub const DOWN: &str = "tun.down";
 /// Home → gateway: the virtual connection closed; body: `<code> <reason>`, or empty when
 /// it was cut without a close frame.
 pub const CLOSE: &str = "tun.close";
-/// Gateway → home: the side left; body `clean` (it sent a close frame) or `lost`.
+/// Gateway → home: the side left; body `clean` (it sent a close frame), `lost`, or `moved`
+/// (the gateway is leaving: the side comes back on another node). See [`Departure`].
 pub const GONE: &str = "tun.gone";
 
 /// Messages waiting for one virtual connection's tunnel; past it, the tunnel is cut.
@@ -82,11 +83,8 @@ struct Open {
 enum TunnelIn {
     /// A message from the side.
     Text(Bytes),
-    /// The side left: with a close frame, or lost.
-    Gone {
-        /// It sent a close frame.
-        clean: bool,
-    },
+    /// The side left.
+    Gone(Departure),
 }
 
 /// What starts a virtual connection on this node.
@@ -172,11 +170,11 @@ impl Tunnels {
         self.send(home, UP, route, text)
     }
 
-    /// The tunnelled side left (or its tunnel is given up: `clean`).
-    pub fn close(&self, home: &NodeId, route: &str, clean: bool) {
+    /// The tunnelled side left (or its tunnel is given up: [`Departure::Clean`]).
+    pub fn close(&self, home: &NodeId, route: &str, departure: Departure) {
         lock(&self.0.gateways).remove(route);
-        let body = if clean { "clean" } else { "lost" };
-        let _ = self.send(home, GONE, route, Bytes::from_static(body.as_bytes()));
+        let body = Bytes::from_static(departure.as_str().as_bytes());
+        let _ = self.send(home, GONE, route, body);
     }
 
     fn send(&self, to: &NodeId, kind: &str, route: &str, body: Bytes) -> Result<(), SendError> {
@@ -191,8 +189,8 @@ impl Tunnels {
                 OPEN => home::open(self, envelope, home).await,
                 UP => self.to_tunnel(&envelope.route, TunnelIn::Text(envelope.body)),
                 GONE => {
-                    let clean = envelope.body.as_ref() == b"clean";
-                    self.to_tunnel(&envelope.route, TunnelIn::Gone { clean });
+                    let departure = Departure::parse(&envelope.body);
+                    self.to_tunnel(&envelope.route, TunnelIn::Gone(departure));
                 }
                 DOWN => self.to_gateway(&envelope.route, RemoteEvent::Text(envelope.body)),
                 CLOSE => {

@@ -22,7 +22,9 @@ use crate::audit;
 use crate::auth::opaque;
 use crate::db;
 use crate::error::ApiError;
-use crate::ids::{ConnId, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId, UserId};
+use crate::ids::{
+    ConnId, Departure, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId, UserId,
+};
 use crate::limits::Attempt;
 use crate::metrics::METRICS;
 use crate::models::{machine, now};
@@ -119,7 +121,7 @@ impl Protocol for AgentSocket {
     fn stopping(conn: &mut Connection<Self>) {
         if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
         {
-            remote.close(&gateway, conn.socket.ended_cleanly());
+            remote.close(&gateway, conn.socket.departure());
         }
         let State::Online { machine, user, .. } = &conn.proto.state else {
             return;
@@ -138,7 +140,7 @@ impl Protocol for AgentSocket {
             .record();
         conn.proto.node.registry.do_send(AgentOffline {
             conn: conn.socket.conn,
-            clean: conn.socket.ended_cleanly(),
+            clean: conn.socket.departure() == Departure::Clean,
         });
         let (pool, id) = (conn.proto.node.accounts.pool.clone(), machine.clone());
         actix_rt::spawn(async move {

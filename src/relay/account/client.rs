@@ -25,7 +25,8 @@ use super::REGISTRY_TIMEOUT;
 use crate::audit;
 use crate::error::ApiError;
 use crate::ids::{
-    ClientKey, ConnId, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId, UserId,
+    ClientKey, ConnId, Departure, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId,
+    UserId,
 };
 use crate::limits::Attempt;
 use crate::metrics::METRICS;
@@ -132,13 +133,13 @@ impl Protocol for ClientSocket {
     fn stopping(conn: &mut Connection<Self>) {
         if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
         {
-            remote.close(&gateway, conn.socket.ended_cleanly());
+            remote.close(&gateway, conn.socket.departure());
         }
         if let Some(client) = conn.proto.known_as {
             conn.proto.node.registry.do_send(ClientOffline {
                 client,
                 conn: conn.socket.conn,
-                clean: conn.socket.ended_cleanly(),
+                clean: conn.socket.departure() == Departure::Clean,
             });
         }
     }

@@ -29,7 +29,7 @@ use super::table::Live;
 use super::REGISTRY_TIMEOUT;
 
 use crate::cluster::{Cluster, ClusterError, ClusterEvent, Envelope, Inbound, SendError};
-use crate::ids::{Endpoint, HashMap, MachineId, NodeId, Outcome, UserId};
+use crate::ids::{Departure, Endpoint, HashMap, MachineId, NodeId, Outcome, UserId};
 use crate::relay::delivery::lock;
 use crate::relay::socket::{Connection, Ctx, Protocol};
 use crate::relay::tunnel::{Gateway, RemoteEvent, Sink, Tunnels};
@@ -204,8 +204,8 @@ impl Remote {
     }
 
     /// The tunnelled connection left.
-    pub fn close(&self, gateway: &Gateway, clean: bool) {
-        self.tunnels.close(&gateway.home, &gateway.route, clean)
+    pub fn close(&self, gateway: &Gateway, departure: Departure) {
+        self.tunnels.close(&gateway.home, &gateway.route, departure)
     }
 }
 

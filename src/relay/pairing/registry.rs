@@ -25,7 +25,7 @@ use super::homes::Homes;
 use super::pipes::{Handoff, Pipes, SharedPipes};
 use super::table::{Effect, PairingRules, PairingTable};
 use crate::audit;
-use crate::ids::{ClientKey, ConnId, Outcome, PairingId, Role};
+use crate::ids::{ClientKey, ConnId, Departure, Outcome, PairingId, Role};
 use crate::limits::FailedJoin;
 use crate::metrics::METRICS;
 use crate::relay::delivery::{lock as lock_pipes, StreamLimits};
@@ -103,8 +103,8 @@ pub struct Disconnect {
     pub conn: ConnId,
     /// Mac or browser.
     pub role: Role,
-    /// True for a close frame or a drop the relay chose; false for a lost connection.
-    pub clean: bool,
+    /// How it left.
+    pub departure: Departure,
 }
 
 /// Lossless mode, as a request asks for it.
@@ -508,7 +508,7 @@ impl Handler<Disconnect> for SessionRegistry {
     fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
         let effects = self
             .table
-            .disconnected(msg.conn, msg.role, msg.clean, Instant::now());
+            .departed(msg.conn, msg.role, msg.departure, Instant::now());
         self.conns.remove(&msg.conn);
         let reply = self.apply(effects, None, None);
         self.done(reply, ctx);

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::command::ToConn;
 use super::homes::{self, Kind};
 use crate::cluster::SendError;
-use crate::ids::{Endpoint, NodeId, Role};
+use crate::ids::{Departure, Endpoint, NodeId, Role};
 use crate::relay::delivery::Peer;
 use crate::relay::tunnel::{RemoteEvent, Tunnels};
 
@@ -101,9 +101,9 @@ impl Remote {
         self.tunnels.up(home, route, text)
     }
 
-    /// The tunnelled side left (or its tunnel is given up: `clean`).
-    pub fn close(&self, home: &NodeId, route: &str, clean: bool) {
-        self.tunnels.close(home, route, clean)
+    /// The tunnelled side left (or its tunnel is given up: [`Departure::Clean`]).
+    pub fn close(&self, home: &NodeId, route: &str, departure: Departure) {
+        self.tunnels.close(home, route, departure)
     }
 }
 

@@ -134,15 +134,15 @@ impl Protocol for PairSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
-        let clean = conn.socket.ended_cleanly();
+        let departure = conn.socket.departure();
         if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
         {
-            remote.close(&gateway.home, &gateway.route, clean);
+            remote.close(&gateway.home, &gateway.route, departure);
         }
         conn.proto.node.registry.do_send(Disconnect {
             conn: conn.socket.conn,
             role: conn.proto.role,
-            clean,
+            departure,
         });
     }
 }

@@ -13,7 +13,7 @@ use crate::ids::HashMap;
 use std::time::{Duration, Instant};
 
 use super::code::CodeFormat;
-use crate::ids::{ClientKey, ConnId, PairingId, Role};
+use crate::ids::{ClientKey, ConnId, Departure, PairingId, Role};
 use crate::relay::deadlines::Deadlines;
 use crate::relay::protocol::ErrorCode;
 
@@ -491,6 +491,24 @@ impl PairingTable {
         clean: bool,
         now: Instant,
     ) -> Vec<Effect> {
+        let departure = if clean {
+            Departure::Clean
+        } else {
+            Departure::Lost
+        };
+        self.departed(conn, role, departure, now)
+    }
+
+    /// A connection closed, as [`Self::disconnected`] — or (`Moved`) its side's own node
+    /// left and it comes back on another: away for the grace period, whatever became of its
+    /// partner (a pairing whose sides are both lost otherwise ends).
+    pub fn departed(
+        &mut self,
+        conn: ConnId,
+        role: Role,
+        departure: Departure,
+        now: Instant,
+    ) -> Vec<Effect> {
         let mut effects = Vec::new();
         let session = match role {
             Role::Mac => {
@@ -510,8 +528,14 @@ impl PairingTable {
             return effects;
         }
         let partner_here = here(*pairing.end(role.other())).is_some();
-        // A leaving node closes every side itself (1001): each may resume elsewhere.
-        if self.leaving || (partner_here && !clean) {
+        // A leaving node closes every side itself (1001): each may resume elsewhere. So
+        // does a side whose own node (its gateway) left, whatever became of its partner.
+        let away = match departure {
+            Departure::Clean => false,
+            Departure::Lost => partner_here,
+            Departure::Moved => true,
+        };
+        if self.leaving || away {
             *pairing.end(role) = End::Away;
             effects.push(Effect::Away { session, role });
             self.deadlines

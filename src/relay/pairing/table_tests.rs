@@ -417,3 +417,19 @@ fn a_leaving_node_keeps_pairings_whose_sides_all_went_and_another_adopts_them() 
     let effects = other.browser_resume(OTHER_BROWSER, &session.to_string());
     assert_eq!(session_of(&effects), session);
 }
+
+#[test]
+fn a_pairing_whose_sides_both_moved_waits_for_both() {
+    // Both sides' node (their gateway) left: each comes back on another node.
+    let now = Instant::now();
+    let (mut t, _, session) = paired(now);
+    t.departed(BROWSER, Role::Browser, Departure::Moved, now);
+    t.departed(MAC, Role::Mac, Departure::Moved, now);
+    assert_eq!(t.pairing_count(), 1, "kept for both");
+    assert_eq!(t.deadline_count(), 2, "each with its grace");
+    let effects = t.browser_resume(conn(40), &session.to_string());
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::Pair { .. })),
+        "{effects:?}"
+    );
+}

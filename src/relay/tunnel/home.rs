@@ -3,6 +3,7 @@
 //! WebSocket (as a client) on the other end of that socket, relaying between it and the
 //! gateway.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{Home, Open, TunnelIn, Tunnels, CLOSE, DOWN, TUNNEL_QUEUE};
 use crate::cluster::Envelope;
-use crate::ids::{Endpoint, NodeId};
+use crate::ids::{Departure, Endpoint, NodeId};
 use crate::relay::delivery::lock;
 use crate::relay::socket::{Opened, Socket};
 use crate::transport::Killable;
@@ -31,7 +32,7 @@ pub(super) async fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
         Ok(open) => start(open, home, tunnels).await,
         Err(_) => None,
     };
-    let Some((framed, first)) = opened else {
+    let Some((framed, first, moved)) = opened else {
         let _ = tunnels.send(&gateway, CLOSE, &route, Bytes::new());
         return;
     };
@@ -39,17 +40,17 @@ pub(super) async fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
     lock(&tunnels.0.tunnels).insert(route.clone(), (gateway.clone(), tx));
     let tunnels = tunnels.clone();
     actix_rt::spawn(async move {
-        relay(&tunnels, framed, rx, &gateway, &route, first).await;
+        relay(&tunnels, framed, rx, &gateway, &route, first, &moved).await;
         lock(&tunnels.0.tunnels).remove(&route);
     });
 }
 
+/// A virtual connection's client end, the side's first message, and the flag that tells
+/// the connection its side moved.
+type Started = (Framed<TcpStream, ws::Codec>, String, Arc<AtomicBool>);
+
 /// A loopback socket pair; the server end becomes the side's connection actor.
-async fn start(
-    open: Open,
-    home: &Home,
-    tunnels: &Tunnels,
-) -> Option<(Framed<TcpStream, ws::Codec>, String)> {
+async fn start(open: Open, home: &Home, tunnels: &Tunnels) -> Option<Started> {
     let endpoint = Endpoint::from_route(&open.endpoint)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
     let addr = listener.local_addr().ok()?;
@@ -59,7 +60,8 @@ async fn start(
     let _ = server.set_nodelay(true);
     let settings = home.settings.snapshot();
     let limits = &settings.limits;
-    let admission = home.connections.admit(open.ip, endpoint).ok()?;
+    let mut admission = home.connections.admit(open.ip, endpoint).ok()?;
+    let moved = admission.watch_moves();
     let upgraded = crate::transport::take(
         Killable::new(server),
         &[],
@@ -76,7 +78,7 @@ async fn start(
     let codec = ws::Codec::new()
         .client_mode()
         .max_size(limits.max_message_bytes);
-    Some((Framed::new(client, codec), open.first))
+    Some((Framed::new(client, codec), open.first, moved))
 }
 
 /// Relays between the virtual connection and the gateway until either ends. A close frame
@@ -90,6 +92,7 @@ async fn relay(
     gateway: &NodeId,
     route: &str,
     first: String,
+    moved: &AtomicBool,
 ) {
     let down = |kind: &str, body: Bytes| tunnels.send(gateway, kind, route, body).is_ok();
     if framed.send(ws::Message::Text(first.into())).await.is_err() {
@@ -110,11 +113,11 @@ async fn relay(
                         return;
                     }
                 }
-                Some(TunnelIn::Gone { clean: true }) if closing => {
+                Some(TunnelIn::Gone(Departure::Clean)) if closing => {
                     let _ = framed.send(ws::Message::Close(None)).await;
                     return;
                 }
-                Some(TunnelIn::Gone { clean: true }) => {
+                Some(TunnelIn::Gone(Departure::Clean)) => {
                     let bye = ws::Message::Close(Some(CloseReason::from(CloseCode::Normal)));
                     if framed.send(bye).await.is_ok() {
                         // Let the virtual connection answer, so it ends as a clean close.
@@ -129,8 +132,13 @@ async fn relay(
                     }
                     return;
                 }
-                // Lost, or cut here: dropping the socket cuts the virtual connection.
-                Some(TunnelIn::Gone { clean: false }) | None => return,
+                // Moved, lost, or cut here: dropping the socket cuts the virtual connection
+                // (a moved side's is told first, so it waits for the side elsewhere).
+                Some(TunnelIn::Gone(Departure::Moved)) => {
+                    moved.store(true, Relaxed);
+                    return;
+                }
+                Some(TunnelIn::Gone(Departure::Lost)) | None => return,
             },
             () = tokio::time::sleep_until(answer_by), if closing => return,
             frame = framed.next(), if !closing => match frame {

@@ -7,7 +7,7 @@ use actix::AsyncContext;
 use bytes::Bytes;
 
 use super::{PairSocket, REGISTRY_TIMEOUT};
-use crate::ids::{NodeId, Outcome, Role};
+use crate::ids::{Departure, NodeId, Outcome, Role};
 use crate::relay::pairing::registry::{Reissue, Release};
 use crate::relay::pairing::remote;
 use crate::relay::protocol::pairing::PairingEvent;
@@ -105,7 +105,7 @@ impl Connection<PairSocket> {
                         if let (Some(gateway), Some(remote)) =
                             (self.proto.gateway.take(), &self.proto.node.remote)
                         {
-                            remote.close(&gateway.home, &gateway.route, true);
+                            remote.close(&gateway.home, &gateway.route, Departure::Clean);
                         }
                         self.back_here(ctx);
                     } else if ends {
