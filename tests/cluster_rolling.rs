@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::account::{self, attach, client, owner, recv_type};
 use common::cluster::*;
 use common::lossless::exchange_through;
 use common::proxy::Proxy;
@@ -212,6 +213,60 @@ async fn a_gateway_leaving_with_both_sides_of_a_pairing_leaves_it_waiting_at_its
     expect_data(&mut mac, "after").await;
     send_data(&mut mac, "after too").await;
     expect_data(&mut browser, "after too").await;
+}
+
+/// A plain agent (the existing Mac app) tunnelled through a node that shuts down: closed
+/// with 1001, it is sure to come back, so its machine stays online at the user's home, its
+/// session goes on, the client attached to it stays attached and what the client types
+/// meanwhile is held; the agent reconnects on another node, reports its sessions, hears
+/// `attach` for the client again, then gets what was typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_agent_whose_node_restarts_keeps_its_sessions_and_their_clients() {
+    let Some((_db, mut nodes)) = cluster_of(3, quick).await else {
+        return;
+    };
+    // A is the user's home (its client authenticated there first); the agent is on B.
+    let ada = owner(&nodes[0], "ada@example.com").await;
+    let mut client = client(&nodes[0], &ada.access).await;
+    let mut agent = account::agent(&nodes[1], &ada, &["s1"]).await;
+    attach(&mut client, &ada, "s1").await;
+    assert_eq!(recv_type(&mut agent, "attach").await["sessionId"], "s1");
+    let data = |text: &str| json!({"type": "data", "sessionId": "s1", "data": text});
+    send(&mut agent, data("out before")).await;
+    assert_eq!(recv_type(&mut client, "data").await["data"], "out before");
+
+    // B shuts down; the client types while the agent is away.
+    let b = nodes.remove(1);
+    let shutdown = tokio::spawn(b.shut_down());
+    let (_, agent_close) = until_closed(&mut agent).await;
+    assert_eq!(agent_close, Some(1001));
+    shutdown.await.unwrap();
+    send(&mut client, data("typed while away")).await;
+
+    // The agent comes back on C: the client's attachment is linked to it again, and the
+    // input held for it follows.
+    let mut agent = account::agent(&nodes[1], &ada, &["s1"]).await;
+    assert_eq!(recv_type(&mut agent, "attach").await["sessionId"], "s1");
+    assert_eq!(
+        recv_type(&mut agent, "data").await["data"],
+        "typed while away"
+    );
+    send(&mut agent, data("out after")).await;
+    let mut heard = Vec::new();
+    loop {
+        let msg = recv(&mut client).await;
+        if msg["type"] == "data" {
+            assert_eq!(msg["data"], "out after");
+            break;
+        }
+        heard.push(msg);
+    }
+    assert!(
+        heard
+            .iter()
+            .all(|m| m["type"] != "session_ended" && m["online"] != false),
+        "the client saw its session or machine go: {heard:?}"
+    );
 }
 
 /// Three nodes of one cluster behind two round-robin balancers (the second starts one

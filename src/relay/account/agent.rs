@@ -22,9 +22,7 @@ use crate::audit;
 use crate::auth::opaque;
 use crate::db;
 use crate::error::ApiError;
-use crate::ids::{
-    ConnId, Departure, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId, UserId,
-};
+use crate::ids::{ConnId, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId, UserId};
 use crate::limits::Attempt;
 use crate::metrics::METRICS;
 use crate::models::{machine, now};
@@ -140,7 +138,7 @@ impl Protocol for AgentSocket {
             .record();
         conn.proto.node.registry.do_send(AgentOffline {
             conn: conn.socket.conn,
-            clean: conn.socket.departure() == Departure::Clean,
+            departure: conn.socket.departure(),
         });
         let (pool, id) = (conn.proto.node.accounts.pool.clone(), machine.clone());
         actix_rt::spawn(async move {

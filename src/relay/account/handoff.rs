@@ -1,14 +1,15 @@
 //! Accounts' part in a rolling restart (see `relay::handoff`): a node that leaves hands
-//! each user whose home it is — the user's lossless agents and clients, all away once the
-//! node closed its connections, with their sessions, attachments and streams (what was
-//! held, the replay windows, the sequence numbers) — to another node, which installs them
-//! away for a full resume grace and becomes the user's home (`<prefix>:user:<id>`, taken
-//! over from the leaving node by compare-and-set). The agent then resumes there as after a
-//! lost link (`register`, `sessions`, `resume` with `lastSeq`), and so does each client
-//! (`auth` with its `clientId`, `attach` with `lastSeq`), wherever they reconnect.
+//! each user whose home it is — the user's agents and lossless clients, all away once the
+//! node closed its connections (moved: sure to come back), with their sessions,
+//! attachments and streams (what was held, the replay windows, the sequence numbers) — to
+//! another node, which installs them away for a full resume grace and becomes the user's
+//! home (`<prefix>:user:<id>`, taken over from the leaving node by compare-and-set). An
+//! agent then comes back there as a replacement does (`register`, `sessions`; in lossless
+//! mode `resume` with `lastSeq`), and each lossless client resumes (`auth` with its
+//! `clientId`, `attach` with `lastSeq`), wherever they reconnect.
 //!
-//! Plain agents and clients are not handed over: as after a lost link on one node, their
-//! sessions and attachments end, and they start again on the user's new home.
+//! Plain clients are not handed over (nothing names them on a new connection): as after a
+//! lost link, their attachments end, and they attach again on the user's new home.
 
 use std::sync::Arc;
 

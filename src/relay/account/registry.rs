@@ -30,7 +30,7 @@ use super::streams::{
 };
 pub use super::streams::{ToAgent, ToClient};
 use super::table::{Effect, Live, MachineDeleted, MachineTable, UserRecord};
-use crate::ids::{ClientKey, ConnId, HashSet, MachineId, Outcome, SessionId, UserId};
+use crate::ids::{ClientKey, ConnId, Departure, HashSet, MachineId, Outcome, SessionId, UserId};
 use crate::relay::deadlines::Deadlines;
 use crate::relay::delivery::{lock, Peer, StreamLimits};
 use crate::relay::protocol::account::ClientEvent;
@@ -84,9 +84,9 @@ pub enum AgentReport {
 pub struct AgentOffline {
     /// The agent connection.
     pub conn: ConnId,
-    /// A close frame or a close the relay chose; false for a lost connection, which a
-    /// lossless agent may resume from within the grace period.
-    pub clean: bool,
+    /// How it left: a lossless agent may come back from a lost connection within the
+    /// grace period, and any agent that moved (its node left: it reconnects elsewhere).
+    pub departure: Departure,
 }
 
 /// Client actor → registry: authenticated as a user. Answered with the id the client is
@@ -237,7 +237,7 @@ pub struct DropUser {
     pub user: UserId,
 }
 
-/// Leaving node → registry: take out every user's lossless agents and clients that are
+/// Leaving node → registry: take out every user's agents and lossless clients that are
 /// away (after the node closed its connections, all of them), for another node.
 #[derive(Message)]
 #[rtype(result = "Vec<UserHandoff>")]
@@ -249,7 +249,7 @@ pub struct ExportUsers;
 #[rtype(result = "bool")]
 pub struct AdoptUser(pub UserHandoff);
 
-/// One user's lossless agents and clients, handed from a node that leaves to another (see
+/// One user's agents and lossless clients, handed from a node that leaves to another (see
 /// `super::handoff`): the table's part, each agent's machine pipes, each client's key and
 /// attachments.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -678,9 +678,15 @@ impl Handler<AgentOffline> for MachineRegistry {
             self.agent_gone(msg.conn);
             return;
         };
-        if agent.lossless && !msg.clean {
+        let comes_back = match msg.departure {
+            Departure::Clean => false,
+            Departure::Lost => agent.lossless,
+            Departure::Moved => true,
+        };
+        if comes_back {
             // It may come back: its machine stays online, its sessions and their clients
-            // stay attached, and input for it is held.
+            // stay attached, and input for it is held (a plain agent's, up to
+            // `pairing.resume_buffer_bytes`, flushed once it is sent `attach` again).
             if let Some(pipes) = self.machines.get(&agent.machine) {
                 lock(pipes).agent_away();
             }
@@ -817,7 +823,7 @@ impl Handler<ExportUsers> for MachineRegistry {
         let agents: HashSet<ConnId> = self
             .agents
             .iter()
-            .filter(|(conn, agent)| agent.lossless && self.away.contains(&Away::Agent(**conn)))
+            .filter(|(conn, _)| self.away.contains(&Away::Agent(**conn)))
             .map(|(conn, _)| *conn)
             .collect();
         let clients: HashSet<ConnId> = self
@@ -862,11 +868,12 @@ impl Handler<AdoptUser> for MachineRegistry {
                 Some(state) => MachinePipes::import(state, self.limits),
                 None => MachinePipes::shared(self.limits),
             };
+            let lossless = lock(&pipes).lossless();
             self.machines.insert(agent.machine.clone(), pipes);
             let entry = AgentEntry {
                 peer: Peer::gone(agent.conn),
                 machine: agent.machine.clone(),
-                lossless: true,
+                lossless,
             };
             self.agents.insert(agent.conn, entry);
             self.away.set(Away::Agent(agent.conn), away_until);
