@@ -269,6 +269,28 @@ async fn a_plain_agent_whose_node_restarts_keeps_its_sessions_and_their_clients(
     );
 }
 
+/// The node a leaving node hands its pairing to died a moment ago (not noticed yet):
+/// nothing answers the hand-over, and the leaving node still leaves within its bound — the
+/// closing handshakes (`CLOSE_LINGER`, 2 s: these sides do not answer), then
+/// `cluster.redis_timeout_ms` × 2 (1 s here) for the answers; unbounded, it would hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_nobody_answers_does_not_hold_a_leaving_node_up() {
+    let Some((_db, mut nodes)) = cluster_of(2, quick).await else {
+        return;
+    };
+    let (_mac, _browser, _, _) = pair_across(&nodes[0], &nodes[0]).await;
+    drop(nodes.remove(1)); // killed: it stops without a word
+    let leaving = nodes.remove(0);
+    let started = std::time::Instant::now();
+    leaving.shut_down().await;
+    let took = started.elapsed();
+    eprintln!("left in {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the unanswered hand-over held the node up for {took:?}"
+    );
+}
+
 /// Three nodes of one cluster behind two round-robin balancers (the second starts one
 /// node further on), to restart one by one.
 struct Rolling {
