@@ -9,8 +9,8 @@
 //! 2. closes every connection with 1001 and waits for each closing handshake (at most
 //!    `CLOSE_LINGER`): what a side sent before it saw the close frame is read and kept for
 //!    its partner, and what the relay had queued for it reached it before the close frame;
-//! 3. takes each product's units out ([`Product::export`]) and sends each to a live node
-//!    (`<topic>.adopt`), which installs it with its sides away for a full resume grace,
+//! 3. takes each product's units out ([`Product::export`]) and sends each to a live node,
+//!    the nodes in turn (`<topic>.adopt`), which installs it with its sides away for a full resume grace,
 //!    records itself as its home ([`Product::adopt`]) and says so (`<topic>.adopted`), all
 //!    within `cluster.redis_timeout_ms` × 2.
 //!
@@ -111,8 +111,9 @@ impl<P: Product> Handoffs<P> {
         }
     }
 
-    /// Hands every unit to `successor` and waits for each to be adopted.
-    async fn hand_over(&self, successor: &NodeId) {
+    /// Hands the units to the live nodes `successors`, in turn (so no one node takes a
+    /// leaving node's whole load), and waits for each to be adopted.
+    async fn hand_over(&self, successors: &[NodeId]) {
         let units = self.product.export().await;
         let count = units.len();
         let bodies: Vec<Bytes> = units
@@ -123,7 +124,7 @@ impl<P: Product> Handoffs<P> {
         let wait = self.cluster.settings().redis_timeout() * 2;
         let sending_until = Instant::now() + wait;
         let mut answers = Vec::with_capacity(count);
-        for body in bodies {
+        for (body, successor) in bodies.into_iter().zip(successors.iter().cycle()) {
             if let Some(answer) = self.send(successor, body, sending_until).await {
                 answers.push(answer);
             }
@@ -142,13 +143,22 @@ impl<P: Product> Handoffs<P> {
         let topic = P::TOPIC;
         match adopted {
             Ok(adopted) if adopted == count => {
-                tracing::info!(topic, units = count, %successor, "handed over")
+                tracing::info!(
+                    topic,
+                    units = count,
+                    nodes = successors.len(),
+                    "handed over"
+                )
             }
             Ok(adopted) => {
-                tracing::warn!(topic, units = count, adopted, %successor, "some were not handed over")
+                tracing::warn!(topic, units = count, adopted, "some were not handed over")
             }
             Err(_) => {
-                tracing::warn!(topic, units = count, %successor, "the hand-over was not confirmed in time")
+                tracing::warn!(
+                    topic,
+                    units = count,
+                    "the hand-over was not confirmed in time"
+                )
             }
         }
     }
@@ -186,8 +196,8 @@ impl<P: Product> Handoffs<P> {
 pub trait Leaving: Send + Sync {
     /// See [`Product::leave`].
     fn prepare(&self) -> BoxFuture<'_, ()>;
-    /// Exports and hands over to `successor`.
-    fn hand_over<'a>(&'a self, successor: &'a NodeId) -> BoxFuture<'a, ()>;
+    /// Exports and hands over to `successors` (live nodes, at least one).
+    fn hand_over<'a>(&'a self, successors: &'a [NodeId]) -> BoxFuture<'a, ()>;
 }
 
 impl<P: Product> Leaving for Handoffs<P> {
@@ -195,25 +205,25 @@ impl<P: Product> Leaving for Handoffs<P> {
         Box::pin(self.product.leave())
     }
 
-    fn hand_over<'a>(&'a self, successor: &'a NodeId) -> BoxFuture<'a, ()> {
-        Box::pin(Handoffs::hand_over(self, successor))
+    fn hand_over<'a>(&'a self, successors: &'a [NodeId]) -> BoxFuture<'a, ()> {
+        Box::pin(Handoffs::hand_over(self, successors))
     }
 }
 
-/// Leaves: closes every connection (1001) and hands what `products` keep to another node,
-/// as the module says. Without another live node, the connections are only closed.
+/// Leaves: closes every connection (1001) and hands what `products` keep to the other
+/// live nodes, as the module says. Without another live node, the connections are only
+/// closed.
 pub async fn leave(cluster: &Cluster, connections: &Connections, products: &[Arc<dyn Leaving>]) {
-    let mut nodes = cluster.nodes();
-    nodes.sort();
-    let Some(successor) = nodes.into_iter().next() else {
+    let successors = cluster.nodes();
+    if successors.is_empty() {
         connections.close_all();
         return;
-    };
+    }
     futures_util::future::join_all(products.iter().map(|p| p.prepare())).await;
     connections.close_all();
     let deadline = Instant::now() + CLOSE_LINGER + Duration::from_millis(200);
     while connections.open_count() > 0 && Instant::now() < deadline {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
-    futures_util::future::join_all(products.iter().map(|p| p.hand_over(&successor))).await;
+    futures_util::future::join_all(products.iter().map(|p| p.hand_over(&successors))).await;
 }
