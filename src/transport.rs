@@ -12,6 +12,7 @@
 
 mod decode;
 mod frame;
+pub mod handshake;
 mod kill;
 mod outbox;
 mod wire;
@@ -26,7 +27,7 @@ pub use decode::Inbound;
 pub use frame::{header_len, ping_frame, pong_frame, text_frame, text_frame_of};
 pub use kill::{KillSwitch, Killable, Linger};
 pub use outbox::{Outbox, PushError};
-pub use wire::{InboundStream, Writer};
+pub use wire::{with_scratch, InboundStream, Writer};
 
 /// After a close frame is queued, how long the peer gets to read it before the socket is cut.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -97,7 +98,16 @@ pub fn take(
     max_message_bytes: usize,
     max_outbound_bytes: usize,
 ) -> Option<Upgraded> {
-    let (tcp, kill, linger) = io.into_parts()?;
+    let (tcp, kill, linger, unread) = io.into_parts()?;
+    // What the HTTP layer had not read of bytes replayed to it comes before what it had.
+    let joined;
+    let early = match unread.is_empty() {
+        true => early,
+        false => {
+            joined = [&unread[..], early].concat();
+            &joined[..]
+        }
+    };
     let outbox = Outbox::new(max_outbound_bytes);
     let (inbound, writer) = wire::open(
         tcp,
