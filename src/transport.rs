@@ -15,6 +15,7 @@ mod frame;
 pub mod handshake;
 mod kill;
 mod outbox;
+mod reaper;
 mod wire;
 
 use std::sync::Arc;
@@ -60,11 +61,7 @@ impl Link {
             code,
             description: Some(description.to_owned()),
         }));
-        let kill = Arc::clone(&self.kill);
-        actix_rt::spawn(async move {
-            actix_rt::time::sleep(CLOSE_LINGER).await;
-            kill.kill();
-        });
+        reaper::cut_after_linger(Arc::clone(&self.kill));
     }
 
     /// The switch that cuts this socket.
