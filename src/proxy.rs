@@ -67,20 +67,36 @@ impl ClientAddr {
         peer: Option<std::net::SocketAddr>,
         headers: &actix_web::http::header::HeaderMap,
     ) -> IpAddr {
-        let peer = peer.map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
-        if !self.is_trusted(peer) {
+        self.of_header(peer, |name| {
+            let values: Vec<&str> = headers
+                .get_all(name)
+                .map(|v| v.to_str().unwrap_or("unknown"))
+                .collect();
+            values.join(",")
+        })
+    }
+
+    /// The client address of a request from `peer` whose forwarding header, every
+    /// occurrence joined with commas, `joined` gives by name; asked only if `peer` is a
+    /// trusted proxy.
+    pub fn of_header(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        joined: impl FnOnce(&'static str) -> String,
+    ) -> IpAddr {
+        match self.header_from(peer) {
             // The common, direct case reads no header at all.
-            return canonical(peer);
+            None => canonical(peer_ip(peer)),
+            Some(name) => self.resolve(peer_ip(peer), &joined(name)),
         }
-        let name = match self.header {
+    }
+
+    /// The forwarding header believed from `peer` (lower case), if `peer` is a trusted proxy.
+    pub fn header_from(&self, peer: Option<std::net::SocketAddr>) -> Option<&'static str> {
+        self.is_trusted(peer_ip(peer)).then_some(match self.header {
             ForwardedHeader::XForwardedFor => "x-forwarded-for",
             ForwardedHeader::Forwarded => "forwarded",
-        };
-        let values: Vec<&str> = headers
-            .get_all(name)
-            .map(|v| v.to_str().unwrap_or("unknown"))
-            .collect();
-        self.resolve(peer, &values.join(","))
+        })
     }
 
     /// The rule itself, on plain values (unit-tested): `header` is the value of the
@@ -136,6 +152,11 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     }
     let (ip, rest) = hop.rsplit_once(':')?;
     port(rest).then(|| ip.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4))?
+}
+
+/// The socket peer's address (the unspecified address if actix does not know it).
+fn peer_ip(peer: Option<std::net::SocketAddr>) -> IpAddr {
+    peer.map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip())
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) compare as the IPv4 address they are.

@@ -10,11 +10,13 @@ pub mod account;
 pub mod deadlines;
 pub mod delivery;
 pub mod handoff;
+pub mod opening;
 pub mod pairing;
 pub mod protocol;
 pub mod socket;
 pub mod tunnel;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix::Addr;
@@ -27,7 +29,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::SinkExt;
 
-use crate::config::Live;
+use crate::config::{Live, Settings};
 use crate::connections::{Admission, Connections, Refused};
 use crate::edge::HttpSlot;
 use crate::error::ApiError;
@@ -35,7 +37,7 @@ use crate::ids::{Endpoint, Role};
 use crate::limits::Limiters;
 use crate::metrics::METRICS;
 use crate::proxy::ClientAddr;
-use crate::transport::Killable;
+use crate::transport::{handshake, Killable, Upgraded};
 use account::agent::AgentSocket;
 use account::client::ClientSocket;
 use account::registry::MachineRegistry;
@@ -67,6 +69,11 @@ pub struct Relay {
 impl Relay {
     /// Whether a page from `origin` may open `endpoint` (no `Origin`: not a page).
     fn origin_allowed(&self, origin: Option<&HeaderValue>, endpoint: Endpoint) -> bool {
+        self.origin_allowed_bytes(origin.map(HeaderValue::as_bytes), endpoint)
+    }
+
+    /// [`Self::origin_allowed`] on the header's bytes.
+    fn origin_allowed_bytes(&self, origin: Option<&[u8]>, endpoint: Endpoint) -> bool {
         let settings = self.settings.get();
         let allowed_origins = &settings.server.allowed_origins;
         if !endpoint.browser_facing() || allowed_origins.is_empty() {
@@ -75,7 +82,7 @@ impl Relay {
         let Some(origin) = origin else {
             return true;
         };
-        origin.to_str().is_ok_and(|origin| {
+        handshake::header_str(origin).is_some_and(|origin| {
             allowed_origins
                 .iter()
                 .any(|allowed| allowed.eq_ignore_ascii_case(origin))
@@ -85,6 +92,11 @@ impl Relay {
     /// Checks the per-address limit before a WebSocket upgrade.
     fn admit(&self, req: &Request, endpoint: Endpoint) -> Result<Admission, ApiError> {
         let client = self.client_addr.of_parts(req.peer_addr(), req.headers());
+        self.admit_client(client, endpoint)
+    }
+
+    /// Checks the per-address limit for `client`.
+    fn admit_client(&self, client: IpAddr, endpoint: Endpoint) -> Result<Admission, ApiError> {
         self.connections
             .admit(client, endpoint)
             .map_err(|refused| match refused {
@@ -157,10 +169,24 @@ pub async fn upgrade(
         upgraded.writer.await;
         return Ok(());
     };
+    drop(req);
+    serve(&relay, endpoint, admission, upgraded, settings).await;
+    Ok(())
+}
+
+/// Starts the connection actor of an upgraded, admitted WebSocket; ends when the
+/// connection is over.
+async fn serve(
+    relay: &Relay,
+    endpoint: Endpoint,
+    admission: Admission,
+    upgraded: Upgraded,
+    settings: Arc<Settings>,
+) {
     let opened = Opened {
         socket: Socket::new(admission, upgraded.link),
         inbound: upgraded.inbound,
-        settings: Arc::clone(&settings),
+        settings,
     };
     match endpoint {
         Endpoint::Mac | Endpoint::Browser => {
@@ -177,9 +203,7 @@ pub async fn upgrade(
             ClientSocket::start(opened, Arc::clone(&relay.account_node));
         }
     }
-    drop(req);
     upgraded.writer.await;
-    Ok(())
 }
 
 /// Answers an upgrade request that is refused, as the HTTP API would, and closes.

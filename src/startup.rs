@@ -9,9 +9,10 @@ use actix_http::error::DispatchError;
 use actix_http::HttpService;
 use actix_rt::net::TcpStream;
 use actix_server::{Server, ServerHandle};
-use actix_service::{fn_service, map_config, ServiceFactoryExt};
+use actix_service::{apply_fn_factory, fn_service, map_config, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, App};
+use futures_util::future::Either;
 use tokio::io::AsyncWriteExt;
 
 use crate::accounts::refresh::SuccessorKey;
@@ -35,6 +36,7 @@ use crate::relay::account::registry::MachineRegistry;
 use crate::relay::account::remote::Remote as AccountRemote;
 use crate::relay::delivery::StreamLimits;
 use crate::relay::handoff::{self, Handoffs, Leaving};
+use crate::relay::opening::{first_request, First};
 use crate::relay::pairing::code::CodeFormat;
 use crate::relay::pairing::handoff::Pairings;
 use crate::relay::pairing::homes::Homes;
@@ -310,10 +312,13 @@ impl Application {
                     .h1(map_config(app, |_| AppConfig::default()));
                 let linger = linger.clone();
                 let http_connections = Arc::clone(&http_connections);
+                let relay = relay.clone();
                 fn_service(move |io: TcpStream| {
                     let linger = linger.clone();
                     let http_connections = Arc::clone(&http_connections);
+                    let relay = relay.clone();
                     async move {
+                        let deadline = Instant::now() + CLIENT_REQUEST_TIMEOUT;
                         let _ = io.set_nodelay(true);
                         let peer = io.peer_addr().ok();
                         let admitted = peer.map(|peer| http_connections.admit(peer.ip()));
@@ -330,10 +335,20 @@ impl Application {
                             Some(Ok(Some(slot))) => io = io.holding(Arc::new(slot)),
                             Some(Ok(None)) | None => {}
                         }
-                        Ok((io, peer))
+                        // A plain WebSocket upgrade is served without the HTTP layer.
+                        Ok(match first_request(&relay, io, peer, deadline).await {
+                            First::Done => None,
+                            First::Http(io) => Some((io, peer)),
+                        })
                     }
                 })
-                .and_then(http)
+                .and_then(apply_fn_factory(
+                    http,
+                    |first: Option<(Killable<TcpStream>, _)>, http: &_| match first {
+                        Some(conn) => Either::Left(Service::call(http, conn)),
+                        None => Either::Right(std::future::ready(Ok(()))),
+                    },
+                ))
             })
             .map_err(bind_error)?
             .run();

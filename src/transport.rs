@@ -12,8 +12,10 @@
 
 mod decode;
 mod frame;
+pub mod handshake;
 mod kill;
 mod outbox;
+mod reaper;
 mod wire;
 
 use std::sync::Arc;
@@ -26,7 +28,7 @@ pub use decode::Inbound;
 pub use frame::{header_len, ping_frame, pong_frame, text_frame, text_frame_of};
 pub use kill::{KillSwitch, Killable, Linger};
 pub use outbox::{Outbox, PushError};
-pub use wire::{InboundStream, Writer};
+pub use wire::{with_scratch, InboundStream, Writer};
 
 /// After a close frame is queued, how long the peer gets to read it before the socket is cut.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -59,11 +61,7 @@ impl Link {
             code,
             description: Some(description.to_owned()),
         }));
-        let kill = Arc::clone(&self.kill);
-        actix_rt::spawn(async move {
-            actix_rt::time::sleep(CLOSE_LINGER).await;
-            kill.kill();
-        });
+        reaper::cut_after_linger(Arc::clone(&self.kill));
     }
 
     /// The switch that cuts this socket.
@@ -97,7 +95,16 @@ pub fn take(
     max_message_bytes: usize,
     max_outbound_bytes: usize,
 ) -> Option<Upgraded> {
-    let (tcp, kill, linger) = io.into_parts()?;
+    let (tcp, kill, linger, unread) = io.into_parts()?;
+    // What the HTTP layer had not read of bytes replayed to it comes before what it had.
+    let joined;
+    let early = match unread.is_empty() {
+        true => early,
+        false => {
+            joined = [&unread[..], early].concat();
+            &joined[..]
+        }
+    };
     let outbox = Outbox::new(max_outbound_bytes);
     let (inbound, writer) = wire::open(
         tcp,

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -198,6 +199,9 @@ pub struct Killable<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     linger: Option<Linger>,
     /// Something that must live exactly as long as the connection (its place in a count).
     guard: Option<Arc<dyn Any + Send + Sync>>,
+    /// Bytes already read from `io` by someone else, read again before anything from `io`
+    /// (a first request looked at before the HTTP layer got the connection).
+    replay: Bytes,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Killable<T> {
@@ -208,7 +212,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Killable<T> {
             switch: Arc::default(),
             linger: None,
             guard: None,
+            replay: Bytes::new(),
         }
+    }
+
+    /// Reads `bytes` (already taken from the stream) again before the rest of the stream.
+    pub fn replaying(mut self, bytes: Bytes) -> Self {
+        self.replay = bytes;
+        self
+    }
+
+    /// The stream itself, to wait for it to be readable and read it (nothing replayed).
+    pub fn get_ref(&self) -> Option<&T> {
+        self.io.as_ref()
     }
 
     /// Keeps `guard` alive as long as the stream (dropped before it lingers).
@@ -234,12 +250,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Killable<T> {
     }
 
     /// Takes the stream out (an upgraded WebSocket, which does its own reading, writing and
-    /// lingering): the stream, its switch, and how it should linger. What it was counted in
-    /// as a plain HTTP connection is released.
-    pub fn into_parts(mut self) -> Option<(T, Arc<KillSwitch>, Option<Linger>)> {
+    /// lingering): the stream, its switch, how it should linger, and what of the replayed
+    /// bytes was not read yet. What it was counted in as a plain HTTP connection is released.
+    pub fn into_parts(mut self) -> Option<(T, Arc<KillSwitch>, Option<Linger>, Bytes)> {
         self.guard = None;
         let io = self.io.take()?;
-        Some((io, Arc::clone(&self.switch), self.linger.take()))
+        let unread = std::mem::take(&mut self.replay);
+        Some((io, Arc::clone(&self.switch), self.linger.take(), unread))
     }
 
     fn io(&mut self) -> io::Result<Pin<&mut T>> {
@@ -271,6 +288,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Killable<
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.switch.check(cx)?;
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay[..n]);
+            self.replay.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         self.io()?.poll_read(cx, buf)
     }
 }

@@ -40,6 +40,12 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
 }
 
+/// Lends this thread's read buffer (`f` must not read a socket through the relay's reader
+/// meanwhile).
+pub fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with(|scratch| f(&mut scratch.borrow_mut()))
+}
+
 /// What a peer sends, as whole messages. Ends (`None`) when the socket is lost, cut or
 /// closed without a close frame; a fatal event ([`Inbound::TooLarge`], …) is the last one.
 pub struct InboundStream {
