@@ -96,12 +96,13 @@ pub fn take(
     max_outbound_bytes: usize,
 ) -> Option<Upgraded> {
     let (tcp, kill, linger, unread) = io.into_parts()?;
-    // What the HTTP layer had not read of bytes replayed to it comes before what it had.
+    // What the HTTP layer read of the bytes replayed to it and left (`early`) comes first;
+    // then what it never read of them.
     let joined;
     let early = match unread.is_empty() {
         true => early,
         false => {
-            joined = [&unread[..], early].concat();
+            joined = [early, &unread[..]].concat();
             &joined[..]
         }
     };

@@ -826,3 +826,106 @@ async fn a_register_flood_cannot_grow_memory_past_the_retired_code_bound() {
     assert!(grown < 8 << 20, "RSS grew {} MiB", grown >> 20);
     drop(macs);
 }
+
+// ---- The upgrade read before the HTTP layer (issue 13): heads it takes and heads it passes on ----
+
+/// An upgrade request for `/mac`, with `extra` header lines (each ending in CRLF).
+fn mac_upgrade(extra: &str) -> String {
+    format!(
+        "GET /mac HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// `count` client `ping` frames, `ts` 0, 1, 2…
+fn pings(count: usize) -> Vec<u8> {
+    let mut frames = Vec::new();
+    for ts in 0..count {
+        let text = json!({"type": "ping", "ts": ts}).to_string();
+        frames.extend(frame_header(0x81, text.len() as u64));
+        frames.extend_from_slice(text.as_bytes());
+    }
+    frames
+}
+
+/// Writes `request` but its last CRLF, pauses (so the relay has read all of that), then
+/// that CRLF and `count` pings in one go (the frames arrive with the end of the head,
+/// before the 101); reads the 101's head and returns the `ts` of each `pong` until
+/// `count` came.
+async fn upgrade_with_early_pings(server: &TestServer, request: &str, count: usize) -> Vec<u64> {
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let (start, end) = request.split_at(request.len() - 2);
+    stream.write_all(start.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut bytes = end.as_bytes().to_vec();
+    bytes.extend(pings(count));
+    stream.write_all(&bytes).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut pongs = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while pongs.len() < count {
+            let mut first = [0u8; 2];
+            stream.read_exact(&mut first).await.unwrap();
+            let length = match first[1] & 0x7F {
+                126 => u64::from(stream.read_u16().await.unwrap()),
+                127 => stream.read_u64().await.unwrap(),
+                short => u64::from(short),
+            };
+            let mut payload = vec![0u8; length as usize];
+            stream.read_exact(&mut payload).await.unwrap();
+            assert_eq!(first[0], 0x81, "a text frame, not a close");
+            let msg: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            if msg["type"] == "pong" {
+                pongs.push(msg["ts"].as_u64().unwrap());
+            }
+        }
+    })
+    .await
+    .expect("every pong in time");
+    pongs
+}
+
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_head_are_read_after_it_in_order() {
+    let _shared = MEMORY.read().await;
+    let server = TestServer::start(settings());
+    let pongs = upgrade_with_early_pings(&server, &mac_upgrade(""), 300).await;
+    assert_eq!(pongs, (0..300).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn an_upgrade_the_http_layer_answers_keeps_the_frames_behind_its_head_in_order() {
+    // Two keys: not a head taken before the HTTP layer, which answers it (with the first
+    // key) from the bytes replayed to it. Head and frames are more than the HTTP layer
+    // reads at once, so the frames behind the head are partly in its buffer and partly not
+    // yet read by it; they must reach the connection in the order sent.
+    let _shared = MEMORY.read().await;
+    let server = TestServer::start(settings());
+    let extra = format!(
+        "Sec-WebSocket-Key: c2Vjb25kIGtleSBoZXJlIQ==\r\nX-Pad: {}\r\n",
+        "p".repeat(120_000)
+    );
+    let pongs = upgrade_with_early_pings(&server, &mac_upgrade(&extra), 800).await;
+    assert_eq!(pongs, (0..800).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn a_request_target_longer_than_the_http_layer_takes_is_refused_there() {
+    let _shared = MEMORY.read().await;
+    let server = TestServer::start(settings());
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let request = mac_upgrade("").replacen("/mac", &format!("/mac?{}", "a".repeat(65_535)), 1);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_all(&mut stream).await;
+    assert!(!answer.starts_with("HTTP/1.1 101"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+}

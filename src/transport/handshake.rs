@@ -22,8 +22,12 @@ use crate::ids::Endpoint;
 /// The longest head the HTTP layer reads before refusing it (actix-http's
 /// `MAX_BUFFER_SIZE`): a head still partial at this size is handed over as it is.
 pub const MAX_HEAD_BYTES: usize = 131_072;
-/// More headers than this and the head goes to the HTTP layer (which allows 96).
-const MAX_HEADERS: usize = 64;
+/// The most headers a head may have (actix-http's limit: a head with more is refused
+/// there; with fewer, a head still arriving is never taken for one with too many).
+const MAX_HEADERS: usize = 96;
+/// The longest request target the HTTP layer takes (the `http` crate's `Uri` limit); a
+/// longer one goes there, to be refused as it would be.
+const MAX_TARGET_BYTES: usize = 65_534;
 
 /// What the bytes read so far hold.
 #[derive(Debug)]
@@ -63,10 +67,13 @@ pub fn parse<'b>(buf: &'b [u8], forwarded: Option<&str>) -> Head<'b> {
         Ok(httparse::Status::Partial) => return Head::Partial,
         Err(_) => return Head::Other,
     };
-    if req.method != Some("GET") || req.version != Some(1) {
+    if req.method != Some("GET") || req.version != Some(1) || len > MAX_HEAD_BYTES {
         return Head::Other;
     }
     let target = req.path.unwrap_or_default();
+    if target.len() > MAX_TARGET_BYTES {
+        return Head::Other;
+    }
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),

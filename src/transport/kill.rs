@@ -292,6 +292,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Killable<
             let n = self.replay.len().min(buf.remaining());
             buf.put_slice(&self.replay[..n]);
             self.replay.advance(n);
+            if self.replay.is_empty() {
+                // Let go of the whole first read, not only its view.
+                self.replay = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         self.io()?.poll_read(cx, buf)

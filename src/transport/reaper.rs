@@ -35,7 +35,10 @@ pub fn cut_after_linger(kill: Arc<KillSwitch>) {
         !std::mem::replace(&mut due.running, true)
     });
     if start {
-        actix_rt::spawn(reap());
+        // Made before the task is spawned: a task dropped before its first poll still
+        // marks the thread's reaper gone.
+        let running = Running;
+        actix_rt::spawn(reap(running));
     }
 }
 
@@ -49,8 +52,7 @@ impl Drop for Running {
     }
 }
 
-async fn reap() {
-    let _running = Running;
+async fn reap(_running: Running) {
     loop {
         let now = Instant::now();
         let next = loop {
