@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_codec::{Decoder, Framed, FramedParts};
 use actix_http::h1;
@@ -30,6 +30,10 @@ use crate::ids::Endpoint;
 use crate::metrics::METRICS;
 use crate::transport::handshake::{self, Head, MAX_HEAD_BYTES, SWITCHING_MAX};
 use crate::transport::{self, with_scratch, Killable};
+
+/// How long writing an answer to the first request may take (a 101, a refusal, a 408):
+/// a peer that does not read it is dropped, with its admission and HTTP slot.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What became of a connection's first request.
 pub enum First {
@@ -57,8 +61,11 @@ pub async fn first_request(
         Read::Other(read) => return First::Http(io.replaying(read)),
         Read::Closed => {}
         Read::TimedOut => {
-            let _ = io.write_all(&handshake::request_timeout()).await;
-            let _ = io.shutdown().await;
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+                let _ = io.write_all(&handshake::request_timeout()).await;
+                let _ = io.shutdown().await;
+            })
+            .await;
         }
     }
     First::Done
@@ -201,8 +208,11 @@ async fn upgrade(relay: &Relay, mut io: Killable<TcpStream>, taken: Taken) {
         Ok(unwritten) => unwritten,
         Err(_) => return,
     };
-    if !unwritten.is_empty() && io.write_all(&unwritten).await.is_err() {
-        return;
+    if !unwritten.is_empty() {
+        let written = tokio::time::timeout(WRITE_TIMEOUT, io.write_all(&unwritten)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            return;
+        }
     }
     drop(unwritten);
     METRICS.http(endpoint.as_str(), 101, None);
@@ -252,5 +262,5 @@ async fn refuse(
     };
     req.head_mut().peer_addr = peer;
     let conn = Framed::from_parts(FramedParts::with_read_buf(io, codec, read));
-    let _ = answer(conn, endpoint.as_str(), refusal).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, answer(conn, endpoint.as_str(), refusal)).await;
 }
