@@ -21,6 +21,7 @@ mod bucket;
 mod channels;
 mod membership;
 mod outbox;
+mod pack;
 mod topics;
 
 use std::collections::BTreeSet;
@@ -41,7 +42,7 @@ use crate::ids::NodeId;
 use crate::metrics::METRICS;
 use outbox::{Outbox, Outgoing};
 
-/// Envelopes published at once by the publishing task (in order).
+/// Envelopes taken at once by the publishing task (in order, packed per channel).
 const PUBLISH_BATCH: usize = 256;
 /// Messages fred may hold for the reading task; past it they are lost (and reported).
 const SUBSCRIBER_BUFFER: usize = 8192;
@@ -261,12 +262,7 @@ impl Cluster {
     /// Queues without asking whether Redis is reachable (the probe that finds out).
     fn enqueue(&self, channel: String, mut envelope: Envelope) -> Result<(), SendError> {
         envelope.from = self.node.clone();
-        let item = Outgoing {
-            channel,
-            bytes: envelope.encode(),
-            kind: envelope.kind,
-            route: envelope.route,
-        };
+        let item = Outgoing { channel, envelope };
         if self.outbox.push(item) {
             Ok(())
         } else {
