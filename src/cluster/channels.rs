@@ -27,16 +27,24 @@ impl Cluster {
                 return;
             }
             let runs = pack::runs(&batch);
-            // One future per message, not per envelope: under load a batch is a few
-            // packs, and the futures (large: a publish inside a timeout) are few to move.
-            let sends = runs.iter().map(|run| {
-                let run = &batch[run.clone()];
-                self.timed(
+            let send = |run: &[Outgoing]| {
+                // Boxed where it is made: fred's publish future is kilobytes, and the
+                // timeout and the join would otherwise copy it each time they move it.
+                let publish = Box::pin(
                     self.client
                         .publish::<(), _, _>(run[0].channel.clone(), pack::wire_of(run)),
-                )
-            });
-            let results = futures_util::future::join_all(sends).await;
+                );
+                self.timed(publish)
+            };
+            // One future per message, not per envelope; a lone one (every message at low
+            // rates) is awaited as it is, without a join.
+            let results = match runs.as_slice() {
+                [run] => vec![send(&batch[run.clone()]).await],
+                _ => {
+                    let sends = runs.iter().map(|run| send(&batch[run.clone()]));
+                    futures_util::future::join_all(sends).await
+                }
+            };
             let mut bytes = 0;
             for (run, result) in runs.into_iter().zip(results) {
                 let run = &batch[run];
