@@ -271,6 +271,15 @@ impl Cluster {
         }
     }
 
+    /// Runs `task` on this node's cluster thread, beside the tasks that publish and read:
+    /// what feeds them or is fed by them hands over there without waking another thread.
+    /// False (and `task` dropped) once the node has halted; it stops with the node.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> bool {
+        lock(&self.arbiter)
+            .as_ref()
+            .is_some_and(|arbiter| arbiter.spawn(task))
+    }
+
     /// Takes one attempt from the cluster-wide bucket `key` (`per_minute` tokens, refilled
     /// evenly): true if there was one.
     pub async fn take(&self, key: &str, per_minute: u32) -> Result<bool, ClusterError> {
