@@ -118,6 +118,8 @@ impl Cluster {
         let mut builder = Builder::from_config(config);
         builder
             .with_performance_config(|perf| {
+                // Publishes are bounded by this alone (see `publish_one`), the other
+                // calls by `timed` too.
                 perf.default_command_timeout = timeout;
                 perf.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
             })
@@ -434,10 +436,15 @@ return 0
     ) -> Result<T, ClusterError> {
         let started = Instant::now();
         let result = match tokio::time::timeout(self.settings.redis_timeout(), call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(ClusterError::Redis(err.details().to_owned())),
+            Ok(result) => result.map_err(ClusterError::of),
             Err(_) => Err(ClusterError::Timeout),
         };
+        Self::counted(started, result)
+    }
+
+    /// Counts a Redis call that `started` and ended with `result`: its round trip, or an
+    /// error.
+    fn counted<T>(started: Instant, result: Result<T, ClusterError>) -> Result<T, ClusterError> {
         match &result {
             Ok(_) => METRICS
                 .cluster
@@ -447,6 +454,16 @@ return 0
             }
         }
         result
+    }
+}
+
+impl ClusterError {
+    /// What a failed fred call means here.
+    fn of(err: fred::error::Error) -> Self {
+        match err.kind() {
+            fred::error::ErrorKind::Timeout => Self::Timeout,
+            _ => Self::Redis(err.details().to_owned()),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! queued, the task reading this node's channels into the inbox, and the probe a node sends
 //! itself so its health means "my channel delivers", not only "Redis answers".
 
+use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,23 +28,15 @@ impl Cluster {
                 return;
             }
             let runs = pack::runs(&batch);
-            let send = |run: &[Outgoing]| {
-                // Boxed where it is made: fred's publish future is kilobytes, and the
-                // timeout and the join would otherwise copy it each time they move it.
-                let publish = Box::pin(
-                    self.client
-                        .publish::<(), _, _>(run[0].channel.clone(), pack::wire_of(run)),
-                );
-                self.timed(publish)
+            let send = |run: &Range<usize>| {
+                let run = &batch[run.clone()];
+                self.publish_one(run[0].channel.clone(), pack::wire_of(run))
             };
             // One future per message, not per envelope; a lone one (every message at low
             // rates) is awaited as it is, without a join.
             let results = match runs.as_slice() {
-                [run] => vec![send(&batch[run.clone()]).await],
-                _ => {
-                    let sends = runs.iter().map(|run| send(&batch[run.clone()]));
-                    futures_util::future::join_all(sends).await
-                }
+                [run] => vec![send(run).await],
+                _ => futures_util::future::join_all(runs.iter().map(send)).await,
             };
             let mut bytes = 0;
             for (run, result) in runs.into_iter().zip(results) {
@@ -69,6 +62,17 @@ impl Cluster {
             }
             self.outbox.release(bytes);
         }
+    }
+
+    /// Publishes one message, timed and counted as [`Cluster::timed`] does. Bounded by
+    /// fred's own command timeout, which [`Cluster::start`] sets to
+    /// `cluster.redis_timeout_ms`: a second timer per message would bound nothing more.
+    async fn publish_one(&self, channel: String, wire: Bytes) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        // Boxed where it is made: fred's publish future is kilobytes, and a join would
+        // otherwise copy it each time it moves it.
+        let publish = Box::pin(self.client.publish::<(), _, _>(channel, wire));
+        Self::counted(started, publish.await.map_err(ClusterError::of))
     }
 
     /// Moves what arrives on this node's channels into the inbox, until the client quits:
