@@ -21,6 +21,7 @@ mod bucket;
 mod channels;
 mod membership;
 mod outbox;
+mod pack;
 mod topics;
 
 use std::collections::BTreeSet;
@@ -41,7 +42,7 @@ use crate::ids::NodeId;
 use crate::metrics::METRICS;
 use outbox::{Outbox, Outgoing};
 
-/// Envelopes published at once by the publishing task (in order).
+/// Envelopes taken at once by the publishing task (in order, packed per channel).
 const PUBLISH_BATCH: usize = 256;
 /// Messages fred may hold for the reading task; past it they are lost (and reported).
 const SUBSCRIBER_BUFFER: usize = 8192;
@@ -117,6 +118,8 @@ impl Cluster {
         let mut builder = Builder::from_config(config);
         builder
             .with_performance_config(|perf| {
+                // Publishes are bounded by this alone (see `publish_one`), the other
+                // calls by `timed` too.
                 perf.default_command_timeout = timeout;
                 perf.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
             })
@@ -261,18 +264,22 @@ impl Cluster {
     /// Queues without asking whether Redis is reachable (the probe that finds out).
     fn enqueue(&self, channel: String, mut envelope: Envelope) -> Result<(), SendError> {
         envelope.from = self.node.clone();
-        let item = Outgoing {
-            channel,
-            bytes: envelope.encode(),
-            kind: envelope.kind,
-            route: envelope.route,
-        };
+        let item = Outgoing { channel, envelope };
         if self.outbox.push(item) {
             Ok(())
         } else {
             METRICS.cluster.dropped("queue_full");
             Err(SendError::Full)
         }
+    }
+
+    /// Runs `task` on this node's cluster thread, beside the tasks that publish and read:
+    /// what feeds them or is fed by them hands over there without waking another thread.
+    /// False (and `task` dropped) once the node has halted; it stops with the node.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> bool {
+        lock(&self.arbiter)
+            .as_ref()
+            .is_some_and(|arbiter| arbiter.spawn(task))
     }
 
     /// Takes one attempt from the cluster-wide bucket `key` (`per_minute` tokens, refilled
@@ -429,10 +436,15 @@ return 0
     ) -> Result<T, ClusterError> {
         let started = Instant::now();
         let result = match tokio::time::timeout(self.settings.redis_timeout(), call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(ClusterError::Redis(err.details().to_owned())),
+            Ok(result) => result.map_err(ClusterError::of),
             Err(_) => Err(ClusterError::Timeout),
         };
+        Self::counted(started, result)
+    }
+
+    /// Counts a Redis call that `started` and ended with `result`: its round trip, or an
+    /// error.
+    fn counted<T>(started: Instant, result: Result<T, ClusterError>) -> Result<T, ClusterError> {
         match &result {
             Ok(_) => METRICS
                 .cluster
@@ -442,6 +454,16 @@ return 0
             }
         }
         result
+    }
+}
+
+impl ClusterError {
+    /// What a failed fred call means here.
+    fn of(err: fred::error::Error) -> Self {
+        match err.kind() {
+            fred::error::ErrorKind::Timeout => Self::Timeout,
+            _ => Self::Redis(err.details().to_owned()),
+        }
     }
 }
 

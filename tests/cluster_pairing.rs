@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
@@ -10,6 +11,7 @@ use common::lossless::exchange_through;
 use common::proxy::Proxy;
 use common::*;
 use hermit_relay::config::Settings;
+use hermit_relay::metrics::METRICS;
 use serde_json::json;
 
 /// Two nodes of one cluster (each knowing the other), or `None` when Redis or PostgreSQL
@@ -55,6 +57,40 @@ async fn a_mac_and_a_browser_on_different_nodes_pair_and_exchange_data_in_order(
     let (mut mac, mut browser) = pair_across(&a, &b).await;
     exchange(&mut mac, &mut browser, "across", 200).await;
     // Pings are answered wherever the side is connected.
+    assert_usable(&mut browser).await;
+    assert_usable(&mut mac).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_nodes_goes_in_packs_and_arrives_whole_and_in_order() {
+    let Some((_db, a, b)) = two_nodes(|_| {}).await else {
+        return;
+    };
+    let (mut mac, mut browser) = pair_across(&a, &b).await;
+    let packs_before = METRICS.cluster.packs.load(Relaxed);
+    // From a few bytes to 3 KiB, and every 50th past a pack's 64 KiB: packs are cut at
+    // their bound, and a message bigger than one goes alone between them.
+    let payload = |n: usize| {
+        let len = if n % 50 == 25 {
+            100_000
+        } else {
+            n * 997 % 3000
+        };
+        format!("{n}:{}", "x".repeat(len))
+    };
+    // All written before any is read: the publishing tasks find many waiting at once.
+    for n in 0..500 {
+        send_data(&mut mac, &payload(n)).await;
+        send_data(&mut browser, &payload(n)).await;
+    }
+    for n in 0..500 {
+        expect_data(&mut browser, &payload(n)).await;
+        expect_data(&mut mac, &payload(n)).await;
+    }
+    assert!(
+        METRICS.cluster.packs.load(Relaxed) > packs_before,
+        "a burst of 1,000 tunnelled messages went without a single pack"
+    );
     assert_usable(&mut browser).await;
     assert_usable(&mut mac).await;
 }

@@ -2,6 +2,7 @@
 //! queued, the task reading this node's channels into the inbox, and the probe a node sends
 //! itself so its health means "my channel delivers", not only "Redis answers".
 
+use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,40 +11,52 @@ use bytes::Bytes;
 use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{lock, Cluster, ClusterError, Envelope, PROBE, PUBLISH_BATCH};
+use super::outbox::Outgoing;
+use super::{lock, pack, Cluster, ClusterError, Envelope, PROBE, PUBLISH_BATCH};
 use crate::metrics::METRICS;
 
 impl Cluster {
     /// Publishes queued envelopes, a batch at a time and in order, until the queue closes.
-    /// A batch's publishes are written back to back on one connection (fred pipelines
-    /// them), so order holds without a round trip per envelope.
+    /// A batch's runs of envelopes bound for one channel go as one message each (see
+    /// [`pack`]), written back to back on one connection (fred pipelines them), so order
+    /// holds without a round trip per message. A message that is not published loses
+    /// exactly the envelopes it carried: each one's route is reported.
     pub(super) async fn publish(self: Arc<Self>) {
         loop {
             let batch = self.outbox.next_batch(PUBLISH_BATCH).await;
             if batch.is_empty() {
                 return;
             }
-            let bytes: usize = batch.iter().map(|item| item.bytes.len()).sum();
-            let sends = batch.iter().map(|item| {
-                self.timed(
-                    self.client
-                        .publish::<(), _, _>(item.channel.clone(), item.bytes.clone()),
-                )
-            });
-            let results = futures_util::future::join_all(sends).await;
-            for (item, result) in batch.into_iter().zip(results) {
+            let runs = pack::runs(&batch);
+            let send = |run: &Range<usize>| {
+                let run = &batch[run.clone()];
+                self.publish_one(run[0].channel.clone(), pack::wire_of(run))
+            };
+            // One future per message, not per envelope; a lone one (every message at low
+            // rates) is awaited as it is, without a join.
+            let results = match runs.as_slice() {
+                [run] => vec![send(run).await],
+                _ => futures_util::future::join_all(runs.iter().map(send)).await,
+            };
+            let mut bytes = 0;
+            for (run, result) in runs.into_iter().zip(results) {
+                let run = &batch[run];
+                let size: usize = run.iter().map(Outgoing::size).sum();
+                bytes += size;
                 match result {
                     Ok(()) => {
-                        METRICS.cluster.sent.fetch_add(1, Relaxed);
-                        METRICS
-                            .cluster
-                            .sent_bytes
-                            .fetch_add(item.bytes.len() as u64, Relaxed);
+                        METRICS.cluster.sent.fetch_add(run.len() as u64, Relaxed);
+                        METRICS.cluster.sent_bytes.fetch_add(size as u64, Relaxed);
+                        if run.len() > 1 {
+                            METRICS.cluster.packs.fetch_add(1, Relaxed);
+                        }
                     }
                     Err(err) => {
-                        tracing::debug!(%err, route = %item.route, "an envelope was not published");
-                        METRICS.cluster.dropped("publish_failed");
-                        self.lost(Some((&item.kind, item.route)));
+                        tracing::debug!(%err, envelopes = run.len(), "a message was not published");
+                        for item in run {
+                            METRICS.cluster.dropped("publish_failed");
+                            self.lost(Some((&item.envelope.kind, item.envelope.route.clone())));
+                        }
                     }
                 }
             }
@@ -51,7 +64,19 @@ impl Cluster {
         }
     }
 
-    /// Moves what arrives on this node's channels into the inbox, until the client quits.
+    /// Publishes one message, timed and counted as [`Cluster::timed`] does. Bounded by
+    /// fred's own command timeout, which [`Cluster::start`] sets to
+    /// `cluster.redis_timeout_ms`: a second timer per message would bound nothing more.
+    async fn publish_one(&self, channel: String, wire: Bytes) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        // Boxed where it is made: fred's publish future is kilobytes, and a join would
+        // otherwise copy it each time it moves it.
+        let publish = Box::pin(self.client.publish::<(), _, _>(channel, wire));
+        Self::counted(started, publish.await.map_err(ClusterError::of))
+    }
+
+    /// Moves what arrives on this node's channels into the inbox, until the client quits:
+    /// a lone envelope, or each of a pack's in order.
     pub(super) async fn read(self: Arc<Self>) {
         let mut messages = self.subscriber.message_rx();
         loop {
@@ -67,32 +92,43 @@ impl Cluster {
                 }
                 Err(RecvError::Closed) => return,
             };
-            let bytes = match message.value.as_bytes() {
-                Some(bytes) => Bytes::copy_from_slice(bytes),
-                None => {
-                    METRICS.cluster.dropped("undecodable");
-                    continue;
-                }
-            };
-            let Some(envelope) = Envelope::decode(bytes) else {
+            let Some(wire) = message.value.as_bytes() else {
                 METRICS.cluster.dropped("undecodable");
                 continue;
             };
-            if envelope.from == self.node {
-                if envelope.kind == PROBE {
-                    lock(&self.probe).0 = Some(Instant::now());
+            if pack::is_pack(wire) {
+                match pack::unpack(wire) {
+                    Some(envelopes) => envelopes
+                        .into_iter()
+                        .for_each(|envelope| self.receive(envelope)),
+                    None => METRICS.cluster.dropped("undecodable"),
                 }
-                continue;
+            } else {
+                match Envelope::decode(Bytes::copy_from_slice(wire)) {
+                    Some(envelope) => self.receive(envelope),
+                    None => METRICS.cluster.dropped("undecodable"),
+                }
             }
-            METRICS.cluster.received.fetch_add(1, Relaxed);
-            METRICS
-                .cluster
-                .received_bytes
-                .fetch_add(envelope.encoded_len() as u64, Relaxed);
-            match self.inbox_of(&envelope.kind) {
-                Some(inbox) => inbox.push(envelope),
-                None => METRICS.cluster.dropped("unrouted"),
+        }
+    }
+
+    /// Hands one envelope that arrived to its topic's inbox (or, this node's probe, to
+    /// the health check).
+    fn receive(&self, envelope: Envelope) {
+        if envelope.from == self.node {
+            if envelope.kind == PROBE {
+                lock(&self.probe).0 = Some(Instant::now());
             }
+            return;
+        }
+        METRICS.cluster.received.fetch_add(1, Relaxed);
+        METRICS
+            .cluster
+            .received_bytes
+            .fetch_add(envelope.encoded_len() as u64, Relaxed);
+        match self.inbox_of(&envelope.kind) {
+            Some(inbox) => inbox.push(envelope),
+            None => METRICS.cluster.dropped("unrouted"),
         }
     }
 

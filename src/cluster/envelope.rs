@@ -55,12 +55,17 @@ impl Envelope {
     /// The bytes published: `from\nkind\nroute\nbody`.
     pub fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out.into()
+    }
+
+    /// Appends the wire form to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         for field in [self.from.as_str(), &self.kind, &self.route] {
             out.extend_from_slice(field.as_bytes());
             out.push(b'\n');
         }
         out.extend_from_slice(&self.body);
-        out.into()
     }
 
     /// Bytes in the wire form: what the queues count.

@@ -5,20 +5,25 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
+
+use super::envelope::Envelope;
 
 /// One envelope on its way out.
 #[derive(Debug)]
 pub(super) struct Outgoing {
     /// The Redis channel: a node's own, or the broadcast channel.
     pub channel: String,
-    /// The envelope's kind and route, reported lost if publishing fails.
-    pub kind: String,
-    /// See `kind`.
-    pub route: String,
-    /// The envelope's wire form.
-    pub bytes: Bytes,
+    /// The envelope, its `from` set; encoded by the publishing task (alone, or into a
+    /// pack with the envelopes next to it), its kind and route reported if it is lost.
+    pub envelope: Envelope,
+}
+
+impl Outgoing {
+    /// Bytes it takes on the wire: what the queue counts.
+    pub fn size(&self) -> usize {
+        self.envelope.encoded_len()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +61,7 @@ impl Outbox {
     /// Queues `item`; false (and nothing queued) when it does not fit or the queue closed.
     pub fn push(&self, item: Outgoing) -> bool {
         let mut queue = self.lock();
-        let size = item.bytes.len();
+        let size = item.size();
         if queue.closed || queue.bytes + size > self.max_bytes {
             return false;
         }
@@ -109,25 +114,25 @@ mod tests {
     use super::*;
 
     fn item(n: u8) -> Outgoing {
+        let envelope = Envelope::new("k", format!("r{n}"), vec![n; 10]).unwrap();
         Outgoing {
             channel: "c".into(),
-            kind: "k".into(),
-            route: format!("r{n}"),
-            bytes: Bytes::from(vec![n; 10]),
+            envelope,
         }
     }
 
     #[tokio::test]
     async fn the_queue_is_bounded_in_bytes_until_published() {
-        let outbox = Outbox::new(25);
+        let size = item(1).size();
+        let outbox = Outbox::new(2 * size + size / 2);
         assert!(outbox.push(item(1)));
         assert!(outbox.push(item(2)));
-        assert!(!outbox.push(item(3)), "30 bytes do not fit in 25");
+        assert!(!outbox.push(item(3)), "three do not fit in two and a half");
         let batch = outbox.next_batch(10).await;
         assert_eq!(batch.len(), 2);
-        assert_eq!(batch[0].route, "r1");
+        assert_eq!(batch[0].envelope.route, "r1");
         assert!(!outbox.push(item(4)), "still in flight");
-        outbox.release(20);
+        outbox.release(2 * size);
         assert!(outbox.push(item(5)));
         outbox.close();
         assert!(!outbox.push(item(6)));

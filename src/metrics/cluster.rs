@@ -33,6 +33,8 @@ pub struct ClusterMetrics {
     pub sent: Count,
     /// Bytes of those envelopes.
     pub sent_bytes: Count,
+    /// Messages published that carried several envelopes at once (packs).
+    pub packs: Count,
     /// Envelopes received from other nodes.
     pub received: Count,
     /// Bytes of those envelopes.
@@ -54,6 +56,10 @@ impl ClusterMetrics {
         };
         let sent = counter("cluster_sent", "Envelopes published to other nodes");
         let sent_bytes = counter("cluster_sent_bytes", "Bytes published to other nodes");
+        let packs = counter(
+            "cluster_packs",
+            "Messages to other nodes that carried several envelopes",
+        );
         let received = counter("cluster_received", "Envelopes received from other nodes");
         let received_bytes = counter("cluster_received_bytes", "Bytes received from other nodes");
         let errors = counter("cluster_errors", "Redis calls that failed or timed out");
@@ -81,6 +87,7 @@ impl ClusterMetrics {
         Self {
             sent,
             sent_bytes,
+            packs,
             received,
             received_bytes,
             dropped,

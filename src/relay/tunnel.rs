@@ -110,22 +110,24 @@ struct Inner {
 }
 
 impl Tunnels {
-    /// Starts reading the cluster's inbox for tunnels, on a thread of its own.
+    /// Starts reading the cluster's inbox for tunnels on the cluster's own thread, where
+    /// the home's tunnel tasks run too: an envelope read is dispatched, and a message a
+    /// tunnel task queues is published, without a wake-up of another thread.
     pub fn start(cluster: Arc<Cluster>, home: Home) -> Option<Self> {
         let inbox = cluster.inbox("tun")?;
         let tunnels = Self(Arc::new(Inner {
-            cluster,
+            cluster: Arc::clone(&cluster),
             gateways: Mutex::default(),
             tunnels: Mutex::default(),
         }));
         let dispatcher = tunnels.clone();
-        actix::Arbiter::new().spawn(async move {
+        let dispatching = cluster.spawn(async move {
             loop {
                 let item = inbox.recv().await;
                 dispatcher.dispatch(item, &home).await;
             }
         });
-        Some(tunnels)
+        dispatching.then_some(tunnels)
     }
 
     /// The cluster they run through.
