@@ -170,10 +170,7 @@ async fn a_node_shut_down_hands_its_pairings_over_and_its_sides_resume_elsewhere
         browser_got, to_browser,
         "the browser got every message once, in order"
     );
-    send_data(&mut mac, "after").await;
-    expect_data(&mut browser, "after").await;
-    send_data(&mut browser, "after too").await;
-    expect_data(&mut mac, "after too").await;
+    exchange(&mut mac, &mut browser, "after", 1).await;
 }
 
 /// Both sides of a pairing tunnelled through one node to the pairing's home: when that node
@@ -190,8 +187,7 @@ async fn a_gateway_leaving_with_both_sides_of_a_pairing_leaves_it_waiting_at_its
     drop(mac);
     let mut mac = resume_mac(&nodes[1], &client_id).await;
     assert_eq!(recv(&mut browser).await["type"], "joined");
-    send_data(&mut mac, "before").await;
-    expect_data(&mut browser, "before").await;
+    exchange(&mut mac, &mut browser, "before", 1).await;
 
     // B shuts down: both sides are closed with 1001 at the same moment.
     let b = nodes.remove(1);
@@ -209,10 +205,7 @@ async fn a_gateway_leaving_with_both_sides_of_a_pairing_leaves_it_waiting_at_its
         "joined",
         "the browser is back"
     );
-    send_data(&mut browser, "after").await;
-    expect_data(&mut mac, "after").await;
-    send_data(&mut mac, "after too").await;
-    expect_data(&mut browser, "after too").await;
+    exchange(&mut mac, &mut browser, "after", 1).await;
 }
 
 /// A plain agent (the existing Mac app) tunnelled through a node that shuts down: closed
