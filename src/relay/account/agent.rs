@@ -117,9 +117,10 @@ impl Protocol for AgentSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
+        let departure = conn.socket.departure();
         if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
         {
-            remote.close(&gateway, conn.socket.departure());
+            remote.close(&gateway, departure);
         }
         let State::Online { machine, user, .. } = &conn.proto.state else {
             return;
@@ -138,7 +139,7 @@ impl Protocol for AgentSocket {
             .record();
         conn.proto.node.registry.do_send(AgentOffline {
             conn: conn.socket.conn,
-            departure: conn.socket.departure(),
+            departure,
         });
         let (pool, id) = (conn.proto.node.accounts.pool.clone(), machine.clone());
         actix_rt::spawn(async move {

@@ -25,8 +25,7 @@ use super::REGISTRY_TIMEOUT;
 use crate::audit;
 use crate::error::ApiError;
 use crate::ids::{
-    ClientKey, ConnId, Departure, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId,
-    UserId,
+    ClientKey, ConnId, DropReason, Endpoint, MachineId, NodeId, Outcome, SessionId, UserId,
 };
 use crate::limits::Attempt;
 use crate::metrics::METRICS;
@@ -131,15 +130,16 @@ impl Protocol for ClientSocket {
     }
 
     fn stopping(conn: &mut Connection<Self>) {
+        let departure = conn.socket.departure();
         if let (Some(gateway), Some(remote)) = (conn.proto.gateway.take(), &conn.proto.node.remote)
         {
-            remote.close(&gateway, conn.socket.departure());
+            remote.close(&gateway, departure);
         }
         if let Some(client) = conn.proto.known_as {
             conn.proto.node.registry.do_send(ClientOffline {
                 client,
                 conn: conn.socket.conn,
-                clean: conn.socket.departure() == Departure::Clean,
+                departure,
             });
         }
     }

@@ -121,9 +121,9 @@ pub struct ClientOffline {
     pub client: ConnId,
     /// The connection that ended (a newer one may have taken its place).
     pub conn: ConnId,
-    /// A close frame or a close the relay chose; false for a lost connection, which a
-    /// lossless client may resume from within the grace period.
-    pub clean: bool,
+    /// How it left: a lossless client may resume from anything but a clean close within
+    /// the grace period.
+    pub departure: Departure,
 }
 
 /// A client request that the registry answers (ownership is checked there).
@@ -764,7 +764,7 @@ impl Handler<ClientOffline> for MachineRegistry {
         if entry.peer.conn != msg.conn {
             return; // a newer connection took its place
         }
-        if entry.key.is_some() && !msg.clean {
+        if entry.key.is_some() && msg.departure != Departure::Clean {
             for (attachment, _) in entry.attachments.values() {
                 lock(attachment).to_client.disconnect();
             }
