@@ -3,11 +3,14 @@
 //! is set; without it the relay never touches this module.
 //!
 //! What lives in Redis (every key and channel starts with `cluster.key_prefix`):
-//! - `<p>:node:<id>` — a node's heartbeat (`up`, or `left` after a graceful shutdown),
-//!   expiring after `cluster.node_timeout_secs` unless refreshed; `<p>:nodes` — the set of
-//!   node ids, to find them (see [`membership`]).
-//! - `<p>:ch:node:<id>` — each node's channel; `<p>:ch:all` — every node's. Pub/sub: what a
-//!   node misses while cut off is lost, which it learns as [`ClusterEvent::Lost`].
+//! - `<p>:node:<id>` — a node's heartbeat (`up <link address> <link secret>`, or `left`
+//!   after a graceful shutdown), expiring after `cluster.node_timeout_secs` unless
+//!   refreshed; `<p>:nodes` — the set of node ids, to find them (see [`membership`]).
+//! - `<p>:ch:node:<id>` — each node's channel, on which it only hears its own probe: that
+//!   it reaches Redis both ways (pub/sub: what a node misses while cut off is lost, which
+//!   it learns as [`ClusterEvent::Lost`]).
+//!
+//! What nodes send each other goes over direct links, not through Redis (see [`link`]).
 //! - `<p>:rate:<limit>:<address>` — the attempt limits' buckets; `<p>:rate:failed:all` and
 //!   `<p>:rate:failed:net:<network>` — the failed-join budget's (see [`bucket`]).
 //!
@@ -19,9 +22,9 @@ pub mod inbox;
 
 mod bucket;
 mod channels;
+mod link;
 mod membership;
 mod outbox;
-mod pack;
 mod topics;
 
 use std::collections::BTreeSet;
@@ -40,9 +43,10 @@ pub use inbox::{ClusterEvent, Inbound, Inbox};
 use crate::config::ClusterSettings;
 use crate::ids::NodeId;
 use crate::metrics::METRICS;
-use outbox::{Outbox, Outgoing};
+use link::Links;
+use outbox::{Destination, Outbox, Outgoing};
 
-/// Envelopes taken at once by the publishing task (in order, packed per channel).
+/// Envelopes taken at once by the publishing task (in order, grouped per node).
 const PUBLISH_BATCH: usize = 256;
 /// Messages fred may hold for the reading task; past it they are lost (and reported).
 const SUBSCRIBER_BUFFER: usize = 8192;
@@ -61,6 +65,9 @@ pub enum ClusterError {
     /// Redis answered with an error, or the connection failed.
     #[error("Redis: {0}")]
     Redis(String),
+    /// This node cannot take links from the other nodes.
+    #[error("links between nodes: {0}")]
+    Link(String),
 }
 
 /// Why an envelope was not queued.
@@ -91,6 +98,8 @@ pub struct Cluster {
     /// The other nodes seen alive, as of the last heartbeat.
     known: Mutex<BTreeSet<NodeId>>,
     outbox: Outbox,
+    /// The direct links to and from the other nodes.
+    links: Links,
     /// One inbox per topic (the part of an envelope's kind before its first `.`), each
     /// with one reader; envelopes of a topic no one reads are dropped.
     inboxes: Mutex<Vec<(String, Arc<Inbox>)>>,
@@ -140,6 +149,11 @@ impl Cluster {
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|err| ClusterError::Url(err.details().to_owned()))?;
+        let links = Links::bind(
+            &settings.link_listen,
+            &settings.link_advertise,
+            &settings.redis_url,
+        )?;
         let arbiter = Arbiter::new();
         let cluster = Arc::new(Self {
             node,
@@ -152,6 +166,7 @@ impl Cluster {
             probe: Mutex::new((None, None)),
             known: Mutex::default(),
             outbox: Outbox::new(settings.max_queued_bytes),
+            links,
             inboxes: Mutex::default(),
             stopped: AtomicBool::new(false),
             arbiter: Mutex::new(None),
@@ -159,7 +174,12 @@ impl Cluster {
         let running = Arc::clone(&cluster);
         arbiter.spawn(async move { running.run().await });
         *lock(&cluster.arbiter) = Some(arbiter);
-        tracing::info!(node = %cluster.node, prefix = %settings.key_prefix, "joining the cluster");
+        tracing::info!(
+            node = %cluster.node,
+            prefix = %settings.key_prefix,
+            link = %cluster.links.bound,
+            "joining the cluster"
+        );
         Ok(cluster)
     }
 
@@ -176,6 +196,7 @@ impl Cluster {
         });
         actix_rt::spawn(Arc::clone(&self).read());
         actix_rt::spawn(Arc::clone(&self).publish());
+        actix_rt::spawn(Arc::clone(&self).listen());
         let mut ticks = actix_rt::time::interval(self.settings.heartbeat());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.stopped.load(Relaxed) {
@@ -225,10 +246,6 @@ impl Cluster {
         self.key(&["ch", "node", node.as_str()])
     }
 
-    fn broadcast_channel(&self) -> String {
-        self.key(&["ch", "all"])
-    }
-
     /// Whether this node reaches Redis and hears its own channel now.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Relaxed)
@@ -246,25 +263,16 @@ impl Cluster {
     /// Queues `envelope` for `node`. Envelopes to one node arrive in the order sent; one
     /// that is lost on the way is reported by its route in this node's inbox.
     pub fn send(&self, node: &NodeId, envelope: Envelope) -> Result<(), SendError> {
-        self.queue(self.channel(node), envelope)
-    }
-
-    /// Queues `envelope` for every other node, in order as [`Self::send`].
-    pub fn broadcast(&self, envelope: Envelope) -> Result<(), SendError> {
-        self.queue(self.broadcast_channel(), envelope)
-    }
-
-    fn queue(&self, channel: String, envelope: Envelope) -> Result<(), SendError> {
         if !self.healthy() {
             return Err(SendError::Unavailable);
         }
-        self.enqueue(channel, envelope)
+        self.enqueue(Destination::Node(node.clone()), envelope)
     }
 
     /// Queues without asking whether Redis is reachable (the probe that finds out).
-    fn enqueue(&self, channel: String, mut envelope: Envelope) -> Result<(), SendError> {
+    fn enqueue(&self, to: Destination, mut envelope: Envelope) -> Result<(), SendError> {
         envelope.from = self.node.clone();
-        let item = Outgoing { channel, envelope };
+        let item = Outgoing { to, envelope };
         if self.outbox.push(item) {
             Ok(())
         } else {
@@ -407,6 +415,8 @@ return 0
         while self.outbox.queued_bytes() > 0 && Instant::now() < deadline {
             actix_rt::time::sleep(Duration::from_millis(5)).await;
         }
+        // Every link ends with a goodbye: its reader knows it lost nothing.
+        self.close_links(self.settings.redis_timeout()).await;
         if let Err(err) = membership::leave(self).await {
             tracing::warn!(%err, "could not tell the cluster this node leaves");
         }

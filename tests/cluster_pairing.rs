@@ -62,14 +62,14 @@ async fn a_mac_and_a_browser_on_different_nodes_pair_and_exchange_data_in_order(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_across_nodes_goes_in_packs_and_arrives_whole_and_in_order() {
+async fn a_burst_across_nodes_goes_in_batches_and_arrives_whole_and_in_order() {
     let Some((_db, a, b)) = two_nodes(|_| {}).await else {
         return;
     };
     let (mut mac, mut browser) = pair_across(&a, &b).await;
-    let packs_before = METRICS.cluster.packs.load(Relaxed);
-    // From a few bytes to 3 KiB, and every 50th past a pack's 64 KiB: packs are cut at
-    // their bound, and a message bigger than one goes alone between them.
+    let batches_before = METRICS.cluster.batches.load(Relaxed);
+    // From a few bytes to 3 KiB, and every 50th of 100 KB: big and small frames on one
+    // link, read across many reads.
     let payload = |n: usize| {
         let len = if n % 50 == 25 {
             100_000
@@ -78,7 +78,7 @@ async fn a_burst_across_nodes_goes_in_packs_and_arrives_whole_and_in_order() {
         };
         format!("{n}:{}", "x".repeat(len))
     };
-    // All written before any is read: the publishing tasks find many waiting at once.
+    // All written before any is read: the links' writers find many waiting at once.
     for n in 0..500 {
         send_data(&mut mac, &payload(n)).await;
         send_data(&mut browser, &payload(n)).await;
@@ -88,8 +88,8 @@ async fn a_burst_across_nodes_goes_in_packs_and_arrives_whole_and_in_order() {
         expect_data(&mut mac, &payload(n)).await;
     }
     assert!(
-        METRICS.cluster.packs.load(Relaxed) > packs_before,
-        "a burst of 1,000 tunnelled messages went without a single pack"
+        METRICS.cluster.batches.load(Relaxed) > batches_before,
+        "a burst of 1,000 tunnelled messages went one write each"
     );
     assert_usable(&mut browser).await;
     assert_usable(&mut mac).await;

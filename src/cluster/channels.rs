@@ -1,8 +1,7 @@
-//! The two ends of the pub/sub link: the task publishing what [`super::Cluster::send`]
-//! queued, the task reading this node's channels into the inbox, and the probe a node sends
-//! itself so its health means "my channel delivers", not only "Redis answers".
+//! What leaves and what arrives: the task handing what [`super::Cluster::send`] queued to
+//! the links, the task reading this node's Redis channel, and the probe a node sends itself
+//! there so its health means "my channel delivers", not only "Redis answers".
 
-use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,72 +10,66 @@ use bytes::Bytes;
 use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::outbox::Outgoing;
-use super::{lock, pack, Cluster, ClusterError, Envelope, PROBE, PUBLISH_BATCH};
+use super::outbox::{Destination, Outgoing};
+use super::{lock, Cluster, ClusterError, Envelope, PROBE, PUBLISH_BATCH};
+use crate::ids::NodeId;
 use crate::metrics::METRICS;
 
 impl Cluster {
-    /// Publishes queued envelopes, a batch at a time and in order, until the queue closes.
-    /// A batch's runs of envelopes bound for one channel go as one message each (see
-    /// [`pack`]), written back to back on one connection (fred pipelines them), so order
-    /// holds without a round trip per message. A message that is not published loses
-    /// exactly the envelopes it carried: each one's route is reported.
+    /// Takes queued envelopes, a batch at a time and in order, until the queue closes:
+    /// each node's go to the writer of its link together (see [`super::link`]); this
+    /// node's probe is published on its own channel. An envelope that cannot be handed
+    /// over (no such node, its link stalled) is lost: its route is reported.
     pub(super) async fn publish(self: Arc<Self>) {
         loop {
             let batch = self.outbox.next_batch(PUBLISH_BATCH).await;
             if batch.is_empty() {
                 return;
             }
-            let runs = pack::runs(&batch);
-            let send = |run: &Range<usize>| {
-                let run = &batch[run.clone()];
-                self.publish_one(run[0].channel.clone(), pack::wire_of(run))
-            };
-            // One future per message, not per envelope; a lone one (every message at low
-            // rates) is awaited as it is, without a join.
-            let results = match runs.as_slice() {
-                [run] => vec![send(run).await],
-                _ => futures_util::future::join_all(runs.iter().map(send)).await,
-            };
-            let mut bytes = 0;
-            for (run, result) in runs.into_iter().zip(results) {
-                let run = &batch[run];
-                let size: usize = run.iter().map(Outgoing::size).sum();
-                bytes += size;
-                match result {
-                    Ok(()) => {
-                        METRICS.cluster.sent.fetch_add(run.len() as u64, Relaxed);
-                        METRICS.cluster.sent_bytes.fetch_add(size as u64, Relaxed);
-                        if run.len() > 1 {
-                            METRICS.cluster.packs.fetch_add(1, Relaxed);
+            let mut per_node: Vec<(NodeId, Vec<Outgoing>)> = Vec::new();
+            for item in batch {
+                match &item.to {
+                    Destination::Node(node) => {
+                        match per_node.iter_mut().find(|(to, _)| to == node) {
+                            Some((_, items)) => items.push(item),
+                            None => per_node.push((node.clone(), vec![item])),
                         }
                     }
-                    Err(err) => {
-                        tracing::debug!(%err, envelopes = run.len(), "a message was not published");
-                        for item in run {
-                            METRICS.cluster.dropped("publish_failed");
-                            self.lost(Some((&item.envelope.kind, item.envelope.route.clone())));
-                        }
+                    // Apart, so that a slow Redis never holds up the links.
+                    Destination::Own => {
+                        let this = Arc::clone(&self);
+                        actix_rt::spawn(async move {
+                            let channel = this.channel(&this.node);
+                            let wire = item.envelope.encode();
+                            if let Err(err) = this.publish_one(channel, wire).await {
+                                tracing::debug!(%err, "this node's probe was not published");
+                            }
+                            this.outbox.release(item.size());
+                        });
                     }
                 }
             }
-            self.outbox.release(bytes);
+            for (node, items) in per_node {
+                if let Err(items) = self.write_to(&node, items) {
+                    let size: usize = items.iter().map(Outgoing::size).sum();
+                    self.lost_all(items);
+                    self.outbox.release(size);
+                }
+            }
         }
     }
 
     /// Publishes one message, timed and counted as [`Cluster::timed`] does. Bounded by
     /// fred's own command timeout, which [`Cluster::start`] sets to
-    /// `cluster.redis_timeout_ms`: a second timer per message would bound nothing more.
+    /// `cluster.redis_timeout_ms`.
     async fn publish_one(&self, channel: String, wire: Bytes) -> Result<(), ClusterError> {
         let started = Instant::now();
-        // Boxed where it is made: fred's publish future is kilobytes, and a join would
-        // otherwise copy it each time it moves it.
         let publish = Box::pin(self.client.publish::<(), _, _>(channel, wire));
         Self::counted(started, publish.await.map_err(ClusterError::of))
     }
 
-    /// Moves what arrives on this node's channels into the inbox, until the client quits:
-    /// a lone envelope, or each of a pack's in order.
+    /// Moves what arrives on this node's channel (its probe) into the inbox, until the
+    /// client quits.
     pub(super) async fn read(self: Arc<Self>) {
         let mut messages = self.subscriber.message_rx();
         loop {
@@ -84,37 +77,24 @@ impl Cluster {
                 Ok(message) => message,
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "cluster messages lost: this node read too slowly");
-                    for _ in 0..missed {
-                        METRICS.cluster.dropped("inbox_full");
-                    }
-                    self.lost(None);
                     continue;
                 }
                 Err(RecvError::Closed) => return,
             };
-            let Some(wire) = message.value.as_bytes() else {
-                METRICS.cluster.dropped("undecodable");
-                continue;
-            };
-            if pack::is_pack(wire) {
-                match pack::unpack(wire) {
-                    Some(envelopes) => envelopes
-                        .into_iter()
-                        .for_each(|envelope| self.receive(envelope)),
-                    None => METRICS.cluster.dropped("undecodable"),
-                }
-            } else {
-                match Envelope::decode(Bytes::copy_from_slice(wire)) {
-                    Some(envelope) => self.receive(envelope),
-                    None => METRICS.cluster.dropped("undecodable"),
-                }
+            let decoded = message
+                .value
+                .as_bytes()
+                .and_then(|wire| Envelope::decode(Bytes::copy_from_slice(wire)));
+            match decoded {
+                Some(envelope) => self.receive(envelope),
+                None => METRICS.cluster.dropped("undecodable"),
             }
         }
     }
 
     /// Hands one envelope that arrived to its topic's inbox (or, this node's probe, to
     /// the health check).
-    fn receive(&self, envelope: Envelope) {
+    pub(super) fn receive(&self, envelope: Envelope) {
         if envelope.from == self.node {
             if envelope.kind == PROBE {
                 lock(&self.probe).0 = Some(Instant::now());
@@ -136,7 +116,7 @@ impl Cluster {
     /// whether the channel delivered a probe recently (or was subscribed just now).
     pub(super) async fn ensure_subscribed(&self) -> Result<(), ClusterError> {
         if self.resubscribe.swap(false, Relaxed) {
-            let channels = vec![self.channel(&self.node), self.broadcast_channel()];
+            let channels = vec![self.channel(&self.node)];
             if let Err(err) = self.timed(self.subscriber.subscribe(channels)).await {
                 self.resubscribe.store(true, Relaxed);
                 return Err(err);
@@ -161,7 +141,7 @@ impl Cluster {
     /// Sends this node a probe on its own channel (see [`Self::ensure_subscribed`]).
     pub(super) fn probe_self(&self) {
         if let Ok(envelope) = Envelope::new(PROBE, "-", Bytes::new()) {
-            let _ = self.enqueue(self.channel(&self.node), envelope);
+            let _ = self.enqueue(Destination::Own, envelope);
         }
     }
 }

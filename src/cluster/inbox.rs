@@ -30,6 +30,9 @@ pub enum ClusterEvent {
     Lost,
     /// This node reaches Redis again.
     Rejoined,
+    /// The link between this node and that one broke (it may still be alive): what was
+    /// on it is lost, so every route through that node is broken.
+    Broken(NodeId),
 }
 
 /// One item of the inbox.
@@ -39,7 +42,7 @@ pub enum Inbound {
     Message(Envelope),
     /// A change in the cluster.
     Event(ClusterEvent),
-    /// Messages of these routes were lost (a full queue, Redis unreachable); `None`: of
+    /// Messages of these routes were lost (a full queue, a broken link); `None`: of
     /// too many routes to list, so every cross-node route must be taken as broken.
     Lost(Option<Vec<String>>),
 }

@@ -1,8 +1,9 @@
 //! Who is in the cluster: this node's heartbeat, the other nodes' heartbeats, and whether
 //! this node reaches Redis at all.
 //!
-//! Every `cluster.heartbeat_ms` a node writes `<prefix>:node:<id>` = `up` with a time to
-//! live of `cluster.node_timeout_secs` and adds itself to the set `<prefix>:nodes`; then it
+//! Every `cluster.heartbeat_ms` a node writes `<prefix>:node:<id>` = `up <link address>
+//! <link secret>` (see [`super::link`]) with a time to live of `cluster.node_timeout_secs`
+//! and adds itself to the set `<prefix>:nodes`; then it
 //! reads the heartbeat of every node in the set and of every node it knew. A key that is
 //! gone is a node that stopped heartbeating (killed, or cut from Redis): `NodeDown`, seen
 //! by every node within `node_timeout_secs` + one heartbeat. A key that says `left` is a
@@ -17,11 +18,12 @@ use std::sync::Arc;
 use fred::prelude::*;
 
 use super::inbox::ClusterEvent;
+use super::link::Advert;
 use super::{Cluster, ClusterError};
 use crate::ids::NodeId;
 use crate::metrics::METRICS;
 
-/// The heartbeat's value while the node runs.
+/// The first word of the heartbeat's value while the node runs (its link's advert follows).
 pub(super) const UP: &str = "up";
 /// The heartbeat's value once the node left gracefully.
 pub(super) const LEFT: &str = "left";
@@ -60,8 +62,9 @@ async fn refresh(cluster: &Cluster) -> Result<(), ClusterError> {
     let ttl = Expiration::PX(cluster.settings.node_timeout().as_millis() as i64);
     let key = cluster.node_key(&cluster.node);
     let client = &cluster.client;
+    let value = cluster.links.own()?.heartbeat();
     cluster
-        .timed(client.set::<(), _, _>(key, UP, Some(ttl), None, false))
+        .timed(client.set::<(), _, _>(key, value, Some(ttl), None, false))
         .await?;
     cluster
         .timed(client.sadd::<(), _, _>(cluster.key(&["nodes"]), cluster.node.as_str()))
@@ -88,10 +91,13 @@ async fn survey(cluster: &Cluster) -> Result<(), ClusterError> {
     let states: Vec<Option<String>> = cluster.timed(client.mget(keys)).await?;
     let mut gone = Vec::new();
     for (node, state) in candidates.into_iter().zip(states) {
+        let advert = state.as_deref().and_then(Advert::parse);
+        let alive = advert.is_some();
+        cluster.links.seen(&node, advert);
         let event = {
             let mut known = cluster.lock_known();
             match state.as_deref() {
-                Some(UP) => known
+                Some(_) if alive => known
                     .insert(node.clone())
                     .then_some(ClusterEvent::NodeUp(node)),
                 Some(_) => {

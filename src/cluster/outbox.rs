@@ -1,6 +1,7 @@
-//! Envelopes waiting to be published, in the order they were sent, bounded in bytes
-//! (`cluster.max_queued_bytes`). One task publishes them; Redis delivers a publisher's
-//! messages in order, so envelopes reach each destination in the order they were sent.
+//! Envelopes waiting to be sent, in the order they were sent, bounded in bytes
+//! (`cluster.max_queued_bytes`) until they are written. One task takes them and hands each
+//! node's to the writer of its link, in order, so envelopes reach each node in the order
+//! they were sent.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
@@ -8,14 +9,24 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::envelope::Envelope;
+use crate::ids::NodeId;
+
+/// Where an envelope goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Destination {
+    /// Another node, over the link to it.
+    Node(NodeId),
+    /// This node's own Redis channel (its probe).
+    Own,
+}
 
 /// One envelope on its way out.
 #[derive(Debug)]
 pub(super) struct Outgoing {
-    /// The Redis channel: a node's own, or the broadcast channel.
-    pub channel: String,
-    /// The envelope, its `from` set; encoded by the publishing task (alone, or into a
-    /// pack with the envelopes next to it), its kind and route reported if it is lost.
+    /// Where it goes.
+    pub to: Destination,
+    /// The envelope, its `from` set; encoded by its link's writer, its kind and route
+    /// reported if it is lost.
     pub envelope: Envelope,
 }
 
@@ -116,7 +127,7 @@ mod tests {
     fn item(n: u8) -> Outgoing {
         let envelope = Envelope::new("k", format!("r{n}"), vec![n; 10]).unwrap();
         Outgoing {
-            channel: "c".into(),
+            to: Destination::Own,
             envelope,
         }
     }

@@ -29,6 +29,11 @@ pub struct ClusterSettings {
     pub max_queued_bytes: usize,
     /// Most bytes received from other nodes and not yet handled.
     pub max_inbox_bytes: usize,
+    /// Where this node listens for the other nodes' links (`host:port`; port 0: any).
+    pub link_listen: String,
+    /// How the other nodes reach that listener (`host` or `host:port`); empty: this host's
+    /// address on the way to Redis, with the listening port.
+    pub link_advertise: String,
 }
 
 impl ClusterSettings {
@@ -61,6 +66,8 @@ impl fmt::Debug for ClusterSettings {
             .field("redis_timeout_ms", &self.redis_timeout_ms)
             .field("max_queued_bytes", &self.max_queued_bytes)
             .field("max_inbox_bytes", &self.max_inbox_bytes)
+            .field("link_listen", &self.link_listen)
+            .field("link_advertise", &self.link_advertise)
             .finish()
     }
 }
@@ -117,6 +124,18 @@ pub(super) fn check(c: &ClusterSettings, database_url: &str) -> Result<(), Refus
             "cluster.heartbeat_ms",
             "must be shorter than cluster.node_timeout_secs, or every node would be taken \
              for dead between two of its heartbeats",
+        );
+    }
+    if c.link_listen.parse::<std::net::SocketAddr>().is_err() {
+        return refuse(
+            "cluster.link_listen",
+            "must be an IP address and a port, such as 0.0.0.0:7400 (port 0: any free port)",
+        );
+    }
+    if c.link_advertise.contains(char::is_whitespace) {
+        return refuse(
+            "cluster.link_advertise",
+            "must be a host or host:port without spaces (or empty)",
         );
     }
     if !c.enabled() {

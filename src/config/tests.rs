@@ -440,6 +440,25 @@ mod cluster {
     }
 
     #[test]
+    fn link_addresses_are_checked() {
+        let s = Settings::defaults();
+        assert_eq!(s.cluster.link_listen, "0.0.0.0:0");
+        assert_eq!(s.cluster.link_advertise, "");
+        for listen in ["relay-1:7400", "7400", ""] {
+            let err = load(&[("HERMIT__CLUSTER__LINK_LISTEN", listen)]).unwrap_err();
+            assert!(err.contains("`cluster.link_listen`"), "{listen}: {err}");
+        }
+        let err = load(&[("HERMIT__CLUSTER__LINK_ADVERTISE", "relay 1")]).unwrap_err();
+        assert!(err.contains("`cluster.link_advertise`"), "{err}");
+        let ok = load(&[
+            ("HERMIT__CLUSTER__LINK_LISTEN", "10.0.0.5:7400"),
+            ("HERMIT__CLUSTER__LINK_ADVERTISE", "relay-1.internal"),
+        ])
+        .unwrap();
+        assert_eq!(ok.cluster.link_listen, "10.0.0.5:7400");
+    }
+
+    #[test]
     fn the_redis_password_is_masked_when_printed() {
         let s = load(&[
             ("HERMIT__CLUSTER__REDIS_URL", "redis://:s3cret@cache:6379/0"),

@@ -29,18 +29,18 @@ pub const DROP_REASONS: [&str; 7] = [
 /// `hermit_cluster_*`.
 #[derive(Debug)]
 pub struct ClusterMetrics {
-    /// Envelopes published to other nodes.
+    /// Envelopes sent to other nodes.
     pub sent: Count,
     /// Bytes of those envelopes.
     pub sent_bytes: Count,
-    /// Messages published that carried several envelopes at once (packs).
-    pub packs: Count,
+    /// Writes to another node's link that carried several envelopes at once.
+    pub batches: Count,
     /// Envelopes received from other nodes.
     pub received: Count,
     /// Bytes of those envelopes.
     pub received_bytes: Count,
     dropped: Family<[(&'static str, &'static str); 1], Counter>,
-    /// Redis calls that failed or timed out.
+    /// Redis calls that failed or timed out, and links to other nodes that broke.
     pub errors: Count,
     up: Gauge,
     redis_seconds: Histogram,
@@ -54,15 +54,18 @@ impl ClusterMetrics {
             registry.register(name, help, count.0.clone());
             count
         };
-        let sent = counter("cluster_sent", "Envelopes published to other nodes");
-        let sent_bytes = counter("cluster_sent_bytes", "Bytes published to other nodes");
-        let packs = counter(
-            "cluster_packs",
-            "Messages to other nodes that carried several envelopes",
+        let sent = counter("cluster_sent", "Envelopes sent to other nodes");
+        let sent_bytes = counter("cluster_sent_bytes", "Bytes sent to other nodes");
+        let batches = counter(
+            "cluster_batches",
+            "Writes to another node's link that carried several envelopes",
         );
         let received = counter("cluster_received", "Envelopes received from other nodes");
         let received_bytes = counter("cluster_received_bytes", "Bytes received from other nodes");
-        let errors = counter("cluster_errors", "Redis calls that failed or timed out");
+        let errors = counter(
+            "cluster_errors",
+            "Redis calls that failed or timed out, and links to other nodes that broke",
+        );
         let dropped = Family::default();
         for reason in DROP_REASONS {
             let _ = dropped.get_or_create(&[("reason", reason)]);
@@ -87,7 +90,7 @@ impl ClusterMetrics {
         Self {
             sent,
             sent_bytes,
-            packs,
+            batches,
             received,
             received_bytes,
             dropped,

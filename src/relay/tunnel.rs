@@ -208,6 +208,9 @@ impl Tunnels {
             Inbound::Event(ClusterEvent::NodeDown(node) | ClusterEvent::NodeLeft(node)) => {
                 self.cut(|other| *other == node, || RemoteEvent::HomeLost)
             }
+            Inbound::Event(ClusterEvent::Broken(node)) => {
+                self.cut(|other| *other == node, || RemoteEvent::Closed(None))
+            }
             Inbound::Event(ClusterEvent::Lost) => self.cut(|_| true, || RemoteEvent::Closed(None)),
             Inbound::Event(_) => {}
             Inbound::Lost(Some(routes)) => {

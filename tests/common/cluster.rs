@@ -40,6 +40,7 @@ pub fn node_settings(db: &TestDb, redis: &str, prefix: &str) -> Settings {
     s.cluster.heartbeat_ms = 200;
     s.cluster.node_timeout_secs = 2;
     s.cluster.redis_timeout_ms = 500;
+    s.cluster.link_listen = "127.0.0.1:0".to_owned();
     s
 }
 

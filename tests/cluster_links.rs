@@ -1,0 +1,205 @@
+//! The direct links between nodes (issue 11): who may link to a node, what a link may
+//! carry, and a link that breaks under a live pairing. Real nodes, Redis and PostgreSQL; the
+//! "other node" of some tests is this test speaking the link protocol over a real socket.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::lossless::exchange_through;
+use common::proxy::Proxy;
+use hermit_relay::cluster::{Envelope, Inbound, Inbox};
+use hermit_relay::ids::NodeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What `node`'s heartbeat in Redis advertises: its link address and secret.
+async fn advert(node: &TestNode) -> (String, String) {
+    let key = node.cluster.key(&["node", node.cluster.node_id().as_str()]);
+    let heartbeat = node.cluster.get(&key).await.unwrap().expect("a heartbeat");
+    let words: Vec<&str> = heartbeat.split(' ').collect();
+    assert_eq!(words.len(), 3, "up <address> <secret>: {heartbeat}");
+    assert_eq!(words[0], "up");
+    (words[1].to_owned(), words[2].to_owned())
+}
+
+/// A link to `node`, greeted as node `from` with `secret`.
+async fn link_to(node: &TestNode, from: &str, secret: &str) -> TcpStream {
+    let (addr, _) = advert(node).await;
+    let mut link = TcpStream::connect(&addr)
+        .await
+        .expect("the link port answers");
+    let to = node.cluster.node_id().as_str();
+    let greeting = format!("HERMIT-LINK/1 {from} {to} {secret}\n");
+    link.write_all(greeting.as_bytes()).await.unwrap();
+    link
+}
+
+/// One frame: the length, then the envelope `kind` / `route` / `body` from `from`.
+fn frame(from: &str, kind: &str, route: &str, body: &[u8]) -> Vec<u8> {
+    let mut envelope = Envelope::new(kind, route, body.to_vec()).unwrap();
+    envelope.from = NodeId::parse(from).unwrap();
+    let wire = envelope.encode();
+    let mut out = (wire.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&wire);
+    out
+}
+
+/// Whether the node closed `link` within `within` (reading what it sends, which is
+/// nothing: a link carries one direction).
+async fn closed_within(link: &mut TcpStream, within: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, link.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// The next envelope in `inbox` within `within`, skipping events.
+async fn next_envelope(inbox: &Inbox, within: Duration) -> Option<Envelope> {
+    tokio::time::timeout(within, async {
+        loop {
+            if let Inbound::Message(envelope) = inbox.recv().await {
+                return envelope;
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_node_that_read_the_secret_links_and_a_link_carries_only_what_it_may() {
+    let Some((_db, nodes)) = cluster_of(1, |_| {}).await else {
+        return;
+    };
+    let node = &nodes[0];
+    let inbox = node.cluster.inbox("probe").unwrap();
+    let (_, secret) = advert(node).await;
+    let within = Duration::from_secs(3);
+
+    // A wrong secret: the link is closed, and what it sent is not taken.
+    let mut link = link_to(node, "intruder", "not-the-secret").await;
+    let _ = link
+        .write_all(&frame("intruder", "probe.x", "r", b"wrong"))
+        .await;
+    assert!(
+        closed_within(&mut link, within).await,
+        "a wrong secret is refused"
+    );
+    assert!(next_envelope(&inbox, Duration::from_millis(300))
+        .await
+        .is_none());
+
+    // A greeting that never comes: closed within the Redis timeout (500 ms in tests).
+    let (addr, _) = advert(node).await;
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    assert!(
+        closed_within(&mut silent, within).await,
+        "a silent link is dropped"
+    );
+
+    // The secret: its frames reach the topic's inbox, as sent, from the node it named.
+    let mut link = link_to(node, "other-node", &secret).await;
+    link.write_all(&frame("other-node", "probe.x", "r1", b"first"))
+        .await
+        .unwrap();
+    link.write_all(&frame("other-node", "probe.x", "r2", b"second"))
+        .await
+        .unwrap();
+    for (route, body) in [("r1", &b"first"[..]), ("r2", b"second")] {
+        let envelope = next_envelope(&inbox, within)
+            .await
+            .expect("the frame arrives");
+        assert_eq!(envelope.from.as_str(), "other-node");
+        assert_eq!((envelope.route.as_str(), &envelope.body[..]), (route, body));
+    }
+
+    // An envelope that claims to come from another node than the link's: cut.
+    link.write_all(&frame("third-node", "probe.x", "r3", b"forged"))
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut link, within).await,
+        "a forged sender cuts the link"
+    );
+    assert!(next_envelope(&inbox, Duration::from_millis(300))
+        .await
+        .is_none());
+
+    // A frame longer than the inbox holds: cut before it is read.
+    let mut link = link_to(node, "other-node", &secret).await;
+    link.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    assert!(
+        closed_within(&mut link, within).await,
+        "an oversized frame cuts the link"
+    );
+
+    // The node still takes a good link after all that.
+    let mut link = link_to(node, "other-node", &secret).await;
+    link.write_all(&frame("other-node", "probe.x", "r4", b"again"))
+        .await
+        .unwrap();
+    let envelope = next_envelope(&inbox, within)
+        .await
+        .expect("the frame arrives");
+    assert_eq!(envelope.route, "r4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_breaks_under_lossless_sides_cuts_their_tunnels_and_they_lose_nothing() {
+    // Mac on A, browser on B (tunnelled to A). Mid-exchange a second link "from A"
+    // reaches B: B's link from A is replaced, so what it was carrying may be lost — B cuts
+    // every tunnel through A, A's next write on the old link fails and A does the same.
+    // The sides see lost connections, resume, and nothing is lost, duplicated or reordered.
+    let Some((_db, nodes)) = cluster_of(2, |s| {
+        s.heartbeat.interval_secs = 1;
+        s.heartbeat.timeout_secs = 2;
+        s.pairing.resume_grace_secs = 30;
+        s.pairing.ack_interval_ms = 100;
+        s.pairing.ack_ping_interval_secs = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mac_proxy = Proxy::start(a.port).await;
+    let browser_proxy = Proxy::start(b.port).await;
+    let a_id = a.cluster.node_id().as_str().to_owned();
+    let mut watch_b = b.cluster.inbox("watch").unwrap();
+    let break_link = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (_, secret) = advert(b).await;
+        let impostor = link_to(b, &a_id, &secret).await;
+        let broken = next_broken(&mut watch_b, Duration::from_secs(3)).await;
+        assert_eq!(
+            broken.as_deref(),
+            Some(a_id.as_str()),
+            "B hears its link from A broke"
+        );
+        drop(impostor);
+    };
+    let (mac_resumes, browser_resumes) =
+        exchange_through(150, break_link, &mac_proxy, &browser_proxy).await;
+    assert!(
+        mac_resumes + browser_resumes >= 1,
+        "the cut tunnel was resumed from"
+    );
+}
+
+/// The node named by the next `Broken` event in `inbox`, if one comes within `within`.
+async fn next_broken(inbox: &mut std::sync::Arc<Inbox>, within: Duration) -> Option<String> {
+    tokio::time::timeout(within, async {
+        loop {
+            if let Inbound::Event(hermit_relay::cluster::ClusterEvent::Broken(node)) =
+                inbox.recv().await
+            {
+                return node.as_str().to_owned();
+            }
+        }
+    })
+    .await
+    .ok()
+}
