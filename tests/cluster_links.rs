@@ -203,3 +203,44 @@ async fn next_broken(inbox: &mut std::sync::Arc<Inbox>, within: Duration) -> Opt
     .await
     .ok()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answers_another_it_has_not_surveyed_yet() {
+    // A surveys the cluster every 5 s, B every 200 ms: B knows A at once, A learns of B
+    // only later. A browser on B joins a code of A's: A must answer B before it surveyed
+    // it, finding B's link address in Redis itself.
+    let (Some(redis), Some(db)) = (redis_url(), common::TestDb::postgres()) else {
+        return;
+    };
+    let prefix = prefix();
+    let mut slow = node_settings(&db, &redis, &prefix);
+    slow.cluster.heartbeat_ms = 5000;
+    slow.cluster.node_timeout_secs = 10;
+    let a = TestNode::start(slow);
+    eventually(Duration::from_secs(5), "A to join", || a.cluster.healthy()).await;
+    let b = TestNode::start(node_settings(&db, &redis, &prefix));
+    let a_id = a.cluster.node_id().clone();
+    eventually(Duration::from_secs(5), "B to know A", || {
+        b.cluster.healthy() && b.cluster.nodes().contains(&a_id)
+    })
+    .await;
+    assert!(
+        !a.cluster.nodes().contains(b.cluster.node_id()),
+        "A has not surveyed B yet: the test would not test"
+    );
+    let mut mac = a.connect("/mac").await;
+    let registered = common::recv(&mut mac).await;
+    let code = registered["code"].as_str().unwrap().to_owned();
+    let mut browser = b.connect("/browser").await;
+    common::send(
+        &mut browser,
+        serde_json::json!({"type": "join", "code": code}),
+    )
+    .await;
+    let joined = tokio::time::timeout(Duration::from_secs(3), common::recv(&mut browser))
+        .await
+        .expect("the browser hears back from A through B");
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(common::recv(&mut mac).await, joined, "the mac hears it too");
+    common::exchange(&mut mac, &mut browser, "early", 20).await;
+}

@@ -332,7 +332,7 @@ impl Cluster {
     }
 
     /// Hands `batch` (envelopes for `node`, in order) to its link's writer. Returns the
-    /// batch when it cannot be queued (no such node, or its link is stalled).
+    /// batch when it cannot be queued (its link is stalled).
     pub(super) fn write_to(
         self: &Arc<Self>,
         node: &NodeId,
@@ -340,9 +340,6 @@ impl Cluster {
     ) -> Result<(), Vec<Outgoing>> {
         let mut writers = lock(&self.links.writers);
         if !writers.contains_key(node) {
-            if !lock(&self.links.adverts).contains_key(node) {
-                return Err(batch);
-            }
             let (queue, batches) = mpsc::channel(MAX_BATCHES);
             let task = actix_rt::spawn(Arc::clone(self).write_link(node.clone(), batches));
             writers.insert(node.clone(), Writer { queue, task });
@@ -413,12 +410,24 @@ impl Cluster {
         }
     }
 
-    /// Opens a link to `node` as its heartbeat advertises it.
+    /// Opens a link to `node` as its heartbeat advertises it (read now if this node has
+    /// not seen it yet: a node that just started may be written to before the next
+    /// heartbeat surveys it).
     async fn connect(&self, node: &NodeId) -> Result<TcpStream, String> {
-        let advert = lock(&self.links.adverts)
-            .get(node)
-            .cloned()
-            .ok_or("the node is gone")?;
+        let known = lock(&self.links.adverts).get(node).cloned();
+        let advert = match known {
+            Some(advert) => advert,
+            None => {
+                let heartbeat = self
+                    .get(&self.node_key(node))
+                    .await
+                    .map_err(|err| err.to_string())?;
+                heartbeat
+                    .as_deref()
+                    .and_then(Advert::parse)
+                    .ok_or("the node is not in the cluster")?
+            }
+        };
         let mut stream = TcpStream::connect(&advert.addr)
             .await
             .map_err(|err| format!("cannot reach {}: {err}", advert.addr))?;
