@@ -368,16 +368,26 @@ impl Cluster {
                 frame(&more, &mut wire);
                 taken.push(more);
             }
-            let written = tokio::time::timeout(timeout, async {
-                if link.is_none() {
-                    link = Some(self.connect(&node).await?);
-                }
-                // unwrap: connected just above.
-                let stream = link.as_mut().unwrap();
-                stream.write_all(&wire).await.map_err(|err| err.to_string())
-            })
-            .await
-            .unwrap_or_else(|_| Err("timed out".into()));
+            if link.is_none() {
+                // Boxed: it may read Redis, and the Redis client's futures are kilobytes,
+                // which every write would otherwise move around.
+                let connecting = tokio::time::timeout(timeout, Box::pin(self.connect(&node)));
+                link = match connecting.await {
+                    Ok(Ok(stream)) => Some(stream),
+                    Ok(Err(err)) => {
+                        tracing::warn!(node = %node, %err, "cannot link to a node");
+                        None
+                    }
+                    Err(_) => None,
+                };
+            }
+            let written = match link.as_mut() {
+                Some(stream) => tokio::time::timeout(timeout, stream.write_all(&wire))
+                    .await
+                    .map_err(|_| "timed out".to_owned())
+                    .and_then(|written| written.map_err(|err| err.to_string())),
+                None => Err("no link".to_owned()),
+            };
             let envelopes: usize = taken.iter().map(Vec::len).sum();
             let mut bytes = 0;
             for item in taken.iter().flatten() {
