@@ -25,6 +25,7 @@ mod channels;
 mod link;
 mod membership;
 mod outbox;
+mod peers;
 mod topics;
 
 use std::collections::BTreeSet;
@@ -43,8 +44,8 @@ pub use inbox::{ClusterEvent, Inbound, Inbox};
 use crate::config::ClusterSettings;
 use crate::ids::NodeId;
 use crate::metrics::METRICS;
-use link::Links;
 use outbox::{Destination, Outbox, Outgoing};
+use peers::Links;
 
 /// Envelopes taken at once by the publishing task (in order, grouped per node).
 const PUBLISH_BATCH: usize = 256;
@@ -153,7 +154,8 @@ impl Cluster {
             &settings.link_listen,
             &settings.link_advertise,
             &settings.redis_url,
-        )?;
+        )
+        .map_err(ClusterError::Link)?;
         let arbiter = Arbiter::new();
         let cluster = Arc::new(Self {
             node,

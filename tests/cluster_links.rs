@@ -243,4 +243,85 @@ async fn a_node_answers_another_it_has_not_surveyed_yet() {
     assert_eq!(joined["type"], "joined", "{joined}");
     assert_eq!(common::recv(&mut mac).await, joined, "the mac hears it too");
     common::exchange(&mut mac, &mut browser, "early", 20).await;
+    assert!(
+        !a.cluster.nodes().contains(b.cluster.node_id()),
+        "A surveyed B meanwhile: the test did not test"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_says_goodbye_and_one_that_crashes_is_a_broken_link() {
+    // Processes named "a-fixed" one after the other each send B three envelopes. One that
+    // left ended its link with a goodbye: its successor's envelopes come with nothing
+    // reported broken. One that crashed did not: B reports the link from "a-fixed" broken
+    // before its successor's first envelope. B surveys every 5 s, so it does not see the
+    // node gone in between (which would cut the tunnels through it anyway).
+    let (Some(redis), Some(db)) = (redis_url(), common::TestDb::postgres()) else {
+        return;
+    };
+    let prefix = prefix();
+    let mut slow = node_settings(&db, &redis, &prefix);
+    slow.cluster.heartbeat_ms = 5000;
+    slow.cluster.node_timeout_secs = 10;
+    let b = TestNode::start(slow);
+    eventually(Duration::from_secs(5), "B to join", || b.cluster.healthy()).await;
+    let inbox = b.cluster.inbox("watch").unwrap();
+    // What B hears next: "message <body>" or "broken <node>"; other events skipped.
+    let next = || async {
+        let heard = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match inbox.recv().await {
+                    Inbound::Message(e) => {
+                        return format!("message {}", String::from_utf8_lossy(&e.body))
+                    }
+                    Inbound::Event(hermit_relay::cluster::ClusterEvent::Broken(node)) => {
+                        return format!("broken {node}")
+                    }
+                    _ => {}
+                }
+            }
+        });
+        heard.await.expect("B hears something")
+    };
+    let mut crashed = false;
+    for (round, crash) in [false, true, false].into_iter().enumerate() {
+        let mut settings = node_settings(&db, &redis, &prefix);
+        settings.cluster.node_id = "a-fixed".to_owned();
+        let a = TestNode::start(settings);
+        eventually(Duration::from_secs(5), "a-fixed to join", || {
+            a.cluster.healthy()
+        })
+        .await;
+        for n in 0..3 {
+            let envelope = Envelope::new("watch.x", "r", format!("{round}-{n}")).unwrap();
+            a.cluster.send(b.cluster.node_id(), envelope).unwrap();
+        }
+        if crashed {
+            assert_eq!(
+                next().await,
+                "broken a-fixed",
+                "a crash before: reported first"
+            );
+        }
+        for n in 0..3 {
+            assert_eq!(
+                next().await,
+                format!("message {round}-{n}"),
+                "round {round}"
+            );
+        }
+        if crash {
+            drop(a);
+        } else {
+            a.shut_down().await;
+        }
+        crashed = crash;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), next())
+            .await
+            .is_err()
+            || inbox.try_recv().is_none(),
+        "nothing more"
+    );
 }

@@ -1,7 +1,7 @@
 //! Direct links between nodes: what one node sends another goes over a TCP connection
 //! from the sender to the receiver, not through Redis. Redis still says who is alive and
 //! where each node listens (its heartbeat carries the address and a secret, see
-//! [`Advert`]); the envelopes themselves cross one socket, written by one task per peer, in
+//! `peers::Advert`); the envelopes themselves cross one socket, written by one task per peer, in
 //! the order they were sent.
 //!
 //! A link carries one direction: the sender connects, says who it is and proves it read
@@ -18,174 +18,35 @@
 //! route continues past a gap. A node that died is reported by its heartbeat
 //! (`NodeDown`), as before.
 
-use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::inbox::ClusterEvent;
 use super::outbox::Outgoing;
-use super::{lock, Cluster, ClusterError, Envelope};
+use super::peers::{lock, Advert, Stop, Writer};
+use super::{Cluster, Envelope};
 use crate::ids::NodeId;
 use crate::metrics::METRICS;
 
 /// The first word of a link's greeting, with the link protocol's version.
 const GREETING: &str = "HERMIT-LINK/1";
 /// The longest greeting read before the link is refused.
-const MAX_GREETING: usize = 512;
-/// Connections accepted from other nodes at once, greeting or linked; past it new ones are
-/// closed at once. Other nodes need one each; the rest is room for a peer that reconnects.
-const MAX_INBOUND: usize = 256;
+const MAX_GREETING_BYTES: usize = 512;
 /// Batches waiting for one peer's link; past it a batch is dropped and its routes lost
 /// (the link is stalled: every write is bounded by `cluster.redis_timeout_ms`).
 const MAX_BATCHES: usize = 1024;
 /// Bytes gathered into one write to a peer.
 const MAX_WRITE: usize = 256 * 1024;
-
-/// Where a node listens for links and the secret a linking node must show, as its
-/// heartbeat carries them: `up <host:port> <secret>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Advert {
-    /// How the other nodes reach this node's listener.
-    pub addr: String,
-    /// What a node that links to this one must say (it read it in Redis).
-    pub secret: String,
-}
-
-impl Advert {
-    /// The heartbeat value of a running node with this advert.
-    pub fn heartbeat(&self) -> String {
-        format!("{} {} {}", super::membership::UP, self.addr, self.secret)
-    }
-
-    /// The advert in a running node's heartbeat value, if it has one.
-    pub fn parse(heartbeat: &str) -> Option<Self> {
-        let mut words = heartbeat.split(' ');
-        let (up, addr, secret) = (words.next()?, words.next()?, words.next()?);
-        (up == super::membership::UP && words.next().is_none()).then(|| Self {
-            addr: addr.to_owned(),
-            secret: secret.to_owned(),
-        })
-    }
-}
-
-/// This node's links: its listener's advert, the other nodes' adverts, one writer per
-/// peer it sends to, and what it knows of the links other nodes opened to it.
-pub(super) struct Links {
-    /// Where the listener is bound, and `cluster.link_advertise`.
-    pub bound: SocketAddr,
-    advertise: String,
-    redis_url: String,
-    /// The secret a node linking to this one must show.
-    secret: String,
-    /// This node's advert, once its address is known.
-    own: std::sync::OnceLock<Advert>,
-    listener: Mutex<Option<std::net::TcpListener>>,
-    /// The other nodes' adverts, as their last heartbeats said.
-    adverts: Mutex<HashMap<NodeId, Advert>>,
-    /// One writer task per peer written to: its queue and its task.
-    writers: Mutex<HashMap<NodeId, Writer>>,
-    /// The link now read from each node, by its number; an older one still open stops.
-    inbound: Mutex<HashMap<NodeId, (u64, Arc<AtomicBool>)>>,
-    /// Nodes whose last link to this one ended without a goodbye.
-    unclean: Mutex<HashSet<NodeId>>,
-    connections: Arc<Semaphore>,
-}
-
-struct Writer {
-    queue: mpsc::Sender<Vec<Outgoing>>,
-    task: JoinHandle<()>,
-}
-
-impl Links {
-    /// Binds this node's listener to `listen`; its advert is `advertise` (a host, with the
-    /// bound port, or host:port), or when empty this host's address on the way to
-    /// `redis_url`'s server, with the bound port (see [`Self::own`]).
-    pub fn bind(listen: &str, advertise: &str, redis_url: &str) -> Result<Self, ClusterError> {
-        let refused = |what: String| ClusterError::Link(what);
-        let listener = std::net::TcpListener::bind(listen)
-            .map_err(|err| refused(format!("cannot listen on {listen}: {err}")))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|err| refused(err.to_string()))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|err| refused(err.to_string()))?;
-        Ok(Self {
-            bound,
-            advertise: advertise.to_owned(),
-            redis_url: redis_url.to_owned(),
-            secret: nanoid::nanoid!(32),
-            own: std::sync::OnceLock::new(),
-            listener: Mutex::new(Some(listener)),
-            adverts: Mutex::default(),
-            writers: Mutex::default(),
-            inbound: Mutex::default(),
-            unclean: Mutex::default(),
-            connections: Arc::new(Semaphore::new(MAX_INBOUND)),
-        })
-    }
-
-    /// This node's advert; an error while its address cannot be told (Redis's host does
-    /// not resolve yet): the heartbeat fails, and the next one asks again.
-    pub fn own(&self) -> Result<&Advert, ClusterError> {
-        if let Some(own) = self.own.get() {
-            return Ok(own);
-        }
-        let port = self.bound.port();
-        let addr = if !self.advertise.is_empty() {
-            if has_port(&self.advertise) {
-                self.advertise.clone()
-            } else {
-                format!("{}:{port}", self.advertise)
-            }
-        } else if !self.bound.ip().is_unspecified() {
-            self.bound.to_string()
-        } else {
-            let ip = route_to(&self.redis_url).ok_or_else(|| {
-                ClusterError::Link(
-                    "cannot tell this host's address on the way to Redis (set \
-                     cluster.link_advertise)"
-                        .into(),
-                )
-            })?;
-            SocketAddr::new(ip, port).to_string()
-        };
-        Ok(self.own.get_or_init(|| Advert {
-            addr,
-            secret: self.secret.clone(),
-        }))
-    }
-
-    /// Records what `node`'s heartbeat says; a node that came back with another advert
-    /// (restarted) gets a new writer.
-    pub fn seen(&self, node: &NodeId, advert: Option<Advert>) {
-        let mut adverts = lock(&self.adverts);
-        let changed = match &advert {
-            Some(advert) => adverts.get(node) != Some(advert),
-            None => adverts.contains_key(node),
-        };
-        if !changed {
-            return;
-        }
-        match advert {
-            Some(advert) => adverts.insert(node.clone(), advert),
-            None => adverts.remove(node),
-        };
-        drop(adverts);
-        // Its writer, if any, wrote to a node that is gone: it ends (sending a goodbye
-        // if its link still stands).
-        lock(&self.writers).remove(node);
-    }
-}
+/// A link's read buffer; one that grew for a big frame shrinks back to it once empty.
+const READ_BUFFER: usize = 64 * 1024;
 
 impl Cluster {
     /// Accepts links from other nodes until the node stops (on the cluster's thread).
@@ -201,41 +62,49 @@ impl Cluster {
             }
         };
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    tracing::warn!(%err, "cannot accept a link");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
-            let Ok(permit) = Arc::clone(&self.links.connections).try_acquire_owned() else {
-                tracing::warn!(%peer, "too many links from other nodes: one refused");
+            let Ok(greeting) = Arc::clone(&self.links.greeting).try_acquire_owned() else {
+                tracing::warn!(%peer, "too many links greeting at once: one refused");
                 continue;
             };
             let this = Arc::clone(&self);
-            actix_rt::spawn(async move {
-                this.read_link(stream).await;
-                drop(permit);
-            });
+            actix_rt::spawn(async move { this.read_link(stream, greeting).await });
         }
     }
 
     /// Reads one link from another node: its greeting, then its frames into the inboxes.
-    async fn read_link(&self, stream: TcpStream) {
+    async fn read_link(&self, stream: TcpStream, greeting: tokio::sync::OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
-        let mut stream = BufReader::with_capacity(MAX_GREETING, stream);
-        let greeting = tokio::time::timeout(self.settings.redis_timeout(), async {
+        let mut stream = BufReader::with_capacity(MAX_GREETING_BYTES, stream);
+        let greeted = tokio::time::timeout(self.settings.redis_timeout(), async {
             let mut line = Vec::new();
-            let mut limited = (&mut stream).take(MAX_GREETING as u64);
+            let mut limited = (&mut stream).take(MAX_GREETING_BYTES as u64);
             limited.read_until(b'\n', &mut line).await.ok()?;
             let line = String::from_utf8(line).ok()?;
             self.greeted(line.strip_suffix('\n')?)
         });
-        let Ok(Some(from)) = greeting.await else {
+        let Ok(Some(from)) = greeted.await else {
             tracing::debug!("a link without a valid greeting was refused");
             return;
         };
-        let (number, retired) = self.link_opened(&from);
+        drop(greeting);
+        let Ok(_linked) = Arc::clone(&self.links.linked).try_acquire_owned() else {
+            tracing::warn!(node = %from, "too many links from other nodes: one refused");
+            return;
+        };
+        let (number, stop) = self.link_opened(&from);
         // What came after the greeting in the same read is the first frames' start.
         let buf = BytesMut::from(stream.buffer());
         let clean = self
-            .read_frames(stream.into_inner(), buf, &from, &retired)
+            .read_frames(stream.into_inner(), buf, &from, &stop)
             .await;
         let mut inbound = lock(&self.links.inbound);
         if inbound
@@ -244,7 +113,7 @@ impl Cluster {
         {
             inbound.remove(&from);
             if !clean {
-                lock(&self.links.unclean).insert(from);
+                self.links.ended_unclean(from);
             }
         }
     }
@@ -267,32 +136,31 @@ impl Cluster {
     /// Records a new link from `from`: it replaces any older one, and when the last one
     /// ended without a goodbye (or still stands), what it carried may be lost — every
     /// inbox hears [`ClusterEvent::Broken`] before anything this link carries.
-    fn link_opened(&self, from: &NodeId) -> (u64, Arc<AtomicBool>) {
+    fn link_opened(&self, from: &NodeId) -> (u64, Arc<Stop>) {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let number = NEXT.fetch_add(1, Relaxed);
-        let retired = Arc::new(AtomicBool::new(false));
-        let older = lock(&self.links.inbound).insert(from.clone(), (number, Arc::clone(&retired)));
+        let stop = Arc::new(Stop::default());
+        let older = lock(&self.links.inbound).insert(from.clone(), (number, Arc::clone(&stop)));
         let unclean = lock(&self.links.unclean).remove(from);
         if let Some((_, older)) = &older {
-            older.store(true, Relaxed);
+            older.stop();
         }
         if older.is_some() || unclean {
             tracing::info!(node = %from, "a link from a node broke: what it carried is lost");
             self.event(ClusterEvent::Broken(from.clone()));
         }
-        (number, retired)
+        (number, stop)
     }
 
-    /// Reads frames until the link ends: true if it ended with a goodbye.
+    /// Reads frames until the link ends or is stopped: true if it ended with a goodbye.
     async fn read_frames(
         &self,
         mut stream: TcpStream,
         mut buf: BytesMut,
         from: &NodeId,
-        retired: &AtomicBool,
+        stop: &Stop,
     ) -> bool {
         let max = self.settings.max_inbox_bytes;
-        buf.reserve(64 * 1024);
         loop {
             while buf.len() >= 4 {
                 let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -308,11 +176,12 @@ impl Cluster {
                     buf.reserve(4 + len - buf.len());
                     break;
                 }
-                buf.advance(4);
-                let frame = buf.split_to(len).freeze();
-                if retired.load(Relaxed) {
+                if stop.stopped() {
                     return false;
                 }
+                // Copied out: an envelope kept waiting must not pin the read buffer.
+                let frame = Bytes::copy_from_slice(&buf[4..4 + len]);
+                buf.advance(4 + len);
                 match Envelope::decode(frame) {
                     Some(envelope) if envelope.from == *from => self.receive(envelope),
                     _ => {
@@ -321,31 +190,48 @@ impl Cluster {
                     }
                 }
             }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(64 * 1024);
+            if buf.is_empty() && buf.capacity() > 4 * READ_BUFFER {
+                buf = BytesMut::with_capacity(READ_BUFFER);
+            } else if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(READ_BUFFER);
             }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(_) => {}
+            tokio::select! {
+                read = stream.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {}
+                },
+                () = stop.wait() => return false,
             }
         }
     }
 
     /// Hands `batch` (envelopes for `node`, in order) to its link's writer. Returns the
-    /// batch when it cannot be queued (its link is stalled).
+    /// batch when it cannot be queued (its link is stalled, or the node is leaving).
     pub(super) fn write_to(
         self: &Arc<Self>,
         node: &NodeId,
         batch: Vec<Outgoing>,
     ) -> Result<(), Vec<Outgoing>> {
-        let mut writers = lock(&self.links.writers);
-        if !writers.contains_key(node) {
-            let (queue, batches) = mpsc::channel(MAX_BATCHES);
-            let task = actix_rt::spawn(Arc::clone(self).write_link(node.clone(), batches));
-            writers.insert(node.clone(), Writer { queue, task });
+        if self.links.closing.load(Relaxed) {
+            return Err(batch);
         }
-        // unwrap: just made if it was not there.
-        let writer = writers.get(node).unwrap();
+        let mut writers = lock(&self.links.writers);
+        let writer = writers.entry(node.clone()).or_insert_with(|| {
+            let (queue, batches) = mpsc::channel(MAX_BATCHES);
+            let retired = Arc::new(Stop::default());
+            let previous = lock(&self.links.retiring).remove(node);
+            let task = actix_rt::spawn(Arc::clone(self).write_link(
+                node.clone(),
+                batches,
+                Arc::clone(&retired),
+                previous,
+            ));
+            Writer {
+                queue,
+                task,
+                retired,
+            }
+        });
         writer.queue.try_send(batch).map_err(|err| match err {
             mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch) => {
                 batch
@@ -354,20 +240,40 @@ impl Cluster {
     }
 
     /// One peer's writer: writes what is queued for it, in order, connecting when it has
-    /// no link; a goodbye when its queue closes (the node leaves, or the peer went away).
-    async fn write_link(self: Arc<Self>, node: NodeId, mut batches: mpsc::Receiver<Vec<Outgoing>>) {
+    /// no link; a goodbye when its queue closes (the node leaves). It starts once the
+    /// peer's `previous` writer has ended (bounded), so one peer never has two.
+    async fn write_link(
+        self: Arc<Self>,
+        node: NodeId,
+        mut batches: mpsc::Receiver<Vec<Outgoing>>,
+        retired: Arc<Stop>,
+        previous: Option<JoinHandle<()>>,
+    ) {
+        let timeout = self.settings.redis_timeout();
+        if let Some(previous) = previous {
+            let _ = tokio::time::timeout(2 * timeout, previous).await;
+        }
         let mut link: Option<TcpStream> = None;
         let mut wire = Vec::with_capacity(64 * 1024);
-        let timeout = self.settings.redis_timeout();
         while let Some(first) = batches.recv().await {
+            let size = |batch: &Vec<Outgoing>| batch.iter().map(Outgoing::size).sum::<usize>();
+            let mut bytes = size(&first);
             let mut taken = vec![first];
-            wire.clear();
-            frame(&taken[0], &mut wire);
-            while wire.len() < MAX_WRITE {
+            while bytes < MAX_WRITE {
                 let Ok(more) = batches.try_recv() else { break };
-                frame(&more, &mut wire);
+                bytes += size(&more);
                 taken.push(more);
             }
+            if retired.stopped() {
+                // The peer is gone: nothing more is written to it.
+                link = None;
+                self.lost_all(taken.into_iter().flatten());
+                self.outbox.release(bytes);
+                continue;
+            }
+            wire.clear();
+            taken.iter().for_each(|batch| frame(batch, &mut wire));
+            let linked = link.is_some();
             if link.is_none() {
                 // Boxed: it may read Redis, and the Redis client's futures are kilobytes,
                 // which every write would otherwise move around.
@@ -389,10 +295,6 @@ impl Cluster {
                 None => Err("no link".to_owned()),
             };
             let envelopes: usize = taken.iter().map(Vec::len).sum();
-            let mut bytes = 0;
-            for item in taken.iter().flatten() {
-                bytes += item.size();
-            }
             match written {
                 Ok(()) => {
                     METRICS.cluster.sent.fetch_add(envelopes as u64, Relaxed);
@@ -402,16 +304,19 @@ impl Cluster {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(node = %node, %err, envelopes, "a link to a node broke: what it carried is lost");
                     METRICS.cluster.errors.fetch_add(1, Relaxed);
-                    link = None;
                     self.lost_all(taken.into_iter().flatten());
-                    self.event(ClusterEvent::Broken(node.clone()));
+                    // A link that stood broke: what it carried before may be lost too.
+                    if linked {
+                        tracing::warn!(node = %node, %err, "a link to a node broke: what it carried is lost");
+                        self.event(ClusterEvent::Broken(node.clone()));
+                    }
+                    link = None;
                 }
             }
             self.outbox.release(bytes);
         }
-        if let Some(mut stream) = link {
+        if let Some(mut stream) = link.filter(|_| !retired.stopped()) {
             let _ = tokio::time::timeout(timeout, async {
                 stream.write_all(&[0; 4]).await?;
                 stream.shutdown().await
@@ -424,8 +329,7 @@ impl Cluster {
     /// not seen it yet: a node that just started may be written to before the next
     /// heartbeat surveys it).
     async fn connect(&self, node: &NodeId) -> Result<TcpStream, String> {
-        let known = lock(&self.links.adverts).get(node).cloned();
-        let advert = match known {
+        let advert = match self.links.advert(node) {
             Some(advert) => advert,
             None => {
                 let heartbeat = self
@@ -458,8 +362,10 @@ impl Cluster {
         }
     }
 
-    /// Ends every writer, each with a goodbye on its link, waiting at most `within`.
+    /// Ends every writer, each with a goodbye on its link once it wrote what it holds,
+    /// waiting at most `within`; no writer starts after.
     pub(super) async fn close_links(&self, within: Duration) {
+        self.links.closing.store(true, Relaxed);
         let writers: Vec<Writer> = lock(&self.links.writers).drain().map(|(_, w)| w).collect();
         let tasks = writers.into_iter().map(|writer| {
             drop(writer.queue);
@@ -472,82 +378,10 @@ impl Cluster {
 /// Appends `batch` to `wire`, each envelope as one frame.
 fn frame(batch: &[Outgoing], wire: &mut Vec<u8>) {
     for item in batch {
-        // An envelope is at most `cluster.max_queued_bytes` long (≤ 2^34 by the config's
-        // ranges, but the outbox refuses more than it holds): it fits in 32 bits when
-        // the receiver's inbox can take it at all.
+        // The outbox holds at most `cluster.max_queued_bytes`; an envelope longer than 4 GiB
+        // gets a length the receiver refuses (it cuts the link, and both sides know).
         let len = u32::try_from(item.size()).unwrap_or(u32::MAX);
         wire.extend_from_slice(&len.to_be_bytes());
         item.envelope.encode_into(wire);
-    }
-}
-
-/// Whether `addr` ends in a port (`host:port`, not a bare IPv6 address).
-fn has_port(addr: &str) -> bool {
-    addr.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty()
-            && port.parse::<u16>().is_ok()
-            && (!host.contains(':') || host.ends_with(']'))
-    })
-}
-
-/// This host's address on the route to the Redis server of `redis_url` (no packet is
-/// sent: a UDP socket is only pointed there).
-fn route_to(redis_url: &str) -> Option<std::net::IpAddr> {
-    let rest = redis_url.strip_prefix("redis://")?;
-    let authority = rest.split('/').next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    let target = if has_port(host_port) {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:6379")
-    };
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&target)
-        .ok()?
-        .next()?;
-    let socket = UdpSocket::bind(if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    })
-    .ok()?;
-    socket.connect(addr).ok()?;
-    Some(socket.local_addr().ok()?.ip())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_advert_survives_the_heartbeat() {
-        let advert = Advert {
-            addr: "10.0.0.5:4100".into(),
-            secret: "s3cret".into(),
-        };
-        assert_eq!(Advert::parse(&advert.heartbeat()), Some(advert));
-        assert_eq!(Advert::parse("up"), None);
-        assert_eq!(Advert::parse("left"), None);
-        assert_eq!(Advert::parse("up a b c"), None);
-    }
-
-    #[test]
-    fn an_address_is_advertised_with_the_bound_port_unless_it_has_one() {
-        assert!(has_port("relay-2:4100"));
-        assert!(has_port("[::1]:4100"));
-        assert!(!has_port("relay-2"));
-        assert!(!has_port("::1"));
-        let own = |listen, advertise, redis| {
-            let links = Links::bind(listen, advertise, redis).unwrap();
-            let port = links.bound.port();
-            links.own().map(|own| (own.addr.clone(), port))
-        };
-        let (addr, port) = own("127.0.0.1:0", "relay-2", "redis://127.0.0.1:6379").unwrap();
-        assert_eq!(addr, format!("relay-2:{port}"));
-        let (addr, _) = own("127.0.0.1:0", "relay-2:7400", "redis://127.0.0.1:6379").unwrap();
-        assert_eq!(addr, "relay-2:7400");
-        let (addr, port) = own("0.0.0.0:0", "", "redis://:pw@127.0.0.1:6379/0").unwrap();
-        assert_eq!(addr, format!("127.0.0.1:{port}"));
-        assert!(own("0.0.0.0:0", "", "redis://no-such-host.invalid:6379").is_err());
-        assert!(Links::bind("nonsense", "", "redis://127.0.0.1").is_err());
     }
 }

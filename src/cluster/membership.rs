@@ -18,13 +18,11 @@ use std::sync::Arc;
 use fred::prelude::*;
 
 use super::inbox::ClusterEvent;
-use super::link::Advert;
+use super::peers::Advert;
 use super::{Cluster, ClusterError};
 use crate::ids::NodeId;
 use crate::metrics::METRICS;
 
-/// The first word of the heartbeat's value while the node runs (its link's advert follows).
-pub(super) const UP: &str = "up";
 /// The heartbeat's value once the node left gracefully.
 pub(super) const LEFT: &str = "left";
 
@@ -62,7 +60,7 @@ async fn refresh(cluster: &Cluster) -> Result<(), ClusterError> {
     let ttl = Expiration::PX(cluster.settings.node_timeout().as_millis() as i64);
     let key = cluster.node_key(&cluster.node);
     let client = &cluster.client;
-    let value = cluster.links.own()?.heartbeat();
+    let value = cluster.links.own().map_err(ClusterError::Link)?.heartbeat();
     cluster
         .timed(client.set::<(), _, _>(key, value, Some(ttl), None, false))
         .await?;

@@ -1,0 +1,333 @@
+//! What a node knows of its links to and from the other nodes (see `link.rs` for what
+//! it does with them): where it listens and what it advertises, the other nodes'
+//! adverts, one writer per peer, and the links other nodes opened to it. A leaf: it knows
+//! nothing of the [`super::Cluster`].
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::outbox::Outgoing;
+use crate::ids::NodeId;
+
+/// The first word of a running node's heartbeat (its link's advert follows).
+pub(super) const UP: &str = "up";
+/// Links being greeted at once; past it new connections are closed at once.
+const MAX_GREETING: usize = 32;
+/// Links from other nodes at once. Each other node needs one; the rest is room for a node
+/// that reconnects before its old link is noticed gone.
+const MAX_LINKED: usize = 256;
+/// Nodes remembered as having ended a link without a goodbye; past it the memory starts
+/// over (only a node that knows the secret can add to it).
+const MAX_UNCLEAN: usize = 1024;
+
+/// Where a node listens for links and the secret a linking node must show, as its
+/// heartbeat carries them: `up <host:port> <secret>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Advert {
+    /// How the other nodes reach this node's listener.
+    pub addr: String,
+    /// What a node that links to this one must say (it read it in Redis).
+    pub secret: String,
+}
+
+impl Advert {
+    /// The heartbeat value of a running node with this advert.
+    pub fn heartbeat(&self) -> String {
+        format!("{UP} {} {}", self.addr, self.secret)
+    }
+
+    /// The advert in a running node's heartbeat value, if it has one.
+    pub fn parse(heartbeat: &str) -> Option<Self> {
+        let mut words = heartbeat.split(' ');
+        let (up, addr, secret) = (words.next()?, words.next()?, words.next()?);
+        (up == UP && words.next().is_none()).then(|| Self {
+            addr: addr.to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+}
+
+/// Tells a task to stop, whether or not it is waiting right now.
+#[derive(Debug, Default)]
+pub(super) struct Stop {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    /// Asks the task to stop.
+    pub fn stop(&self) {
+        self.flag.store(true, Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Whether it was asked to.
+    pub fn stopped(&self) -> bool {
+        self.flag.load(Relaxed)
+    }
+
+    /// Waits until it is asked to.
+    pub async fn wait(&self) {
+        while !self.stopped() {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// One peer's writer: its queue, its task, and what retires it.
+pub(super) struct Writer {
+    pub queue: mpsc::Sender<Vec<Outgoing>>,
+    pub task: JoinHandle<()>,
+    /// Set when the peer is gone (or came back as another process): what is still queued
+    /// is reported lost at once instead of written.
+    pub retired: Arc<Stop>,
+}
+
+/// This node's links.
+pub(super) struct Links {
+    /// Where the listener is bound.
+    pub bound: SocketAddr,
+    /// `cluster.link_advertise`, and the Redis URL (whose route tells this host's address).
+    advertise: String,
+    redis_url: String,
+    /// The secret a node linking to this one must show.
+    pub secret: String,
+    own: OnceLock<Advert>,
+    /// Taken by the accepting task when it starts.
+    pub listener: Mutex<Option<std::net::TcpListener>>,
+    /// The other nodes' adverts, as their heartbeats said.
+    adverts: Mutex<HashMap<NodeId, Advert>>,
+    /// One writer per peer written to.
+    pub writers: Mutex<HashMap<NodeId, Writer>>,
+    /// The task of a peer's retired writer, which its next writer waits for (so one
+    /// peer never has two writers at once).
+    pub retiring: Mutex<HashMap<NodeId, JoinHandle<()>>>,
+    /// The link now read from each node (its number, and what stops its reader).
+    pub inbound: Mutex<HashMap<NodeId, (u64, Arc<Stop>)>>,
+    /// Nodes whose last link to this one ended without a goodbye.
+    pub unclean: Mutex<HashSet<NodeId>>,
+    /// Connections being greeted, and linked.
+    pub greeting: Arc<Semaphore>,
+    pub linked: Arc<Semaphore>,
+    /// The node leaves: no new writer starts.
+    pub closing: AtomicBool,
+}
+
+/// Locks `mutex`, whether or not a holder panicked.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Links {
+    /// Binds this node's listener to `listen`; its advert is `advertise` (a host, with the
+    /// bound port, or host:port), or when empty this host's address on the way to
+    /// `redis_url`'s server, with the bound port (see [`Self::own`]).
+    pub fn bind(listen: &str, advertise: &str, redis_url: &str) -> Result<Self, String> {
+        let listener = std::net::TcpListener::bind(listen)
+            .map_err(|err| format!("cannot listen on {listen}: {err}"))?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        Ok(Self {
+            bound,
+            advertise: advertise.to_owned(),
+            redis_url: redis_url.to_owned(),
+            secret: nanoid::nanoid!(32),
+            own: OnceLock::new(),
+            listener: Mutex::new(Some(listener)),
+            adverts: Mutex::default(),
+            writers: Mutex::default(),
+            retiring: Mutex::default(),
+            inbound: Mutex::default(),
+            unclean: Mutex::default(),
+            greeting: Arc::new(Semaphore::new(MAX_GREETING)),
+            linked: Arc::new(Semaphore::new(MAX_LINKED)),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    /// This node's advert; an error while its address cannot be told (Redis's host does
+    /// not resolve yet): the heartbeat fails, and the next one asks again.
+    pub fn own(&self) -> Result<&Advert, String> {
+        if let Some(own) = self.own.get() {
+            return Ok(own);
+        }
+        let port = self.bound.port();
+        let addr = if !self.advertise.is_empty() {
+            if has_port(&self.advertise) {
+                self.advertise.clone()
+            } else {
+                format!("{}:{port}", self.advertise)
+            }
+        } else if !self.bound.ip().is_unspecified() {
+            self.bound.to_string()
+        } else {
+            let ip = route_to(&self.redis_url).ok_or(
+                "cannot tell this host's address on the way to Redis (set \
+                 cluster.link_advertise)",
+            )?;
+            SocketAddr::new(ip, port).to_string()
+        };
+        Ok(self.own.get_or_init(|| Advert {
+            addr,
+            secret: self.secret.clone(),
+        }))
+    }
+
+    /// `node`'s advert, if its heartbeat was seen.
+    pub fn advert(&self, node: &NodeId) -> Option<Advert> {
+        lock(&self.adverts).get(node).cloned()
+    }
+
+    /// Records what `node`'s heartbeat says (`None`: it is gone). A node gone, or back
+    /// with another advert (another process), retires its writer and stops its reader.
+    pub fn seen(&self, node: &NodeId, advert: Option<Advert>) {
+        let previous = {
+            let mut adverts = lock(&self.adverts);
+            match &advert {
+                Some(advert) if adverts.get(node) == Some(advert) => return,
+                Some(advert) => adverts.insert(node.clone(), advert.clone()),
+                None => adverts.remove(node),
+            }
+        };
+        // A first sight changes nothing: a writer may already write to it (it read the
+        // advert in Redis itself).
+        if advert.is_some() && previous.is_none() {
+            return;
+        }
+        if let Some(writer) = lock(&self.writers).remove(node) {
+            writer.retired.stop();
+            lock(&self.retiring).insert(node.clone(), writer.task);
+        }
+        if advert.is_none() {
+            if let Some((_, reader)) = lock(&self.inbound).remove(node) {
+                reader.stop();
+            }
+            lock(&self.unclean).remove(node);
+            lock(&self.retiring).retain(|_, task| !task.is_finished());
+        }
+    }
+
+    /// Records that `node`'s link ended without a goodbye.
+    pub fn ended_unclean(&self, node: NodeId) {
+        let mut unclean = lock(&self.unclean);
+        if unclean.len() >= MAX_UNCLEAN {
+            unclean.clear();
+        }
+        unclean.insert(node);
+    }
+}
+
+/// Whether `addr` ends in a port (`host:port`, not a bare IPv6 address).
+pub(super) fn has_port(addr: &str) -> bool {
+    addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && port.parse::<u16>().is_ok()
+            && (!host.contains(':') || host.ends_with(']'))
+    })
+}
+
+/// This host's address on the route to the Redis server of `redis_url` (no packet is
+/// sent: a UDP socket is only pointed there).
+fn route_to(redis_url: &str) -> Option<IpAddr> {
+    let rest = redis_url.strip_prefix("redis://")?;
+    let authority = rest.split('/').next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let target = if has_port(host_port) {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:6379")
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&target)
+        .ok()?
+        .next()?;
+    let socket = UdpSocket::bind(if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .ok()?;
+    socket.connect(addr).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_advert_survives_the_heartbeat() {
+        let advert = Advert {
+            addr: "10.0.0.5:4100".into(),
+            secret: "s3cret".into(),
+        };
+        assert_eq!(Advert::parse(&advert.heartbeat()), Some(advert));
+        assert_eq!(Advert::parse("up"), None);
+        assert_eq!(Advert::parse("left"), None);
+        assert_eq!(Advert::parse("up a b c"), None);
+    }
+
+    #[test]
+    fn an_address_is_advertised_with_the_bound_port_unless_it_has_one() {
+        assert!(has_port("relay-2:4100"));
+        assert!(has_port("[::1]:4100"));
+        assert!(!has_port("relay-2"));
+        assert!(!has_port("::1"));
+        let own = |listen, advertise, redis| {
+            let links = Links::bind(listen, advertise, redis).unwrap();
+            let port = links.bound.port();
+            links.own().map(|own| (own.addr.clone(), port))
+        };
+        let (addr, port) = own("127.0.0.1:0", "relay-2", "redis://127.0.0.1:6379").unwrap();
+        assert_eq!(addr, format!("relay-2:{port}"));
+        let (addr, _) = own("127.0.0.1:0", "relay-2:7400", "redis://127.0.0.1:6379").unwrap();
+        assert_eq!(addr, "relay-2:7400");
+        let (addr, port) = own("0.0.0.0:0", "", "redis://:pw@127.0.0.1:6379/0").unwrap();
+        assert_eq!(addr, format!("127.0.0.1:{port}"));
+        assert!(own("0.0.0.0:0", "", "redis://no-such-host.invalid:6379").is_err());
+        assert!(Links::bind("nonsense", "", "redis://127.0.0.1").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_node_gone_or_back_as_another_process_retires_its_writer() {
+        let links = Links::bind("127.0.0.1:0", "", "redis://127.0.0.1").unwrap();
+        let node = NodeId::parse("peer").unwrap();
+        let advert = |secret: &str| Advert {
+            addr: "127.0.0.1:1".into(),
+            secret: secret.into(),
+        };
+        let writer = |links: &Links| {
+            let (queue, _) = mpsc::channel(1);
+            let retired = Arc::new(Stop::default());
+            let task = tokio::spawn(async {});
+            lock(&links.writers).insert(
+                node.clone(),
+                Writer {
+                    queue,
+                    task,
+                    retired: Arc::clone(&retired),
+                },
+            );
+            retired
+        };
+        let first = writer(&links);
+        links.seen(&node, Some(advert("one")));
+        links.seen(&node, Some(advert("one")));
+        assert!(!first.stopped(), "a first sight keeps the writer");
+        links.seen(&node, Some(advert("two")));
+        assert!(first.stopped(), "another process: another writer");
+        assert!(lock(&links.retiring).contains_key(&node));
+        let second = writer(&links);
+        let reader = Arc::new(Stop::default());
+        lock(&links.inbound).insert(node.clone(), (1, Arc::clone(&reader)));
+        links.ended_unclean(node.clone());
+        links.seen(&node, None);
+        assert!(second.stopped() && reader.stopped(), "gone: both ends stop");
+        assert!(lock(&links.unclean).is_empty() && lock(&links.writers).is_empty());
+        assert_eq!(links.advert(&node), None);
+    }
+}
