@@ -14,6 +14,20 @@ use hermit_relay::ids::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A node that surveys the cluster every 5 s (others in the tests: every 200 ms), once
+/// it has joined.
+async fn slow_surveyor(db: &common::TestDb, redis: &str, prefix: &str) -> TestNode {
+    let mut settings = node_settings(db, redis, prefix);
+    settings.cluster.heartbeat_ms = 5000;
+    settings.cluster.node_timeout_secs = 10;
+    let node = TestNode::start(settings);
+    eventually(Duration::from_secs(5), "the node to join", || {
+        node.cluster.healthy()
+    })
+    .await;
+    node
+}
+
 /// What `node`'s heartbeat in Redis advertises: its link address and secret.
 async fn advert(node: &TestNode) -> (String, String) {
     let key = node.cluster.key(&["node", node.cluster.node_id().as_str()]);
@@ -153,15 +167,7 @@ async fn a_link_that_breaks_under_lossless_sides_cuts_their_tunnels_and_they_los
     // reaches B: B's link from A is replaced, so what it was carrying may be lost — B cuts
     // every tunnel through A, A's next write on the old link fails and A does the same.
     // The sides see lost connections, resume, and nothing is lost, duplicated or reordered.
-    let Some((_db, nodes)) = cluster_of(2, |s| {
-        s.heartbeat.interval_secs = 1;
-        s.heartbeat.timeout_secs = 2;
-        s.pairing.resume_grace_secs = 30;
-        s.pairing.ack_interval_ms = 100;
-        s.pairing.ack_ping_interval_secs = 1;
-    })
-    .await
-    else {
+    let Some((_db, nodes)) = cluster_of(2, resumable).await else {
         return;
     };
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -213,11 +219,7 @@ async fn a_node_answers_another_it_has_not_surveyed_yet() {
         return;
     };
     let prefix = prefix();
-    let mut slow = node_settings(&db, &redis, &prefix);
-    slow.cluster.heartbeat_ms = 5000;
-    slow.cluster.node_timeout_secs = 10;
-    let a = TestNode::start(slow);
-    eventually(Duration::from_secs(5), "A to join", || a.cluster.healthy()).await;
+    let a = slow_surveyor(&db, &redis, &prefix).await;
     let b = TestNode::start(node_settings(&db, &redis, &prefix));
     let a_id = a.cluster.node_id().clone();
     eventually(Duration::from_secs(5), "B to know A", || {
@@ -260,11 +262,7 @@ async fn a_node_that_leaves_says_goodbye_and_one_that_crashes_is_a_broken_link()
         return;
     };
     let prefix = prefix();
-    let mut slow = node_settings(&db, &redis, &prefix);
-    slow.cluster.heartbeat_ms = 5000;
-    slow.cluster.node_timeout_secs = 10;
-    let b = TestNode::start(slow);
-    eventually(Duration::from_secs(5), "B to join", || b.cluster.healthy()).await;
+    let b = slow_surveyor(&db, &redis, &prefix).await;
     let inbox = b.cluster.inbox("watch").unwrap();
     // What B hears next: "message <body>" or "broken <node>"; other events skipped.
     let next = || async {

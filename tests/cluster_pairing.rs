@@ -373,15 +373,7 @@ async fn when_a_pairing_s_home_dies_its_sides_elsewhere_hear_after_the_grace() {
 async fn lossless_sides_cut_silently_and_back_on_other_nodes_lose_nothing_either_way() {
     // As tests/lossless.rs, with each side behind a round-robin balancer over three nodes:
     // every reconnection lands on another node than the one before.
-    let Some((_db, nodes)) = cluster_of(3, |s| {
-        s.heartbeat.interval_secs = 1;
-        s.heartbeat.timeout_secs = 2;
-        s.pairing.resume_grace_secs = 30;
-        s.pairing.ack_interval_ms = 100;
-        s.pairing.ack_ping_interval_secs = 1;
-    })
-    .await
-    else {
+    let Some((_db, nodes)) = cluster_of(3, resumable).await else {
         return;
     };
     let ports: Vec<u16> = nodes.iter().map(|node| node.port).collect();

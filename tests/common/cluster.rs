@@ -44,6 +44,16 @@ pub fn node_settings(db: &TestDb, redis: &str, prefix: &str) -> Settings {
     s
 }
 
+/// Settings for sides that lose a connection and come back: short relay heartbeats, a
+/// long resume grace, acknowledgements every 100 ms (the lossless tests across nodes).
+pub fn resumable(s: &mut Settings) {
+    s.heartbeat.interval_secs = 1;
+    s.heartbeat.timeout_secs = 2;
+    s.pairing.resume_grace_secs = 30;
+    s.pairing.ack_interval_ms = 100;
+    s.pairing.ack_ping_interval_secs = 1;
+}
+
 /// One node, running until dropped (dropping it stops it as a crash would).
 pub struct TestNode {
     pub port: u16,
