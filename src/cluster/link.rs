@@ -82,7 +82,7 @@ impl Cluster {
 
     /// Reads one link from another node: its greeting, then its frames into the inboxes.
     async fn read_link(&self, stream: TcpStream, greeting: tokio::sync::OwnedSemaphorePermit) {
-        let _ = stream.set_nodelay(true);
+        self.tune(&stream);
         let mut stream = BufReader::with_capacity(MAX_GREETING_BYTES, stream);
         let greeted = tokio::time::timeout(self.settings.redis_timeout(), async {
             let mut line = Vec::new();
@@ -345,13 +345,26 @@ impl Cluster {
         let mut stream = TcpStream::connect(&advert.addr)
             .await
             .map_err(|err| format!("cannot reach {}: {err}", advert.addr))?;
-        let _ = stream.set_nodelay(true);
+        self.tune(&stream);
         let greeting = format!("{GREETING} {} {node} {}\n", self.node, advert.secret);
         stream
             .write_all(greeting.as_bytes())
             .await
             .map_err(|err| err.to_string())?;
         Ok(stream)
+    }
+
+    /// A link's socket options: no Nagle delay, and keepalive probes after a node timeout
+    /// of silence, so a link to a host that vanished (no FIN ever comes) ends within about
+    /// twice `cluster.node_timeout_secs` instead of holding its reader forever.
+    fn tune(&self, stream: &TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let idle = self.settings.node_timeout();
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval((idle / 4).max(Duration::from_secs(1)))
+            .with_retries(4);
+        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
     }
 
     /// Reports every envelope of `items` lost (their routes are cut).

@@ -184,7 +184,10 @@ impl Links {
     }
 
     /// Records what `node`'s heartbeat says (`None`: it is gone). A node gone, or back
-    /// with another advert (another process), retires its writer and stops its reader.
+    /// with another advert (another process), retires its writer. Its link to this node
+    /// is still read: a node taken for gone may be alive (Redis came back empty, say), and
+    /// a link it still writes to must not go unread; a dead node's ends (a closed socket,
+    /// or the keepalive's probes unanswered).
     pub fn seen(&self, node: &NodeId, advert: Option<Advert>) {
         let previous = {
             let mut adverts = lock(&self.adverts);
@@ -204,10 +207,6 @@ impl Links {
             lock(&self.retiring).insert(node.clone(), writer.task);
         }
         if advert.is_none() {
-            if let Some((_, reader)) = lock(&self.inbound).remove(node) {
-                reader.stop();
-            }
-            lock(&self.unclean).remove(node);
             lock(&self.retiring).retain(|_, task| !task.is_finished());
         }
     }
@@ -324,10 +323,10 @@ mod tests {
         let second = writer(&links);
         let reader = Arc::new(Stop::default());
         lock(&links.inbound).insert(node.clone(), (1, Arc::clone(&reader)));
-        links.ended_unclean(node.clone());
         links.seen(&node, None);
-        assert!(second.stopped() && reader.stopped(), "gone: both ends stop");
-        assert!(lock(&links.unclean).is_empty() && lock(&links.writers).is_empty());
+        assert!(second.stopped(), "gone: its writer stops");
+        assert!(!reader.stopped(), "but its link is read while it stands");
+        assert!(lock(&links.writers).is_empty());
         assert_eq!(links.advert(&node), None);
     }
 }
