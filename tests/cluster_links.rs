@@ -323,3 +323,76 @@ async fn a_node_that_leaves_says_goodbye_and_one_that_crashes_is_a_broken_link()
         "nothing more"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_costs_a_bounded_queue_and_its_link_is_given_up() {
+    // "stalled" is this test: its heartbeat in Redis advertises a listener that takes the
+    // link, reads the greeting, and then reads nothing. The node writing to it fills the
+    // socket's buffers, then its bounded queue (sends are refused, not kept), gives the
+    // write up after the Redis timeout, reports every route whose envelopes it could not
+    // write, and says the link broke.
+    let Some((_db, nodes)) = cluster_of(1, |s| s.cluster.max_queued_bytes = 1 << 20).await else {
+        return;
+    };
+    let node = &nodes[0];
+    let inbox = node.cluster.inbox("stall").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let key = node.cluster.key(&["node", "stalled"]);
+    let heartbeat = format!("up {addr} stalled-secret");
+    node.cluster
+        .set(&key, &heartbeat, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (greeted, greeting) = tokio::sync::oneshot::channel();
+    let held = tokio::spawn(async move {
+        let (mut link, _) = listener.accept().await.unwrap();
+        let mut line = [0u8; 128];
+        let n = link.read(&mut line).await.unwrap();
+        let _ = greeted.send(String::from_utf8_lossy(&line[..n]).into_owned());
+        // Holds the link open, reading nothing more, until the test ends.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(link);
+    });
+    let stalled = NodeId::parse("stalled").unwrap();
+    let body = vec![b'x'; 64 * 1024];
+    let mut refused = 0;
+    for n in 0..2_000 {
+        let envelope = Envelope::new("stall.x", format!("r{n}"), body.clone()).unwrap();
+        if node.cluster.send(&stalled, envelope).is_err() {
+            refused += 1;
+            if refused >= 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(
+        refused >= 10,
+        "the queue took 2,000 × 64 KiB for a peer that reads nothing"
+    );
+    let (mut lost, mut broken) = (0, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(broken && lost > 0) {
+        let item = tokio::time::timeout_at(deadline, inbox.recv())
+            .await
+            .expect("the stalled link is given up and its routes reported");
+        match item {
+            Inbound::Lost(Some(routes)) => lost += routes.len(),
+            Inbound::Event(hermit_relay::cluster::ClusterEvent::Broken(node)) => {
+                assert_eq!(node, stalled);
+                broken = true;
+            }
+            _ => {}
+        }
+    }
+    held.abort();
+    let greeting = greeting.await.unwrap();
+    assert!(
+        greeting.starts_with(&format!(
+            "HERMIT-LINK/1 {} stalled stalled-secret\n",
+            node.cluster.node_id()
+        )),
+        "the greeting names both nodes and shows the advertised secret: {greeting}"
+    );
+}
