@@ -45,7 +45,7 @@ use crate::config::ClusterSettings;
 use crate::ids::NodeId;
 use crate::metrics::METRICS;
 use outbox::{Destination, Outbox, Outgoing};
-use peers::Links;
+use peers::{lock, Links};
 
 /// Envelopes taken at once by the publishing task (in order, grouped per node).
 const PUBLISH_BATCH: usize = 256;
@@ -477,8 +477,4 @@ impl ClusterError {
             _ => Self::Redis(err.details().to_owned()),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }

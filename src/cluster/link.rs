@@ -216,7 +216,7 @@ impl Cluster {
             return Err(batch);
         }
         let mut writers = lock(&self.links.writers);
-        let writer = writers.entry(node.clone()).or_insert_with(|| {
+        if !writers.contains_key(node) {
             let (queue, batches) = mpsc::channel(MAX_BATCHES);
             let retired = Arc::new(Stop::default());
             let previous = lock(&self.links.retiring).remove(node);
@@ -226,12 +226,15 @@ impl Cluster {
                 Arc::clone(&retired),
                 previous,
             ));
-            Writer {
+            let writer = Writer {
                 queue,
                 task,
                 retired,
-            }
-        });
+            };
+            writers.insert(node.clone(), writer);
+        }
+        // unwrap: inserted just above if it was not there.
+        let writer = writers.get(node).unwrap();
         writer.queue.try_send(batch).map_err(|err| match err {
             mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch) => {
                 batch
