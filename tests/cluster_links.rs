@@ -60,6 +60,13 @@ fn frame(from: &str, kind: &str, route: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Writes one [`frame`] on `link`.
+async fn write_frame(link: &mut TcpStream, from: &str, kind: &str, route: &str, body: &[u8]) {
+    link.write_all(&frame(from, kind, route, body))
+        .await
+        .unwrap();
+}
+
 /// Whether the node closed `link` within `within` (reading what it sends, which is
 /// nothing: a link carries one direction).
 async fn closed_within(link: &mut TcpStream, within: Duration) -> bool {
@@ -116,12 +123,8 @@ async fn only_a_node_that_read_the_secret_links_and_a_link_carries_only_what_it_
 
     // The secret: its frames reach the topic's inbox, as sent, from the node it named.
     let mut link = link_to(node, "other-node", &secret).await;
-    link.write_all(&frame("other-node", "probe.x", "r1", b"first"))
-        .await
-        .unwrap();
-    link.write_all(&frame("other-node", "probe.x", "r2", b"second"))
-        .await
-        .unwrap();
+    write_frame(&mut link, "other-node", "probe.x", "r1", b"first").await;
+    write_frame(&mut link, "other-node", "probe.x", "r2", b"second").await;
     for (route, body) in [("r1", &b"first"[..]), ("r2", b"second")] {
         let envelope = next_envelope(&inbox, within)
             .await
@@ -131,9 +134,7 @@ async fn only_a_node_that_read_the_secret_links_and_a_link_carries_only_what_it_
     }
 
     // An envelope that claims to come from another node than the link's: cut.
-    link.write_all(&frame("third-node", "probe.x", "r3", b"forged"))
-        .await
-        .unwrap();
+    write_frame(&mut link, "third-node", "probe.x", "r3", b"forged").await;
     assert!(
         closed_within(&mut link, within).await,
         "a forged sender cuts the link"
@@ -152,9 +153,7 @@ async fn only_a_node_that_read_the_secret_links_and_a_link_carries_only_what_it_
 
     // The node still takes a good link after all that.
     let mut link = link_to(node, "other-node", &secret).await;
-    link.write_all(&frame("other-node", "probe.x", "r4", b"again"))
-        .await
-        .unwrap();
+    write_frame(&mut link, "other-node", "probe.x", "r4", b"again").await;
     let envelope = next_envelope(&inbox, within)
         .await
         .expect("the frame arrives");
@@ -395,4 +394,40 @@ async fn a_peer_that_stops_reading_costs_a_bounded_queue_and_its_link_is_given_u
         )),
         "the greeting names both nodes and shows the advertised secret: {greeting}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_greet_are_bounded_and_do_not_lock_nodes_out_for_good() {
+    // 32 connections may be greeting at once (peers.rs, MAX_GREETING); the 33rd is closed
+    // at once, not after the greeting timeout. Once the silent ones are dropped (500 ms,
+    // the Redis timeout in tests), a node links again.
+    let Some((_db, nodes)) = cluster_of(1, |_| {}).await else {
+        return;
+    };
+    let node = &nodes[0];
+    let inbox = node.cluster.inbox("probe").unwrap();
+    let (addr, secret) = advert(node).await;
+    let mut silent = Vec::new();
+    for _ in 0..32 {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // Each is accepted before the next one counts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut one_more = TcpStream::connect(&addr).await.unwrap();
+    assert!(
+        closed_within(&mut one_more, Duration::from_millis(300)).await,
+        "past 32 greeting at once, a connection is closed at once"
+    );
+    for link in &mut silent {
+        assert!(
+            closed_within(link, Duration::from_secs(3)).await,
+            "a silent link is dropped after the greeting timeout"
+        );
+    }
+    let mut link = link_to(node, "other-node", &secret).await;
+    write_frame(&mut link, "other-node", "probe.x", "r", b"after").await;
+    let envelope = next_envelope(&inbox, Duration::from_secs(3))
+        .await
+        .expect("a node links again once the silent ones are gone");
+    assert_eq!(&envelope.body[..], b"after");
 }
