@@ -11,6 +11,7 @@
 //! ticking, and an idle connection holds no read or write buffer.
 
 mod decode;
+mod fed;
 mod frame;
 pub mod handshake;
 mod kill;
@@ -23,8 +24,10 @@ use std::time::{Duration, Instant};
 
 use actix_http::ws::{CloseCode, CloseReason};
 use actix_rt::net::TcpStream;
+use tokio::sync::mpsc;
 
 pub use decode::Inbound;
+pub use fed::{Feed, Sent};
 pub use frame::{header_len, ping_frame, pong_frame, text_frame, text_frame_of};
 pub use kill::{KillSwitch, Killable, Linger};
 pub use outbox::{Outbox, PushError};
@@ -125,4 +128,81 @@ pub fn take(
         inbound,
         writer,
     })
+}
+
+/// A virtual connection, with no socket (see [`Feed`]): the actor's writing half and
+/// stream, the queue that feeds the stream (at most `queue` messages wait in it), and the
+/// tunnel's end. What the actor writes is bounded by `max_outbound_bytes`, as on a socket.
+pub fn fed(
+    max_outbound_bytes: usize,
+    queue: usize,
+) -> (Link, InboundStream, mpsc::Sender<Inbound>, Feed) {
+    let outbox = Outbox::new(max_outbound_bytes);
+    let kill = Arc::new(KillSwitch::default());
+    let (sender, receiver) = mpsc::channel(queue);
+    let inbound = InboundStream::fed(Arc::clone(&kill), receiver);
+    let feed = Feed::new(Arc::clone(&outbox), Arc::clone(&kill));
+    let link = Link {
+        outbox,
+        kill,
+        last_heard: Instant::now(),
+    };
+    (link, inbound, sender, feed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_http::ws::{CloseCode, CloseReason};
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+
+    fn text(len: usize) -> Bytes {
+        text_frame_of(len, |out| out.resize(out.len() + len, b'a'))
+    }
+
+    #[tokio::test]
+    async fn a_fed_connection_s_writes_come_out_in_order_then_its_close_then_the_end() {
+        let (link, _inbound, _queue, mut feed) = fed(1 << 20, 4);
+        link.outbox.push(text(3)).unwrap();
+        link.outbox.push(ping_frame()).unwrap();
+        link.outbox.close(Some(CloseReason {
+            code: CloseCode::Policy,
+            description: Some("slow_consumer".into()),
+        }));
+        assert_eq!(
+            feed.next().await,
+            Some(Sent::Text(Bytes::from_static(b"aaa")))
+        );
+        assert_eq!(feed.next().await, Some(Sent::Ping));
+        let close = Some((1008, "slow_consumer".to_owned()));
+        assert_eq!(feed.next().await, Some(Sent::Close(close)));
+        assert_eq!(feed.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_cut_ends_both_halves_of_a_fed_connection_and_a_dropped_feed_refuses_pushes() {
+        let (link, mut inbound, queue, mut feed) = fed(1 << 20, 4);
+        queue.send(Inbound::Pong).await.unwrap();
+        assert!(matches!(inbound.next().await, Some(Inbound::Pong)));
+        link.outbox.push(text(1)).unwrap();
+        link.cut();
+        assert_eq!(feed.next().await, None, "cut: nothing more is taken");
+        assert!(inbound.next().await.is_none(), "cut: the stream ends");
+        drop(feed);
+        assert!(link.outbox.push(text(1)).is_err());
+        assert_eq!(link.outbox.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_fed_stream_ends_when_the_tunnel_lets_go_and_its_queue_is_bounded() {
+        let (_link, mut inbound, queue, _feed) = fed(1 << 20, 2);
+        queue.try_send(Inbound::Pong).unwrap();
+        queue.try_send(Inbound::Pong).unwrap();
+        assert!(queue.try_send(Inbound::Pong).is_err(), "bounded at 2");
+        drop(queue);
+        assert!(inbound.next().await.is_some());
+        assert!(inbound.next().await.is_some());
+        assert!(inbound.next().await.is_none());
+    }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cluster::*;
 use common::lossless::exchange_through;
@@ -198,7 +198,7 @@ async fn a_link_that_breaks_under_lossless_sides_cuts_their_tunnels_and_they_los
 async fn next_broken(inbox: &mut std::sync::Arc<Inbox>, within: Duration) -> Option<String> {
     tokio::time::timeout(within, async {
         loop {
-            if let Inbound::Event(hermit_relay::cluster::ClusterEvent::Broken(node)) =
+            if let Inbound::Event(hermit_relay::cluster::ClusterEvent::Broken(node, _)) =
                 inbox.recv().await
             {
                 return node.as_str().to_owned();
@@ -263,6 +263,8 @@ async fn a_node_that_leaves_says_goodbye_and_one_that_crashes_is_a_broken_link()
     let prefix = prefix();
     let b = slow_surveyor(&db, &redis, &prefix).await;
     let inbox = b.cluster.inbox("watch").unwrap();
+    // When each link B reported broken broke.
+    let broke_at = std::sync::Mutex::new(Vec::new());
     // What B hears next: "message <body>" or "broken <node>"; other events skipped.
     let next = || async {
         let heard = tokio::time::timeout(Duration::from_secs(5), async {
@@ -271,8 +273,9 @@ async fn a_node_that_leaves_says_goodbye_and_one_that_crashes_is_a_broken_link()
                     Inbound::Message(e) => {
                         return format!("message {}", String::from_utf8_lossy(&e.body))
                     }
-                    Inbound::Event(hermit_relay::cluster::ClusterEvent::Broken(node)) => {
-                        return format!("broken {node}")
+                    Inbound::Event(hermit_relay::cluster::ClusterEvent::Broken(node, at)) => {
+                        broke_at.lock().unwrap().push(at);
+                        return format!("broken {node}");
                     }
                     _ => {}
                 }
@@ -281,6 +284,7 @@ async fn a_node_that_leaves_says_goodbye_and_one_that_crashes_is_a_broken_link()
         heard.await.expect("B hears something")
     };
     let mut crashed = false;
+    let mut relinked = Instant::now();
     for (round, crash) in [false, true, false].into_iter().enumerate() {
         let mut settings = node_settings(&db, &redis, &prefix);
         settings.cluster.node_id = "a-fixed".to_owned();
@@ -289,6 +293,9 @@ async fn a_node_that_leaves_says_goodbye_and_one_that_crashes_is_a_broken_link()
             a.cluster.healthy()
         })
         .await;
+        if crashed {
+            relinked = Instant::now();
+        }
         for n in 0..3 {
             let envelope = Envelope::new("watch.x", "r", format!("{round}-{n}")).unwrap();
             a.cluster.send(b.cluster.node_id(), envelope).unwrap();
@@ -299,6 +306,10 @@ async fn a_node_that_leaves_says_goodbye_and_one_that_crashes_is_a_broken_link()
                 "broken a-fixed",
                 "a crash before: reported first"
             );
+            // Broken when the crashed process's link ended, not when its successor linked:
+            // a route opened in between never was on the broken link, and stays.
+            let at = broke_at.lock().unwrap()[0];
+            assert!(at < relinked, "broken as the successor linked, not before");
         }
         for n in 0..3 {
             assert_eq!(
@@ -378,7 +389,7 @@ async fn a_peer_that_stops_reading_costs_a_bounded_queue_and_its_link_is_given_u
             .expect("the stalled link is given up and its routes reported");
         match item {
             Inbound::Lost(Some(routes)) => lost += routes.len(),
-            Inbound::Event(hermit_relay::cluster::ClusterEvent::Broken(node)) => {
+            Inbound::Event(hermit_relay::cluster::ClusterEvent::Broken(node, _)) => {
                 assert_eq!(node, stalled);
                 broken = true;
             }

@@ -62,6 +62,27 @@ async fn a_mac_and_a_browser_on_different_nodes_pair_and_exchange_data_in_order(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_pairing_across_nodes_outlives_the_heartbeat_deadline() {
+    let Some((_db, a, b)) = two_nodes(|s| {
+        s.heartbeat.interval_secs = 1;
+        s.heartbeat.timeout_secs = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let (mut mac, mut browser) = pair_across(&a, &b).await;
+    // Each side answers its own node's pings; the browser's virtual connection on the
+    // mac's node hears its tunnel answer: no one is taken for gone while the pair is quiet.
+    let quiet = Duration::from_secs(5);
+    tokio::join!(
+        expect_silence(&mut mac, quiet),
+        expect_silence(&mut browser, quiet)
+    );
+    exchange(&mut mac, &mut browser, "after the quiet", 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_across_nodes_goes_in_batches_and_arrives_whole_and_in_order() {
     let Some((_db, a, b)) = two_nodes(|_| {}).await else {
         return;

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -30,9 +31,10 @@ pub enum ClusterEvent {
     Lost,
     /// This node reaches Redis again.
     Rejoined,
-    /// The link between this node and that one broke (it may still be alive): what was
-    /// on it is lost, so every route through that node is broken.
-    Broken(NodeId),
+    /// The link between this node and that one broke (it may still be alive), at that
+    /// instant: what was on it is lost, so every route through that node that stood then
+    /// is broken. (A route opened later cannot have had anything on it.)
+    Broken(NodeId, Instant),
 }
 
 /// One item of the inbox.

@@ -20,7 +20,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use subtle::ConstantTimeEq;
@@ -145,9 +145,11 @@ impl Cluster {
         if let Some((_, older)) = &older {
             older.stop();
         }
-        if older.is_some() || unclean {
+        // The older link breaks now; one that ended without a goodbye broke then.
+        let broke = older.map(|_| Instant::now()).or(unclean);
+        if let Some(at) = broke {
             tracing::info!(node = %from, "a link from a node broke: what it carried is lost");
-            self.event(ClusterEvent::Broken(from.clone()));
+            self.event(ClusterEvent::Broken(from.clone(), at));
         }
         (number, stop)
     }
@@ -312,7 +314,7 @@ impl Cluster {
                     // A link that stood broke: what it carried before may be lost too.
                     if linked {
                         tracing::warn!(node = %node, %err, "a link to a node broke: what it carried is lost");
-                        self.event(ClusterEvent::Broken(node.clone()));
+                        self.event(ClusterEvent::Broken(node.clone(), Instant::now()));
                     }
                     link = None;
                 }

@@ -3,10 +3,11 @@
 //! adverts, one writer per peer, and the links other nodes opened to it. A leaf: it knows
 //! nothing of the [`super::Cluster`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -109,8 +110,8 @@ pub(super) struct Links {
     pub retiring: Mutex<HashMap<NodeId, JoinHandle<()>>>,
     /// The link now read from each node (its number, and what stops its reader).
     pub inbound: Mutex<HashMap<NodeId, (u64, Arc<Stop>)>>,
-    /// Nodes whose last link to this one ended without a goodbye.
-    pub unclean: Mutex<HashSet<NodeId>>,
+    /// Nodes whose last link to this one ended without a goodbye, and when.
+    pub unclean: Mutex<HashMap<NodeId, Instant>>,
     /// Connections being greeted, and linked.
     pub greeting: Arc<Semaphore>,
     pub linked: Arc<Semaphore>,
@@ -217,7 +218,7 @@ impl Links {
         if unclean.len() >= MAX_UNCLEAN {
             unclean.clear();
         }
-        unclean.insert(node);
+        unclean.insert(node, Instant::now());
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The gateway sends the side's first message ([`OPEN`]) and then each text message
 //! ([`UP`]) to the home, where a virtual connection stands for it — a real connection actor
-//! of its endpoint over a loopback socket (see `home.rs`), so every rule, error code and
+//! of its endpoint with no socket of its own (see `home.rs`), so every rule, error code and
 //! close code is the one of a single node. What the home's socket writes comes back
 //! ([`DOWN`]), and so does its close frame ([`CLOSE`]); when the side leaves, the gateway
 //! says so ([`GONE`]): a close frame then reaches the virtual connection, a lost connection
@@ -21,17 +21,19 @@ mod home;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::delivery::lock;
 use super::socket::{Connection, Ctx, Opened, Protocol};
-use crate::cluster::{Cluster, ClusterEvent, Envelope, Inbound, SendError};
+use crate::cluster::{Cluster, ClusterEvent, Envelope, Inbound as ClusterInbound, SendError};
 use crate::config::Live;
 use crate::connections::Connections;
 use crate::ids::{ConnId, Departure, Endpoint, HashMap, NodeId, Outcome};
+use crate::transport::Inbound;
 
 /// Gateway → home: open a virtual connection; body: [`Open`] as JSON.
 pub const OPEN: &str = "tun.open";
@@ -46,7 +48,7 @@ pub const CLOSE: &str = "tun.close";
 /// (the gateway is leaving: the side comes back on another node). See [`Departure`].
 pub const GONE: &str = "tun.gone";
 
-/// Messages waiting for one virtual connection's tunnel; past it, the tunnel is cut.
+/// Messages waiting for one virtual connection; past it, its tunnel is cut.
 const TUNNEL_QUEUE: usize = 1024;
 
 /// What the home of a tunnelled side sent it.
@@ -78,13 +80,28 @@ struct Open {
     first: String,
 }
 
-/// What the home's tunnel task is told.
-#[derive(Debug)]
-enum TunnelIn {
-    /// A message from the side.
-    Text(Bytes),
-    /// The side left.
-    Gone(Departure),
+/// The home's end of one tunnel, as its gateway's messages reach it.
+struct Tunnel {
+    /// The side's node.
+    gateway: NodeId,
+    /// When it was opened (a link that broke before cannot have carried any of it).
+    opened: Instant,
+    /// The virtual connection's queue: the side's messages go straight into it.
+    queue: mpsc::Sender<Inbound>,
+    /// The side's departure, for the tunnel's task (it closes the virtual connection).
+    control: mpsc::Sender<Departure>,
+    /// The size limit the side's messages are held to, as on a socket of this node.
+    max_message_bytes: usize,
+}
+
+/// The gateway's end of one tunnel.
+struct Gate {
+    /// The side's home node.
+    home: NodeId,
+    /// When it was opened (a link that broke before cannot have carried any of it).
+    opened: Instant,
+    /// Where what the home sends goes.
+    sink: Sink,
 }
 
 /// What starts a virtual connection on this node.
@@ -104,9 +121,9 @@ pub struct Tunnels(Arc<Inner>);
 struct Inner {
     cluster: Arc<Cluster>,
     /// Sides here tunnelled to a home elsewhere, by route.
-    gateways: Mutex<HashMap<String, (NodeId, Sink)>>,
-    /// Virtual connections here for sides elsewhere, by route: the gateway, the tunnel.
-    tunnels: Mutex<HashMap<String, (NodeId, mpsc::Sender<TunnelIn>)>>,
+    gateways: Mutex<HashMap<String, Gate>>,
+    /// Virtual connections here for sides elsewhere, by route.
+    tunnels: Mutex<HashMap<String, Tunnel>>,
 }
 
 impl Tunnels {
@@ -124,7 +141,7 @@ impl Tunnels {
         let dispatching = cluster.spawn(async move {
             loop {
                 let item = inbox.recv().await;
-                dispatcher.dispatch(item, &home).await;
+                dispatcher.dispatch(item, &home);
             }
         });
         dispatching.then_some(tunnels)
@@ -159,7 +176,12 @@ impl Tunnels {
         };
         // unwrap: an `Open` is a plain struct of strings.
         let body = serde_json::to_vec(&open).unwrap();
-        lock(&self.0.gateways).insert(route.clone(), (home.clone(), sink));
+        let gate = Gate {
+            home: home.clone(),
+            opened: Instant::now(),
+            sink,
+        };
+        lock(&self.0.gateways).insert(route.clone(), gate);
         let sent = self.send(home, OPEN, &route, Bytes::from(body));
         if sent.is_err() {
             lock(&self.0.gateways).remove(&route);
@@ -185,14 +207,14 @@ impl Tunnels {
     }
 
     /// Handles one item of the inbox.
-    async fn dispatch(&self, item: Inbound, home: &Home) {
+    fn dispatch(&self, item: ClusterInbound, home: &Home) {
         match item {
-            Inbound::Message(envelope) => match envelope.kind.as_str() {
-                OPEN => home::open(self, envelope, home).await,
-                UP => self.to_tunnel(&envelope.route, TunnelIn::Text(envelope.body)),
+            ClusterInbound::Message(envelope) => match envelope.kind.as_str() {
+                OPEN => home::open(self, envelope, home),
+                UP => self.up_to_tunnel(&envelope.from, &envelope.route, envelope.body),
                 GONE => {
                     let departure = Departure::parse(&envelope.body);
-                    self.to_tunnel(&envelope.route, TunnelIn::Gone(departure));
+                    self.gone_to_tunnel(&envelope.from, &envelope.route, departure);
                 }
                 DOWN => self.to_gateway(&envelope.route, RemoteEvent::Text(envelope.body)),
                 CLOSE => {
@@ -205,58 +227,99 @@ impl Tunnels {
                 }
                 _ => {}
             },
-            Inbound::Event(ClusterEvent::NodeDown(node) | ClusterEvent::NodeLeft(node)) => {
-                self.cut(|other| *other == node, || RemoteEvent::HomeLost)
+            ClusterInbound::Event(ClusterEvent::NodeDown(node) | ClusterEvent::NodeLeft(node)) => {
+                self.cut(|other, _| *other == node, || RemoteEvent::HomeLost)
             }
-            Inbound::Event(ClusterEvent::Broken(node)) => {
-                self.cut(|other| *other == node, || RemoteEvent::Closed(None))
+            // Only what stood when the link broke can have lost anything on it.
+            ClusterInbound::Event(ClusterEvent::Broken(node, at)) => self.cut(
+                |other, opened| *other == node && opened <= at,
+                || RemoteEvent::Closed(None),
+            ),
+            ClusterInbound::Event(ClusterEvent::Lost) => {
+                self.cut(|_, _| true, || RemoteEvent::Closed(None))
             }
-            Inbound::Event(ClusterEvent::Lost) => self.cut(|_| true, || RemoteEvent::Closed(None)),
-            Inbound::Event(_) => {}
-            Inbound::Lost(Some(routes)) => {
+            ClusterInbound::Event(_) => {}
+            ClusterInbound::Lost(Some(routes)) => {
                 for route in routes {
                     self.cut_route(&route);
                 }
             }
-            Inbound::Lost(None) => self.cut(|_| true, || RemoteEvent::Closed(None)),
+            ClusterInbound::Lost(None) => self.cut(|_, _| true, || RemoteEvent::Closed(None)),
         }
     }
 
-    fn to_tunnel(&self, route: &str, message: TunnelIn) {
+    /// One message of a tunnelled side, straight into its virtual connection's queue.
+    fn up_to_tunnel(&self, gateway: &NodeId, route: &str, text: Bytes) {
         let mut tunnels = lock(&self.0.tunnels);
-        let Some((_, tunnel)) = tunnels.get(route) else {
+        let Some(tunnel) = tunnels
+            .get(route)
+            .filter(|tunnel| tunnel.gateway == *gateway)
+        else {
             return;
         };
-        if tunnel.try_send(message).is_err() {
-            // Its virtual connection cannot keep up: dropping the sender cuts it.
+        let message = inbound(text, tunnel.max_message_bytes);
+        if let Err(TrySendError::Full(_)) = tunnel.queue.try_send(message) {
+            // Its virtual connection cannot keep up: letting go of the tunnel cuts it, and
+            // the side is told it was cut. (A virtual connection that is gone closes its
+            // tunnel itself.)
+            tunnels.remove(route);
+            drop(tunnels);
+            let _ = self.send(gateway, CLOSE, route, Bytes::new());
+        }
+    }
+
+    /// The side left: its tunnel's task closes the virtual connection.
+    fn gone_to_tunnel(&self, gateway: &NodeId, route: &str, departure: Departure) {
+        let mut tunnels = lock(&self.0.tunnels);
+        let Some(tunnel) = tunnels
+            .get(route)
+            .filter(|tunnel| tunnel.gateway == *gateway)
+        else {
+            return;
+        };
+        if tunnel.control.try_send(departure).is_err() {
             tunnels.remove(route);
         }
     }
 
     fn to_gateway(&self, route: &str, event: RemoteEvent) {
-        if let Some((_, sink)) = lock(&self.0.gateways).get(route) {
-            sink(event);
+        if let Some(gate) = lock(&self.0.gateways).get(route) {
+            (gate.sink)(event);
         }
     }
 
-    /// Cuts every tunnel through a node for which `lost` holds, telling each tunnelled side
-    /// `event`.
-    fn cut(&self, lost: impl Fn(&NodeId) -> bool, event: impl Fn() -> RemoteEvent) {
-        lock(&self.0.tunnels).retain(|_, (gateway, _)| !lost(gateway));
+    /// Cuts every tunnel through a node for which `lost` holds (given the node and when
+    /// the tunnel was opened), telling each tunnelled side `event`.
+    fn cut(&self, lost: impl Fn(&NodeId, Instant) -> bool, event: impl Fn() -> RemoteEvent) {
+        lock(&self.0.tunnels).retain(|_, tunnel| !lost(&tunnel.gateway, tunnel.opened));
         let mut gateways = lock(&self.0.gateways);
-        gateways.retain(|_, (home, sink)| {
-            if lost(home) {
-                sink(event());
+        gateways.retain(|_, gate| {
+            let lost = lost(&gate.home, gate.opened);
+            if lost {
+                (gate.sink)(event());
             }
-            !lost(home)
+            !lost
         });
     }
 
     fn cut_route(&self, route: &str) {
         lock(&self.0.tunnels).remove(route);
-        if let Some((_, sink)) = lock(&self.0.gateways).remove(route) {
-            sink(RemoteEvent::Closed(None));
+        if let Some(gate) = lock(&self.0.gateways).remove(route) {
+            (gate.sink)(RemoteEvent::Closed(None));
         }
+    }
+}
+
+/// A side's message as its virtual connection reads it: held to the size limit and to
+/// UTF-8 as a socket of this node would hold it (its gateway did so too, under its own
+/// settings).
+fn inbound(text: Bytes, max_message_bytes: usize) -> Inbound {
+    if text.len() > max_message_bytes {
+        Inbound::TooLarge
+    } else if std::str::from_utf8(&text).is_err() {
+        Inbound::InvalidUtf8
+    } else {
+        Inbound::Text(text)
     }
 }
 

@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use futures_util::Stream;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::decode::{Inbound, Reader};
 use super::kill::{KillSwitch, Linger};
@@ -49,15 +49,40 @@ pub fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
 /// What a peer sends, as whole messages. Ends (`None`) when the socket is lost, cut or
 /// closed without a close frame; a fatal event ([`Inbound::TooLarge`], …) is the last one.
 pub struct InboundStream {
-    tcp: Arc<TcpStream>,
     kill: Arc<KillSwitch>,
+    source: Source,
+    done: bool,
+}
+
+/// Where a connection's messages come from.
+enum Source {
+    /// Its socket.
+    Socket(SocketReader),
+    /// A tunnel's queue: a virtual connection (see `transport::fed`).
+    Fed(mpsc::Receiver<Inbound>),
+}
+
+/// The reading half of a socket.
+struct SocketReader {
+    tcp: Arc<TcpStream>,
     /// The decoder and the start of a frame cut by the end of a read.
     reader: Reader,
     /// Events decoded from the last read, not yet taken (at most one read's worth).
     ready: VecDeque<Inbound>,
-    done: bool,
     /// Dropped with the stream: tells the writer the reader is done with the socket.
     _gone: oneshot::Sender<()>,
+}
+
+impl InboundStream {
+    /// The stream of a virtual connection, read from `queue`; ends when its sender is
+    /// dropped or the connection is cut.
+    pub(super) fn fed(kill: Arc<KillSwitch>, queue: mpsc::Receiver<Inbound>) -> Self {
+        Self {
+            kill,
+            source: Source::Fed(queue),
+            done: false,
+        }
+    }
 }
 
 impl Stream for InboundStream {
@@ -65,28 +90,41 @@ impl Stream for InboundStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
         let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let next = match &mut this.source {
+            Source::Socket(socket) => socket.poll_next(cx, &this.kill),
+            Source::Fed(_) if this.kill.watch_reader(cx) => Poll::Ready(None),
+            Source::Fed(queue) => queue.poll_recv(cx),
+        };
+        if matches!(next, Poll::Ready(None)) {
+            this.done = true;
+        }
+        next
+    }
+}
+
+impl SocketReader {
+    fn poll_next(&mut self, cx: &mut Context<'_>, kill: &KillSwitch) -> Poll<Option<Inbound>> {
         loop {
-            if let Some(event) = this.ready.pop_front() {
+            if let Some(event) = self.ready.pop_front() {
                 return Poll::Ready(Some(event));
             }
-            if this.done || this.reader.done() || this.kill.watch_reader(cx) {
-                this.done = true;
+            if self.reader.done() || kill.watch_reader(cx) {
                 return Poll::Ready(None);
             }
-            match this.tcp.poll_read_ready(cx) {
+            match self.tcp.poll_read_ready(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Ready(Ok(())) => {}
             }
             let read = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
-                match this.tcp.try_read(&mut scratch) {
+                match self.tcp.try_read(&mut scratch) {
                     Ok(0) => Err(None),
                     Ok(n) => {
-                        this.reader.absorb(&scratch[..n], &mut this.ready);
+                        self.reader.absorb(&scratch[..n], &mut self.ready);
                         Ok(())
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -94,7 +132,6 @@ impl Stream for InboundStream {
                 }
             });
             if read.is_err() {
-                this.done = true;
                 return Poll::Ready(None);
             }
         }
@@ -216,17 +253,20 @@ pub fn open(
 ) -> (InboundStream, Writer) {
     let tcp = Arc::new(tcp);
     let (gone_tx, gone_rx) = oneshot::channel();
-    let mut stream = InboundStream {
+    let mut socket = SocketReader {
         tcp: Arc::clone(&tcp),
-        kill: Arc::clone(&kill),
         reader: Reader::new(max_message_bytes),
         ready: VecDeque::new(),
-        done: false,
         _gone: gone_tx,
     };
     if !early.is_empty() {
-        stream.reader.absorb(early, &mut stream.ready);
+        socket.reader.absorb(early, &mut socket.ready);
     }
+    let stream = InboundStream {
+        kill: Arc::clone(&kill),
+        source: Source::Socket(socket),
+        done: false,
+    };
     let writer = Writer {
         tcp: Some(tcp),
         outbox,
