@@ -27,7 +27,7 @@ use actix_rt::net::TcpStream;
 use tokio::sync::mpsc;
 
 pub use decode::Inbound;
-pub use fed::{Feed, Sent};
+pub use fed::{Feed, Intake, Refused, Sent};
 pub use frame::{header_len, ping_frame, pong_frame, text_frame, text_frame_of};
 pub use kill::{KillSwitch, Killable, Linger};
 pub use outbox::{Outbox, PushError};
@@ -131,16 +131,16 @@ pub fn take(
 }
 
 /// A virtual connection, with no socket (see [`Feed`]): the actor's writing half and
-/// stream, the queue that feeds the stream (at most `queue` messages wait in it), and the
-/// tunnel's end. What the actor writes is bounded by `max_outbound_bytes`, as on a socket.
-pub fn fed(
-    max_outbound_bytes: usize,
-    queue: usize,
-) -> (Link, InboundStream, mpsc::Sender<Inbound>, Feed) {
+/// stream, the tunnel's way in (at most `queue` messages and `max_outbound_bytes` of them
+/// wait for the actor), and its way out. What the actor writes is bounded by
+/// `max_outbound_bytes`, as on a socket.
+pub fn fed(max_outbound_bytes: usize, queue: usize) -> (Link, InboundStream, Intake, Feed) {
     let outbox = Outbox::new(max_outbound_bytes);
     let kill = Arc::new(KillSwitch::default());
     let (sender, receiver) = mpsc::channel(queue);
-    let inbound = InboundStream::fed(Arc::clone(&kill), receiver);
+    let queued = Arc::default();
+    let inbound = InboundStream::fed(Arc::clone(&kill), receiver, Arc::clone(&queued));
+    let sender = Intake::new(sender, queued, max_outbound_bytes);
     let feed = Feed::new(Arc::clone(&outbox), Arc::clone(&kill));
     let link = Link {
         outbox,
@@ -182,8 +182,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_ends_both_halves_of_a_fed_connection_and_a_dropped_feed_refuses_pushes() {
-        let (link, mut inbound, queue, mut feed) = fed(1 << 20, 4);
-        queue.send(Inbound::Pong).await.unwrap();
+        let (link, mut inbound, intake, mut feed) = fed(1 << 20, 4);
+        assert!(intake.give(Inbound::Pong).await);
         assert!(matches!(inbound.next().await, Some(Inbound::Pong)));
         link.outbox.push(text(1)).unwrap();
         link.cut();
@@ -196,13 +196,30 @@ mod tests {
 
     #[tokio::test]
     async fn a_fed_stream_ends_when_the_tunnel_lets_go_and_its_queue_is_bounded() {
-        let (_link, mut inbound, queue, _feed) = fed(1 << 20, 2);
-        queue.try_send(Inbound::Pong).unwrap();
-        queue.try_send(Inbound::Pong).unwrap();
-        assert!(queue.try_send(Inbound::Pong).is_err(), "bounded at 2");
-        drop(queue);
+        let (_link, mut inbound, intake, _feed) = fed(1 << 20, 2);
+        intake.offer(Inbound::Pong).unwrap();
+        intake.offer(Inbound::Pong).unwrap();
+        assert_eq!(
+            intake.offer(Inbound::Pong),
+            Err(Refused::Full),
+            "bounded at 2"
+        );
+        drop(intake);
         assert!(inbound.next().await.is_some());
         assert!(inbound.next().await.is_some());
         assert!(inbound.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn what_waits_for_a_fed_connection_is_bounded_in_bytes_and_freed_as_it_is_read() {
+        let (_link, mut inbound, intake, _feed) = fed(100, 64);
+        let text = |len| Inbound::Text(Bytes::from(vec![b'a'; len]));
+        intake.offer(text(60)).unwrap();
+        assert_eq!(intake.offer(text(41)), Err(Refused::Full), "60 + 41 > 100");
+        intake.offer(text(40)).unwrap();
+        assert!(matches!(inbound.next().await, Some(Inbound::Text(t)) if t.len() == 60));
+        intake.offer(text(60)).unwrap();
+        drop(inbound);
+        assert_eq!(intake.offer(text(0)), Err(Refused::Gone));
     }
 }

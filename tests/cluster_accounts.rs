@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::account::*;
 use common::cluster::*;
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -352,4 +352,92 @@ async fn works_again(mac: &mut Ws, node: &TestNode, owner: &Owner) {
     let output = json!({"type": "data", "sessionId": "s1", "data": "back"});
     send(mac, output).await;
     assert_eq!(recv_type(&mut web, "data").await["data"], "back");
+}
+
+/// `url` with its `host:port` replaced by `127.0.0.1:<port>`.
+fn through_port(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (credentials, rest) = rest.rsplit_once('@').map_or(("", rest), |(c, r)| (c, r));
+    let path = rest.find('/').map_or("", |at| &rest[at..]);
+    let at = if credentials.is_empty() { "" } else { "@" };
+    format!("{scheme}://{credentials}{at}127.0.0.1:{port}{path}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_for_a_virtual_connection_is_bounded_and_past_it_the_side_is_cut() {
+    // A is the user's node and reaches its database through a proxy; B tunnels the user's
+    // clients to A. With A's database silent, A's virtual connection of a new client waits
+    // for it (up to `connect_timeout_secs`) and reads nothing meanwhile. One client floods
+    // small messages (past the 1,024 a virtual connection may have waiting), another large
+    // ones (past `max_outbound_bytes` waiting): each is cut well before the database would
+    // have answered, instead of A holding whatever they send.
+    let (Some(redis), Some(db)) = (redis_url(), TestDb::postgres()) else {
+        return;
+    };
+    let pg_port: u16 = {
+        let authority = db.url.split("://").nth(1).unwrap();
+        let host_port = authority
+            .rsplit('@')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        host_port
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or(5432)
+    };
+    let proxy = common::proxy::Proxy::start(pg_port).await;
+    let prefix = prefix();
+    let mut settings = node_settings(&db, &redis, &prefix);
+    settings.database.url = through_port(&db.url, proxy.port);
+    settings.database.connect_timeout_secs = 8;
+    settings.limits.max_outbound_bytes = 128 * 1024;
+    let nodes = [
+        TestNode::start(settings),
+        TestNode::start(node_settings(&db, &redis, &prefix)),
+    ];
+    all_know_each_other(&nodes).await;
+    let [a, b] = &nodes;
+    let ada = owner(a, "ada@example.com").await;
+    // The user's first connection makes A the user's node.
+    let _home = client(a, &ada.access).await;
+
+    proxy.down();
+    let started = Instant::now();
+    let flood = |count: usize, pad: usize| {
+        let access = ada.access.clone();
+        async move {
+            let mut ws = connect_to(b, "/ws/client").await;
+            send(&mut ws, json!({"type": "auth", "token": access})).await;
+            let ask = json!({"type": "list_machines", "pad": "x".repeat(pad)}).to_string();
+            for _ in 0..count {
+                // The relay may cut the socket while the flood is still being written.
+                if ws.send(Message::Text(ask.clone().into())).await.is_err() {
+                    break;
+                }
+            }
+            closed(&mut ws, Duration::from_secs(6)).await
+        }
+    };
+    // 1,100 messages of 60 B (66 KB, under the bytes); 200 of 2 KiB (400 KiB, under the count).
+    let (many, large) = tokio::join!(flood(1100, 20), flood(200, 2048));
+    let took = started.elapsed();
+    eprintln!("both floods cut after {took:?}");
+    assert_eq!(
+        many, None,
+        "cut, not closed: its node could not keep up with it"
+    );
+    assert_eq!(
+        large, None,
+        "cut, not closed: its node could not keep up with it"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "cut at the bound, not when the database answered ({took:?})"
+    );
+    proxy.up();
 }

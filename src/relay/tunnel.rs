@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 
 use super::delivery::lock;
 use super::socket::{Connection, Ctx, Opened, Protocol};
@@ -33,7 +33,7 @@ use crate::cluster::{Cluster, ClusterEvent, Envelope, Inbound as ClusterInbound,
 use crate::config::Live;
 use crate::connections::Connections;
 use crate::ids::{ConnId, Departure, Endpoint, HashMap, NodeId, Outcome};
-use crate::transport::Inbound;
+use crate::transport::{Inbound, Intake, Refused};
 
 /// Gateway → home: open a virtual connection; body: [`Open`] as JSON.
 pub const OPEN: &str = "tun.open";
@@ -86,8 +86,8 @@ struct Tunnel {
     gateway: NodeId,
     /// When it was opened (a link that broke before cannot have carried any of it).
     opened: Instant,
-    /// The virtual connection's queue: the side's messages go straight into it.
-    queue: mpsc::Sender<Inbound>,
+    /// The virtual connection's way in: the side's messages go straight into it.
+    queue: Intake,
     /// The side's departure, for the tunnel's task (it closes the virtual connection).
     control: mpsc::Sender<Departure>,
     /// The size limit the side's messages are held to, as on a socket of this node.
@@ -258,7 +258,7 @@ impl Tunnels {
             return;
         };
         let message = inbound(text, tunnel.max_message_bytes);
-        if let Err(TrySendError::Full(_)) = tunnel.queue.try_send(message) {
+        if let Err(Refused::Full) = tunnel.queue.offer(message) {
             // Its virtual connection cannot keep up: letting go of the tunnel cuts it, and
             // the side is told it was cut. (A virtual connection that is gone closes its
             // tunnel itself.)

@@ -11,10 +11,13 @@
 //! socket").
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
+use super::decode::Inbound;
 use super::kill::KillSwitch;
 use super::outbox::Outbox;
 
@@ -30,6 +33,64 @@ pub enum Sent {
     Ping,
     /// A close frame: its code and reason, if it has them.
     Close(Option<(u16, String)>),
+}
+
+/// The tunnel's way into a virtual connection: what the side sends waits here until the
+/// actor reads it, bounded in messages and in bytes (a socket would push back; a tunnel
+/// shares its link with others and cannot, so a side past either bound is cut). Clones
+/// share the bounds.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    queue: mpsc::Sender<Inbound>,
+    /// Bytes of the text messages waiting.
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// Why [`Intake::offer`] took nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The connection cannot keep up: past a bound.
+    Full,
+    /// The connection is gone.
+    Gone,
+}
+
+impl Intake {
+    pub(super) fn new(queue: mpsc::Sender<Inbound>, queued: Arc<AtomicUsize>, max: usize) -> Self {
+        Self {
+            queue,
+            queued,
+            max_bytes: max,
+        }
+    }
+
+    /// Queues `item` for the actor, unless a bound would be passed or it is gone.
+    pub fn offer(&self, item: Inbound) -> Result<(), Refused> {
+        let len = match &item {
+            Inbound::Text(text) => text.len(),
+            _ => 0,
+        };
+        if self.queued.load(Ordering::Relaxed) + len > self.max_bytes {
+            return Err(Refused::Full);
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        match self.queue.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                Err(match refused {
+                    TrySendError::Full(_) => Refused::Full,
+                    TrySendError::Closed(_) => Refused::Gone,
+                })
+            }
+        }
+    }
+
+    /// Queues `item` (no text), waiting while the queue is full; false if it is gone.
+    pub async fn give(&self, item: Inbound) -> bool {
+        self.queue.send(item).await.is_ok()
+    }
 }
 
 /// The tunnel's end of a virtual connection. Dropping it ends the connection as a lost

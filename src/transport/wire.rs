@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -59,7 +60,7 @@ enum Source {
     /// Its socket.
     Socket(SocketReader),
     /// A tunnel's queue: a virtual connection (see `transport::fed`).
-    Fed(mpsc::Receiver<Inbound>),
+    Fed(mpsc::Receiver<Inbound>, Arc<AtomicUsize>),
 }
 
 /// The reading half of a socket.
@@ -76,10 +77,15 @@ struct SocketReader {
 impl InboundStream {
     /// The stream of a virtual connection, read from `queue`; ends when its sender is
     /// dropped or the connection is cut.
-    pub(super) fn fed(kill: Arc<KillSwitch>, queue: mpsc::Receiver<Inbound>) -> Self {
+    /// `queued` counts the bytes of the text messages in `queue`.
+    pub(super) fn fed(
+        kill: Arc<KillSwitch>,
+        queue: mpsc::Receiver<Inbound>,
+        queued: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
             kill,
-            source: Source::Fed(queue),
+            source: Source::Fed(queue, queued),
             done: false,
         }
     }
@@ -95,8 +101,14 @@ impl Stream for InboundStream {
         }
         let next = match &mut this.source {
             Source::Socket(socket) => socket.poll_next(cx, &this.kill),
-            Source::Fed(_) if this.kill.watch_reader(cx) => Poll::Ready(None),
-            Source::Fed(queue) => queue.poll_recv(cx),
+            Source::Fed(..) if this.kill.watch_reader(cx) => Poll::Ready(None),
+            Source::Fed(queue, queued) => {
+                let next = queue.poll_recv(cx);
+                if let Poll::Ready(Some(Inbound::Text(text))) = &next {
+                    queued.fetch_sub(text.len(), Ordering::Relaxed);
+                }
+                next
+            }
         };
         if matches!(next, Poll::Ready(None)) {
             this.done = true;

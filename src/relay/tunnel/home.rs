@@ -15,7 +15,7 @@ use crate::cluster::Envelope;
 use crate::ids::{Departure, Endpoint, NodeId};
 use crate::relay::delivery::lock;
 use crate::relay::socket::{Opened, Socket};
-use crate::transport::{Feed, Inbound, Sent};
+use crate::transport::{Feed, Inbound, Intake, Sent};
 
 /// How long a tunnel waits for its virtual connection's answer to a close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -47,10 +47,10 @@ pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
     });
 }
 
-/// A virtual connection's queue (holding the side's first message), the tunnel's end of
+/// A virtual connection's way in (holding the side's first message), the tunnel's end of
 /// it, the flag that tells the connection its side moved, and the size limit it holds the
 /// side's messages to.
-type Started = (mpsc::Sender<Inbound>, Feed, Arc<AtomicBool>, usize);
+type Started = (Intake, Feed, Arc<AtomicBool>, usize);
 
 /// Admits and starts the side's connection actor.
 fn start(open: Open, home: &Home, tunnels: &Tunnels) -> Option<Started> {
@@ -63,7 +63,7 @@ fn start(open: Open, home: &Home, tunnels: &Tunnels) -> Option<Started> {
     let (link, inbound, queue, feed) =
         crate::transport::fed(limits.max_outbound_bytes, TUNNEL_QUEUE);
     let first = super::inbound(Bytes::from(open.first), max_message_bytes);
-    queue.try_send(first).ok()?;
+    queue.offer(first).ok()?;
     let opened = Opened {
         socket: Socket::new(admission, link),
         inbound,
@@ -82,7 +82,7 @@ fn start(open: Open, home: &Home, tunnels: &Tunnels) -> Option<Started> {
 async fn relay(
     tunnels: &Tunnels,
     mut feed: Feed,
-    queue: mpsc::Sender<Inbound>,
+    queue: Intake,
     mut departures: mpsc::Receiver<Departure>,
     gateway: &NodeId,
     route: &str,
@@ -97,14 +97,14 @@ async fn relay(
         tokio::select! {
             departure = departures.recv() => match departure {
                 Some(Departure::Clean) if closing => {
-                    let _ = queue.try_send(Inbound::Close(None));
+                    let _ = queue.offer(Inbound::Close(None));
                     return;
                 }
                 Some(Departure::Clean) => {
                     let bye = Inbound::Close(Some(CloseReason::from(CloseCode::Normal)));
                     // Let the virtual connection answer, so it ends as a clean close.
                     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                        if queue.send(bye).await.is_ok() {
+                        if queue.give(bye).await {
                             while let Some(sent) = feed.next().await {
                                 if matches!(sent, Sent::Close(_)) {
                                     break;
@@ -132,7 +132,7 @@ async fn relay(
                 }
                 // Its heartbeat: the tunnel stands, so the side is there.
                 Some(Sent::Ping) => {
-                    let _ = queue.try_send(Inbound::Pong);
+                    let _ = queue.offer(Inbound::Pong);
                 }
                 Some(Sent::Close(reason)) => {
                     let body = reason.map_or_else(Bytes::new, |(code, text)| {
