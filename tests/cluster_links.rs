@@ -442,3 +442,30 @@ async fn connections_that_never_greet_are_bounded_and_do_not_lock_nodes_out_for_
         .expect("a node links again once the silent ones are gone");
     assert_eq!(&envelope.body[..], b"after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cuts_a_tunnel_tells_the_other_end() {
+    // Mac on A, browser on B (tunnelled to A). A second link "from B" reaches A (this test,
+    // with A's secret) while B's own stands: A takes the old one for broken and cuts the
+    // tunnels through B, its virtual browser among them. B saw nothing break, and its
+    // browser stays quiet, so B writes nothing that would fail: only A's word tells B to
+    // cut its browser, rather than leave it paired with no one.
+    let Some((_db, nodes)) = cluster_of(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut mac = a.connect("/mac").await;
+    let registered = common::recv(&mut mac).await;
+    let code = registered["code"].as_str().unwrap();
+    let mut browser = b.connect("/browser").await;
+    let join = serde_json::json!({"type": "join", "code": code});
+    common::send(&mut browser, join).await;
+    assert_eq!(common::recv(&mut browser).await["type"], "joined");
+    assert_eq!(common::recv(&mut mac).await["type"], "joined");
+    common::exchange(&mut mac, &mut browser, "before", 5).await;
+
+    let (_, secret) = advert(a).await;
+    let _impostor = link_to(a, b.cluster.node_id().as_str(), &secret).await;
+    let code = common::expect_closed(&mut browser, Duration::from_secs(5)).await;
+    assert_eq!(code, None, "cut, as a lost connection");
+}

@@ -33,7 +33,8 @@ pub enum ClusterEvent {
     Rejoined,
     /// The link between this node and that one broke (it may still be alive), at that
     /// instant: what was on it is lost, so every route through that node that stood then
-    /// is broken. (A route opened later cannot have had anything on it.)
+    /// is broken. (One opened later never was on it: see `link.rs` for how the instant is
+    /// chosen.)
     Broken(NodeId, Instant),
 }
 

@@ -11,12 +11,15 @@
 //! up on a timeout, an error, or a frame it cannot read.
 //!
 //! What a link that breaks held is lost, on both ends alike: the sender reports the
-//! routes it could not write and tells its own inboxes [`ClusterEvent::Broken`] (every
-//! route through that node is cut), then connects again when it next has something to
-//! send; the receiver tells its inboxes the same when the sender comes back on a new link
-//! after one that ended without a goodbye — before anything the new link carries — so no
-//! route continues past a gap. A node that died is reported by its heartbeat
-//! (`NodeDown`), as before.
+//! routes it could not write and tells its own inboxes [`ClusterEvent::Broken`] with the
+//! instant it broke, then connects again when it next has something to send; the
+//! receiver tells its inboxes the same when the sender comes back on a new link after one
+//! that ended without a goodbye — before anything the new link carries. The instant is
+//! when the sender closed the old link (it wrote nothing after), or, for a link cut or
+//! failed, when the new one arrives (the sender may have written to the old one until it
+//! noticed). Every route through that node that stood by then is cut (and its other end
+//! told, see `relay::tunnel`), so no route continues past a gap. A node that died is
+//! reported by its heartbeat (`NodeDown`), as before.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -38,6 +41,18 @@ use crate::metrics::METRICS;
 
 /// The first word of a link's greeting, with the link protocol's version.
 const GREETING: &str = "HERMIT-LINK/1";
+
+/// How a link from another node ended.
+enum Ended {
+    /// With a goodbye: its sender left and sent everything.
+    Goodbye,
+    /// Closed by its sender without a goodbye, at that instant, after a whole frame:
+    /// everything it wrote was read.
+    Closed(Instant),
+    /// Cut (an error, a frame it may not send, a newer link): what its sender wrote may be
+    /// lost, until it noticed.
+    Cut,
+}
 /// The longest greeting read before the link is refused.
 const MAX_GREETING_BYTES: usize = 512;
 /// Batches waiting for one peer's link; past it a batch is dropped and its routes lost
@@ -103,7 +118,7 @@ impl Cluster {
         let (number, stop) = self.link_opened(&from);
         // What came after the greeting in the same read is the first frames' start.
         let buf = BytesMut::from(stream.buffer());
-        let clean = self
+        let ended = self
             .read_frames(stream.into_inner(), buf, &from, &stop)
             .await;
         let mut inbound = lock(&self.links.inbound);
@@ -112,8 +127,10 @@ impl Cluster {
             .is_some_and(|(current, _)| *current == number)
         {
             inbound.remove(&from);
-            if !clean {
-                self.links.ended_unclean(from);
+            match ended {
+                Ended::Goodbye => {}
+                Ended::Closed(at) => self.links.ended_unclean(from, Some(at)),
+                Ended::Cut => self.links.ended_unclean(from, None),
             }
         }
     }
@@ -145,8 +162,14 @@ impl Cluster {
         if let Some((_, older)) = &older {
             older.stop();
         }
-        // The older link breaks now; one that ended without a goodbye broke then.
-        let broke = older.map(|_| Instant::now()).or(unclean);
+        // The older link breaks now. One its sender closed without a goodbye broke then:
+        // it wrote nothing after. One cut here, or by an error, breaks now too: its
+        // sender may have written to it until it noticed.
+        let broke = match (older, unclean) {
+            (Some(_), _) | (None, Some(None)) => Some(Instant::now()),
+            (None, Some(Some(at))) => Some(at),
+            (None, None) => None,
+        };
         if let Some(at) = broke {
             tracing::info!(node = %from, "a link from a node broke: what it carried is lost");
             self.event(ClusterEvent::Broken(from.clone(), at));
@@ -161,25 +184,25 @@ impl Cluster {
         mut buf: BytesMut,
         from: &NodeId,
         stop: &Stop,
-    ) -> bool {
+    ) -> Ended {
         let max = self.settings.max_inbox_bytes;
         loop {
             while buf.len() >= 4 {
                 let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
                 if len == 0 {
-                    return true;
+                    return Ended::Goodbye;
                 }
                 if len > max {
                     METRICS.cluster.dropped("undecodable");
                     tracing::warn!(node = %from, len, "a frame too big on a link: it is cut");
-                    return false;
+                    return Ended::Cut;
                 }
                 if buf.len() < 4 + len {
                     buf.reserve(4 + len - buf.len());
                     break;
                 }
                 if stop.stopped() {
-                    return false;
+                    return Ended::Cut;
                 }
                 // Copied out: an envelope kept waiting must not pin the read buffer.
                 let frame = Bytes::copy_from_slice(&buf[4..4 + len]);
@@ -188,7 +211,7 @@ impl Cluster {
                     Some(envelope) if envelope.from == *from => self.receive(envelope),
                     _ => {
                         METRICS.cluster.dropped("undecodable");
-                        return false;
+                        return Ended::Cut;
                     }
                 }
             }
@@ -199,10 +222,13 @@ impl Cluster {
             }
             tokio::select! {
                 read = stream.read_buf(&mut buf) => match read {
-                    Ok(0) | Err(_) => return false,
+                    // The sender closed it: everything it wrote was read (unless it
+                    // closed in the middle of a frame).
+                    Ok(0) if buf.is_empty() => return Ended::Closed(Instant::now()),
+                    Ok(0) | Err(_) => return Ended::Cut,
                     Ok(_) => {}
                 },
-                () = stop.wait() => return false,
+                () = stop.wait() => return Ended::Cut,
             }
         }
     }

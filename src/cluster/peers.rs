@@ -110,8 +110,9 @@ pub(super) struct Links {
     pub retiring: Mutex<HashMap<NodeId, JoinHandle<()>>>,
     /// The link now read from each node (its number, and what stops its reader).
     pub inbound: Mutex<HashMap<NodeId, (u64, Arc<Stop>)>>,
-    /// Nodes whose last link to this one ended without a goodbye, and when.
-    pub unclean: Mutex<HashMap<NodeId, Instant>>,
+    /// Nodes whose last link to this one ended without a goodbye, and when its sender
+    /// closed it (`None`: cut, so it breaks only when the node links again).
+    pub unclean: Mutex<HashMap<NodeId, Option<Instant>>>,
     /// Connections being greeted, and linked.
     pub greeting: Arc<Semaphore>,
     pub linked: Arc<Semaphore>,
@@ -212,13 +213,14 @@ impl Links {
         }
     }
 
-    /// Records that `node`'s link ended without a goodbye.
-    pub fn ended_unclean(&self, node: NodeId) {
+    /// Records that `node`'s link ended without a goodbye: closed by it at `closed`, or
+    /// cut.
+    pub fn ended_unclean(&self, node: NodeId, closed: Option<Instant>) {
         let mut unclean = lock(&self.unclean);
         if unclean.len() >= MAX_UNCLEAN {
             unclean.clear();
         }
-        unclean.insert(node, Instant::now());
+        unclean.insert(node, closed);
     }
 }
 

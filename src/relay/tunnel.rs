@@ -4,10 +4,11 @@
 //! The gateway sends the side's first message ([`OPEN`]) and then each text message
 //! ([`UP`]) to the home, where a virtual connection stands for it — a real connection actor
 //! of its endpoint with no socket of its own (see `home.rs`), so every rule, error code and
-//! close code is the one of a single node. What the home's socket writes comes back
+//! close code is the one of a single node. What the virtual connection writes comes back
 //! ([`DOWN`]), and so does its close frame ([`CLOSE`]); when the side leaves, the gateway
 //! says so ([`GONE`]): a close frame then reaches the virtual connection, a lost connection
-//! cuts it (any resume grace applies there).
+//! cuts it (any resume grace applies there). Either end that cuts a tunnel (its link broke,
+//! what it sent was lost, its virtual connection could not keep up) tells the other.
 //!
 //! A home that goes away (down, or left) takes what it held with it: its gateways are told
 //! [`RemoteEvent::HomeLost`]. This node cut from Redis cuts its tunnels both ways.
@@ -84,7 +85,7 @@ struct Open {
 struct Tunnel {
     /// The side's node.
     gateway: NodeId,
-    /// When it was opened (a link that broke before cannot have carried any of it).
+    /// When it was opened (see [`ClusterEvent::Broken`]).
     opened: Instant,
     /// The virtual connection's way in: the side's messages go straight into it.
     queue: Intake,
@@ -98,7 +99,7 @@ struct Tunnel {
 struct Gate {
     /// The side's home node.
     home: NodeId,
-    /// When it was opened (a link that broke before cannot have carried any of it).
+    /// When it was opened (see [`ClusterEvent::Broken`]).
     opened: Instant,
     /// Where what the home sends goes.
     sink: Sink,
@@ -227,8 +228,15 @@ impl Tunnels {
                 }
                 _ => {}
             },
+            // A node that is gone is not told.
             ClusterInbound::Event(ClusterEvent::NodeDown(node) | ClusterEvent::NodeLeft(node)) => {
-                self.cut(|other, _| *other == node, || RemoteEvent::HomeLost)
+                lock(&self.0.tunnels).retain(|_, tunnel| tunnel.gateway != node);
+                lock(&self.0.gateways).retain(|_, gate| {
+                    if gate.home == node {
+                        (gate.sink)(RemoteEvent::HomeLost);
+                    }
+                    gate.home != node
+                });
             }
             // Only what stood when the link broke can have lost anything on it.
             ClusterInbound::Event(ClusterEvent::Broken(node, at)) => self.cut(
@@ -289,23 +297,53 @@ impl Tunnels {
     }
 
     /// Cuts every tunnel through a node for which `lost` holds (given the node and when
-    /// the tunnel was opened), telling each tunnelled side `event`.
+    /// the tunnel was opened), telling each tunnelled side here `event`, and each other end.
+    /// (Not told: a node that is gone.)
     fn cut(&self, lost: impl Fn(&NodeId, Instant) -> bool, event: impl Fn() -> RemoteEvent) {
-        lock(&self.0.tunnels).retain(|_, tunnel| !lost(&tunnel.gateway, tunnel.opened));
-        let mut gateways = lock(&self.0.gateways);
-        gateways.retain(|_, gate| {
-            let lost = lost(&gate.home, gate.opened);
+        let mut told = Vec::new();
+        lock(&self.0.tunnels).retain(|route, tunnel| {
+            let lost = lost(&tunnel.gateway, tunnel.opened);
             if lost {
-                (gate.sink)(event());
+                told.push((tunnel.gateway.clone(), CLOSE, route.clone()));
             }
             !lost
         });
+        lock(&self.0.gateways).retain(|route, gate| {
+            let lost = lost(&gate.home, gate.opened);
+            if lost {
+                (gate.sink)(event());
+                told.push((gate.home.clone(), GONE, route.clone()));
+            }
+            !lost
+        });
+        self.tell_cut(told);
     }
 
+    /// Cuts one tunnel, either end, telling its tunnelled side it was cut.
     fn cut_route(&self, route: &str) {
-        lock(&self.0.tunnels).remove(route);
+        let mut told = Vec::new();
+        if let Some(tunnel) = lock(&self.0.tunnels).remove(route) {
+            told.push((tunnel.gateway, CLOSE, route.to_owned()));
+        }
         if let Some(gate) = lock(&self.0.gateways).remove(route) {
             (gate.sink)(RemoteEvent::Closed(None));
+            told.push((gate.home, GONE, route.to_owned()));
+        }
+        self.tell_cut(told);
+    }
+
+    /// Tells the other end of each tunnel cut here, so that neither end goes on alone: a
+    /// gateway that its side's virtual connection was cut (`CLOSE`, empty), a home that the
+    /// side is lost (`GONE lost`; its resume grace applies there). Best effort: a node this
+    /// one cannot reach cuts its ends itself when it sees the link break or this node go.
+    fn tell_cut(&self, told: Vec<(NodeId, &str, String)>) {
+        let lost = Bytes::from_static(Departure::Lost.as_str().as_bytes());
+        for (node, kind, route) in told {
+            let body = match kind {
+                GONE => lost.clone(),
+                _ => Bytes::new(),
+            };
+            let _ = self.send(&node, kind, &route, body);
         }
     }
 }

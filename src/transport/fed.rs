@@ -93,8 +93,9 @@ impl Intake {
     }
 }
 
-/// The tunnel's end of a virtual connection. Dropping it ends the connection as a lost
-/// one (its actor's stream ends) and frees what its outbox holds.
+/// The tunnel's end of a virtual connection. Dropping it frees what the outbox holds and
+/// refuses later writes; the actor's stream ends once every [`Intake`] is dropped (after
+/// what waits in it), or at once when the connection is cut ([`Feed::cut`]).
 #[derive(Debug)]
 pub struct Feed {
     outbox: Arc<Outbox>,
@@ -133,6 +134,13 @@ impl Feed {
             }
         })
         .await
+    }
+}
+
+impl Feed {
+    /// Cuts the connection: its stream ends at once, whatever still waits in it.
+    pub fn cut(&self) {
+        self.kill.kill();
     }
 }
 

@@ -115,13 +115,19 @@ async fn relay(
                     .await;
                     return;
                 }
-                // Moved, lost, or cut here: letting go cuts the virtual connection (a moved
-                // side's is told first, so it waits for the side elsewhere).
+                // Moved or lost: letting go ends the virtual connection after what the side
+                // sent before (a moved side's is told first, so it waits for the side
+                // elsewhere).
                 Some(Departure::Moved) => {
                     moved.store(true, Relaxed);
                     return;
                 }
-                Some(Departure::Lost) | None => return,
+                Some(Departure::Lost) => return,
+                // Cut here (the gateway was told): nothing more of it is read.
+                None => {
+                    feed.cut();
+                    return;
+                }
             },
             () = tokio::time::sleep_until(answer_by), if closing => return,
             sent = feed.next(), if !closing => match sent {
