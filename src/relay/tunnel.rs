@@ -258,36 +258,37 @@ impl Tunnels {
 
     /// One message of a tunnelled side, straight into its virtual connection's queue.
     fn up_to_tunnel(&self, gateway: &NodeId, route: &str, text: Bytes) {
-        let mut tunnels = lock(&self.0.tunnels);
-        let Some(tunnel) = tunnels
-            .get(route)
-            .filter(|tunnel| tunnel.gateway == *gateway)
-        else {
-            return;
+        let keeps_up = |tunnel: &Tunnel| {
+            let message = inbound(text, tunnel.max_message_bytes);
+            tunnel.queue.offer(message) != Err(Refused::Full)
         };
-        let message = inbound(text, tunnel.max_message_bytes);
-        if let Err(Refused::Full) = tunnel.queue.offer(message) {
-            // Its virtual connection cannot keep up: letting go of the tunnel cuts it, and
-            // the side is told it was cut. (A virtual connection that is gone closes its
-            // tunnel itself.)
-            tunnels.remove(route);
-            drop(tunnels);
+        // A virtual connection that cannot keep up is cut, and its side told. (One that is
+        // gone closes its tunnel itself.)
+        if !self.to_tunnel(gateway, route, keeps_up) {
             let _ = self.send(gateway, CLOSE, route, Bytes::new());
         }
     }
 
     /// The side left: its tunnel's task closes the virtual connection.
     fn gone_to_tunnel(&self, gateway: &NodeId, route: &str, departure: Departure) {
+        self.to_tunnel(gateway, route, |tunnel| {
+            tunnel.control.try_send(departure).is_ok()
+        });
+    }
+
+    /// Hands the tunnel of `route`, if `gateway` opened it, what its side did; `hand` says
+    /// whether the tunnel took it. One that did not is cut (letting go of it ends its
+    /// task): returns false then.
+    fn to_tunnel(&self, gateway: &NodeId, route: &str, hand: impl FnOnce(&Tunnel) -> bool) -> bool {
         let mut tunnels = lock(&self.0.tunnels);
-        let Some(tunnel) = tunnels
-            .get(route)
-            .filter(|tunnel| tunnel.gateway == *gateway)
-        else {
-            return;
+        let taken = match tunnels.get(route) {
+            Some(tunnel) if tunnel.gateway == *gateway => hand(tunnel),
+            _ => return true,
         };
-        if tunnel.control.try_send(departure).is_err() {
+        if !taken {
             tunnels.remove(route);
         }
+        taken
     }
 
     fn to_gateway(&self, route: &str, event: RemoteEvent) {
