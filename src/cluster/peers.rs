@@ -332,4 +332,22 @@ mod tests {
         assert!(lock(&links.writers).is_empty());
         assert_eq!(links.advert(&node), None);
     }
+
+    #[test]
+    fn the_unclean_ends_remembered_are_bounded() {
+        let links = Links::bind("127.0.0.1:0", "", "redis://127.0.0.1").unwrap();
+        let node = |n: usize| NodeId::parse(&format!("n-{n}")).unwrap();
+        for n in 0..MAX_UNCLEAN {
+            links.ended_unclean(node(n), None);
+        }
+        assert_eq!(lock(&links.unclean).len(), MAX_UNCLEAN);
+        // One more forgets the others rather than growing: their next links are taken as
+        // clean. (Only nodes that read this one's secret can end a link, so it takes a
+        // cluster of more than 1,024 nodes.)
+        let at = std::time::Instant::now();
+        links.ended_unclean(node(MAX_UNCLEAN), Some(at));
+        let unclean = lock(&links.unclean);
+        assert_eq!(unclean.len(), 1);
+        assert_eq!(unclean.get(&node(MAX_UNCLEAN)), Some(&Some(at)));
+    }
 }
