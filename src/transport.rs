@@ -132,15 +132,19 @@ pub fn take(
 
 /// A virtual connection, with no socket (see [`Feed`]): the actor's writing half and
 /// stream, the tunnel's way in (at most `queue` messages and `max_outbound_bytes` of them
-/// wait for the actor), and its way out. What the actor writes is bounded by
-/// `max_outbound_bytes`, as on a socket.
-pub fn fed(max_outbound_bytes: usize, queue: usize) -> (Link, InboundStream, Intake, Feed) {
+/// wait for the actor, each held to `max_message_bytes`), and its way out. What the actor
+/// writes is bounded by `max_outbound_bytes`, as on a socket.
+pub fn fed(
+    max_message_bytes: usize,
+    max_outbound_bytes: usize,
+    queue: usize,
+) -> (Link, InboundStream, Intake, Feed) {
     let outbox = Outbox::new(max_outbound_bytes);
     let kill = Arc::new(KillSwitch::default());
     let (sender, receiver) = mpsc::channel(queue);
     let queued = Arc::default();
     let inbound = InboundStream::fed(Arc::clone(&kill), receiver, Arc::clone(&queued));
-    let sender = Intake::new(sender, queued, max_outbound_bytes);
+    let sender = Intake::new(sender, queued, max_outbound_bytes, max_message_bytes);
     let feed = Feed::new(Arc::clone(&outbox), Arc::clone(&kill));
     let link = Link {
         outbox,
@@ -163,7 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fed_connection_s_writes_come_out_in_order_then_its_close_then_the_end() {
-        let (link, _inbound, _queue, mut feed) = fed(1 << 20, 4);
+        let (link, _inbound, _queue, mut feed) = fed(1 << 20, 1 << 20, 4);
         link.outbox.push(text(3)).unwrap();
         link.outbox.push(ping_frame()).unwrap();
         link.outbox.close(Some(CloseReason {
@@ -182,7 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_ends_both_halves_of_a_fed_connection_and_a_dropped_feed_refuses_pushes() {
-        let (link, mut inbound, intake, mut feed) = fed(1 << 20, 4);
+        let (link, mut inbound, intake, mut feed) = fed(1 << 20, 1 << 20, 4);
         assert!(intake.give(Inbound::Pong).await);
         assert!(matches!(inbound.next().await, Some(Inbound::Pong)));
         link.outbox.push(text(1)).unwrap();
@@ -196,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fed_stream_ends_when_the_tunnel_lets_go_and_its_queue_is_bounded() {
-        let (_link, mut inbound, intake, _feed) = fed(1 << 20, 2);
+        let (_link, mut inbound, intake, _feed) = fed(1 << 20, 1 << 20, 2);
         intake.offer(Inbound::Pong).unwrap();
         intake.offer(Inbound::Pong).unwrap();
         assert_eq!(
@@ -211,8 +215,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_fed_connection_holds_text_to_the_rules_of_a_socket_reader() {
+        let (_link, mut inbound, intake, _feed) = fed(4, 1 << 20, 8);
+        intake.text(Bytes::from_static(b"abcd")).unwrap();
+        intake.text(Bytes::from_static(b"abcde")).unwrap();
+        intake.text(Bytes::from_static(b"\xff")).unwrap();
+        assert!(matches!(inbound.next().await, Some(Inbound::Text(t)) if &t[..] == b"abcd"));
+        assert!(matches!(inbound.next().await, Some(Inbound::TooLarge)));
+        assert!(matches!(inbound.next().await, Some(Inbound::InvalidUtf8)));
+    }
+
+    #[tokio::test]
     async fn what_waits_for_a_fed_connection_is_bounded_in_bytes_and_freed_as_it_is_read() {
-        let (_link, mut inbound, intake, _feed) = fed(100, 64);
+        let (_link, mut inbound, intake, _feed) = fed(100, 100, 64);
         let text = |len| Inbound::Text(Bytes::from(vec![b'a'; len]));
         intake.offer(text(60)).unwrap();
         assert_eq!(intake.offer(text(41)), Err(Refused::Full), "60 + 41 > 100");

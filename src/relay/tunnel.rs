@@ -34,7 +34,7 @@ use crate::cluster::{Cluster, ClusterEvent, Envelope, Inbound as ClusterInbound,
 use crate::config::Live;
 use crate::connections::Connections;
 use crate::ids::{ConnId, Departure, Endpoint, HashMap, NodeId, Outcome};
-use crate::transport::{Inbound, Intake, Refused};
+use crate::transport::{Intake, Refused};
 
 /// Gateway → home: open a virtual connection; body: [`Open`] as JSON.
 pub const OPEN: &str = "tun.open";
@@ -91,8 +91,6 @@ struct Tunnel {
     queue: Intake,
     /// The side's departure, for the tunnel's task (it closes the virtual connection).
     control: mpsc::Sender<Departure>,
-    /// The size limit the side's messages are held to, as on a socket of this node.
-    max_message_bytes: usize,
 }
 
 /// The gateway's end of one tunnel.
@@ -230,21 +228,18 @@ impl Tunnels {
             },
             // A node that is gone is not told.
             ClusterInbound::Event(ClusterEvent::NodeDown(node) | ClusterEvent::NodeLeft(node)) => {
-                lock(&self.0.tunnels).retain(|_, tunnel| tunnel.gateway != node);
-                lock(&self.0.gateways).retain(|_, gate| {
-                    if gate.home == node {
-                        (gate.sink)(RemoteEvent::HomeLost);
-                    }
-                    gate.home != node
-                });
+                drop(self.cut(|other, _| *other == node, || RemoteEvent::HomeLost));
             }
             // Only what stood when the link broke can have lost anything on it.
-            ClusterInbound::Event(ClusterEvent::Broken(node, at)) => self.cut(
-                |other, opened| *other == node && opened <= at,
-                || RemoteEvent::Closed(None),
-            ),
+            ClusterInbound::Event(ClusterEvent::Broken(node, at)) => {
+                let cut = self.cut(
+                    |other, opened| *other == node && opened <= at,
+                    || RemoteEvent::Closed(None),
+                );
+                self.tell_cut(cut);
+            }
             ClusterInbound::Event(ClusterEvent::Lost) => {
-                self.cut(|_, _| true, || RemoteEvent::Closed(None))
+                self.tell_cut(self.cut(|_, _| true, || RemoteEvent::Closed(None)))
             }
             ClusterInbound::Event(_) => {}
             ClusterInbound::Lost(Some(routes)) => {
@@ -252,16 +247,15 @@ impl Tunnels {
                     self.cut_route(&route);
                 }
             }
-            ClusterInbound::Lost(None) => self.cut(|_, _| true, || RemoteEvent::Closed(None)),
+            ClusterInbound::Lost(None) => {
+                self.tell_cut(self.cut(|_, _| true, || RemoteEvent::Closed(None)))
+            }
         }
     }
 
     /// One message of a tunnelled side, straight into its virtual connection's queue.
     fn up_to_tunnel(&self, gateway: &NodeId, route: &str, text: Bytes) {
-        let keeps_up = |tunnel: &Tunnel| {
-            let message = inbound(text, tunnel.max_message_bytes);
-            tunnel.queue.offer(message) != Err(Refused::Full)
-        };
+        let keeps_up = |tunnel: &Tunnel| tunnel.queue.text(text) != Err(Refused::Full);
         // A virtual connection that cannot keep up is cut, and its side told. (One that is
         // gone closes its tunnel itself.)
         if !self.to_tunnel(gateway, route, keeps_up) {
@@ -298,9 +292,13 @@ impl Tunnels {
     }
 
     /// Cuts every tunnel through a node for which `lost` holds (given the node and when
-    /// the tunnel was opened), telling each tunnelled side here `event`, and each other end.
-    /// (Not told: a node that is gone.)
-    fn cut(&self, lost: impl Fn(&NodeId, Instant) -> bool, event: impl Fn() -> RemoteEvent) {
+    /// the tunnel was opened), telling each tunnelled side here `event`. Returns the other
+    /// ends, for [`Self::tell_cut`].
+    fn cut(
+        &self,
+        lost: impl Fn(&NodeId, Instant) -> bool,
+        event: impl Fn() -> RemoteEvent,
+    ) -> Vec<(NodeId, &'static str, String)> {
         let mut told = Vec::new();
         lock(&self.0.tunnels).retain(|route, tunnel| {
             let lost = lost(&tunnel.gateway, tunnel.opened);
@@ -317,7 +315,7 @@ impl Tunnels {
             }
             !lost
         });
-        self.tell_cut(told);
+        told
     }
 
     /// Cuts one tunnel, either end, telling its tunnelled side it was cut.
@@ -337,7 +335,7 @@ impl Tunnels {
     /// gateway that its side's virtual connection was cut (`CLOSE`, empty), a home that the
     /// side is lost (`GONE lost`; its resume grace applies there). Best effort: a node this
     /// one cannot reach cuts its ends itself when it sees the link break or this node go.
-    fn tell_cut(&self, told: Vec<(NodeId, &str, String)>) {
+    fn tell_cut(&self, told: Vec<(NodeId, &'static str, String)>) {
         let lost = Bytes::from_static(Departure::Lost.as_str().as_bytes());
         for (node, kind, route) in told {
             let body = match kind {
@@ -346,19 +344,6 @@ impl Tunnels {
             };
             let _ = self.send(&node, kind, &route, body);
         }
-    }
-}
-
-/// A side's message as its virtual connection reads it: held to the size limit and to
-/// UTF-8 as a socket of this node would hold it (its gateway did so too, under its own
-/// settings).
-fn inbound(text: Bytes, max_message_bytes: usize) -> Inbound {
-    if text.len() > max_message_bytes {
-        Inbound::TooLarge
-    } else if std::str::from_utf8(&text).is_err() {
-        Inbound::InvalidUtf8
-    } else {
-        Inbound::Text(text)
     }
 }
 

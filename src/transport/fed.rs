@@ -45,6 +45,8 @@ pub struct Intake {
     /// Bytes of the text messages waiting.
     queued: Arc<AtomicUsize>,
     max_bytes: usize,
+    /// The size limit of one message, as on a socket.
+    max_message_bytes: usize,
 }
 
 /// Why [`Intake::offer`] took nothing.
@@ -57,12 +59,31 @@ pub enum Refused {
 }
 
 impl Intake {
-    pub(super) fn new(queue: mpsc::Sender<Inbound>, queued: Arc<AtomicUsize>, max: usize) -> Self {
+    pub(super) fn new(
+        queue: mpsc::Sender<Inbound>,
+        queued: Arc<AtomicUsize>,
+        max_bytes: usize,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             queue,
             queued,
-            max_bytes: max,
+            max_bytes,
+            max_message_bytes,
         }
+    }
+
+    /// Queues one text message of the side, held to the size limit and to UTF-8 as a
+    /// socket's reader would hold it (what passes neither reaches the actor as the event
+    /// a socket would give it).
+    pub fn text(&self, text: Bytes) -> Result<(), Refused> {
+        self.offer(if text.len() > self.max_message_bytes {
+            Inbound::TooLarge
+        } else if std::str::from_utf8(&text).is_err() {
+            Inbound::InvalidUtf8
+        } else {
+            Inbound::Text(text)
+        })
     }
 
     /// Queues `item` for the actor, unless a bound would be passed or it is gone.

@@ -27,7 +27,7 @@ pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
     let opened = serde_json::from_slice::<Open>(&envelope.body)
         .ok()
         .and_then(|open| start(open, home, tunnels));
-    let Some((queue, feed, moved, max_message_bytes)) = opened else {
+    let Some((queue, feed, moved)) = opened else {
         let _ = tunnels.send(&gateway, CLOSE, &route, Bytes::new());
         return;
     };
@@ -37,7 +37,6 @@ pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
         opened: Instant::now(),
         queue: queue.clone(),
         control,
-        max_message_bytes,
     };
     lock(&tunnels.0.tunnels).insert(route.clone(), tunnel);
     let tunnels = tunnels.clone();
@@ -48,29 +47,29 @@ pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
 }
 
 /// A virtual connection's way in (holding the side's first message), the tunnel's end of
-/// it, the flag that tells the connection its side moved, and the size limit it holds the
-/// side's messages to.
-type Started = (Intake, Feed, Arc<AtomicBool>, usize);
+/// it, and the flag that tells the connection its side moved.
+type Started = (Intake, Feed, Arc<AtomicBool>);
 
 /// Admits and starts the side's connection actor.
 fn start(open: Open, home: &Home, tunnels: &Tunnels) -> Option<Started> {
     let endpoint = Endpoint::from_route(&open.endpoint)?;
     let settings = home.settings.snapshot();
     let limits = &settings.limits;
-    let max_message_bytes = limits.max_message_bytes;
     let mut admission = home.connections.admit(open.ip, endpoint).ok()?;
     let moved = admission.watch_moves();
-    let (link, inbound, queue, feed) =
-        crate::transport::fed(limits.max_outbound_bytes, TUNNEL_QUEUE);
-    let first = super::inbound(Bytes::from(open.first), max_message_bytes);
-    queue.offer(first).ok()?;
+    let (link, inbound, queue, feed) = crate::transport::fed(
+        limits.max_message_bytes,
+        limits.max_outbound_bytes,
+        TUNNEL_QUEUE,
+    );
+    queue.text(Bytes::from(open.first)).ok()?;
     let opened = Opened {
         socket: Socket::new(admission, link),
         inbound,
         settings: Arc::clone(&settings),
     };
     (home.start)(endpoint, opened, tunnels);
-    Some((queue, feed, moved, max_message_bytes))
+    Some((queue, feed, moved))
 }
 
 /// Relays what the virtual connection writes to the gateway, and the side's departure to
