@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
+use common::links::*;
 use common::lossless::exchange_through;
 use common::proxy::Proxy;
 use hermit_relay::cluster::{Envelope, Inbound, Inbox};
@@ -26,68 +27,6 @@ async fn slow_surveyor(db: &common::TestDb, redis: &str, prefix: &str) -> TestNo
     })
     .await;
     node
-}
-
-/// What `node`'s heartbeat in Redis advertises: its link address and secret.
-async fn advert(node: &TestNode) -> (String, String) {
-    let key = node.cluster.key(&["node", node.cluster.node_id().as_str()]);
-    let heartbeat = node.cluster.get(&key).await.unwrap().expect("a heartbeat");
-    let words: Vec<&str> = heartbeat.split(' ').collect();
-    assert_eq!(words.len(), 3, "up <address> <secret>: {heartbeat}");
-    assert_eq!(words[0], "up");
-    (words[1].to_owned(), words[2].to_owned())
-}
-
-/// A link to `node`, greeted as node `from` with `secret`.
-async fn link_to(node: &TestNode, from: &str, secret: &str) -> TcpStream {
-    let (addr, _) = advert(node).await;
-    let mut link = TcpStream::connect(&addr)
-        .await
-        .expect("the link port answers");
-    let to = node.cluster.node_id().as_str();
-    let greeting = format!("HERMIT-LINK/1 {from} {to} {secret}\n");
-    link.write_all(greeting.as_bytes()).await.unwrap();
-    link
-}
-
-/// One frame: the length, then the envelope `kind` / `route` / `body` from `from`.
-fn frame(from: &str, kind: &str, route: &str, body: &[u8]) -> Vec<u8> {
-    let mut envelope = Envelope::new(kind, route, body.to_vec()).unwrap();
-    envelope.from = NodeId::parse(from).unwrap();
-    let wire = envelope.encode();
-    let mut out = (wire.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&wire);
-    out
-}
-
-/// Writes one [`frame`] on `link`.
-async fn write_frame(link: &mut TcpStream, from: &str, kind: &str, route: &str, body: &[u8]) {
-    link.write_all(&frame(from, kind, route, body))
-        .await
-        .unwrap();
-}
-
-/// Whether the node closed `link` within `within` (reading what it sends, which is
-/// nothing: a link carries one direction).
-async fn closed_within(link: &mut TcpStream, within: Duration) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(
-        tokio::time::timeout(within, link.read(&mut byte)).await,
-        Ok(Ok(0) | Err(_))
-    )
-}
-
-/// The next envelope in `inbox` within `within`, skipping events.
-async fn next_envelope(inbox: &Inbox, within: Duration) -> Option<Envelope> {
-    tokio::time::timeout(within, async {
-        loop {
-            if let Inbound::Message(envelope) = inbox.recv().await {
-                return envelope;
-            }
-        }
-    })
-    .await
-    .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,4 +407,60 @@ async fn a_node_that_cuts_a_tunnel_tells_the_other_end() {
     let _impostor = link_to(a, b.cluster.node_id().as_str(), &secret).await;
     let code = common::expect_closed(&mut browser, Duration::from_secs(5)).await;
     assert_eq!(code, None, "cut, as a lost connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_from_other_nodes_are_bounded_and_a_link_that_ends_makes_room() {
+    // At most 256 links from other nodes stand at once (peers.rs, MAX_LINKED): anyone who
+    // read the heartbeat can greet under any node id. The 257th is closed once greeted;
+    // the standing ones are untouched; one that ends makes room for another.
+    let Some((_db, nodes)) = cluster_of(1, |_| {}).await else {
+        return;
+    };
+    let node = &nodes[0];
+    let inbox = node.cluster.inbox("probe").unwrap();
+    let (_, secret) = advert(node).await;
+    let mut standing = Vec::new();
+    for i in 0..256 {
+        let from = format!("node-{i}");
+        let mut link = link_to(node, &from, &secret).await;
+        // Each carries one frame, read only once the link is counted.
+        write_frame(&mut link, &from, "probe.x", "r", b"in").await;
+        next_envelope(&inbox, Duration::from_secs(3))
+            .await
+            .expect("a link within the bound carries its frames");
+        standing.push(link);
+    }
+    let mut one_more = link_to(node, "node-256", &secret).await;
+    write_frame(&mut one_more, "node-256", "probe.x", "r", b"past").await;
+    assert!(
+        closed_within(&mut one_more, Duration::from_secs(2)).await,
+        "past 256 standing links, a new one is closed"
+    );
+    assert!(
+        next_envelope(&inbox, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing a refused link wrote is read"
+    );
+    assert!(
+        !closed_within(&mut standing[0], Duration::from_millis(300)).await,
+        "the standing links are untouched"
+    );
+
+    // One ends (its sender closes it): the next link is taken.
+    drop(standing.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut link = link_to(node, "node-257", &secret).await;
+        write_frame(&mut link, "node-257", "probe.x", "r", b"room").await;
+        if let Some(envelope) = next_envelope(&inbox, Duration::from_millis(500)).await {
+            assert_eq!(&envelope.body[..], b"room");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a link that ended makes room for another"
+        );
+    }
 }

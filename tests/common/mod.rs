@@ -14,6 +14,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod account;
 pub mod cluster;
+pub mod links;
 pub mod lossless;
 pub mod lossless_account;
 pub mod nginx;

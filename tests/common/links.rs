@@ -1,0 +1,148 @@
+//! The link protocol between nodes (`src/cluster/link.rs`) spoken by a test over real
+//! sockets: linking to a node as another node would, and [`FakeNode`], a node the test
+//! plays — advertised in the cluster's Redis, linked to by the real nodes.
+
+use std::time::Duration;
+
+use hermit_relay::cluster::{Envelope, Inbound, Inbox};
+use hermit_relay::ids::NodeId;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::cluster::TestNode;
+
+/// What `node`'s heartbeat in Redis advertises: its link address and secret.
+pub async fn advert(node: &TestNode) -> (String, String) {
+    let key = node.cluster.key(&["node", node.cluster.node_id().as_str()]);
+    let heartbeat = node.cluster.get(&key).await.unwrap().expect("a heartbeat");
+    let words: Vec<&str> = heartbeat.split(' ').collect();
+    assert_eq!(words.len(), 3, "up <address> <secret>: {heartbeat}");
+    assert_eq!(words[0], "up");
+    (words[1].to_owned(), words[2].to_owned())
+}
+
+/// A link to `node`, greeted as node `from` with `secret`.
+pub async fn link_to(node: &TestNode, from: &str, secret: &str) -> TcpStream {
+    let (addr, _) = advert(node).await;
+    let mut link = TcpStream::connect(&addr)
+        .await
+        .expect("the link port answers");
+    let to = node.cluster.node_id().as_str();
+    let greeting = format!("HERMIT-LINK/1 {from} {to} {secret}\n");
+    link.write_all(greeting.as_bytes()).await.unwrap();
+    link
+}
+
+/// One frame: the length, then the envelope `kind` / `route` / `body` from `from`.
+pub fn frame(from: &str, kind: &str, route: &str, body: &[u8]) -> Vec<u8> {
+    let mut envelope = Envelope::new(kind, route, body.to_vec()).unwrap();
+    envelope.from = NodeId::parse(from).unwrap();
+    let wire = envelope.encode();
+    let mut out = (wire.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&wire);
+    out
+}
+
+/// Writes one [`frame`] on `link`.
+pub async fn write_frame(link: &mut TcpStream, from: &str, kind: &str, route: &str, body: &[u8]) {
+    link.write_all(&frame(from, kind, route, body))
+        .await
+        .unwrap();
+}
+
+/// Whether the node closed `link` within `within` (reading what it sends, which is
+/// nothing: a link carries one direction).
+pub async fn closed_within(link: &mut TcpStream, within: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, link.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// The next envelope in `inbox` within `within`, skipping events.
+pub async fn next_envelope(inbox: &Inbox, within: Duration) -> Option<Envelope> {
+    tokio::time::timeout(within, async {
+        loop {
+            if let Inbound::Message(envelope) = inbox.recv().await {
+                return envelope;
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// A node of the cluster played by the test: its heartbeat (lasting a minute) and
+/// membership are in Redis, so the real nodes take it for alive and link to its listener
+/// to send it envelopes; the test reads them with [`FakeNode::next`].
+pub struct FakeNode {
+    /// Its node id.
+    pub id: String,
+    listener: TcpListener,
+    link: Option<BufReader<TcpStream>>,
+}
+
+impl FakeNode {
+    /// Advertises node `id` in the cluster `node` belongs to (whose Redis is `redis`).
+    pub async fn join(node: &TestNode, redis: &str, id: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heartbeat = format!("up {addr} secret-of-{id}");
+        let key = node.cluster.key(&["node", id]);
+        node.cluster
+            .set(&key, &heartbeat, Duration::from_secs(60))
+            .await
+            .unwrap();
+        redis_command(redis, &["SADD", &node.cluster.key(&["nodes"]), id]).await;
+        Self {
+            id: id.to_owned(),
+            listener,
+            link: None,
+        }
+    }
+
+    /// The next envelope a node sends this one within `within`: the first time, the link
+    /// is accepted and its greeting checked.
+    pub async fn next(&mut self, within: Duration) -> Option<Envelope> {
+        tokio::time::timeout(within, async {
+            if self.link.is_none() {
+                let (stream, _) = self.listener.accept().await.unwrap();
+                let mut link = BufReader::new(stream);
+                let mut greeting = String::new();
+                link.read_line(&mut greeting).await.unwrap();
+                let words: Vec<&str> = greeting.trim_end().split(' ').collect();
+                assert_eq!(words[0], "HERMIT-LINK/1", "{greeting}");
+                assert_eq!(words[2], self.id, "{greeting}");
+                assert_eq!(words[3], format!("secret-of-{}", self.id), "{greeting}");
+                self.link = Some(link);
+            }
+            let link = self.link.as_mut().unwrap();
+            let len = link.read_u32().await.unwrap() as usize;
+            assert!(len > 0, "a goodbye, not an envelope");
+            let mut wire = vec![0u8; len];
+            link.read_exact(&mut wire).await.unwrap();
+            Envelope::decode(wire.into()).expect("an envelope")
+        })
+        .await
+        .ok()
+    }
+}
+
+/// Runs one Redis command at `redis` (`redis://host:port`) and returns its reply line.
+async fn redis_command(redis: &str, words: &[&str]) -> String {
+    let addr = redis
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut conn = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let mut command = format!("*{}\r\n", words.len());
+    for word in words {
+        command.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+    }
+    conn.get_mut().write_all(command.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    conn.read_line(&mut reply).await.unwrap();
+    assert!(!reply.starts_with('-'), "Redis refused {words:?}: {reply}");
+    reply
+}
