@@ -44,6 +44,19 @@ pub struct ClusterMetrics {
     pub errors: Count,
     up: Gauge,
     redis_seconds: Histogram,
+    /// Tunnels whose virtual connection is on this node (`end="home"`).
+    tunnels_home: Gauge,
+    /// Tunnels whose side is connected to this node (`end="gateway"`).
+    tunnels_gateway: Gauge,
+}
+
+/// A node's end of a tunnel (`relay::tunnel`), the label of `hermit_cluster_tunnels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// The virtual connection is on this node.
+    Home,
+    /// The side's socket is on this node.
+    Gateway,
 }
 
 impl ClusterMetrics {
@@ -87,6 +100,15 @@ impl ClusterMetrics {
             "Time of one Redis round trip",
             redis_seconds.clone(),
         );
+        let tunnels = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        let tunnels_home = tunnels.get_or_create(&[("end", "home")]).clone();
+        let tunnels_gateway = tunnels.get_or_create(&[("end", "gateway")]).clone();
+        registry.register(
+            "cluster_tunnels",
+            "Connections tunnelled between nodes, by this node's end: home (the virtual \
+             connection is here) or gateway (the side's socket is here)",
+            tunnels,
+        );
         Self {
             sent,
             sent_bytes,
@@ -97,6 +119,24 @@ impl ClusterMetrics {
             errors,
             up,
             redis_seconds,
+            tunnels_home,
+            tunnels_gateway,
+        }
+    }
+
+    /// This node holds `by` more (or, negative, fewer) tunnels at `end`.
+    pub fn tunnels_changed(&self, end: TunnelEnd, by: i64) {
+        match end {
+            TunnelEnd::Home => self.tunnels_home.inc_by(by),
+            TunnelEnd::Gateway => self.tunnels_gateway.inc_by(by),
+        };
+    }
+
+    /// Tunnels held at `end` now, by every node of this process (one, but in tests).
+    pub fn tunnels(&self, end: TunnelEnd) -> i64 {
+        match end {
+            TunnelEnd::Home => self.tunnels_home.get(),
+            TunnelEnd::Gateway => self.tunnels_gateway.get(),
         }
     }
 

@@ -34,6 +34,8 @@ use crate::cluster::{Cluster, ClusterEvent, Envelope, Inbound as ClusterInbound,
 use crate::config::Live;
 use crate::connections::Connections;
 use crate::ids::{ConnId, Departure, Endpoint, HashMap, NodeId, Outcome};
+use crate::metrics::cluster::TunnelEnd;
+use crate::metrics::METRICS;
 use crate::transport::{Intake, Refused};
 
 /// Gateway → home: open a virtual connection; body: [`Open`] as JSON.
@@ -120,9 +122,56 @@ pub struct Tunnels(Arc<Inner>);
 struct Inner {
     cluster: Arc<Cluster>,
     /// Sides here tunnelled to a home elsewhere, by route.
-    gateways: Mutex<HashMap<String, Gate>>,
+    gateways: Mutex<Held<Gate>>,
     /// Virtual connections here for sides elsewhere, by route.
-    tunnels: Mutex<HashMap<String, Tunnel>>,
+    tunnels: Mutex<Held<Tunnel>>,
+}
+
+/// One end's tunnels by route, counted in `hermit_cluster_tunnels` as they come and go.
+struct Held<T> {
+    by_route: HashMap<String, T>,
+    end: TunnelEnd,
+}
+
+impl<T> Held<T> {
+    fn new(end: TunnelEnd) -> Self {
+        Self {
+            by_route: HashMap::default(),
+            end,
+        }
+    }
+
+    fn counted(&self, by: usize, sign: i64) {
+        METRICS.cluster.tunnels_changed(self.end, sign * by as i64);
+    }
+
+    fn insert(&mut self, route: String, end: T) {
+        if self.by_route.insert(route, end).is_none() {
+            self.counted(1, 1);
+        }
+    }
+
+    fn remove(&mut self, route: &str) -> Option<T> {
+        let end = self.by_route.remove(route);
+        self.counted(usize::from(end.is_some()), -1);
+        end
+    }
+
+    fn get(&self, route: &str) -> Option<&T> {
+        self.by_route.get(route)
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&String, &mut T) -> bool) {
+        let before = self.by_route.len();
+        self.by_route.retain(keep);
+        self.counted(before - self.by_route.len(), -1);
+    }
+}
+
+impl<T> Drop for Held<T> {
+    fn drop(&mut self) {
+        self.counted(self.by_route.len(), -1);
+    }
 }
 
 impl Tunnels {
@@ -133,8 +182,8 @@ impl Tunnels {
         let inbox = cluster.inbox("tun")?;
         let tunnels = Self(Arc::new(Inner {
             cluster: Arc::clone(&cluster),
-            gateways: Mutex::default(),
-            tunnels: Mutex::default(),
+            gateways: Mutex::new(Held::new(TunnelEnd::Gateway)),
+            tunnels: Mutex::new(Held::new(TunnelEnd::Home)),
         }));
         let dispatcher = tunnels.clone();
         let dispatching = cluster.spawn(async move {
