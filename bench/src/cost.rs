@@ -92,6 +92,28 @@ pub struct Cost {
 }
 
 impl Cost {
+    /// The cost of several windows of one setup, as one: their seconds and messages added.
+    pub fn sum<'a>(costs: impl IntoIterator<Item = &'a Cost>) -> Cost {
+        let mut total = Cost {
+            server_s: 0.0,
+            servers: Vec::new(),
+            load_s: 0.0,
+            messages: 0,
+        };
+        for cost in costs {
+            total.server_s += cost.server_s;
+            total.load_s += cost.load_s;
+            total.messages += cost.messages;
+            if total.servers.len() < cost.servers.len() {
+                total.servers.resize(cost.servers.len(), 0.0);
+            }
+            for (sum, s) in total.servers.iter_mut().zip(&cost.servers) {
+                *sum += s;
+            }
+        }
+        total
+    }
+
     /// Server CPU microseconds per relayed message.
     pub fn server_us_per_message(&self) -> f64 {
         self.per_message(self.server_s)

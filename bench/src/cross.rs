@@ -71,15 +71,46 @@ pub async fn run(relay: &Server, quick: bool) -> anyhow::Result<String> {
     let load_at_start = load_average();
     let secs = scale(10, 3);
     // The target's rate, then a tenth of it: whether what the hop adds to the tail grows
-    // with the load (queueing on the shared cores) or is there at any rate.
-    for (rate, target) in [(100u32, "cross − single ≤ +1000"), (10, "")] {
-        let mut lat: Vec<Latency> = Vec::new();
-        for setup in SETUPS {
-            let running = Running::start(relay, setup).await?;
-            lat.push(scenarios::latency(&running.ends(), 100, rate, secs).await?);
+    // with the load (queueing on the shared cores) or is there at any rate. At the
+    // target's rate the three setups run in several rounds, one after the other in each
+    // (in the reverse order every other round), and each figure is the median over the
+    // rounds: a stall of the shared machine lands in one column of one round, and moves
+    // that round only.
+    for (rate, rounds, target) in [
+        (100u32, scale(5, 1) as usize, "cross − single ≤ +1000"),
+        (10, 1, ""),
+    ] {
+        // [round][setup], in `SETUPS` order.
+        let mut lat: Vec<Vec<Latency>> = Vec::new();
+        for round in 0..rounds {
+            let mut order: Vec<usize> = (0..SETUPS.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            let mut this: Vec<Option<Latency>> = SETUPS.iter().map(|_| None).collect();
+            for i in order {
+                let running = Running::start(relay, SETUPS[i]).await?;
+                this[i] = Some(scenarios::latency(&running.ends(), 100, rate, secs).await?);
+            }
+            lat.push(this.into_iter().map(Option::unwrap).collect());
         }
-        let samples: Vec<String> = lat.iter().map(|l| l.samples.to_string()).collect();
-        let wrong: Vec<String> = lat.iter().map(|l| l.out_of_sequence.to_string()).collect();
+        let column = |setup: usize| lat.iter().map(move |round| &round[setup]);
+        let samples: Vec<String> = (0..SETUPS.len())
+            .map(|s| column(s).map(|l| l.samples).sum::<usize>().to_string())
+            .collect();
+        let wrong: Vec<String> = (0..SETUPS.len())
+            .map(|s| {
+                column(s)
+                    .map(|l| l.out_of_sequence)
+                    .sum::<u64>()
+                    .to_string()
+            })
+            .collect();
+        let of_rounds = if rounds > 1 {
+            format!("; median of {rounds} rounds")
+        } else {
+            String::new()
+        };
         for (name, pick, target) in [
             ("p50", (|l: &Latency| l.p50) as fn(&Latency) -> u64, ""),
             ("p90", |l| l.p90, ""),
@@ -88,16 +119,45 @@ pub async fn run(relay: &Server, quick: bool) -> anyhow::Result<String> {
             ("max", |l| l.max, ""),
         ] {
             let label = format!(
-                "latency {name}, 100 pairs × {rate} msg/s × {secs} s, 64 B (µs; {} samples of \
-                 {}, {} out of sequence)",
+                "latency {name}, 100 pairs × {rate} msg/s × {secs} s, 64 B (µs{of_rounds}; \
+                 {} samples of {}, {} out of sequence)",
                 samples.join(" / "),
-                100 * rate as u64 * secs,
+                100 * rate as u64 * secs * rounds as u64,
                 wrong.join(" / ")
             );
-            let cells = lat.iter().map(|l| Some(Cell::number(pick(l) as f64, 0)));
+            let cells = (0..SETUPS.len()).map(|s| {
+                let value = median(column(s).map(pick).collect());
+                Some(Cell::number(value as f64, 0))
+            });
             table.row(label, cells.collect(), target);
         }
-        cost_rows(&mut table, lat.iter().map(|l| &l.cost).collect());
+        if rounds > 1 {
+            // What each round added, so a run's spread is in the report beside its median.
+            let added = |setup: usize| {
+                let each: Vec<i64> = lat
+                    .iter()
+                    .map(|round| round[setup].p99 as i64 - round[SINGLE].p99 as i64)
+                    .collect();
+                let mut sorted = each.clone();
+                sorted.sort_unstable();
+                let listed: Vec<String> = each.iter().map(|d| format!("{d:+}")).collect();
+                let middle = sorted[(sorted.len() - 1) / 2];
+                format!("{} (median {middle:+})", listed.join(", "))
+            };
+            table.row(
+                format!(
+                    "↳ p99 − single node's p99, round by round (µs): cross-node {}; same node {}",
+                    added(CROSS),
+                    added(SAME)
+                ),
+                vec![None, None, None],
+                "",
+            );
+        }
+        let costs: Vec<Cost> = (0..SETUPS.len())
+            .map(|s| Cost::sum(column(s).map(|l| &l.cost)))
+            .collect();
+        cost_rows(&mut table, costs.iter().collect());
     }
 
     for (pairs, window) in [(1u32, 64usize), (100, 8)] {
@@ -124,6 +184,15 @@ pub async fn run(relay: &Server, quick: bool) -> anyhow::Result<String> {
         table.to_markdown(),
         load_average()
     ))
+}
+
+/// The middle of `values` (the lower of the two middle ones when there are an even number).
+fn median(mut values: Vec<u64>) -> u64 {
+    values.sort_unstable();
+    values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// `/proc/loadavg`'s first three fields: how busy the shared machine was, for the report.
