@@ -21,9 +21,18 @@ use crate::transport::{Feed, Inbound, Intake, Sent};
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Opens a virtual connection for the side of `envelope` (an `OPEN`) and starts its
-/// tunnel. If it cannot be opened, the gateway is told the connection was cut.
+/// tunnel. If it cannot be opened, the gateway is told the connection was cut. A route is
+/// its gateway's (it starts with the gateway's id) and names one tunnel: an `OPEN` for a
+/// route of another node, or for one that is open, is ignored (no node sends one).
 pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
     let (gateway, route) = (envelope.from, envelope.route);
+    let its_own = route
+        .strip_prefix(gateway.as_str())
+        .is_some_and(|rest| rest.starts_with('/'));
+    if !its_own || lock(&tunnels.0.tunnels).get(&route).is_some() {
+        tracing::debug!(node = %gateway, route, "an OPEN for a route not its own, or open, ignored");
+        return;
+    }
     let opened = serde_json::from_slice::<Open>(&envelope.body)
         .ok()
         .and_then(|open| start(open, home, tunnels));
@@ -32,9 +41,10 @@ pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
         return;
     };
     let (control, departures) = mpsc::channel(2);
+    let opened = Instant::now();
     let tunnel = Tunnel {
         gateway: gateway.clone(),
-        opened: Instant::now(),
+        opened,
         queue: queue.clone(),
         control,
     };
@@ -42,7 +52,14 @@ pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
     let tunnels = tunnels.clone();
     actix_rt::spawn(async move {
         relay(&tunnels, feed, queue, departures, &gateway, &route, &moved).await;
-        lock(&tunnels.0.tunnels).remove(&route);
+        // Unless it was cut already (and its route is another tunnel's now).
+        let mut held = lock(&tunnels.0.tunnels);
+        if held
+            .get(&route)
+            .is_some_and(|tunnel| tunnel.opened == opened)
+        {
+            held.remove(&route);
+        }
     });
 }
 
