@@ -103,7 +103,8 @@ impl FakeNode {
     }
 
     /// The next envelope a node sends this one within `within`: the first time, the link
-    /// is accepted and its greeting checked.
+    /// is accepted and its greeting checked. (A timeout in the middle of a frame leaves the
+    /// link out of step: call it again only after a timeout with nothing sent.)
     pub async fn next(&mut self, within: Duration) -> Option<Envelope> {
         tokio::time::timeout(within, async {
             if self.link.is_none() {
@@ -129,12 +130,23 @@ impl FakeNode {
     }
 }
 
-/// Runs one Redis command at `redis` (`redis://host:port`) and returns its reply line.
+/// Runs one Redis command at `redis` (`redis://host:port`, no password or database
+/// number: as `TEST_REDIS_URL` is) and returns its reply line, within 5 s.
 async fn redis_command(redis: &str, words: &[&str]) -> String {
+    tokio::time::timeout(Duration::from_secs(5), redis_command_now(redis, words))
+        .await
+        .expect("Redis answers within 5 s")
+}
+
+async fn redis_command_now(redis: &str, words: &[&str]) -> String {
     let addr = redis
         .trim_start_matches("redis://")
         .trim_end_matches('/')
         .to_owned();
+    assert!(
+        !addr.contains('@') && !addr.contains('/'),
+        "a plain redis://host:port: {redis}"
+    );
     let mut conn = BufReader::new(TcpStream::connect(addr).await.unwrap());
     let mut command = format!("*{}\r\n", words.len());
     for word in words {
