@@ -464,3 +464,64 @@ async fn links_from_other_nodes_are_bounded_and_a_link_that_ends_makes_room() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_to_a_slow_reader_arrive_whole_and_in_order() {
+    // A node that reads slowly fills the link's buffers: the link's writer waits for room
+    // in the middle of frames while senders on two threads keep queueing, and the next
+    // writes carry many envelopes at once. Every one arrives whole, once, in the order
+    // each thread sent it.
+    let Some(redis) = redis_url() else {
+        return;
+    };
+    let Some((_db, nodes)) = cluster_of(1, |_| {}).await else {
+        return;
+    };
+    let node = &nodes[0];
+    let mut reader = FakeNode::join(node, &redis, "slow-reader").await;
+    eventually(
+        Duration::from_secs(8),
+        "the node takes the reader for alive",
+        || node.cluster.nodes().iter().any(|n| n.as_str() == reader.id),
+    )
+    .await;
+    let to = NodeId::parse(&reader.id).unwrap();
+    let body = |n: usize| format!("{n:06}").repeat(5_000);
+    let senders: Vec<_> = (0..2)
+        .map(|thread| {
+            let (cluster, to) = (std::sync::Arc::clone(&node.cluster), to.clone());
+            std::thread::spawn(move || {
+                for n in 0..100 {
+                    let route = format!("t{thread}");
+                    let envelope = Envelope::new("slow.x", route, body(n)).unwrap();
+                    cluster.send(&to, envelope).unwrap();
+                    if n % 10 == 0 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut next = [0usize; 2];
+    for read in 0..200 {
+        if read % 20 == 0 {
+            // Slow: the link's buffers fill meanwhile.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let envelope = reader
+            .next(Duration::from_secs(10))
+            .await
+            .expect("every envelope arrives");
+        let thread: usize = envelope.route[1..].parse().unwrap();
+        assert_eq!(
+            envelope.body,
+            body(next[thread]).as_bytes(),
+            "thread {thread}"
+        );
+        next[thread] += 1;
+    }
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    assert_eq!(next, [100, 100]);
+}
