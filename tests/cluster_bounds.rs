@@ -39,14 +39,6 @@ fn port_of(url: &str) -> u16 {
         .expect("the URL ends with its port")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A node whose Redis stops answering holds at most `MAX_WRITES` home records waiting
 /// for it: the next is skipped (counted) at once; when the waiting ones time out
 /// (`cluster.redis_timeout_ms`), records are taken again.
@@ -115,7 +107,7 @@ async fn questions_waiting_for_a_user_s_node_that_does_not_answer_are_bounded() 
     let prefix = prefix();
     let timeout = Duration::from_secs(20);
     // Node B reaches node A's link listener through a proxy that can swallow everything.
-    let a_link = free_port();
+    let a_link = common::free_port();
     let a_proxy = Proxy::start(a_link).await;
     let mut a_settings = node_settings(&db, &redis, &prefix);
     a_settings.cluster.link_listen = format!("127.0.0.1:{a_link}");

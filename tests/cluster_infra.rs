@@ -217,7 +217,7 @@ async fn a_node_whose_redis_never_answers_starts_but_is_not_ready() {
     let Some((db, _redis, prefix)) = backends() else {
         return;
     };
-    let dead = format!("redis://127.0.0.1:{}", support_free_port());
+    let dead = format!("redis://127.0.0.1:{}", common::free_port());
     let node = TestNode::start(node_settings(&db, &dead, &prefix));
     assert_eq!(
         reqwest::get(node.url("/health"))
@@ -232,14 +232,6 @@ async fn a_node_whose_redis_never_answers_starts_but_is_not_ready() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(!node.cluster.healthy());
-}
-
-fn support_free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,19 +242,10 @@ async fn metrics_can_require_a_token() {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
-/// A free port on loopback (bound and released; the relay binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_websocket_with_1001_and_exits_0_in_time() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hermit-relay"))
         .env("HERMIT__SERVER__BIND", format!("127.0.0.1:{port}"))
         .env("HERMIT__SERVER__SHUTDOWN_TIMEOUT_SECS", "3")
@@ -404,5 +395,5 @@ async fn the_healthcheck_command_reports_the_relay_alive_or_not() {
             .unwrap()
     };
     assert!(run(server.port).success());
-    assert!(!run(free_port()).success());
+    assert!(!run(common::free_port()).success());
 }

@@ -21,6 +21,16 @@ pub mod nginx;
 pub mod proxy;
 pub mod redis;
 
+/// A free port on loopback (bound and released: whoever binds it next binds it right
+/// after, so another test taking it in between is unlikely, not impossible).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs each named `async fn(TestDb)` once per backend: `sqlite::name` and `postgres::name`.
 #[allow(unused_macros)]
 macro_rules! on_both_backends {

@@ -47,7 +47,7 @@ fn substitute(text: &str, from: &str, to: &str) -> String {
 /// nginx running the example config on a free port in front of the relay on `relay_port`,
 /// with `read_timeout` as its proxy read and send timeouts; waits until it listens.
 pub fn start_nginx(binary: &Path, relay_port: u16, read_timeout: &str) -> Nginx {
-    let port = free_port();
+    let port = super::free_port();
     let site = shipped("config/nginx.conf.example");
     let site = substitute(
         &site,
@@ -72,7 +72,7 @@ pub fn start_nginx(binary: &Path, relay_port: u16, read_timeout: &str) -> Nginx 
 /// `relay-2` and `relay-3`) on a free port, its three upstream servers being the relays on
 /// `relay_ports`; waits until it listens.
 pub fn start_round_robin(binary: &Path, relay_ports: [u16; 3]) -> Nginx {
-    let port = free_port();
+    let port = super::free_port();
     let mut site = shipped("deploy/nginx.conf");
     for (n, relay_port) in relay_ports.into_iter().enumerate() {
         site = substitute(
@@ -88,14 +88,6 @@ pub fn start_round_robin(binary: &Path, relay_ports: [u16; 3]) -> Nginx {
 /// A file of the repository, as shipped.
 fn shipped(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// nginx serving `site` (http-context directives) on `port`, with its files in a temporary
