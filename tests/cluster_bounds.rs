@@ -6,8 +6,8 @@
 //! more. Real nodes, a real Redis and PostgreSQL; the stall is a proxy that swallows every
 //! byte (`common::proxy`), or a node the test plays (`common::links::FakeNode`).
 //!
-//! `hermit_cluster_tunnels` is a gauge of the process: the tunnel test is the only test
-//! in this file that opens tunnels.
+//! `hermit_cluster_tunnels` is a gauge of the process: the tests here that open tunnels
+//! take [`TUNNELS`] first, and no other test here opens any.
 
 mod common;
 
@@ -27,6 +27,9 @@ use serde_json::{json, Value};
 
 /// Longer than a node timeout (2 s) plus a heartbeat, with room for a loaded machine.
 const NOTICE: Duration = Duration::from_secs(8);
+
+/// Held by each test that opens tunnels, so that it alone moves the tunnel gauges.
+static TUNNELS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The bounds under test (`homes::MAX_WRITES`, `remote::MAX_ASKS`).
 const MAX_WRITES: usize = 1024;
@@ -193,6 +196,7 @@ async fn a_tunnel_whose_gateway_never_answers_the_close_is_let_go() {
     let Some((_db, nodes)) = cluster_of(1, |_| {}).await else {
         return;
     };
+    let _alone = TUNNELS.lock().await;
     let a = &nodes[0];
     let mut gateway = FakeNode::join(a, &redis, "fake-gateway").await;
     eventually(NOTICE, "A takes the test's node for alive", || {
@@ -259,4 +263,38 @@ async fn a_tunnel_whose_gateway_never_answers_the_close_is_let_go() {
         "not before it waited ({:?})",
         closed.elapsed()
     );
+}
+
+/// A tunnel is counted at both ends while it stands, and let go at both when its side
+/// leaves: a pairing across nodes holds nothing once its browser closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_is_let_go_at_both_ends_when_its_side_leaves() {
+    let Some((_db, nodes)) = cluster_of(2, |_| {}).await else {
+        return;
+    };
+    let _alone = TUNNELS.lock().await;
+    let held = || {
+        (
+            METRICS.cluster.tunnels(TunnelEnd::Home),
+            METRICS.cluster.tunnels(TunnelEnd::Gateway),
+        )
+    };
+    assert_eq!(held(), (0, 0));
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut mac = a.connect("/mac").await;
+    let registered = recv(&mut mac).await;
+    let code = registered["code"].as_str().unwrap().to_owned();
+    let mut browser = b.connect("/browser").await;
+    send(&mut browser, json!({"type": "join", "code": code})).await;
+    assert_eq!(recv(&mut browser).await["type"], "joined");
+    assert_eq!(recv(&mut mac).await["type"], "joined");
+    exchange(&mut mac, &mut browser, "across", 5).await;
+    assert_eq!(
+        held(),
+        (1, 1),
+        "the browser's tunnel: its home on A, its gateway on B"
+    );
+
+    browser.close(None).await.unwrap();
+    eventually(NOTICE, "both ends let go", || held() == (0, 0)).await;
 }
