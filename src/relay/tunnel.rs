@@ -141,19 +141,20 @@ impl<T> Held<T> {
         }
     }
 
-    fn counted(&self, by: usize, sign: i64) {
-        METRICS.cluster.tunnels_changed(self.end, sign * by as i64);
+    /// Moves the gauge by `by` tunnels.
+    fn counted(&self, by: i64) {
+        METRICS.cluster.tunnels_changed(self.end, by);
     }
 
     fn insert(&mut self, route: String, end: T) {
         if self.by_route.insert(route, end).is_none() {
-            self.counted(1, 1);
+            self.counted(1);
         }
     }
 
     fn remove(&mut self, route: &str) -> Option<T> {
         let end = self.by_route.remove(route);
-        self.counted(usize::from(end.is_some()), -1);
+        self.counted(-i64::from(end.is_some()));
         end
     }
 
@@ -164,13 +165,13 @@ impl<T> Held<T> {
     fn retain(&mut self, keep: impl FnMut(&String, &mut T) -> bool) {
         let before = self.by_route.len();
         self.by_route.retain(keep);
-        self.counted(before - self.by_route.len(), -1);
+        self.counted(self.by_route.len() as i64 - before as i64);
     }
 }
 
 impl<T> Drop for Held<T> {
     fn drop(&mut self) {
-        self.counted(self.by_route.len(), -1);
+        self.counted(-(self.by_route.len() as i64));
     }
 }
 
