@@ -479,12 +479,6 @@ async fn envelopes_to_a_slow_reader_arrive_whole_and_in_order() {
     };
     let node = &nodes[0];
     let mut reader = FakeNode::join(node, &redis, "slow-reader").await;
-    eventually(
-        Duration::from_secs(8),
-        "the node takes the reader for alive",
-        || node.cluster.nodes().iter().any(|n| n.as_str() == reader.id),
-    )
-    .await;
     let to = NodeId::parse(&reader.id).unwrap();
     let body = |n: usize| format!("{n:06}").repeat(5_000);
     let senders: Vec<_> = (0..2)

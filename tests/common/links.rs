@@ -84,7 +84,8 @@ pub struct FakeNode {
 }
 
 impl FakeNode {
-    /// Advertises node `id` in the cluster `node` belongs to (whose Redis is `redis`).
+    /// Advertises node `id` in the cluster `node` belongs to (whose Redis is `redis`), and
+    /// waits until `node` takes it for alive.
     pub async fn join(node: &TestNode, redis: &str, id: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -95,6 +96,13 @@ impl FakeNode {
             .await
             .unwrap();
         redis_command(redis, &["SADD", &node.cluster.key(&["nodes"]), id]).await;
+        super::cluster::eventually(Duration::from_secs(8), "the node to see it alive", || {
+            node.cluster
+                .nodes()
+                .iter()
+                .any(|known| known.as_str() == id)
+        })
+        .await;
         Self {
             id: id.to_owned(),
             listener,
