@@ -139,10 +139,8 @@ pub async fn run(relay: &Server, quick: bool) -> anyhow::Result<String> {
                     .iter()
                     .map(|round| round[setup].p99 as i64 - round[SINGLE].p99 as i64)
                     .collect();
-                let mut sorted = each.clone();
-                sorted.sort_unstable();
                 let listed: Vec<String> = each.iter().map(|d| format!("{d:+}")).collect();
-                let middle = sorted[(sorted.len() - 1) / 2];
+                let middle = median(each);
                 format!("{} (median {middle:+})", listed.join(", "))
             };
             table.row(
@@ -188,12 +186,12 @@ pub async fn run(relay: &Server, quick: bool) -> anyhow::Result<String> {
 }
 
 /// The middle of `values` (the lower of the two middle ones when there are an even number).
-fn median(mut values: Vec<u64>) -> u64 {
+fn median<T: Ord + Copy + Default>(mut values: Vec<T>) -> T {
     values.sort_unstable();
     values
         .get(values.len().saturating_sub(1) / 2)
         .copied()
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 /// `/proc/loadavg`'s first three fields: how busy the shared machine was, for the report.
