@@ -519,3 +519,76 @@ async fn envelopes_to_a_slow_reader_arrive_whole_and_in_order() {
     }
     assert_eq!(next, [100, 100]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_for_a_stalled_peer_are_bounded_before_its_write_times_out() {
+    // A peer that takes its link and reads nothing: once the socket's buffers are full,
+    // its writer waits (up to the Redis timeout, 20 s here) while the outbox, far from its
+    // byte bound, keeps handing it one batch per envelope. Past 1,024 waiting batches each
+    // new one is dropped at once and its route reported lost — long before the write is
+    // given up and the link reported broken — so a stalled peer holds a bounded queue
+    // however large `cluster.max_queued_bytes` is.
+    let Some(redis) = redis_url() else {
+        return;
+    };
+    let Some((_db, nodes)) = cluster_of(1, |s| {
+        s.cluster.max_queued_bytes = 512 << 20;
+        s.cluster.redis_timeout_ms = 20_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let node = &nodes[0];
+    let mut inbox = node.cluster.inbox("stall").unwrap();
+    // Joined, but never read: the link's greeting and frames sit in the kernel's buffers.
+    let _stalled = FakeNode::join(node, &redis, "stalled").await;
+    let to = NodeId::parse("stalled").unwrap();
+    let body = vec![b'x'; 16 * 1024];
+    let started = Instant::now();
+    let mut first_lost = None;
+    for n in 0..20_000 {
+        let envelope = Envelope::new("stall.x", format!("r{n}"), body.clone()).unwrap();
+        node.cluster
+            .send(&to, envelope)
+            .expect("the outbox is far from its byte bound");
+        // One batch per envelope: the publishing task takes each alone.
+        tokio::time::sleep(Duration::from_micros(200)).await;
+        match inbox.try_recv() {
+            Some(Inbound::Lost(Some(routes))) => {
+                first_lost = Some((n, routes));
+                break;
+            }
+            Some(Inbound::Event(hermit_relay::cluster::ClusterEvent::Broken(..))) => {
+                panic!("the link was given up before any batch was refused")
+            }
+            _ => {}
+        }
+    }
+    let (sent, routes) = first_lost.expect("a batch past the bound is dropped and reported");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "dropped while the write still waits ({:?})",
+        started.elapsed()
+    );
+    // What was dropped is what was sent last, not what waits in order before it.
+    let dropped = routes
+        .iter()
+        .map(|route| route[1..].parse::<usize>().unwrap())
+        .min()
+        .unwrap();
+    assert!(
+        dropped > 1024,
+        "the first {dropped} routes fit in the queue and the socket's buffers"
+    );
+    assert!(
+        sent >= dropped,
+        "route r{dropped} reported lost after {sent} sent"
+    );
+    assert!(
+        next_broken(&mut inbox, Duration::from_secs(1))
+            .await
+            .is_none(),
+        "the link stands until its write times out"
+    );
+}
