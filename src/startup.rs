@@ -44,7 +44,7 @@ use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::remote::Remote;
 use crate::relay::pairing::socket::{PairNode, PairSocket};
 use crate::relay::pairing::table::PairingRules;
-use crate::relay::tunnel::{Home, Starter, Tunnels};
+use crate::relay::tunnel::{Home, Starter, Tunnels, Workers};
 use crate::relay::{self, Relay};
 use crate::reload::Reloader;
 use crate::routes;
@@ -190,6 +190,7 @@ impl Application {
             None => Vec::new(),
         };
         let code_memory = settings.pairing.code_ttl() + settings.pairing.retired_code_memory();
+        let threads = Workers::default();
         let tunnels = cluster.as_ref().and_then(|cluster| {
             let home = Home {
                 settings: live.clone(),
@@ -201,6 +202,7 @@ impl Application {
                     Arc::clone(&limiters),
                     code_memory,
                 ),
+                workers: threads.clone(),
             };
             Tunnels::start(Arc::clone(cluster), home)
         });
@@ -257,6 +259,8 @@ impl Application {
             // Signals are ours: the WebSockets must hear 1001 before the workers stop.
             .disable_signals()
             .listen("hermit-relay", listener, move || {
+                // Runs on each worker's thread as it starts.
+                threads.register_current();
                 let app = App::new()
                     .wrap_fn(routes::limit_body)
                     .wrap_fn(move |mut req, service| {

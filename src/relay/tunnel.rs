@@ -113,6 +113,58 @@ pub struct Home {
     pub connections: Arc<Connections>,
     /// The connection actors, by endpoint.
     pub start: Starter,
+    /// Where they run.
+    pub workers: Workers,
+}
+
+/// The server's worker threads, where every connection actor runs: a virtual connection
+/// and its tunnel's task run there too, taken in turn, rather than all on the cluster's
+/// one thread — which would otherwise carry every tunnelled side's work on this node and,
+/// preempted on a busy machine, hold all of them up at once (BENCHMARKS.md, "Virtual
+/// connections on the workers"). Each worker registers itself as it starts; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Workers(Arc<WorkerThreads>);
+
+#[derive(Default)]
+struct WorkerThreads {
+    /// One handle per live worker thread: a dead one is let go when it is next picked or
+    /// another worker registers.
+    handles: Mutex<Vec<(std::thread::ThreadId, actix_rt::ArbiterHandle)>>,
+    next: AtomicU64,
+}
+
+impl Workers {
+    /// Registers the calling thread (a worker's, as it starts or its service restarts).
+    pub fn register_current(&self) {
+        let this = std::thread::current().id();
+        let mut handles = lock(&self.0.handles);
+        // A thread registers once; one that ended takes nothing more.
+        handles.retain(|(thread, handle)| *thread != this && handle.spawn(async {}));
+        handles.push((this, actix_rt::Arbiter::current()));
+    }
+
+    /// Runs `task` on the next live worker in turn, or on this thread when there is none
+    /// (before the workers start). A worker that ends between its pick and the spawn
+    /// drops `task` unrun.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let picked = {
+            let mut handles = lock(&self.0.handles);
+            loop {
+                if handles.is_empty() {
+                    break None;
+                }
+                let at = self.0.next.fetch_add(1, Relaxed) as usize % handles.len();
+                if handles[at].1.spawn(async {}) {
+                    break Some(handles[at].1.clone());
+                }
+                handles.swap_remove(at);
+            }
+        };
+        match picked {
+            Some(handle) => drop(handle.spawn(task)),
+            None => drop(actix_rt::spawn(task)),
+        }
+    }
 }
 
 /// This node's tunnels, both ends; cheap to clone.
@@ -177,8 +229,9 @@ impl<T> Drop for Held<T> {
 
 impl Tunnels {
     /// Starts reading the cluster's inbox for tunnels on the cluster's own thread, where
-    /// the home's tunnel tasks run too: an envelope read is dispatched, and a message a
-    /// tunnel task queues is published, without a wake-up of another thread.
+    /// the links are read and written: an envelope read is dispatched without a wake-up of
+    /// another thread. (The home's virtual connections and their tunnels' tasks run on the
+    /// workers: see [`Workers`].)
     pub fn start(cluster: Arc<Cluster>, home: Home) -> Option<Self> {
         let inbox = cluster.inbox("tun")?;
         let tunnels = Self(Arc::new(Inner {

@@ -1,6 +1,7 @@
 //! The home's end of a tunnel: a virtual connection for a side on another node — a real
 //! connection actor of its endpoint, with no socket of its own (`transport::fed`) — and the
-//! task that relays what it writes to the gateway and what the side does to it.
+//! task that relays what it writes to the gateway and what the side does to it. Both run
+//! on a worker thread, as the node's own connections do (see [`super::Workers`]).
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -35,8 +36,8 @@ pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
     }
     let opened = serde_json::from_slice::<Open>(&envelope.body)
         .ok()
-        .and_then(|open| start(open, home, tunnels));
-    let Some((queue, feed, moved)) = opened else {
+        .and_then(|open| admit(open, home));
+    let Some((endpoint, connection, queue, feed, moved)) = opened else {
         let _ = tunnels.send(&gateway, CLOSE, &route, Bytes::new());
         return;
     };
@@ -49,26 +50,67 @@ pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
         control,
     };
     lock(&tunnels.0.tunnels).insert(route.clone(), tunnel);
-    let tunnels = tunnels.clone();
-    actix_rt::spawn(async move {
-        relay(&tunnels, feed, queue, departures, &gateway, &route, &moved).await;
-        // Unless it was cut already (and its route is another tunnel's now).
-        let mut held = lock(&tunnels.0.tunnels);
-        if held
-            .get(&route)
-            .is_some_and(|tunnel| tunnel.opened == opened)
-        {
-            held.remove(&route);
-        }
+    let place = Place {
+        tunnels: tunnels.clone(),
+        gateway,
+        route,
+        opened,
+        finished: false,
+    };
+    let start = Arc::clone(&home.start);
+    home.workers.spawn(async move {
+        let mut place = place;
+        let Place {
+            tunnels,
+            gateway,
+            route,
+            ..
+        } = &place;
+        start(endpoint, connection, tunnels);
+        relay(tunnels, feed, queue, departures, gateway, route, &moved).await;
+        place.finished = true;
     });
 }
 
-/// A virtual connection's way in (holding the side's first message), the tunnel's end of
-/// it, and the flag that tells the connection its side moved.
-type Started = (Intake, Feed, Arc<AtomicBool>);
+/// A tunnel's place in this node's map, for as long as its task runs: given up when the
+/// task ends — and if it ended unfinished (its worker stopped, before or while it ran),
+/// with the gateway told that the connection was cut, so the side does not stay on with
+/// nothing behind it.
+struct Place {
+    tunnels: Tunnels,
+    gateway: NodeId,
+    route: String,
+    opened: Instant,
+    finished: bool,
+}
 
-/// Admits and starts the side's connection actor.
-fn start(open: Open, home: &Home, tunnels: &Tunnels) -> Option<Started> {
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut held = lock(&self.tunnels.0.tunnels);
+        // Unless it was cut already (the gateway was told then, and the route may be
+        // another tunnel's now).
+        let ours = held
+            .get(&self.route)
+            .is_some_and(|tunnel| tunnel.opened == self.opened);
+        if ours {
+            held.remove(&self.route);
+        }
+        drop(held);
+        if ours && !self.finished {
+            let _ = self
+                .tunnels
+                .send(&self.gateway, CLOSE, &self.route, Bytes::new());
+        }
+    }
+}
+
+/// What a virtual connection starts from: its endpoint and admitted connection, its way
+/// in (holding the side's first message), the tunnel's end of it, and the flag that tells
+/// the connection its side moved.
+type Admitted = (Endpoint, Opened, Intake, Feed, Arc<AtomicBool>);
+
+/// Admits the side's connection, to be started on a worker.
+fn admit(open: Open, home: &Home) -> Option<Admitted> {
     let endpoint = Endpoint::from_route(&open.endpoint)?;
     let settings = home.settings.snapshot();
     let limits = &settings.limits;
@@ -85,8 +127,7 @@ fn start(open: Open, home: &Home, tunnels: &Tunnels) -> Option<Started> {
         inbound,
         settings: Arc::clone(&settings),
     };
-    (home.start)(endpoint, opened, tunnels);
-    Some((queue, feed, moved))
+    Some((endpoint, opened, queue, feed, moved))
 }
 
 /// Relays what the virtual connection writes to the gateway, and the side's departure to
