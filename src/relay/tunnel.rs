@@ -127,8 +127,8 @@ pub struct Workers(Arc<WorkerThreads>);
 
 #[derive(Default)]
 struct WorkerThreads {
-    /// One handle per live worker thread: a dead one is let go when it is next picked or
-    /// another worker registers.
+    /// One handle per worker thread: a dead one is let go when a task sent to it is
+    /// refused or another worker registers.
     handles: Mutex<Vec<(std::thread::ThreadId, actix_rt::ArbiterHandle)>>,
     next: AtomicU64,
 }
@@ -143,25 +143,21 @@ impl Workers {
         handles.push((this, actix_rt::Arbiter::current()));
     }
 
-    /// Runs `task` on the next live worker in turn, or on this thread when there is none
-    /// (before the workers start). A worker that ends between its pick and the spawn
-    /// drops `task` unrun.
+    /// Runs `task` on the next worker in turn, or on this thread when there is none (before
+    /// the workers start). A worker that has ended drops `task` unrun (its guard then cuts
+    /// its tunnel) and is let go, so the next task goes to a live one.
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let picked = {
-            let mut handles = lock(&self.0.handles);
-            loop {
-                if handles.is_empty() {
-                    break None;
-                }
-                let at = self.0.next.fetch_add(1, Relaxed) as usize % handles.len();
-                if handles[at].1.spawn(async {}) {
-                    break Some(handles[at].1.clone());
-                }
-                handles.swap_remove(at);
-            }
+            let handles = lock(&self.0.handles);
+            let next = self.0.next.fetch_add(1, Relaxed) as usize;
+            handles.get(next % handles.len().max(1)).cloned()
         };
         match picked {
-            Some(handle) => drop(handle.spawn(task)),
+            Some((thread, handle)) => {
+                if !handle.spawn(task) {
+                    lock(&self.0.handles).retain(|(other, _)| *other != thread);
+                }
+            }
             None => drop(actix_rt::spawn(task)),
         }
     }
