@@ -44,8 +44,12 @@ pub use inbox::{ClusterEvent, Inbound, Inbox};
 use crate::config::ClusterSettings;
 use crate::ids::NodeId;
 use crate::metrics::METRICS;
+use crate::workers::Workers;
 use outbox::{Destination, Outbox, Outgoing};
 use peers::{lock, Links};
+
+/// What takes a topic's envelopes straight from the lanes (see [`Cluster::direct`]).
+pub type Direct = Arc<dyn Fn(Inbound) + Send + Sync>;
 
 /// Envelopes taken at once by the publishing task (in order, grouped per node).
 const PUBLISH_BATCH: usize = 256;
@@ -104,6 +108,10 @@ pub struct Cluster {
     /// One inbox per topic (the part of an envelope's kind before its first `.`), each
     /// with one reader; envelopes of a topic no one reads are dropped.
     inboxes: Mutex<Vec<(String, Arc<Inbox>)>>,
+    /// The topics that take what arrives on lanes other than 0 straight from them.
+    direct: Mutex<Vec<(String, Direct)>>,
+    /// The server's workers: where the lanes other than 0 are written and read.
+    workers: Workers,
     stopped: AtomicBool,
     arbiter: Mutex<Option<Arbiter>>,
 }
@@ -118,9 +126,10 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// Joins the cluster of `settings` on a thread of its own. Returns at once: the node is
-    /// [`Self::healthy`] once Redis answers (it retries for as long as it runs).
-    pub fn start(settings: &ClusterSettings) -> Result<Arc<Self>, ClusterError> {
+    /// Joins the cluster of `settings` on a thread of its own, with the lanes of the
+    /// server's `workers` (see [`link`]). Returns at once: the node is [`Self::healthy`]
+    /// once Redis answers (it retries for as long as it runs).
+    pub fn start(settings: &ClusterSettings, workers: Workers) -> Result<Arc<Self>, ClusterError> {
         let node = NodeId::parse(&settings.node_id).unwrap_or_else(NodeId::random);
         let config = Config::from_url(&settings.redis_url)
             .map_err(|err| ClusterError::Url(err.details().to_owned()))?;
@@ -154,6 +163,7 @@ impl Cluster {
             &settings.link_listen,
             &settings.link_advertise,
             &settings.redis_url,
+            settings.max_links,
         )
         .map_err(ClusterError::Link)?;
         let arbiter = Arbiter::new();
@@ -170,6 +180,8 @@ impl Cluster {
             outbox: Outbox::new(settings.max_queued_bytes),
             links,
             inboxes: Mutex::default(),
+            direct: Mutex::default(),
+            workers,
             stopped: AtomicBool::new(false),
             arbiter: Mutex::new(None),
         });
@@ -262,13 +274,58 @@ impl Cluster {
         lock(&self.known)
     }
 
-    /// Queues `envelope` for `node`. Envelopes to one node arrive in the order sent; one
-    /// that is lost on the way is reported by its route in this node's inbox.
+    /// The links other nodes hold to this one now, by node and lane (see [`link`]), sorted.
+    pub fn links_from(&self) -> Vec<(NodeId, usize)> {
+        let mut links: Vec<(NodeId, usize)> = lock(&self.links.inbound).keys().cloned().collect();
+        links.sort();
+        links
+    }
+
+    /// Queues `envelope` for `node`, on lane 0 (see [`link`]). Envelopes to one node on lane
+    /// 0 arrive in the order sent; one that is lost on the way is reported by its route in
+    /// this node's inbox.
     pub fn send(&self, node: &NodeId, envelope: Envelope) -> Result<(), SendError> {
         if !self.healthy() {
             return Err(SendError::Unavailable);
         }
         self.enqueue(Destination::Node(node.clone()), envelope)
+    }
+
+    /// Sends `envelope` to `node` on `lane` (see [`link`]): lane 0 as [`Self::send`] does;
+    /// another straight to the writer of its link, bounded by the same
+    /// `cluster.max_queued_bytes`. Envelopes sent to one node on one lane arrive in the order
+    /// sent; one lost on the way is reported by its route in this node's inbox.
+    pub fn send_on(
+        self: &Arc<Self>,
+        lane: usize,
+        node: &NodeId,
+        mut envelope: Envelope,
+    ) -> Result<(), SendError> {
+        if lane == 0 {
+            return self.send(node, envelope);
+        }
+        if !self.healthy() {
+            return Err(SendError::Unavailable);
+        }
+        envelope.from = self.node.clone();
+        let item = Outgoing {
+            to: Destination::Node(node.clone()),
+            envelope,
+        };
+        let size = item.size();
+        if !self.outbox.reserve(size) {
+            METRICS.cluster.dropped("queue_full");
+            return Err(SendError::Full);
+        }
+        match self.write_to(node, lane, vec![item]) {
+            Ok(()) => Ok(()),
+            Err(items) => {
+                // Its route is reported lost, as on lane 0, so both ends of it are cut.
+                self.lost_all(items);
+                self.outbox.release(size);
+                Err(SendError::Full)
+            }
+        }
     }
 
     /// Queues without asking whether Redis is reachable (the probe that finds out).
@@ -431,6 +488,8 @@ return 0
         self.stopped.store(true, Relaxed);
         self.outbox.close();
         self.healthy.store(false, Relaxed);
+        // The lanes on the workers, which the cluster's thread stopping does not stop.
+        self.links.halt();
         let (client, subscriber) = (self.client.clone(), self.subscriber.clone());
         if let Some(arbiter) = lock(&self.arbiter).take() {
             arbiter.spawn(async move {

@@ -20,6 +20,8 @@
 //! - [`cluster`]: the Redis backplane of several nodes (off unless `cluster.redis_url` is
 //!   set): node heartbeats, envelopes between nodes, cluster-wide attempt limits
 //!   and failed-join budget.
+//! - [`workers`]: the server's worker threads by slot (a leaf): where connections run, and
+//!   in a cluster the lanes their traffic to other nodes takes.
 //! - [`metrics`]: counters, gauges and histograms for `/metrics` (`prometheus-client`).
 //! - Operating: [`admin`] (the admin commands: users, machines, sessions), [`watch`] (how
 //!   a running relay hears of them), [`reload`] (`SIGHUP`), [`audit`] (the audit log),
@@ -62,3 +64,4 @@ pub mod schema;
 pub mod startup;
 pub mod transport;
 pub mod watch;
+pub mod workers;

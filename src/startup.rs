@@ -44,13 +44,14 @@ use crate::relay::pairing::registry::SessionRegistry;
 use crate::relay::pairing::remote::Remote;
 use crate::relay::pairing::socket::{PairNode, PairSocket};
 use crate::relay::pairing::table::PairingRules;
-use crate::relay::tunnel::{Home, Starter, Tunnels, Workers};
+use crate::relay::tunnel::{Home, Starter, Tunnels};
 use crate::relay::{self, Relay};
 use crate::reload::Reloader;
 use crate::routes;
 use crate::routes::status::Started;
 use crate::transport::{Killable, Linger};
 use crate::watch::{self, DatabaseHealth};
+use crate::workers::Workers;
 
 /// How long a client has to send its request head after connecting.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,8 +136,11 @@ impl Application {
             hold: settings.pairing.resume_buffer_bytes,
             window: settings.pairing.replay_window_bytes,
         };
+        // The server's workers, as they start: where connections run, and the cluster's
+        // lanes are written and read.
+        let threads = Workers::default();
         let cluster = match settings.cluster.enabled() {
-            true => Some(Cluster::start(&settings.cluster)?),
+            true => Some(Cluster::start(&settings.cluster, threads.clone())?),
             false => None,
         };
         let homes = cluster
@@ -190,7 +194,6 @@ impl Application {
             None => Vec::new(),
         };
         let code_memory = settings.pairing.code_ttl() + settings.pairing.retired_code_memory();
-        let threads = Workers::default();
         let tunnels = cluster.as_ref().and_then(|cluster| {
             let home = Home {
                 settings: live.clone(),
@@ -260,7 +263,7 @@ impl Application {
             .disable_signals()
             .listen("hermit-relay", listener, move || {
                 // Runs on each worker's thread as it starts.
-                threads.register_current();
+                let _slot = threads.register_current();
                 let app = App::new()
                     .wrap_fn(routes::limit_body)
                     .wrap_fn(move |mut req, service| {
@@ -409,7 +412,12 @@ impl Application {
             let signal = stop.await;
             tracing::info!(signal, "shutting down");
             match cluster {
-                Some(cluster) => handoff::leave(&cluster, &connections, &handoffs).await,
+                Some(cluster) => {
+                    handoff::leave(&cluster, &connections, &handoffs).await;
+                    // The lanes' writers run on the workers, which stop next: they finish
+                    // first, each with its goodbye.
+                    cluster.close_lanes().await;
+                }
                 None => connections.close_all(),
             }
             handle.stop(true).await;

@@ -388,6 +388,11 @@ fn leaf_modules_stay_leaves() {
         "ids must depend on nothing in the crate: {:?}",
         edges["crate::ids"]
     );
+    assert!(
+        edges["crate::workers"].is_empty(),
+        "workers must depend on nothing in the crate: {:?}",
+        edges["crate::workers"]
+    );
     for leaf in [
         "crate::metrics",
         "crate::limits",

@@ -205,7 +205,7 @@ async fn a_tunnel_whose_gateway_never_answers_the_close_is_let_go() {
     assert_eq!(held(), 0);
 
     // A browser "on the test's node" opens a tunnel to A: A's virtual browser answers it.
-    let route = "fake-gateway/1/1";
+    let route = "fake-gateway/1/1/0";
     let join = json!({"type": "join", "code": "ZZZZZZ"}).to_string();
     let open = json!({"ip": "127.0.0.1", "endpoint": "/browser", "first": join});
     let open = open.to_string();
@@ -223,7 +223,7 @@ async fn a_tunnel_whose_gateway_never_answers_the_close_is_let_go() {
     assert_eq!(held(), 1);
 
     // An OPEN for a route that is open, or for another node's route, is ignored.
-    for route in [route, "another-node/1/1"] {
+    for route in [route, "another-node/1/1/0"] {
         write_frame(&mut link, &gateway.id, "tun.open", route, open.as_bytes()).await;
     }
     let answer = gateway.next(Duration::from_millis(500)).await;

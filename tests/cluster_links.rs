@@ -101,10 +101,11 @@ async fn only_a_node_that_read_the_secret_links_and_a_link_carries_only_what_it_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_that_breaks_under_lossless_sides_cuts_their_tunnels_and_they_lose_nothing() {
-    // Mac on A, browser on B (tunnelled to A). Mid-exchange a second link "from A"
-    // reaches B: B's link from A is replaced, so what it was carrying may be lost — B cuts
-    // every tunnel through A, A's next write on the old link fails and A does the same.
-    // The sides see lost connections, resume, and nothing is lost, duplicated or reordered.
+    // Mac on A, browser on B (tunnelled to A). Mid-exchange a second link "from A", on the
+    // tunnel's lane, reaches B: B's link from A is replaced, so what it was carrying may be
+    // lost — B cuts every tunnel through A, A's next write on the old link fails and A does
+    // the same. The sides see lost connections, resume, and nothing is lost, duplicated or
+    // reordered.
     let Some((_db, nodes)) = cluster_of(2, resumable).await else {
         return;
     };
@@ -116,14 +117,19 @@ async fn a_link_that_breaks_under_lossless_sides_cuts_their_tunnels_and_they_los
     let break_link = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let (_, secret) = advert(b).await;
-        let impostor = link_to(b, &a_id, &secret).await;
+        let lanes = lanes_from(b, a);
+        assert!(!lanes.is_empty(), "the tunnel goes on a worker's lane");
+        let mut impostors = Vec::new();
+        for lane in &lanes {
+            impostors.push(link_on(b, &a_id, &secret, lane).await);
+        }
         let broken = next_broken(&mut watch_b, Duration::from_secs(3)).await;
         assert_eq!(
             broken.as_deref(),
             Some(a_id.as_str()),
             "B hears its link from A broke"
         );
-        drop(impostor);
+        drop(impostors);
     };
     let (mac_resumes, browser_resumes) =
         exchange_through(150, break_link, &mac_proxy, &browser_proxy).await;
@@ -191,11 +197,23 @@ async fn a_node_answers_another_it_has_not_surveyed_yet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_leaves_says_goodbye_and_one_that_crashes_is_a_broken_link() {
-    // Processes named "a-fixed" one after the other each send B three envelopes. One that
-    // left ended its link with a goodbye: its successor's envelopes come with nothing
-    // reported broken. One that crashed did not: B reports the link from "a-fixed" broken
-    // before its successor's first envelope. B surveys every 5 s, so it does not see the
-    // node gone in between (which would cut the tunnels through it anyway).
+    goodbye_or_broken(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_says_goodbye_on_its_lanes_before_its_workers_stop() {
+    // The same on lane 1, whose writer runs on the sending node's first worker: a node
+    // that leaves ends it with a goodbye before its workers stop (which would drop it
+    // unfinished, and its successor's link would be reported broken).
+    goodbye_or_broken(1).await;
+}
+
+async fn goodbye_or_broken(lane: usize) {
+    // Processes named "a-fixed" one after the other each send B three envelopes on `lane`.
+    // One that left ended its link with a goodbye: its successor's envelopes come with
+    // nothing reported broken. One that crashed did not: B reports the link from "a-fixed"
+    // broken before its successor's first envelope. B surveys every 5 s, so it does not see
+    // the node gone in between (which would cut the tunnels through it anyway).
     let (Some(redis), Some(db)) = (redis_url(), common::TestDb::postgres()) else {
         return;
     };
@@ -237,7 +255,9 @@ async fn a_node_that_leaves_says_goodbye_and_one_that_crashes_is_a_broken_link()
         }
         for n in 0..3 {
             let envelope = Envelope::new("watch.x", "r", format!("{round}-{n}")).unwrap();
-            a.cluster.send(b.cluster.node_id(), envelope).unwrap();
+            a.cluster
+                .send_on(lane, b.cluster.node_id(), envelope)
+                .unwrap();
         }
         if crashed {
             assert_eq!(
@@ -339,7 +359,7 @@ async fn a_peer_that_stops_reading_costs_a_bounded_queue_and_its_link_is_given_u
     let greeting = greeting.await.unwrap();
     assert!(
         greeting.starts_with(&format!(
-            "HERMIT-LINK/1 {} stalled stalled-secret\n",
+            "HERMIT-LINK/2 {} stalled stalled-secret\n",
             node.cluster.node_id()
         )),
         "the greeting names both nodes and shows the advertised secret: {greeting}"
@@ -348,7 +368,7 @@ async fn a_peer_that_stops_reading_costs_a_bounded_queue_and_its_link_is_given_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_greet_are_bounded_and_do_not_lock_nodes_out_for_good() {
-    // 32 connections may be greeting at once (peers.rs, MAX_GREETING); the 33rd is closed
+    // 64 connections may be greeting at once (peers.rs, MAX_GREETING); the 65th is closed
     // at once, not after the greeting timeout. Once the silent ones are dropped (500 ms,
     // the Redis timeout in tests), a node links again.
     let Some((_db, nodes)) = cluster_of(1, |_| {}).await else {
@@ -358,7 +378,7 @@ async fn connections_that_never_greet_are_bounded_and_do_not_lock_nodes_out_for_
     let inbox = node.cluster.inbox("probe").unwrap();
     let (addr, secret) = advert(node).await;
     let mut silent = Vec::new();
-    for _ in 0..32 {
+    for _ in 0..64 {
         silent.push(TcpStream::connect(&addr).await.unwrap());
     }
     // Each is accepted before the next one counts.
@@ -366,7 +386,7 @@ async fn connections_that_never_greet_are_bounded_and_do_not_lock_nodes_out_for_
     let mut one_more = TcpStream::connect(&addr).await.unwrap();
     assert!(
         closed_within(&mut one_more, Duration::from_millis(300)).await,
-        "past 32 greeting at once, a connection is closed at once"
+        "past 64 greeting at once, a connection is closed at once"
     );
     for link in &mut silent {
         assert!(
@@ -384,11 +404,11 @@ async fn connections_that_never_greet_are_bounded_and_do_not_lock_nodes_out_for_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cuts_a_tunnel_tells_the_other_end() {
-    // Mac on A, browser on B (tunnelled to A). A second link "from B" reaches A (this test,
-    // with A's secret) while B's own stands: A takes the old one for broken and cuts the
-    // tunnels through B, its virtual browser among them. B saw nothing break, and its
-    // browser stays quiet, so B writes nothing that would fail: only A's word tells B to
-    // cut its browser, rather than leave it paired with no one.
+    // Mac on A, browser on B (tunnelled to A). A second link "from B" on the tunnel's lane
+    // reaches A (this test, with A's secret) while B's own stands: A takes the old one for
+    // broken and cuts the tunnels through B, its virtual browser among them. B saw nothing
+    // break, and its browser stays quiet, so B writes nothing that would fail: only A's word
+    // tells B to cut its browser, rather than leave it paired with no one.
     let Some((_db, nodes)) = cluster_of(2, |_| {}).await else {
         return;
     };
@@ -404,26 +424,33 @@ async fn a_node_that_cuts_a_tunnel_tells_the_other_end() {
     common::exchange(&mut mac, &mut browser, "before", 5).await;
 
     let (_, secret) = advert(a).await;
-    let _impostor = link_to(a, b.cluster.node_id().as_str(), &secret).await;
+    let lanes = lanes_from(a, b);
+    assert_eq!(lanes.len(), 1, "one tunnel, one lane");
+    let _impostor = link_on(a, b.cluster.node_id().as_str(), &secret, &lanes[0]).await;
     let code = common::expect_closed(&mut browser, Duration::from_secs(5)).await;
     assert_eq!(code, None, "cut, as a lost connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_from_other_nodes_are_bounded_and_a_link_that_ends_makes_room() {
-    // At most 256 links from other nodes stand at once (peers.rs, MAX_LINKED): anyone who
-    // read the heartbeat can greet under any node id. The 257th is closed once greeted;
-    // the standing ones are untouched; one that ends makes room for another.
-    let Some((_db, nodes)) = cluster_of(1, |_| {}).await else {
+    // At most `cluster.max_links` links from other nodes stand at once (100 here): anyone
+    // who read the heartbeat can greet under any node id, on any lane. The 101st is closed
+    // once greeted; the standing ones are untouched; one that ends makes room for another.
+    let Some((_db, nodes)) = cluster_of(1, |s| s.cluster.max_links = 100).await else {
         return;
     };
     let node = &nodes[0];
     let inbox = node.cluster.inbox("probe").unwrap();
     let (_, secret) = advert(node).await;
     let mut standing = Vec::new();
-    for i in 0..256 {
-        let from = format!("node-{i}");
-        let mut link = link_to(node, &from, &secret).await;
+    for i in 0..100 {
+        // Nodes each on lane 0 and lanes 1 to 16: every lane is a link of its own.
+        let from = format!("node-{}", i / 17);
+        let lane = match i % 17 {
+            0 => String::new(),
+            lane => lane.to_string(),
+        };
+        let mut link = link_on(node, &from, &secret, &lane).await;
         // Each carries one frame, read only once the link is counted.
         write_frame(&mut link, &from, "probe.x", "r", b"in").await;
         next_envelope(&inbox, Duration::from_secs(3))
@@ -435,7 +462,7 @@ async fn links_from_other_nodes_are_bounded_and_a_link_that_ends_makes_room() {
     write_frame(&mut one_more, "node-256", "probe.x", "r", b"past").await;
     assert!(
         closed_within(&mut one_more, Duration::from_secs(2)).await,
-        "past 256 standing links, a new one is closed"
+        "past 100 standing links, a new one is closed"
     );
     assert!(
         next_envelope(&inbox, Duration::from_millis(300))
@@ -591,4 +618,95 @@ async fn batches_for_a_stalled_peer_are_bounded_before_its_write_times_out() {
             .is_none(),
         "the link stands until its write times out"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_goes_on_its_lane_both_ways_and_a_lane_that_breaks_cuts_it() {
+    // The test plays a gateway node. A tunnel whose route names lane 2 is answered over a
+    // link greeted with lane 2 (written and read on the node's second worker), one whose
+    // route names lane 0 over a link without a lane. A lane is greeted like any link; a
+    // new link on lane 2 without a goodbye on the old one breaks it: the tunnel is cut,
+    // and the gateway told, before anything the new link carries.
+    let Some(redis) = redis_url() else {
+        return;
+    };
+    let Some((_db, nodes)) = cluster_of(1, |_| {}).await else {
+        return;
+    };
+    let a = &nodes[0];
+    let (_, secret) = advert(a).await;
+    let within = Duration::from_secs(3);
+    let join = serde_json::json!({"type": "join", "code": "ZZZZZZ"}).to_string();
+    let open = serde_json::json!({"ip": "127.0.0.1", "endpoint": "/browser", "first": join});
+    let open = open.to_string();
+
+    // A node of the version before lanes is refused (one cluster runs one version).
+    let (addr, _) = advert(a).await;
+    let mut old = TcpStream::connect(&addr).await.unwrap();
+    let to = a.cluster.node_id().as_str();
+    let greeting = format!("HERMIT-LINK/1 lane-gateway {to} {secret}\n");
+    old.write_all(greeting.as_bytes()).await.unwrap();
+    assert!(
+        closed_within(&mut old, within).await,
+        "version 1 is refused"
+    );
+
+    // Lanes it may not name are refused like a wrong secret.
+    for lane in ["0", "17", "x", "2 2"] {
+        let mut link = link_on(a, "lane-gateway", &secret, lane).await;
+        assert!(
+            closed_within(&mut link, within).await,
+            "lane {lane:?} is refused"
+        );
+    }
+
+    for (gateway, lane) in [("lane-gateway", 2), ("plain-gateway", 0)] {
+        let mut fake = FakeNode::join(a, &redis, gateway).await;
+        let named = if lane == 0 {
+            String::new()
+        } else {
+            lane.to_string()
+        };
+        let mut link = link_on(a, gateway, &secret, &named).await;
+        let route = format!("{gateway}/1/1/{lane}");
+        write_frame(&mut link, gateway, "tun.open", &route, open.as_bytes()).await;
+        let down = fake
+            .next(within)
+            .await
+            .expect("the virtual browser answers");
+        assert_eq!(
+            (down.kind.as_str(), down.route.as_str()),
+            ("tun.down", &*route)
+        );
+        assert_eq!(fake.lane, Some(lane), "answered on the route's lane");
+        let from = NodeId::parse(gateway).unwrap();
+        assert!(
+            a.cluster.links_from().contains(&(from, lane)),
+            "{:?}",
+            a.cluster.links_from()
+        );
+        if lane == 0 {
+            continue;
+        }
+        // The lane's link is replaced without a goodbye: the tunnel is cut at once, and
+        // its gateway told on the same lane. A message for it on the new link, right
+        // after the greeting, is not taken as part of the tunnel that lost what it had.
+        let mut replacing = link_on(a, gateway, &secret, &named).await;
+        let late = serde_json::json!({"type": "join", "code": "YYYYYY"}).to_string();
+        write_frame(&mut replacing, gateway, "tun.up", &route, late.as_bytes()).await;
+        let close = fake.next(within).await.expect("the gateway is told");
+        assert_eq!(
+            (close.kind.as_str(), close.route.as_str(), &close.body[..]),
+            ("tun.close", &*route, &b""[..]),
+            "cut, with nothing answered before"
+        );
+        assert!(
+            closed_within(&mut link, within).await,
+            "the replaced link is closed"
+        );
+        assert!(
+            fake.next(Duration::from_millis(300)).await.is_none(),
+            "nothing after the cut"
+        );
+    }
 }

@@ -56,6 +56,19 @@ async fn a_mac_and_a_browser_on_different_nodes_pair_and_exchange_data_in_order(
     };
     let (mut mac, mut browser) = pair_across(&a, &b).await;
     exchange(&mut mac, &mut browser, "across", 200).await;
+    // Both ways over a lane of the nodes' workers (src/workers.rs), not lane 0: the
+    // tunnel's two ends run on workers, and its envelopes with them.
+    let on_a_lane = |to: &TestNode, from: &TestNode| {
+        let links = to.cluster.links_from();
+        assert!(
+            links
+                .iter()
+                .any(|(node, lane)| node == from.cluster.node_id() && *lane >= 1),
+            "{links:?}"
+        );
+    };
+    on_a_lane(&a, &b);
+    on_a_lane(&b, &a);
     // Pings are answered wherever the side is connected.
     assert_usable(&mut browser).await;
     assert_usable(&mut mac).await;

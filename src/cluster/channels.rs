@@ -11,7 +11,7 @@ use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::outbox::{Destination, Outgoing};
-use super::{lock, Cluster, ClusterError, Envelope, PROBE, PUBLISH_BATCH};
+use super::{lock, Cluster, ClusterError, Envelope, Inbound, PROBE, PUBLISH_BATCH};
 use crate::ids::NodeId;
 use crate::metrics::METRICS;
 
@@ -50,7 +50,7 @@ impl Cluster {
                 }
             }
             for (node, items) in per_node {
-                if let Err(items) = self.write_to(&node, items) {
+                if let Err(items) = self.write_to(&node, 0, items) {
                     let size: usize = items.iter().map(Outgoing::size).sum();
                     self.lost_all(items);
                     self.outbox.release(size);
@@ -101,15 +101,36 @@ impl Cluster {
             }
             return;
         }
+        Self::count_received(&envelope);
+        match self.inbox_of(&envelope.kind) {
+            Some(inbox) => inbox.push(envelope),
+            None => METRICS.cluster.dropped("unrouted"),
+        }
+    }
+
+    /// Hands one envelope that arrived on `lane` to its topic: on a lane other than 0, to
+    /// the handler the topic reads its lanes with, if it has one, here and now (on the
+    /// lane's worker: see [`super::link`]); else to its inbox.
+    pub(super) fn receive_on(&self, lane: usize, envelope: Envelope) {
+        let handler = match lane {
+            0 => None,
+            _ => self.direct_of(&envelope.kind),
+        };
+        match handler {
+            Some(handler) => {
+                Self::count_received(&envelope);
+                handler(Inbound::Message(envelope));
+            }
+            None => self.receive(envelope),
+        }
+    }
+
+    fn count_received(envelope: &Envelope) {
         METRICS.cluster.received.fetch_add(1, Relaxed);
         METRICS
             .cluster
             .received_bytes
             .fetch_add(envelope.encoded_len() as u64, Relaxed);
-        match self.inbox_of(&envelope.kind) {
-            Some(inbox) => inbox.push(envelope),
-            None => METRICS.cluster.dropped("unrouted"),
-        }
     }
 
     /// Subscribes to this node's channels if the subscriber (re)connected since, and says

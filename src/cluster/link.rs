@@ -5,16 +5,27 @@
 //! the order they were sent.
 //!
 //! A link carries one direction: the sender connects, says who it is and proves it read
-//! the receiver's heartbeat (`HERMIT-LINK/1 <from> <to> <secret>\n`), then writes frames:
-//! a 4-byte big-endian length and an envelope's wire form ([`Envelope::encode`]). A frame of
-//! length 0 says goodbye: the sender leaves and sent everything. Either end gives the link
-//! up on a timeout, an error, or a frame it cannot read.
+//! the receiver's heartbeat (`HERMIT-LINK/2 <from> <to> <secret>[ <lane>]\n`; version 1 had
+//! no lanes, and a node refuses a version not its own: one cluster runs one), then writes
+//! frames: a 4-byte big-endian length and an envelope's wire form ([`Envelope::encode`]). A
+//! frame of length 0 says goodbye: the sender leaves and sent everything. Either end gives
+//! the link up on a timeout, an error, or a frame it cannot read.
+//!
+//! **Lanes.** One node links to another once per *lane*: lane 0 (no lane in the greeting)
+//! carries what [`Cluster::send`] sends, through the outbox, and is written and read on
+//! the cluster's thread; lane `n` (1 to [`MAX_LANES`]) carries what
+//! [`Cluster::send_on`] sends on it, and is written on the sender's worker of slot `n` and
+//! read on the receiver's worker of slot `n` where they have one (else on the cluster's
+//! thread), so a tunnel whose two ends run on slot `n` of their nodes relays without
+//! waking another thread (`crate::workers`). Envelopes sent on one lane arrive in order;
+//! a tunnel sends all of its own on one lane, both ways.
 //!
 //! What a link that breaks held is lost, on both ends alike: the sender reports the
 //! routes it could not write and tells its own inboxes [`ClusterEvent::Broken`] with the
 //! instant it broke, then connects again when it next has something to send; the
-//! receiver tells its inboxes the same when the sender comes back on a new link after one
-//! that ended without a goodbye — before anything the new link carries. The instant is
+//! receiver tells its inboxes the same when the sender comes back on a new link of that
+//! lane after one that ended without a goodbye — before anything the new link carries. A
+//! link of any lane that breaks breaks the whole: every route through that node is cut. The instant is
 //! when the sender closed the old link (it wrote nothing after), or, for a link cut or
 //! failed, when the new one arrives (the sender may have written to the old one until it
 //! noticed). Every route through that node that stood by then is cut (and its other end
@@ -30,17 +41,17 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::inbox::ClusterEvent;
 use super::outbox::Outgoing;
-use super::peers::{lock, Advert, Stop, Writer};
+use super::peers::{lock, Advert, Finished, Lane, Stop, Writer};
 use super::{Cluster, Envelope};
 use crate::ids::NodeId;
 use crate::metrics::METRICS;
+use crate::workers::MAX_LANES;
 
 /// The first word of a link's greeting, with the link protocol's version.
-const GREETING: &str = "HERMIT-LINK/1";
+const GREETING: &str = "HERMIT-LINK/2";
 
 /// How a link from another node ended.
 enum Ended {
@@ -55,9 +66,13 @@ enum Ended {
 }
 /// The longest greeting read before the link is refused.
 const MAX_GREETING_BYTES: usize = 512;
-/// Batches waiting for one peer's link; past it a batch is dropped and its routes lost
-/// (the link is stalled: every write is bounded by `cluster.redis_timeout_ms`).
+/// Batches waiting for one peer's link of lane 0; past it a batch is dropped and its routes
+/// lost (the link is stalled: every write is bounded by `cluster.redis_timeout_ms`).
 const MAX_BATCHES: usize = 1024;
+/// Envelopes waiting for one peer's link of another lane, each its own batch: its writer
+/// runs on the senders' thread, so a burst queues whole before it writes (the outbox's
+/// byte bound holds too).
+const MAX_LANE_BATCHES: usize = 64 * 1024;
 /// Bytes gathered into one write to a peer.
 const MAX_WRITE: usize = 256 * 1024;
 /// A link's read buffer; one that grew for a big frame shrinks back to it once empty.
@@ -95,8 +110,13 @@ impl Cluster {
         }
     }
 
-    /// Reads one link from another node: its greeting, then its frames into the inboxes.
-    async fn read_link(&self, stream: TcpStream, greeting: tokio::sync::OwnedSemaphorePermit) {
+    /// Reads one link from another node: its greeting, then — on the worker of its lane,
+    /// if this node has one — its frames.
+    async fn read_link(
+        self: Arc<Self>,
+        stream: TcpStream,
+        greeting: tokio::sync::OwnedSemaphorePermit,
+    ) {
         self.tune(&stream);
         let mut stream = BufReader::with_capacity(MAX_GREETING_BYTES, stream);
         let greeted = tokio::time::timeout(self.settings.redis_timeout(), async {
@@ -106,40 +126,84 @@ impl Cluster {
             let line = String::from_utf8(line).ok()?;
             self.greeted(line.strip_suffix('\n')?)
         });
-        let Ok(Some(from)) = greeted.await else {
+        let Ok(Some((from, lane))) = greeted.await else {
             tracing::debug!("a link without a valid greeting was refused");
             return;
         };
+        if self.stopped.load(Relaxed) {
+            return;
+        }
         drop(greeting);
-        let Ok(_linked) = Arc::clone(&self.links.linked).try_acquire_owned() else {
+        let Ok(linked) = Arc::clone(&self.links.linked).try_acquire_owned() else {
             tracing::warn!(node = %from, "too many links from other nodes: one refused");
             return;
         };
-        let (number, stop) = self.link_opened(&from);
         // What came after the greeting in the same read is the first frames' start.
         let buf = BytesMut::from(stream.buffer());
-        let ended = self
-            .read_frames(stream.into_inner(), buf, &from, &stop)
-            .await;
+        let stream = stream.into_inner();
+        let (number, stop, done) = self.link_opened(&from, lane).await;
+        let this = Arc::clone(&self);
+        let read = move |stream: TcpStream| async move {
+            let _linked = linked;
+            let _finished = Finished(done);
+            let ended = this.read_frames(stream, buf, &from, lane, &stop).await;
+            this.link_ended(from, lane, number, ended);
+        };
+        if lane > 0 && self.workers.alive(lane) {
+            let Ok(stream) = stream.into_std() else {
+                return;
+            };
+            // Read on the lane's worker; one that ended meanwhile drops the link (and its
+            // sender sees it break).
+            self.workers.spawn_on(lane, async move {
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    read(stream).await;
+                }
+            });
+        } else {
+            read(stream).await;
+        }
+    }
+
+    /// Forgets link `number` from `from` on `lane` (unless a newer one replaced it), and
+    /// remembers how it `ended`.
+    fn link_ended(&self, from: NodeId, lane: Lane, number: u64, ended: Ended) {
+        let key = (from, lane);
         let mut inbound = lock(&self.links.inbound);
         if inbound
-            .get(&from)
-            .is_some_and(|(current, _)| *current == number)
+            .get(&key)
+            .is_some_and(|(current, _, _)| *current == number)
         {
-            inbound.remove(&from);
+            inbound.remove(&key);
+            let (from, lane) = key;
             match ended {
                 Ended::Goodbye => {}
-                Ended::Closed(at) => self.links.ended_unclean(from, Some(at)),
-                Ended::Cut => self.links.ended_unclean(from, None),
+                Ended::Closed(at) => self.links.ended_unclean(from, lane, Some(at)),
+                Ended::Cut => self.links.ended_unclean(from, lane, None),
             }
         }
     }
 
-    /// The node a greeting comes from, if it is a node's greeting to this one.
-    fn greeted(&self, line: &str) -> Option<NodeId> {
+    /// The node a greeting comes from and its lane, if it is a node's greeting to this one.
+    fn greeted(&self, line: &str) -> Option<(NodeId, Lane)> {
         let mut words = line.split(' ');
         let (greeting, from, to, secret) =
             (words.next()?, words.next()?, words.next()?, words.next()?);
+        if greeting != GREETING && greeting.starts_with("HERMIT-LINK/") {
+            tracing::warn!(
+                version = greeting,
+                "a node of another version tried to link (this one speaks {GREETING}): \
+                 every node of a cluster must run one version"
+            );
+            return None;
+        }
+        let lane = match words.next() {
+            None => 0,
+            Some(lane) => lane
+                .parse()
+                .ok()
+                .filter(|lane| (1..=MAX_LANES).contains(lane))?,
+        };
         let secret_ok = bool::from(secret.as_bytes().ct_eq(self.links.secret.as_bytes()));
         let from = NodeId::parse(from)?;
         (greeting == GREETING
@@ -147,20 +211,30 @@ impl Cluster {
             && to == self.node.as_str()
             && secret_ok
             && from != self.node)
-            .then_some(from)
+            .then_some((from, lane))
     }
 
-    /// Records a new link from `from`: it replaces any older one, and when the last one
-    /// ended without a goodbye (or still stands), what it carried may be lost — every
-    /// inbox hears [`ClusterEvent::Broken`] before anything this link carries.
-    fn link_opened(&self, from: &NodeId) -> (u64, Arc<Stop>) {
+    /// Records a new link from `from` on `lane`: it replaces any older one, and when the
+    /// last one ended without a goodbye (or still stands), what it carried may be lost —
+    /// every inbox hears [`ClusterEvent::Broken`], and every topic read straight from the
+    /// lanes handles it, before anything this link carries.
+    async fn link_opened(&self, from: &NodeId, lane: Lane) -> (u64, Arc<Stop>, Arc<Stop>) {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let number = NEXT.fetch_add(1, Relaxed);
-        let stop = Arc::new(Stop::default());
-        let older = lock(&self.links.inbound).insert(from.clone(), (number, Arc::clone(&stop)));
-        let unclean = lock(&self.links.unclean).remove(from);
-        if let Some((_, older)) = &older {
+        let (stop, done) = (Arc::new(Stop::default()), Arc::new(Stop::default()));
+        let key = (from.clone(), lane);
+        let reading = (number, Arc::clone(&stop), Arc::clone(&done));
+        let older = lock(&self.links.inbound).insert(key.clone(), reading);
+        // Halted meanwhile (it stops the links it finds): this one reads nothing either.
+        if self.stopped.load(Relaxed) {
+            stop.stop();
+        }
+        let unclean = lock(&self.links.unclean).remove(&key);
+        if let Some((_, older, ended)) = &older {
             older.stop();
+            // Its reader (maybe on another thread) hands over nothing more once the break
+            // is told: it ends first (within the Redis timeout).
+            let _ = tokio::time::timeout(self.settings.redis_timeout(), ended.wait()).await;
         }
         // The older link breaks now. One its sender closed without a goodbye broke then:
         // it wrote nothing after. One cut here, or by an error, breaks now too: its
@@ -171,10 +245,12 @@ impl Cluster {
             (None, None) => None,
         };
         if let Some(at) = broke {
-            tracing::info!(node = %from, "a link from a node broke: what it carried is lost");
-            self.event(ClusterEvent::Broken(from.clone(), at));
+            tracing::info!(node = %from, lane, "a link from a node broke: what it carried is lost");
+            let broken = ClusterEvent::Broken(from.clone(), at);
+            self.event(broken.clone());
+            self.direct_event(broken);
         }
-        (number, stop)
+        (number, stop, done)
     }
 
     /// Reads frames until the link ends or is stopped: true if it ended with a goodbye.
@@ -183,6 +259,7 @@ impl Cluster {
         mut stream: TcpStream,
         mut buf: BytesMut,
         from: &NodeId,
+        lane: Lane,
         stop: &Stop,
     ) -> Ended {
         let max = self.settings.max_inbox_bytes;
@@ -208,7 +285,7 @@ impl Cluster {
                 let frame = Bytes::copy_from_slice(&buf[4..4 + len]);
                 buf.advance(4 + len);
                 match Envelope::decode(frame) {
-                    Some(envelope) if envelope.from == *from => self.receive(envelope),
+                    Some(envelope) if envelope.from == *from => self.receive_on(lane, envelope),
                     _ => {
                         METRICS.cluster.dropped("undecodable");
                         return Ended::Cut;
@@ -233,82 +310,114 @@ impl Cluster {
         }
     }
 
-    /// Hands `batch` (envelopes for `node`, in order) to its link's writer. Returns the
-    /// batch when it cannot be queued (its link is stalled, or the node is leaving).
+    /// Hands `batch` (envelopes for `node`, in order) to the writer of its link on `lane`,
+    /// starting one — on the lane's worker, else on the cluster's thread — if there is
+    /// none. Returns the batch when it cannot be queued (its link is stalled, or the node
+    /// is leaving).
     pub(super) fn write_to(
         self: &Arc<Self>,
         node: &NodeId,
+        lane: Lane,
         batch: Vec<Outgoing>,
     ) -> Result<(), Vec<Outgoing>> {
-        if self.links.closing.load(Relaxed) {
+        if self.links.closing.load(Relaxed) || (lane > 0 && self.links.lanes_closed.load(Relaxed)) {
             return Err(batch);
         }
+        let key = (node.clone(), lane);
         let mut writers = lock(&self.links.writers);
-        if !writers.contains_key(node) {
-            let (queue, batches) = mpsc::channel(MAX_BATCHES);
+        if !writers.contains_key(&key) {
+            let (queue, batches) = mpsc::channel(match lane {
+                0 => MAX_BATCHES,
+                _ => MAX_LANE_BATCHES,
+            });
             let retired = Arc::new(Stop::default());
-            let previous = lock(&self.links.retiring).remove(node);
-            let task = actix_rt::spawn(Arc::clone(self).write_link(
+            let done = Arc::new(Stop::default());
+            let previous = lock(&self.links.retiring).remove(&key);
+            let task = Arc::clone(self).write_link(
                 node.clone(),
+                lane,
                 batches,
                 Arc::clone(&retired),
                 previous,
-            ));
+                Finished(Arc::clone(&done)),
+            );
+            // One that cannot start is dropped unrun: its queue is closed, and the batch
+            // comes back (below).
+            if lane > 0 && self.workers.alive(lane) {
+                self.workers.spawn_on(lane, task);
+            } else {
+                self.spawn(task);
+            }
             let writer = Writer {
                 queue,
-                task,
+                done,
                 retired,
             };
-            writers.insert(node.clone(), writer);
+            writers.insert(key.clone(), writer);
         }
         // unwrap: inserted just above if it was not there.
-        let writer = writers.get(node).unwrap();
+        let writer = writers.get(&key).unwrap();
         writer.queue.try_send(batch).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch) => {
+            mpsc::error::TrySendError::Full(batch) => batch,
+            mpsc::error::TrySendError::Closed(batch) => {
+                // Its task ended (its worker stopped): the next batch starts another.
+                writers.remove(&key);
                 batch
             }
         })
     }
 
-    /// One peer's writer: writes what is queued for it, in order, connecting when it has
-    /// no link; a goodbye when its queue closes (the node leaves). It starts once the
-    /// peer's `previous` writer has ended (bounded), so one peer never has two.
+    /// One peer's writer on one lane: writes what is queued for it, in order, connecting
+    /// when it has no link; a goodbye when its queue closes (the node leaves). It starts
+    /// once the `previous` writer of that peer and lane has ended (bounded), so a lane
+    /// never has two; `finished` says when it ends. Dropped before its end (its worker
+    /// stopped), it reports what it held and what waited lost, and releases their bytes.
     async fn write_link(
         self: Arc<Self>,
         node: NodeId,
-        mut batches: mpsc::Receiver<Vec<Outgoing>>,
+        lane: Lane,
+        batches: mpsc::Receiver<Vec<Outgoing>>,
         retired: Arc<Stop>,
-        previous: Option<JoinHandle<()>>,
+        previous: Option<Arc<Stop>>,
+        finished: Finished,
     ) {
+        let mut held = Held {
+            cluster: Arc::clone(&self),
+            batches,
+            taken: Vec::new(),
+            bytes: 0,
+            _finished: finished,
+        };
         let timeout = self.settings.redis_timeout();
         if let Some(previous) = previous {
-            let _ = tokio::time::timeout(2 * timeout, previous).await;
+            let _ = tokio::time::timeout(2 * timeout, previous.wait()).await;
         }
         let mut link: Option<TcpStream> = None;
         let mut wire = Vec::with_capacity(64 * 1024);
-        while let Some(first) = batches.recv().await {
-            let size = |batch: &Vec<Outgoing>| batch.iter().map(Outgoing::size).sum::<usize>();
-            let mut bytes = size(&first);
-            let mut taken = vec![first];
-            while bytes < MAX_WRITE {
-                let Ok(more) = batches.try_recv() else { break };
-                bytes += size(&more);
-                taken.push(more);
+        while let Some(first) = held.batches.recv().await {
+            held.take(first);
+            while held.bytes < MAX_WRITE {
+                let Ok(more) = held.batches.try_recv() else {
+                    break;
+                };
+                held.take(more);
             }
+            let (taken, bytes) = (std::mem::take(&mut held.taken), held.bytes);
             if retired.stopped() {
                 // The peer is gone: nothing more is written to it.
                 link = None;
                 self.lost_all(taken.into_iter().flatten());
-                self.outbox.release(bytes);
+                held.release();
                 continue;
             }
             wire.clear();
             taken.iter().for_each(|batch| frame(batch, &mut wire));
+            held.taken = taken;
             let linked = link.is_some();
             if link.is_none() {
                 // Boxed: it may read Redis, and the Redis client's futures are kilobytes,
                 // which every write would otherwise move around.
-                let connecting = tokio::time::timeout(timeout, Box::pin(self.connect(&node)));
+                let connecting = tokio::time::timeout(timeout, Box::pin(self.connect(&node, lane)));
                 link = match connecting.await {
                     Ok(Ok(stream)) => Some(stream),
                     Ok(Err(err)) => {
@@ -325,6 +434,7 @@ impl Cluster {
                     .and_then(|written| written.map_err(|err| err.to_string())),
                 None => Err("no link".to_owned()),
             };
+            let taken = std::mem::take(&mut held.taken);
             let envelopes: usize = taken.iter().map(Vec::len).sum();
             match written {
                 Ok(()) => {
@@ -339,13 +449,13 @@ impl Cluster {
                     self.lost_all(taken.into_iter().flatten());
                     // A link that stood broke: what it carried before may be lost too.
                     if linked {
-                        tracing::warn!(node = %node, %err, "a link to a node broke: what it carried is lost");
+                        tracing::warn!(node = %node, lane, %err, "a link to a node broke: what it carried is lost");
                         self.event(ClusterEvent::Broken(node.clone(), Instant::now()));
                     }
                     link = None;
                 }
             }
-            self.outbox.release(bytes);
+            held.release();
         }
         if let Some(mut stream) = link.filter(|_| !retired.stopped()) {
             let _ = tokio::time::timeout(timeout, async {
@@ -359,7 +469,7 @@ impl Cluster {
     /// Opens a link to `node` as its heartbeat advertises it (read now if this node has
     /// not seen it yet: a node that just started may be written to before the next
     /// heartbeat surveys it).
-    async fn connect(&self, node: &NodeId) -> Result<TcpStream, String> {
+    async fn connect(&self, node: &NodeId, lane: Lane) -> Result<TcpStream, String> {
         let advert = match self.links.advert(node) {
             Some(advert) => advert,
             None => {
@@ -377,7 +487,10 @@ impl Cluster {
             .await
             .map_err(|err| format!("cannot reach {}: {err}", advert.addr))?;
         self.tune(&stream);
-        let greeting = format!("{GREETING} {} {node} {}\n", self.node, advert.secret);
+        let greeting = match lane {
+            0 => format!("{GREETING} {} {node} {}\n", self.node, advert.secret),
+            lane => format!("{GREETING} {} {node} {} {lane}\n", self.node, advert.secret),
+        };
         stream
             .write_all(greeting.as_bytes())
             .await
@@ -411,11 +524,72 @@ impl Cluster {
     pub(super) async fn close_links(&self, within: Duration) {
         self.links.closing.store(true, Relaxed);
         let writers: Vec<Writer> = lock(&self.links.writers).drain().map(|(_, w)| w).collect();
-        let tasks = writers.into_iter().map(|writer| {
-            drop(writer.queue);
-            writer.task
-        });
-        let _ = tokio::time::timeout(within, futures_util::future::join_all(tasks)).await;
+        Self::ended(writers, within).await;
+    }
+
+    /// Ends the writers of every lane but 0 as [`Self::close_links`] does, and starts no
+    /// more: before the workers stop, which would end them unfinished.
+    pub async fn close_lanes(&self) {
+        self.links.lanes_closed.store(true, Relaxed);
+        let writers: Vec<Writer> = {
+            let mut writers = lock(&self.links.writers);
+            let lanes: Vec<(NodeId, Lane)> = writers
+                .keys()
+                .filter(|(_, lane)| *lane > 0)
+                .cloned()
+                .collect();
+            lanes.iter().filter_map(|key| writers.remove(key)).collect()
+        };
+        Self::ended(writers, self.settings.redis_timeout()).await;
+    }
+
+    /// Closes the queues of `writers` and waits at most `within` for them to end.
+    async fn ended(writers: Vec<Writer>, within: Duration) {
+        let ended: Vec<Arc<Stop>> = writers
+            .into_iter()
+            .map(|writer| {
+                drop(writer.queue);
+                writer.done
+            })
+            .collect();
+        let all = futures_util::future::join_all(ended.iter().map(|done| done.wait()));
+        let _ = tokio::time::timeout(within, all).await;
+    }
+}
+
+/// What a writer holds: its queue, the batches it took and is writing, and their bytes
+/// (counted in the outbox until written or lost).
+struct Held {
+    cluster: Arc<Cluster>,
+    batches: mpsc::Receiver<Vec<Outgoing>>,
+    taken: Vec<Vec<Outgoing>>,
+    bytes: usize,
+    _finished: Finished,
+}
+
+impl Held {
+    fn take(&mut self, batch: Vec<Outgoing>) {
+        self.bytes += batch.iter().map(Outgoing::size).sum::<usize>();
+        self.taken.push(batch);
+    }
+
+    /// What it took is written or reported lost: its bytes leave the outbox's count.
+    fn release(&mut self) {
+        self.cluster.outbox.release(std::mem::take(&mut self.bytes));
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Ended before its queue closed (its worker stopped): nothing more is taken, and
+        // what it held or waited is lost.
+        self.batches.close();
+        while let Ok(batch) = self.batches.try_recv() {
+            self.take(batch);
+        }
+        let taken = std::mem::take(&mut self.taken);
+        self.cluster.lost_all(taken.into_iter().flatten());
+        self.release();
     }
 }
 

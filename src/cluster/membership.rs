@@ -109,6 +109,9 @@ async fn survey(cluster: &Cluster) -> Result<(), ClusterError> {
             }
         };
         if let Some(event) = event {
+            if let ClusterEvent::NodeDown(node) | ClusterEvent::NodeLeft(node) = &event {
+                cluster.links.forget(node);
+            }
             tracing::info!(?event, "cluster membership changed");
             cluster.event(event);
         }

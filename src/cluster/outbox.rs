@@ -83,6 +83,18 @@ impl Outbox {
         true
     }
 
+    /// Counts `bytes` of an envelope that goes to its writer without the queue (a lane's,
+    /// see `link.rs`): false (and nothing counted) when it does not fit or the queue
+    /// closed. Released as [`Self::push`]'s are.
+    pub fn reserve(&self, bytes: usize) -> bool {
+        let mut queue = self.lock();
+        if queue.closed || queue.bytes + bytes > self.max_bytes {
+            return false;
+        }
+        queue.bytes += bytes;
+        true
+    }
+
     /// Waits for envelopes and takes up to `max` of them, oldest first; empty once closed
     /// and drained.
     pub async fn next_batch(&self, max: usize) -> Vec<Outgoing> {
@@ -145,8 +157,12 @@ mod tests {
         assert!(!outbox.push(item(4)), "still in flight");
         outbox.release(2 * size);
         assert!(outbox.push(item(5)));
+        assert!(outbox.reserve(size), "a lane's envelope counts alike");
+        assert!(!outbox.reserve(size), "full");
+        outbox.release(size);
         outbox.close();
         assert!(!outbox.push(item(6)));
+        assert!(!outbox.reserve(1));
         assert_eq!(outbox.next_batch(10).await.len(), 1);
         assert!(outbox.next_batch(10).await.is_empty());
     }

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use super::inbox::{ClusterEvent, Inbox};
-use super::{lock, Cluster};
+use super::inbox::{ClusterEvent, Inbound, Inbox};
+use super::{lock, Cluster, Direct};
 
 impl Cluster {
     /// The inbox of `topic`: the envelopes other nodes sent whose kind starts with
@@ -19,6 +19,40 @@ impl Cluster {
         let inbox = Inbox::new(self.settings.max_inbox_bytes);
         inboxes.push((topic.to_owned(), Arc::clone(&inbox)));
         Some(inbox)
+    }
+
+    /// Has `handler` take the envelopes of `topic` that arrive on lanes other than 0, on
+    /// the thread that reads the lane (a worker's), instead of its inbox — and the
+    /// [`ClusterEvent::Broken`] of such a lane, before anything its new link carries. The
+    /// topic's inbox still gets everything else: lane 0, the events, the lost routes. The
+    /// first call for a topic sets it: false for a later one.
+    pub fn direct(&self, topic: &str, handler: Direct) -> bool {
+        let mut direct = lock(&self.direct);
+        if direct.iter().any(|(taken, _)| taken == topic) {
+            return false;
+        }
+        direct.push((topic.to_owned(), handler));
+        true
+    }
+
+    /// The handler of the topic of `kind`, if it has one.
+    pub(super) fn direct_of(&self, kind: &str) -> Option<Direct> {
+        let topic = kind.split_once('.').map_or(kind, |(topic, _)| topic);
+        lock(&self.direct)
+            .iter()
+            .find(|(taken, _)| taken == topic)
+            .map(|(_, handler)| Arc::clone(handler))
+    }
+
+    /// Has every topic's handler of lanes handle `event`, here and now.
+    pub(super) fn direct_event(&self, event: ClusterEvent) {
+        let handlers: Vec<Direct> = lock(&self.direct)
+            .iter()
+            .map(|(_, handler)| Arc::clone(handler))
+            .collect();
+        for handler in handlers {
+            handler(Inbound::Event(event.clone()));
+        }
     }
 
     /// The inbox of the topic of `kind`, if someone reads it.

@@ -29,6 +29,8 @@ pub struct ClusterSettings {
     pub max_queued_bytes: usize,
     /// Most bytes received from other nodes and not yet handled.
     pub max_inbox_bytes: usize,
+    /// Most links from other nodes at once (each other node holds one per lane it uses).
+    pub max_links: usize,
     /// Where this node listens for the other nodes' links (`host:port`; port 0: any).
     pub link_listen: String,
     /// How the other nodes reach that listener (`host` or `host:port`); empty: this host's
@@ -66,6 +68,7 @@ impl fmt::Debug for ClusterSettings {
             .field("redis_timeout_ms", &self.redis_timeout_ms)
             .field("max_queued_bytes", &self.max_queued_bytes)
             .field("max_inbox_bytes", &self.max_inbox_bytes)
+            .field("max_links", &self.max_links)
             .field("link_listen", &self.link_listen)
             .field("link_advertise", &self.link_advertise)
             .finish()
@@ -90,6 +93,7 @@ pub(super) fn ranges(c: &ClusterSettings) -> Vec<(&'static str, u64, u64, u64)> 
             1024,
             1 << 34,
         ),
+        ("cluster.max_links", c.max_links as u64, 1, 65_536),
     ]
 }
 

@@ -456,6 +456,9 @@ mod cluster {
         ])
         .unwrap();
         assert_eq!(ok.cluster.link_listen, "10.0.0.5:7400");
+        assert_eq!(s.cluster.max_links, 1024);
+        let err = load(&[("HERMIT__CLUSTER__MAX_LINKS", "0")]).unwrap_err();
+        assert!(err.contains("`cluster.max_links`"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::ids::{ConnId, Departure, Endpoint, HashMap, NodeId, Outcome};
 use crate::metrics::cluster::TunnelEnd;
 use crate::metrics::METRICS;
 use crate::transport::{Intake, Refused};
+use crate::workers::Workers;
 
 /// Gateway → home: open a virtual connection; body: [`Open`] as JSON.
 pub const OPEN: &str = "tun.open";
@@ -117,51 +118,8 @@ pub struct Home {
     pub workers: Workers,
 }
 
-/// The server's worker threads, where every connection actor runs: a virtual connection
-/// and its tunnel's task run there too, taken in turn, rather than all on the cluster's
-/// one thread — which would otherwise carry every tunnelled side's work on this node and,
-/// preempted on a busy machine, hold all of them up at once (BENCHMARKS.md, "Virtual
-/// connections on the workers"). Each worker registers itself as it starts; cheap to clone.
-#[derive(Clone, Default)]
-pub struct Workers(Arc<WorkerThreads>);
-
-#[derive(Default)]
-struct WorkerThreads {
-    /// One handle per worker thread: a dead one is let go when a task sent to it is
-    /// refused or another worker registers.
-    handles: Mutex<Vec<(std::thread::ThreadId, actix_rt::ArbiterHandle)>>,
-    next: AtomicU64,
-}
-
-impl Workers {
-    /// Registers the calling thread (a worker's, as it starts or its service restarts).
-    pub fn register_current(&self) {
-        let this = std::thread::current().id();
-        let mut handles = lock(&self.0.handles);
-        // A thread registers once; one that ended takes nothing more.
-        handles.retain(|(thread, handle)| *thread != this && handle.spawn(async {}));
-        handles.push((this, actix_rt::Arbiter::current()));
-    }
-
-    /// Runs `task` on the next worker in turn, or on this thread when there is none (before
-    /// the workers start). A worker that has ended drops `task` unrun (its guard then cuts
-    /// its tunnel) and is let go, so the next task goes to a live one.
-    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        let picked = {
-            let handles = lock(&self.0.handles);
-            let next = self.0.next.fetch_add(1, Relaxed) as usize;
-            handles.get(next % handles.len().max(1)).cloned()
-        };
-        match picked {
-            Some((thread, handle)) => {
-                if !handle.spawn(task) {
-                    lock(&self.0.handles).retain(|(other, _)| *other != thread);
-                }
-            }
-            None => drop(actix_rt::spawn(task)),
-        }
-    }
-}
+/// The most lanes a route names (see [`lane_of`]).
+const MAX_LANE: usize = crate::workers::MAX_LANES;
 
 /// This node's tunnels, both ends; cheap to clone.
 #[derive(Clone)]
@@ -224,10 +182,11 @@ impl<T> Drop for Held<T> {
 }
 
 impl Tunnels {
-    /// Starts reading the cluster's inbox for tunnels on the cluster's own thread, where
-    /// the links are read and written: an envelope read is dispatched without a wake-up of
-    /// another thread. (The home's virtual connections and their tunnels' tasks run on the
-    /// workers: see [`Workers`].)
+    /// Starts handling tunnels: what arrives on a lane other than 0 (a tunnel whose
+    /// gateway side runs on a worker: nearly all) is handled on the worker that reads the
+    /// lane, where the tunnel's other end runs too (see `crate::workers`); the rest — lane
+    /// 0, the cluster's events, lost routes — is read from the inbox on the cluster's own
+    /// thread, where lane 0 is read and written.
     pub fn start(cluster: Arc<Cluster>, home: Home) -> Option<Self> {
         let inbox = cluster.inbox("tun")?;
         let tunnels = Self(Arc::new(Inner {
@@ -235,6 +194,14 @@ impl Tunnels {
             gateways: Mutex::new(Held::new(TunnelEnd::Gateway)),
             tunnels: Mutex::new(Held::new(TunnelEnd::Home)),
         }));
+        let home = Arc::new(home);
+        let (dispatcher, at_home) = (tunnels.clone(), Arc::clone(&home));
+        if !cluster.direct(
+            "tun",
+            Arc::new(move |item| dispatcher.dispatch(item, &at_home)),
+        ) {
+            return None;
+        }
         let dispatcher = tunnels.clone();
         let dispatching = cluster.spawn(async move {
             loop {
@@ -299,9 +266,11 @@ impl Tunnels {
         let _ = self.send(home, GONE, route, body);
     }
 
+    /// Sends one envelope of the tunnel of `route`, on the route's lane: every envelope of
+    /// one tunnel, either way, goes on one lane, in order.
     fn send(&self, to: &NodeId, kind: &str, route: &str, body: Bytes) -> Result<(), SendError> {
         let envelope = Envelope::new(kind, route, body).map_err(|_| SendError::Full)?;
-        self.0.cluster.send(to, envelope)
+        self.0.cluster.send_on(lane_of(route), to, envelope)
     }
 
     /// Handles one item of the inbox.
@@ -446,12 +415,23 @@ impl Tunnels {
     }
 }
 
-/// A tunnel's name, unique in the cluster: the gateway node, the side's connection and
-/// the tunnel's number (one connection may open several tunnels, one after the other).
+/// A tunnel's name, unique in the cluster: the gateway node, the side's connection, the
+/// tunnel's number (one connection may open several tunnels, one after the other) and its
+/// lane: that of the worker the side runs on (see `crate::workers`).
 fn route(node: &NodeId, conn: ConnId) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let n = NEXT.fetch_add(1, Relaxed);
-    format!("{node}/{conn}/{n}")
+    let lane = Workers::lane();
+    format!("{node}/{conn}/{n}/{lane}")
+}
+
+/// The lane a route names (0 if it names none it may).
+fn lane_of(route: &str) -> usize {
+    route
+        .rsplit_once('/')
+        .and_then(|(_, lane)| lane.parse().ok())
+        .filter(|lane| *lane <= MAX_LANE)
+        .unwrap_or(0)
 }
 
 /// What a gateway needs of one tunnelled side: where it goes and by which route.

@@ -21,14 +21,34 @@ pub async fn advert(node: &TestNode) -> (String, String) {
     (words[1].to_owned(), words[2].to_owned())
 }
 
+/// The lanes other than 0 on which `from` links to `node` now (`from`'s tunnels take
+/// them: see `src/workers.rs`).
+pub fn lanes_from(node: &TestNode, from: &TestNode) -> Vec<String> {
+    node.cluster
+        .links_from()
+        .into_iter()
+        .filter(|(other, lane)| other == from.cluster.node_id() && *lane > 0)
+        .map(|(_, lane)| lane.to_string())
+        .collect()
+}
+
 /// A link to `node`, greeted as node `from` with `secret`.
 pub async fn link_to(node: &TestNode, from: &str, secret: &str) -> TcpStream {
+    link_on(node, from, secret, "").await
+}
+
+/// A link to `node` on `lane` (as the greeting's last word: `""` names none, lane 0),
+/// greeted as node `from` with `secret`.
+pub async fn link_on(node: &TestNode, from: &str, secret: &str, lane: &str) -> TcpStream {
     let (addr, _) = advert(node).await;
     let mut link = TcpStream::connect(&addr)
         .await
         .expect("the link port answers");
     let to = node.cluster.node_id().as_str();
-    let greeting = format!("HERMIT-LINK/1 {from} {to} {secret}\n");
+    let greeting = match lane {
+        "" => format!("HERMIT-LINK/2 {from} {to} {secret}\n"),
+        lane => format!("HERMIT-LINK/2 {from} {to} {secret} {lane}\n"),
+    };
     link.write_all(greeting.as_bytes()).await.unwrap();
     link
 }
@@ -79,6 +99,8 @@ pub async fn next_envelope(inbox: &Inbox, within: Duration) -> Option<Envelope> 
 pub struct FakeNode {
     /// Its node id.
     pub id: String,
+    /// The lane its link was greeted with (0: none named), once a node linked to it.
+    pub lane: Option<usize>,
     listener: TcpListener,
     link: Option<BufReader<TcpStream>>,
 }
@@ -105,6 +127,7 @@ impl FakeNode {
         .await;
         Self {
             id: id.to_owned(),
+            lane: None,
             listener,
             link: None,
         }
@@ -121,9 +144,11 @@ impl FakeNode {
                 let mut greeting = String::new();
                 link.read_line(&mut greeting).await.unwrap();
                 let words: Vec<&str> = greeting.trim_end().split(' ').collect();
-                assert_eq!(words[0], "HERMIT-LINK/1", "{greeting}");
+                assert_eq!(words[0], "HERMIT-LINK/2", "{greeting}");
                 assert_eq!(words[2], self.id, "{greeting}");
                 assert_eq!(words[3], format!("secret-of-{}", self.id), "{greeting}");
+                assert!(words.len() <= 5, "{greeting}");
+                self.lane = Some(words.get(4).map_or(0, |lane| lane.parse().unwrap()));
                 self.link = Some(link);
             }
             let link = self.link.as_mut().unwrap();

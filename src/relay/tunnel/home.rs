@@ -1,7 +1,9 @@
 //! The home's end of a tunnel: a virtual connection for a side on another node — a real
 //! connection actor of its endpoint, with no socket of its own (`transport::fed`) — and the
 //! task that relays what it writes to the gateway and what the side does to it. Both run
-//! on a worker thread, as the node's own connections do (see [`super::Workers`]).
+//! on a worker thread, as the node's own connections do: the one that read the tunnel's
+//! lane (where its gateway side runs on its node, see `crate::workers`), else the next in
+//! turn.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use crate::ids::{Departure, Endpoint, NodeId};
 use crate::relay::delivery::lock;
 use crate::relay::socket::{Opened, Socket};
 use crate::transport::{Feed, Inbound, Intake, Sent};
+use crate::workers::Workers;
 
 /// How long a tunnel waits for its virtual connection's answer to a close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -58,7 +61,7 @@ pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
         finished: false,
     };
     let start = Arc::clone(&home.start);
-    home.workers.spawn(async move {
+    let task = async move {
         let mut place = place;
         let Place {
             tunnels,
@@ -69,7 +72,13 @@ pub(super) fn open(tunnels: &Tunnels, envelope: Envelope, home: &Home) {
         start(endpoint, connection, tunnels);
         relay(tunnels, feed, queue, departures, gateway, route, &moved).await;
         place.finished = true;
-    });
+    };
+    // On the worker reading its lane, where the envelopes of the tunnel arrive and leave.
+    if Workers::current() > 0 {
+        drop(actix_rt::spawn(task));
+    } else {
+        home.workers.spawn(task);
+    }
 }
 
 /// A tunnel's place in this node's map, for as long as its task runs: given up when the
