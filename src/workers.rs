@@ -1,11 +1,11 @@
 //! The server's worker threads, where every connection actor runs, numbered by *slot* from
 //! 1 (0 is every other thread: the cluster's, the registries'). In a cluster the slots are
-//! also *lanes* (the first [`MAX_LANES`]; past them slots share lanes in turn): what a
-//! connection on slot `n` sends another node goes over the link of lane `n`, written from
-//! slot `n`, and is read there on its slot `n` — where the other end of the same tunnel
-//! runs — so a relayed message crosses no thread of either node that the connections at
-//! its two ends do not already run on (BENCHMARKS.md, "Lanes"). A leaf: it knows nothing
-//! of the rest of the crate.
+//! also *lanes* (the first [`MAX_LANES`]; past them slots share lanes in turn): the
+//! envelopes of a tunnel whose side runs on slot `n` go over the links of lane `n`, written
+//! from slot `n` and read on slot `n` of the other node — where the tunnel's other end runs
+//! — so a relayed message crosses no thread of either node that the connections at its two
+//! ends do not already run on (BENCHMARKS.md, "Lanes"; what is not a tunnel's goes on lane
+//! 0). A leaf: it knows nothing of the rest of the crate.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -19,7 +19,7 @@ use actix_rt::ArbiterHandle;
 /// no slot (its connections' cluster traffic goes over lane 0).
 pub const MAX_SLOTS: usize = 256;
 /// The most lanes between two nodes (besides lane 0): each is a link each way, so a
-/// cluster of N nodes holds up to N − 1 × (1 + this) links from others on each node.
+/// cluster of N nodes holds up to (N − 1) × (1 + this) links from others on each node.
 pub const MAX_LANES: usize = 16;
 
 thread_local! {

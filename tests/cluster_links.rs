@@ -710,3 +710,59 @@ async fn a_tunnel_goes_on_its_lane_both_ways_and_a_lane_that_breaks_cuts_it() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_for_a_stalled_peer_on_a_lane_are_bounded_and_reported_lost() {
+    // As on lane 0 (above), on lane 1, whose writer runs on the node's first worker and
+    // takes each envelope as a batch of its own: past 65,536 waiting, a send is refused at
+    // once and its route reported lost, while the write still waits (20 s timeout here).
+    let Some(redis) = redis_url() else {
+        return;
+    };
+    let Some((_db, nodes)) = cluster_of(1, |s| {
+        s.cluster.max_queued_bytes = 512 << 20;
+        s.cluster.redis_timeout_ms = 20_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let node = &nodes[0];
+    let inbox = node.cluster.inbox("stall").unwrap();
+    let _stalled = FakeNode::join(node, &redis, "stalled").await;
+    let to = NodeId::parse("stalled").unwrap();
+    let body = vec![b'x'; 1024];
+    let started = Instant::now();
+    let mut refused = None;
+    for n in 0..200_000 {
+        let envelope = Envelope::new("stall.x", format!("r{n}"), body.clone()).unwrap();
+        if node.cluster.send_on(1, &to, envelope).is_err() {
+            refused = Some(n);
+            break;
+        }
+        if n % 1000 == 0 {
+            // Let the writer run: it fills the socket's buffers, then waits.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let refused = refused.expect("a send past the bound is refused");
+    assert!(
+        refused > 65_536,
+        "the first {refused} fit in the queue and the socket's buffers"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "refused while the write still waits ({:?})",
+        started.elapsed()
+    );
+    let lost = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Inbound::Lost(Some(routes)) = inbox.recv().await {
+                return routes;
+            }
+        }
+    })
+    .await
+    .expect("the refused route is reported lost");
+    assert_eq!(lost, vec![format!("r{refused}")]);
+}

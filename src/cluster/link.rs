@@ -142,12 +142,22 @@ impl Cluster {
         let buf = BytesMut::from(stream.buffer());
         let stream = stream.into_inner();
         let (number, stop, done) = self.link_opened(&from, lane).await;
-        let this = Arc::clone(&self);
+        // Made here, so that a read that never runs still ends the link.
+        let reader = Reader {
+            cluster: Arc::clone(&self),
+            from,
+            lane,
+            number,
+            ended: None,
+            _linked: linked,
+            _finished: Finished(done),
+        };
         let read = move |stream: TcpStream| async move {
-            let _linked = linked;
-            let _finished = Finished(done);
-            let ended = this.read_frames(stream, buf, &from, lane, &stop).await;
-            this.link_ended(from, lane, number, ended);
+            let cluster = Arc::clone(&reader.cluster);
+            let ended = cluster
+                .read_frames(stream, buf, &reader.from, lane, &stop)
+                .await;
+            reader.end(ended);
         };
         if lane > 0 && self.workers.alive(lane) {
             let Ok(stream) = stream.into_std() else {
@@ -189,7 +199,9 @@ impl Cluster {
         let mut words = line.split(' ');
         let (greeting, from, to, secret) =
             (words.next()?, words.next()?, words.next()?, words.next()?);
-        if greeting != GREETING && greeting.starts_with("HERMIT-LINK/") {
+        let secret_ok = bool::from(secret.as_bytes().ct_eq(self.links.secret.as_bytes()));
+        // Only a node that read this one's heartbeat is told of, not anyone who connects.
+        if greeting != GREETING && greeting.starts_with("HERMIT-LINK/") && secret_ok {
             tracing::warn!(
                 version = greeting,
                 "a node of another version tried to link (this one speaks {GREETING}): \
@@ -204,7 +216,6 @@ impl Cluster {
                 .ok()
                 .filter(|lane| (1..=MAX_LANES).contains(lane))?,
         };
-        let secret_ok = bool::from(secret.as_bytes().ct_eq(self.links.secret.as_bytes()));
         let from = NodeId::parse(from)?;
         (greeting == GREETING
             && words.next().is_none()
@@ -318,76 +329,85 @@ impl Cluster {
         self: &Arc<Self>,
         node: &NodeId,
         lane: Lane,
-        batch: Vec<Outgoing>,
+        mut batch: Vec<Outgoing>,
     ) -> Result<(), Vec<Outgoing>> {
-        if self.links.closing.load(Relaxed) || (lane > 0 && self.links.lanes_closed.load(Relaxed)) {
-            return Err(batch);
-        }
         let key = (node.clone(), lane);
         let mut writers = lock(&self.links.writers);
-        if !writers.contains_key(&key) {
-            let (queue, batches) = mpsc::channel(match lane {
-                0 => MAX_BATCHES,
-                _ => MAX_LANE_BATCHES,
-            });
-            let retired = Arc::new(Stop::default());
-            let done = Arc::new(Stop::default());
-            let previous = lock(&self.links.retiring).remove(&key);
-            let task = Arc::clone(self).write_link(
-                node.clone(),
-                lane,
-                batches,
-                Arc::clone(&retired),
-                previous,
-                Finished(Arc::clone(&done)),
-            );
-            // One that cannot start is dropped unrun: its queue is closed, and the batch
-            // comes back (below).
-            if lane > 0 && self.workers.alive(lane) {
-                self.workers.spawn_on(lane, task);
-            } else {
-                self.spawn(task);
-            }
-            let writer = Writer {
-                queue,
-                done,
-                retired,
-            };
-            writers.insert(key.clone(), writer);
+        // Under the lock: a writer started after the node closed its links (or lanes)
+        // would never write its goodbye.
+        let closing =
+            self.links.closing.load(Relaxed) || (lane > 0 && self.links.lanes_closed.load(Relaxed));
+        if closing {
+            return Err(batch);
         }
-        // unwrap: inserted just above if it was not there.
-        let writer = writers.get(&key).unwrap();
-        writer.queue.try_send(batch).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(batch) => batch,
-            mpsc::error::TrySendError::Closed(batch) => {
-                // Its task ended (its worker stopped): the next batch starts another.
-                writers.remove(&key);
-                batch
+        // Twice at most: a writer whose worker stopped is replaced once.
+        for _ in 0..2 {
+            if !writers.contains_key(&key) {
+                writers.insert(key.clone(), self.start_writer(node, lane));
             }
-        })
+            // unwrap: inserted just above if it was not there.
+            let writer = writers.get(&key).unwrap();
+            match writer.queue.try_send(batch) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(full)) => return Err(full),
+                Err(mpsc::error::TrySendError::Closed(refused)) => {
+                    // Its task ended (its worker stopped): another takes over.
+                    writers.remove(&key);
+                    batch = refused;
+                }
+            }
+        }
+        Err(batch)
+    }
+
+    /// Starts the writer of `node`'s link on `lane`: on the lane's worker, else (lane 0, or
+    /// no such worker running) on the cluster's thread. One that cannot start is dropped
+    /// unrun: its queue is closed.
+    fn start_writer(self: &Arc<Self>, node: &NodeId, lane: Lane) -> Writer {
+        let key = (node.clone(), lane);
+        let (queue, batches) = mpsc::channel(match lane {
+            0 => MAX_BATCHES,
+            _ => MAX_LANE_BATCHES,
+        });
+        let retired = Arc::new(Stop::default());
+        let done = Arc::new(Stop::default());
+        let previous = lock(&self.links.retiring).remove(&key);
+        // Made here, so that a writer dropped before it first runs still hands back what
+        // was queued for it.
+        let held = Held {
+            cluster: Arc::clone(self),
+            batches,
+            taken: Vec::new(),
+            bytes: 0,
+            _finished: Finished(Arc::clone(&done)),
+        };
+        let task =
+            Arc::clone(self).write_link(node.clone(), lane, held, Arc::clone(&retired), previous);
+        if lane > 0 && self.workers.alive(lane) {
+            self.workers.spawn_on(lane, task);
+        } else {
+            self.spawn(task);
+        }
+        Writer {
+            queue,
+            done,
+            retired,
+        }
     }
 
     /// One peer's writer on one lane: writes what is queued for it, in order, connecting
     /// when it has no link; a goodbye when its queue closes (the node leaves). It starts
     /// once the `previous` writer of that peer and lane has ended (bounded), so a lane
-    /// never has two; `finished` says when it ends. Dropped before its end (its worker
-    /// stopped), it reports what it held and what waited lost, and releases their bytes.
+    /// never has two; `held` says when it ends. Dropped before its end (its worker stopped),
+    /// it reports what it held and what waited lost, and releases their bytes.
     async fn write_link(
         self: Arc<Self>,
         node: NodeId,
         lane: Lane,
-        batches: mpsc::Receiver<Vec<Outgoing>>,
+        mut held: Held,
         retired: Arc<Stop>,
         previous: Option<Arc<Stop>>,
-        finished: Finished,
     ) {
-        let mut held = Held {
-            cluster: Arc::clone(&self),
-            batches,
-            taken: Vec::new(),
-            bytes: 0,
-            _finished: finished,
-        };
         let timeout = self.settings.redis_timeout();
         if let Some(previous) = previous {
             let _ = tokio::time::timeout(2 * timeout, previous.wait()).await;
@@ -554,6 +574,33 @@ impl Cluster {
             .collect();
         let all = futures_util::future::join_all(ended.iter().map(|done| done.wait()));
         let _ = tokio::time::timeout(within, all).await;
+    }
+}
+
+/// A link being read: when its reader ends — or is dropped unrun, its worker stopped (then
+/// the link is taken as cut) — the link is forgotten and its reader's end told.
+struct Reader {
+    cluster: Arc<Cluster>,
+    from: NodeId,
+    lane: Lane,
+    number: u64,
+    ended: Option<Ended>,
+    _linked: tokio::sync::OwnedSemaphorePermit,
+    _finished: Finished,
+}
+
+impl Reader {
+    /// The read ended as `ended`: the link is forgotten with it (on drop).
+    fn end(mut self, ended: Ended) {
+        self.ended = Some(ended);
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let ended = self.ended.take().unwrap_or(Ended::Cut);
+        let from = self.from.clone();
+        self.cluster.link_ended(from, self.lane, self.number, ended);
     }
 }
 
