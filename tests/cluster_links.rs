@@ -547,6 +547,20 @@ async fn envelopes_to_a_slow_reader_arrive_whole_and_in_order() {
     assert_eq!(next, [100, 100]);
 }
 
+/// One node whose writes may wait long (Redis timeout 20 s) and queue much (512 MiB), and
+/// a peer "stalled" that joined but never reads: the link's greeting and frames sit in the
+/// kernel's buffers.
+async fn a_node_and_a_stalled_peer() -> Option<(common::TestDb, Vec<TestNode>, FakeNode)> {
+    let redis = redis_url()?;
+    let (db, nodes) = cluster_of(1, |s| {
+        s.cluster.max_queued_bytes = 512 << 20;
+        s.cluster.redis_timeout_ms = 20_000;
+    })
+    .await?;
+    let stalled = FakeNode::join(&nodes[0], &redis, "stalled").await;
+    Some((db, nodes, stalled))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_for_a_stalled_peer_are_bounded_before_its_write_times_out() {
     // A peer that takes its link and reads nothing: once the socket's buffers are full,
@@ -555,21 +569,11 @@ async fn batches_for_a_stalled_peer_are_bounded_before_its_write_times_out() {
     // new one is dropped at once and its route reported lost — long before the write is
     // given up and the link reported broken — so a stalled peer holds a bounded queue
     // however large `cluster.max_queued_bytes` is.
-    let Some(redis) = redis_url() else {
-        return;
-    };
-    let Some((_db, nodes)) = cluster_of(1, |s| {
-        s.cluster.max_queued_bytes = 512 << 20;
-        s.cluster.redis_timeout_ms = 20_000;
-    })
-    .await
-    else {
+    let Some((_db, nodes, _stalled)) = a_node_and_a_stalled_peer().await else {
         return;
     };
     let node = &nodes[0];
     let mut inbox = node.cluster.inbox("stall").unwrap();
-    // Joined, but never read: the link's greeting and frames sit in the kernel's buffers.
-    let _stalled = FakeNode::join(node, &redis, "stalled").await;
     let to = NodeId::parse("stalled").unwrap();
     let body = vec![b'x'; 16 * 1024];
     let started = Instant::now();
@@ -716,20 +720,11 @@ async fn envelopes_for_a_stalled_peer_on_a_lane_are_bounded_and_reported_lost() 
     // As on lane 0 (above), on lane 1, whose writer runs on the node's first worker and
     // takes each envelope as a batch of its own: past 65,536 waiting, a send is refused at
     // once and its route reported lost, while the write still waits (20 s timeout here).
-    let Some(redis) = redis_url() else {
-        return;
-    };
-    let Some((_db, nodes)) = cluster_of(1, |s| {
-        s.cluster.max_queued_bytes = 512 << 20;
-        s.cluster.redis_timeout_ms = 20_000;
-    })
-    .await
-    else {
+    let Some((_db, nodes, _stalled)) = a_node_and_a_stalled_peer().await else {
         return;
     };
     let node = &nodes[0];
     let inbox = node.cluster.inbox("stall").unwrap();
-    let _stalled = FakeNode::join(node, &redis, "stalled").await;
     let to = NodeId::parse("stalled").unwrap();
     let body = vec![b'x'; 1024];
     let started = Instant::now();
